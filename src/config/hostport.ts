@@ -1,0 +1,96 @@
+import { isIPv4, isIPv6 } from 'node:net';
+import type { HostPort } from './schema.js';
+
+// Addresses in the config: "host:port" or "[v6]:port". The host is a name (resolved at
+// connect time, never here), an IPv4 address or a bracketed IPv6 address; an IPv6 host
+// is returned without its brackets, as node:net wants it. ":port" alone is refused: it
+// would listen on every interface, and a sidecar that does so by accident is exposed.
+//
+// Public API:
+//   parseHostPort(value, { allowPortZero? }): HostPort   throws RangeError with a message fit for a config error
+//   formatHostPort(hostPort): string                      "127.0.0.1:80", "[::1]:80"
+//   sameListenAddress(a, b): boolean                      would binding both clash? (a wildcard host clashes with any host on its port)
+
+export interface HostPortOptions {
+  /** Port 0 (the kernel picks a free port): for listen addresses only, useful in tests. */
+  readonly allowPortZero?: boolean;
+}
+
+const HOST_LABEL = '[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9_])?';
+const HOSTNAME = new RegExp(`^${HOST_LABEL}(?:\\.${HOST_LABEL})*\\.?$`);
+const EXAMPLE = '"127.0.0.1:8080"';
+
+/** { host, port } from "host:port" or "[v6]:port". Throws RangeError. */
+export function parseHostPort(value: unknown, options: HostPortOptions = {}): HostPort {
+  if (typeof value === 'number') {
+    throw new RangeError(`expected "host:port", not a bare port: write "127.0.0.1:${value}"`);
+  }
+  if (typeof value !== 'string') throw new RangeError(`expected "host:port", e.g. ${EXAMPLE}`);
+  const text = value.trim();
+  if (text === '') throw new RangeError(`empty address; expected "host:port", e.g. ${EXAMPLE}`);
+  if (text.includes('://')) {
+    throw new RangeError(`"${text}" is a URL; expected "host:port" (URLs are for http routes' upstream)`);
+  }
+
+  let host: string;
+  let portText: string;
+  if (text.startsWith('[')) {
+    const close = text.indexOf(']');
+    if (close === -1) throw new RangeError(`"${text}": missing "]" after the IPv6 address`);
+    host = text.slice(1, close);
+    if (!isIPv6(host)) throw new RangeError(`"${text}": "${host}" is not an IPv6 address`);
+    const rest = text.slice(close + 1);
+    if (!rest.startsWith(':')) throw new RangeError(`"${text}": missing ":port" after "]"`);
+    portText = rest.slice(1);
+  } else {
+    const colon = text.lastIndexOf(':');
+    if (colon === -1) throw new RangeError(`"${text}": missing port; expected "host:port", e.g. "${text}:8080"`);
+    host = text.slice(0, colon);
+    portText = text.slice(colon + 1);
+    if (host.includes(':')) {
+      throw new RangeError(`"${text}": put an IPv6 address in brackets, e.g. "[::1]:8080"`);
+    }
+    if (host === '') {
+      throw new RangeError(
+        `"${text}": missing host; write "127.0.0.1${text}" for loopback only or "0.0.0.0${text}" for every interface`,
+      );
+    }
+    if (!isIPv4(host) && (host.length > 253 || !HOSTNAME.test(host))) {
+      throw new RangeError(`"${text}": "${host}" is not a valid host name or IP address`);
+    }
+  }
+  return { host, port: parsePort(text, portText, options) };
+}
+
+function parsePort(text: string, portText: string, options: HostPortOptions): number {
+  if (!/^\d{1,5}$/.test(portText)) {
+    throw new RangeError(`"${text}": port "${portText}" is not a number from 1 to 65535`);
+  }
+  const port = Number(portText);
+  if (port > 65_535) throw new RangeError(`"${text}": port ${port} is above 65535`);
+  if (port === 0 && !options.allowPortZero) {
+    throw new RangeError(`"${text}": port 0 (any free port) is only allowed for listen addresses`);
+  }
+  return port;
+}
+
+/** "host:port", with brackets around an IPv6 host. */
+export function formatHostPort(address: HostPort): string {
+  return address.host.includes(':') ? `[${address.host}]:${address.port}` : `${address.host}:${address.port}`;
+}
+
+/**
+ * Whether two listeners would clash: same port (not 0) and the same host, or a wildcard
+ * host that covers the other ("::" covers every address, "0.0.0.0" every IPv4 one).
+ */
+export function sameListenAddress(a: HostPort, b: HostPort): boolean {
+  if (a.port === 0 || a.port !== b.port) return false;
+  const hostA = a.host.toLowerCase();
+  const hostB = b.host.toLowerCase();
+  return hostA === hostB || covers(hostA, hostB) || covers(hostB, hostA);
+}
+
+function covers(wildcard: string, host: string): boolean {
+  if (wildcard === '::') return true;
+  return wildcard === '0.0.0.0' && !isIPv6(host);
+}

@@ -1,0 +1,138 @@
+// The resolved, validated configuration. Every duration is in milliseconds here;
+// the YAML strings ("20s") are parsed once in load.ts. Every default lives in
+// DEFAULTS below so a reader finds them in one place.
+
+export type Protocol = 'tcp' | 'redis' | 'postgres' | 'mysql' | 'http' | 'http-forward';
+export type LogLevel = 'trace' | 'debug' | 'info' | 'warn' | 'error';
+
+/** The TCP-family protocols: byte streams spliced between one client and one upstream. */
+export const TCP_FAMILY: readonly Protocol[] = ['tcp', 'redis', 'postgres', 'mysql'];
+export const HTTP_FAMILY: readonly Protocol[] = ['http', 'http-forward'];
+
+export interface HostPort {
+  readonly host: string;
+  readonly port: number;
+}
+
+/** Kernel keepalive on one side: probes start after `idleMs` of silence, every `intervalMs`, `count` unanswered = dead. */
+export interface KeepaliveSide {
+  readonly idleMs: number;
+  readonly intervalMs: number;
+  readonly count: number;
+}
+
+export interface HeartbeatConfig {
+  readonly everyMs: number;
+  readonly timeoutMs: number;
+  /** Fraction of `everyMs` by which each probe may move, to spread probes of many connections (0..0.5). */
+  readonly jitter: number;
+  /** Custom probe for protocol tcp (send/sendHex resolved to bytes). */
+  readonly send?: Buffer;
+  /** Custom expected reply for protocol tcp (expect/expectHex resolved to bytes). */
+  readonly expect?: Buffer;
+}
+
+/** Warm pool for TCP-family routes: pre-dialled, single-use upstream sockets. */
+export interface WarmPoolConfig {
+  readonly warm: number;
+  readonly maxIdleMs: number;
+}
+
+/** Persistent upstream pool for HTTP routes. 0 means unlimited / off for each. */
+export interface HttpPoolConfig {
+  readonly maxSockets: number;
+  readonly idleTimeoutMs: number;
+  readonly maxAgeMs: number;
+  readonly maxRequests: number;
+}
+
+export interface TlsConfig {
+  /** PEM contents read at load time (paths in YAML). */
+  readonly ca?: Buffer;
+  readonly cert?: Buffer;
+  readonly key?: Buffer;
+  readonly caFile?: string;
+  readonly certFile?: string;
+  readonly keyFile?: string;
+  readonly servername?: string;
+  readonly rejectUnauthorized: boolean;
+}
+
+export interface HttpOptions {
+  /** Add X-Forwarded-For/-Proto/-Host. */
+  readonly xForwarded: boolean;
+  /** Client-side keep-alive: close an idle client connection after this long (0 = never). */
+  readonly clientIdleTimeoutMs: number;
+  /** Client-side keep-alive: close a client connection after this many requests (0 = unlimited). */
+  readonly clientMaxRequests: number;
+  /** Largest request head accepted, bytes (431 past it). */
+  readonly maxHeaderSize: number;
+  /** Time allowed to receive a whole request head (slowloris guard). */
+  readonly headersTimeoutMs: number;
+  /** Time allowed for the upstream's response head (504 past it; 0 = none). */
+  readonly responseTimeoutMs: number;
+  /** Retry a request that failed on a reused connection before any response byte. */
+  readonly retry: boolean;
+}
+
+export interface RouteConfig {
+  readonly name: string;
+  readonly protocol: Protocol;
+  readonly listen: HostPort;
+  /** host:port for TCP-family routes and CONNECT; for http routes the parsed origin. */
+  readonly upstream: HostPort | null;
+  /** For http routes: the upstream URL as written (http:// or https://). */
+  readonly upstreamUrl: URL | null;
+  readonly keepalive: { readonly client: KeepaliveSide; readonly upstream: KeepaliveSide };
+  /** TCP_USER_TIMEOUT on upstream sockets; 0 = kernel default. */
+  readonly userTimeoutMs: number;
+  readonly connectTimeoutMs: number;
+  /** Close a proxied pair after this long with no bytes either way; 0 = never. */
+  readonly idleTimeoutMs: number;
+  /** Per-route cap on concurrent client connections; 0 = unlimited. */
+  readonly maxConnections: number;
+  readonly noDelay: boolean;
+  readonly heartbeat: HeartbeatConfig | null;
+  readonly warmPool: WarmPoolConfig | null;
+  readonly httpPool: HttpPoolConfig;
+  readonly tls: TlsConfig | null;
+  readonly http: HttpOptions;
+  /** http-forward: destination host:port patterns allowed ("*.example.com:443", "10.0.0.1:*"). */
+  readonly allow: readonly string[];
+}
+
+export interface ProxyConfig {
+  /** The file this came from, or null for a flags-only run. */
+  readonly source: string | null;
+  readonly admin: { readonly listen: HostPort | null };
+  readonly log: { readonly level: LogLevel };
+  readonly shutdownTimeoutMs: number;
+  readonly routes: readonly RouteConfig[];
+}
+
+/** Every default, in the units of the resolved config. */
+export const DEFAULTS = {
+  adminListen: { host: '127.0.0.1', port: 9901 } as HostPort,
+  logLevel: 'info' as LogLevel,
+  shutdownTimeoutMs: 30_000,
+  protocol: 'tcp' as Protocol,
+  keepaliveClient: { idleMs: 60_000, intervalMs: 10_000, count: 6 } as KeepaliveSide,
+  keepaliveUpstream: { idleMs: 30_000, intervalMs: 5_000, count: 3 } as KeepaliveSide,
+  userTimeoutMs: 30_000,
+  connectTimeoutMs: 5_000,
+  idleTimeoutMs: 0,
+  maxConnections: 0,
+  noDelay: true,
+  heartbeatJitter: 0.1,
+  warmPool: { warm: 0, maxIdleMs: 300_000 } as WarmPoolConfig,
+  httpPool: { maxSockets: 32, idleTimeoutMs: 50_000, maxAgeMs: 600_000, maxRequests: 1000 } as HttpPoolConfig,
+  http: {
+    xForwarded: true,
+    clientIdleTimeoutMs: 5_000,
+    clientMaxRequests: 0,
+    maxHeaderSize: 16_384,
+    headersTimeoutMs: 10_000,
+    responseTimeoutMs: 60_000,
+    retry: true,
+  } as HttpOptions,
+} as const;

@@ -1,0 +1,109 @@
+#!/usr/bin/env node
+import { createApp, type App } from './app.js';
+import { parseCli } from './config/cli.js';
+import { ConfigError, formatIssues, loadConfigFile } from './config/load.js';
+import type { ProxyConfig } from './config/schema.js';
+import { createRootLogger, type Logger } from './log.js';
+
+// argv -> config -> app.start(); signals. Nothing else lives here.
+
+async function main(argv: string[]): Promise<number> {
+  const command = parseCli(argv);
+  switch (command.kind) {
+    case 'help':
+      process.stdout.write(command.text);
+      return 0;
+    case 'version':
+      process.stdout.write(`${command.version}\n`);
+      return 0;
+    case 'error':
+      process.stderr.write(`keepalive-proxy: ${command.message}\nTry 'keepalive-proxy --help'.\n`);
+      return 2;
+    case 'check': {
+      const loaded = tryLoad(() => command.load());
+      if (loaded instanceof ConfigError) {
+        process.stderr.write(formatIssues(loaded.issues) + '\n');
+        return 1;
+      }
+      process.stdout.write(`${command.source}: ok (${loaded.routes.length} route${loaded.routes.length === 1 ? '' : 's'})\n`);
+      return 0;
+    }
+    case 'run': {
+      const loaded = tryLoad(() => command.load());
+      if (loaded instanceof ConfigError) {
+        process.stderr.write(formatIssues(loaded.issues) + '\n');
+        return 1;
+      }
+      const log = createRootLogger(loaded.log.level);
+      const app = createApp(loaded, log);
+      try {
+        await app.start();
+      } catch (error) {
+        log.fatal({ err: error }, 'start failed');
+        return 1;
+      }
+      handleSignals(app, log, command.reloadable ? () => command.load() : null);
+      return new Promise<number>(() => {}); // runs until a signal ends it
+    }
+  }
+}
+
+function tryLoad(load: () => ProxyConfig): ProxyConfig | ConfigError {
+  try {
+    return load();
+  } catch (error) {
+    if (error instanceof ConfigError) return error;
+    throw error;
+  }
+}
+
+function handleSignals(app: App, log: Logger, reload: (() => ProxyConfig) | null): void {
+  let stopping = false;
+  // Reloads run one at a time: a SIGHUP arriving during a reload waits its turn.
+  let reloading: Promise<void> = Promise.resolve();
+  process.on('SIGHUP', () => {
+    if (stopping) return;
+    if (!reload) {
+      log.warn('SIGHUP ignored: no config file (flags-only run)');
+      return;
+    }
+    reloading = reloading.then(async () => {
+      const next = tryLoad(reload);
+      if (next instanceof ConfigError) {
+        app.metrics.configReloads.labels('error').inc();
+        log.error({ errors: next.issues.map((i) => formatIssues([i])) }, 'reload rejected: keeping the running configuration');
+        return;
+      }
+      await app.reload(next);
+      app.metrics.configReloads.labels('ok').inc();
+    }).catch((error: unknown) => {
+      app.metrics.configReloads.labels('error').inc();
+      log.error({ err: error }, 'reload failed');
+    });
+  });
+  const stop = (signal: NodeJS.Signals): void => {
+    if (stopping) {
+      log.warn({ signal }, 'second signal: exiting now');
+      process.exit(1);
+    }
+    stopping = true;
+    log.info({ signal }, 'stopping');
+    app.close().then(
+      () => process.exit(0),
+      (error: unknown) => {
+        log.error({ err: error }, 'shutdown failed');
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', stop);
+  process.on('SIGINT', stop);
+}
+
+main(process.argv.slice(2)).then(
+  (code) => process.exit(code),
+  (error: unknown) => {
+    process.stderr.write(`keepalive-proxy: ${(error as Error).stack ?? String(error)}\n`);
+    process.exit(1);
+  },
+);

@@ -1,0 +1,115 @@
+import client from 'prom-client';
+
+// Every metric of INTERFACE.md, with its help text, in one table. One registry per
+// process (owned by app.ts); reloads keep it, so counters never reset on SIGHUP.
+
+export const PREFIX = 'keepalive_proxy_';
+
+export type EvictionReason =
+  | 'idle_timeout'
+  | 'max_age'
+  | 'max_requests'
+  | 'keepalive_timeout'
+  | 'heartbeat_timeout'
+  | 'peer_closed'
+  | 'peer_reset'
+  | 'connect_error'
+  | 'connect_timeout'
+  | 'shutdown'
+  | 'route_removed'
+  | 'max_connections'
+  | 'error';
+
+export class Metrics {
+  readonly registry = new client.Registry();
+
+  readonly connectionsAccepted = new client.Counter({
+    name: `${PREFIX}connections_accepted_total`,
+    help: 'Client connections accepted, per route.',
+    labelNames: ['route'] as const,
+    registers: [this.registry],
+  });
+  readonly connectionsActive = new client.Gauge({
+    name: `${PREFIX}connections_active`,
+    help: 'Client connections open now, per route.',
+    labelNames: ['route'] as const,
+    registers: [this.registry],
+  });
+  readonly upstreamConnects = new client.Counter({
+    name: `${PREFIX}upstream_connects_total`,
+    help: 'Upstream connection attempts by result (ok, error, timeout).',
+    labelNames: ['route', 'result'] as const,
+    registers: [this.registry],
+  });
+  readonly upstreamConnectSeconds = new client.Histogram({
+    name: `${PREFIX}upstream_connect_seconds`,
+    help: 'Time to establish an upstream TCP (and TLS) connection.',
+    labelNames: ['route'] as const,
+    buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+    registers: [this.registry],
+  });
+  readonly evictions = new client.Counter({
+    name: `${PREFIX}evictions_total`,
+    help: 'Connections closed by the proxy or found closed, by reason.',
+    labelNames: ['route', 'reason'] as const,
+    registers: [this.registry],
+  });
+  readonly reuse = new client.Counter({
+    name: `${PREFIX}reuse_total`,
+    help: 'Times an upstream connection that already existed served a new client or request.',
+    labelNames: ['route'] as const,
+    registers: [this.registry],
+  });
+  readonly heartbeats = new client.Counter({
+    name: `${PREFIX}heartbeats_total`,
+    help: 'Application heartbeats by result (ok, timeout, unsupported).',
+    labelNames: ['route', 'result'] as const,
+    registers: [this.registry],
+  });
+  readonly heartbeatRtt = new client.Histogram({
+    name: `${PREFIX}heartbeat_rtt_seconds`,
+    help: 'Round-trip time of answered application heartbeats.',
+    labelNames: ['route'] as const,
+    buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+    registers: [this.registry],
+  });
+  readonly bytes = new client.Counter({
+    name: `${PREFIX}bytes_total`,
+    help: 'Payload bytes forwarded: upstream = client to upstream, downstream = upstream to client.',
+    labelNames: ['route', 'direction'] as const,
+    registers: [this.registry],
+  });
+  readonly poolIdle = new client.Gauge({
+    name: `${PREFIX}pool_idle`,
+    help: 'Upstream connections parked idle in the pool.',
+    labelNames: ['route'] as const,
+    registers: [this.registry],
+  });
+  readonly poolActive = new client.Gauge({
+    name: `${PREFIX}pool_active`,
+    help: 'Upstream connections from the pool serving a client or request now.',
+    labelNames: ['route'] as const,
+    registers: [this.registry],
+  });
+  readonly configReloads = new client.Counter({
+    name: `${PREFIX}config_reloads_total`,
+    help: 'SIGHUP reloads by result (ok, error).',
+    labelNames: ['result'] as const,
+    registers: [this.registry],
+  });
+
+  constructor(collectDefaults = true) {
+    if (collectDefaults) client.collectDefaultMetrics({ register: this.registry, prefix: PREFIX });
+  }
+
+  /** Start every per-route series at 0 so dashboards and rate() see them before the first event. */
+  initRoute(route: string): void {
+    this.connectionsAccepted.labels(route).inc(0);
+    this.connectionsActive.labels(route).set(0);
+    for (const result of ['ok', 'error', 'timeout']) this.upstreamConnects.labels(route, result).inc(0);
+    this.reuse.labels(route).inc(0);
+    for (const direction of ['upstream', 'downstream']) this.bytes.labels(route, direction).inc(0);
+    this.poolIdle.labels(route).set(0);
+    this.poolActive.labels(route).set(0);
+  }
+}

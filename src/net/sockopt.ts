@@ -1,0 +1,264 @@
+import { createRequire } from 'node:module';
+import { constants as osConstants } from 'node:os';
+import type { Socket } from 'node:net';
+import type { KeepaliveSide } from '../config/schema.js';
+
+// Full control of TCP keepalive on one socket. Node's socket.setKeepAlive sets only
+// TCP_KEEPIDLE (libuv then forces a 1 s interval and 10 probes) and has no
+// TCP_USER_TIMEOUT, so on Linux we call setsockopt(2)/getsockopt(2) on the socket's fd
+// through koffi. Anywhere else (or when koffi cannot load) we fall back to setKeepAlive.
+//
+// The fd is `socket._handle.fd`: present at once on an accepted socket, only after
+// 'connect' on an outgoing one (it is -1 while connecting), gone (null handle) once
+// destroyed. Call applyKeepalive after 'connect', and never call socket.setKeepAlive on
+// the same socket afterwards: libuv would overwrite the interval and count.
+
+type Koffi = typeof import('koffi');
+
+export interface SockoptSupport {
+  readonly native: boolean;
+  readonly reason: string | null;
+}
+
+export interface SocketOptions {
+  keepalive: boolean;
+  idleSeconds: number;
+  intervalSeconds: number;
+  count: number;
+  userTimeoutMs: number;
+  noDelay: boolean;
+}
+
+// Linux values (include/uapi/asm-generic/socket.h, include/uapi/linux/tcp.h, netinet/in.h).
+// SOL_SOCKET/SO_KEEPALIVE differ on mips, sparc, alpha and parisc; koffi ships no
+// binaries for those, and isLinuxAbi() below refuses them anyway.
+const SOL_SOCKET = 1;
+const SO_KEEPALIVE = 9;
+const IPPROTO_TCP = 6;
+const TCP_NODELAY = 1;
+const TCP_KEEPIDLE = 4;
+const TCP_KEEPINTVL = 5;
+const TCP_KEEPCNT = 6;
+const TCP_USER_TIMEOUT = 18;
+
+/** Kernel bounds (net/ipv4/tcp.c: MAX_TCP_KEEPIDLE, MAX_TCP_KEEPINTVL, MAX_TCP_KEEPCNT); past them setsockopt fails with EINVAL. */
+export const KEEPALIVE_LIMITS = {
+  maxIdleSeconds: 32_767,
+  maxIntervalSeconds: 32_767,
+  maxCount: 127,
+  /** TCP_USER_TIMEOUT is an int of milliseconds; negative values are EINVAL. */
+  maxUserTimeoutMs: 2_147_483_647,
+} as const;
+
+/** libc's two calls, declared once, plus one reusable 4-byte value and length (native endianness). */
+interface NativeCalls {
+  readonly setsockopt: (fd: number, level: number, name: number, value: Int32Array, length: number) => number;
+  readonly getsockopt: (fd: number, level: number, name: number, value: Int32Array, length: Uint32Array) => number;
+  readonly errno: () => number;
+}
+
+const INT_SIZE = 4;
+const intValue = new Int32Array(1);
+const intLength = new Uint32Array(1);
+
+let probed: { native: NativeCalls | null; reason: string | null } | undefined;
+let forcedFallback = false;
+let warned = false;
+let lastError: string | null = null;
+
+/** Loads koffi and libc once; never throws: a failure becomes the fallback's reason. */
+function probe(): { native: NativeCalls | null; reason: string | null } {
+  if (probed) return probed;
+  if (process.platform !== 'linux') {
+    probed = { native: null, reason: `TCP keepalive interval, count and user timeout are set only on Linux (this is ${process.platform})` };
+  } else if (!isLinuxAbi()) {
+    probed = { native: null, reason: `socket option numbers differ on ${process.arch}` };
+  } else {
+    probed = loadNative();
+  }
+  return probed;
+}
+
+function isLinuxAbi(): boolean {
+  return !['mips', 'mipsel', 'mips64', 'mips64el', 'sparc', 'sparc64'].includes(process.arch);
+}
+
+function loadNative(): { native: NativeCalls | null; reason: string | null } {
+  let koffi: Koffi;
+  try {
+    koffi = createRequire(import.meta.url)('koffi') as Koffi;
+  } catch (error) {
+    return { native: null, reason: `koffi could not load: ${messageOf(error)}` };
+  }
+  // glibc names its libc libc.so.6; elsewhere (musl) the process itself exports setsockopt.
+  let lastFailure = '';
+  for (const library of ['libc.so.6', null]) {
+    try {
+      const libc = koffi.load(library);
+      const native: NativeCalls = {
+        setsockopt: libc.func('int setsockopt(int fd, int level, int optname, const void *optval, uint32_t optlen)'),
+        getsockopt: libc.func('int getsockopt(int fd, int level, int optname, _Out_ void *optval, _Inout_ uint32_t *optlen)'),
+        errno: () => koffi.errno(),
+      };
+      return { native, reason: null };
+    } catch (error) {
+      lastFailure = messageOf(error);
+    }
+  }
+  return { native: null, reason: `libc could not be loaded through koffi: ${lastFailure}` };
+}
+
+/** The calls to use now, or null for the fallback (platform, load failure or a test forcing it). */
+function nativeCalls(): NativeCalls | null {
+  return forcedFallback ? null : probe().native;
+}
+
+/** Whether setsockopt is used; computed on first read, so importing this file loads nothing. */
+export const sockoptSupport: SockoptSupport = {
+  get native(): boolean {
+    return nativeCalls() !== null;
+  },
+  get reason(): string | null {
+    return forcedFallback ? 'native socket options disabled for a test' : probe().reason;
+  },
+};
+
+/**
+ * SO_KEEPALIVE on, TCP_KEEPIDLE/INTVL (seconds, rounded up, min 1), TCP_KEEPCNT; TCP_USER_TIMEOUT (ms)
+ * when userTimeoutMs > 0. Falls back to socket.setKeepAlive(true, idleMs) when not native.
+ * Never throws for a socket already closed (returns false). Returns false too for an outgoing socket
+ * still connecting (no fd yet): call it from 'connect'. lastSockoptError() says why it returned false.
+ */
+export function applyKeepalive(socket: Socket, keepalive: KeepaliveSide, userTimeoutMs: number): boolean {
+  lastError = null;
+  const native = nativeCalls();
+  if (!native) return applyFallback(socket, keepalive);
+  const fd = fdOf(socket);
+  if (fd === null) return false;
+
+  // Kernel units: KEEPIDLE and KEEPINTVL are whole seconds, so milliseconds round up (a
+  // configured 1500 ms never probes earlier than asked) with a floor of 1 s (0 is EINVAL).
+  const idleSeconds = clamp(Math.ceil(keepalive.idleMs / 1000), 1, KEEPALIVE_LIMITS.maxIdleSeconds);
+  const intervalSeconds = clamp(Math.ceil(keepalive.intervalMs / 1000), 1, KEEPALIVE_LIMITS.maxIntervalSeconds);
+  // KEEPCNT is a plain count of unanswered probes.
+  const count = clamp(Math.round(keepalive.count), 1, KEEPALIVE_LIMITS.maxCount);
+  const keepaliveSet =
+    setInt(native, fd, SOL_SOCKET, SO_KEEPALIVE, 1, 'SO_KEEPALIVE') &&
+    setInt(native, fd, IPPROTO_TCP, TCP_KEEPIDLE, idleSeconds, 'TCP_KEEPIDLE') &&
+    setInt(native, fd, IPPROTO_TCP, TCP_KEEPINTVL, intervalSeconds, 'TCP_KEEPINTVL') &&
+    setInt(native, fd, IPPROTO_TCP, TCP_KEEPCNT, count, 'TCP_KEEPCNT');
+  if (!keepaliveSet) {
+    // A live socket whose kernel refused one option still gets libuv's keepalive.
+    if (!socket.destroyed) applyFallback(socket, keepalive);
+    return false;
+  }
+  if (userTimeoutMs > 0) {
+    // TCP_USER_TIMEOUT is already in milliseconds: how long sent data may stay unacknowledged.
+    // While it is set the kernel also uses it, not KEEPCNT, to give up on a keepalive-probed peer:
+    // dead once at least one probe went unanswered and userTimeoutMs passed since the last data.
+    const ms = clamp(Math.ceil(userTimeoutMs), 1, KEEPALIVE_LIMITS.maxUserTimeoutMs);
+    if (!setInt(native, fd, IPPROTO_TCP, TCP_USER_TIMEOUT, ms, 'TCP_USER_TIMEOUT')) return false;
+  }
+  return true;
+}
+
+/** getsockopt read-back (tests, /connections); null when not native or closed. */
+export function readSocketOptions(socket: Socket): SocketOptions | null {
+  const native = nativeCalls();
+  if (!native) return null;
+  const fd = fdOf(socket);
+  if (fd === null) return null;
+  const keepalive = getInt(native, fd, SOL_SOCKET, SO_KEEPALIVE, 'SO_KEEPALIVE');
+  const idleSeconds = getInt(native, fd, IPPROTO_TCP, TCP_KEEPIDLE, 'TCP_KEEPIDLE');
+  const intervalSeconds = getInt(native, fd, IPPROTO_TCP, TCP_KEEPINTVL, 'TCP_KEEPINTVL');
+  const count = getInt(native, fd, IPPROTO_TCP, TCP_KEEPCNT, 'TCP_KEEPCNT');
+  const userTimeoutMs = getInt(native, fd, IPPROTO_TCP, TCP_USER_TIMEOUT, 'TCP_USER_TIMEOUT');
+  const noDelay = getInt(native, fd, IPPROTO_TCP, TCP_NODELAY, 'TCP_NODELAY');
+  if (
+    keepalive === null ||
+    idleSeconds === null ||
+    intervalSeconds === null ||
+    count === null ||
+    userTimeoutMs === null ||
+    noDelay === null
+  ) {
+    return null;
+  }
+  return { keepalive: keepalive !== 0, idleSeconds, intervalSeconds, count, userTimeoutMs, noDelay: noDelay !== 0 };
+}
+
+/** Log once per process (warn) when the platform can't do it. */
+export function warnIfUnsupported(log: { warn(obj: object, msg: string): void }): void {
+  if (warned || sockoptSupport.native) return;
+  warned = true;
+  log.warn(
+    { reason: sockoptSupport.reason },
+    'TCP keepalive falls back to socket.setKeepAlive: only the idle time is applied (interval and count are libuv defaults) and TCP_USER_TIMEOUT is not set',
+  );
+}
+
+/** Why the last applyKeepalive returned false ("setsockopt(TCP_KEEPCNT): EINVAL"), or null. */
+export function lastSockoptError(): string | null {
+  return lastError;
+}
+
+/** @internal For tests: exercise the fallback path on Linux. Socket state set meanwhile stays in the kernel. */
+export function forceFallbackForTesting(forced: boolean): void {
+  forcedFallback = forced;
+}
+
+function applyFallback(socket: Socket, keepalive: KeepaliveSide): boolean {
+  if (socket.destroyed) {
+    lastError = 'socket is closed';
+    return false;
+  }
+  // setKeepAlive takes milliseconds; libuv rounds them down to seconds itself.
+  socket.setKeepAlive(true, keepalive.idleMs);
+  return true;
+}
+
+/** The live fd, or null (with lastError set) when closed or not yet connected. */
+function fdOf(socket: Socket): number | null {
+  if (socket.destroyed) {
+    lastError = 'socket is closed';
+    return null;
+  }
+  const fd = (socket as unknown as { _handle?: { fd?: unknown } | null })._handle?.fd;
+  if (typeof fd !== 'number' || fd < 0) {
+    lastError = socket.connecting ? 'socket has no fd yet: still connecting' : 'socket has no fd';
+    return null;
+  }
+  return fd;
+}
+
+function setInt(native: NativeCalls, fd: number, level: number, name: number, value: number, label: string): boolean {
+  intValue[0] = value;
+  if (native.setsockopt(fd, level, name, intValue, INT_SIZE) === 0) return true;
+  lastError = `setsockopt(${label}): ${errnoName(native.errno())}`;
+  return false;
+}
+
+function getInt(native: NativeCalls, fd: number, level: number, name: number, label: string): number | null {
+  intValue[0] = 0;
+  intLength[0] = INT_SIZE;
+  if (native.getsockopt(fd, level, name, intValue, intLength) === 0) return intValue[0]!;
+  lastError = `getsockopt(${label}): ${errnoName(native.errno())}`;
+  return null;
+}
+
+let errnoNames: Map<number, string> | undefined;
+
+function errnoName(code: number): string {
+  errnoNames ??= new Map(Object.entries(osConstants.errno).map(([name, value]) => [value, name]));
+  return errnoNames.get(code) ?? `errno ${code}`;
+}
+
+function clamp(value: number, min: number, max: number): number {
+  return Math.min(max, Math.max(min, value));
+}
+
+/** First line only: module-not-found errors append a multi-line require stack. */
+function messageOf(error: unknown): string {
+  const message = error instanceof Error ? error.message : String(error);
+  return message.split('\n', 1)[0]!;
+}

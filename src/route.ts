@@ -1,0 +1,48 @@
+import type { Clock } from './clock.js';
+import type { RouteConfig } from './config/schema.js';
+import type { Logger } from './log.js';
+import type { Metrics, EvictionReason } from './metrics/registry.js';
+
+// The contract between the composition root (app.ts) and each kind of route
+// (tcp/route.ts for the TCP family, http/route.ts for http and http-forward).
+
+export interface RouteDeps {
+  readonly metrics: Metrics;
+  readonly log: Logger;
+  readonly clock: Clock;
+}
+
+/** One row of the admin /connections listing. */
+export interface ConnectionInfo {
+  readonly id: string;
+  readonly route: string;
+  readonly protocol: string;
+  readonly client: string;
+  readonly upstream: string | null;
+  readonly ageSeconds: number;
+  readonly idleSeconds: number;
+  readonly bytesUpstream: number;
+  readonly bytesDownstream: number;
+  readonly reused: boolean;
+}
+
+export interface RouteHandle {
+  readonly name: string;
+  /** The settings new connections get; live connections keep the ones they started with. */
+  readonly config: RouteConfig;
+  /** Bind the listener. Rejects with ProxyError('LISTEN_FAILED') when the address cannot be bound. */
+  listen(): Promise<void>;
+  readonly listening: boolean;
+  /** The bound address (useful with port 0). */
+  address(): { host: string; port: number } | null;
+  /** Take new settings for new connections; the listen address must be unchanged. */
+  update(config: RouteConfig): void;
+  /** Stop accepting; live connections go on. */
+  stopAccepting(): Promise<void>;
+  /** Resolves when every live connection has ended, or after deadlineMs when the rest are closed with `reason`. */
+  drain(deadlineMs: number, reason: EvictionReason): Promise<void>;
+  connections(): ConnectionInfo[];
+  readonly activeCount: number;
+}
+
+export type RouteFactory = (config: RouteConfig, deps: RouteDeps) => RouteHandle;

@@ -1,0 +1,277 @@
+import net from 'node:net';
+import type { RouteConfig } from '../config/schema.js';
+import { ProxyError, type Side } from '../errors.js';
+import type { EvictionReason } from '../metrics/registry.js';
+import { applyKeepalive } from '../net/sockopt.js';
+import { codecFor } from '../protocols/registry.js';
+import type { HeartbeatCodec } from '../protocols/types.js';
+import type { ConnectionInfo, RouteDeps, RouteHandle } from '../route.js';
+import { formatAddress, listenOn } from '../net/listen.js';
+import { Session, type SessionEvents } from './session.js';
+import { UpstreamSource, type Lease } from './upstream.js';
+
+// A TCP-family route: accept -> keepalive on the client socket -> lease an upstream
+// (warm pool or fresh dial) -> Session. Owns its listener, its sessions and one
+// subscription to the shared clock that drives idle timeouts and heartbeats.
+
+let nextSessionId = 1;
+
+export function createTcpRoute(config: RouteConfig, deps: RouteDeps): RouteHandle {
+  return new TcpRoute(config, deps);
+}
+
+class TcpRoute implements RouteHandle {
+  readonly name: string;
+  #config: RouteConfig;
+  #codec: HeartbeatCodec | null;
+  readonly #deps: RouteDeps;
+  readonly #server: net.Server;
+  /** Live sessions, each with the release() of the lease it runs on. */
+  readonly #sessions = new Map<Session, () => void>();
+  /** Client sockets accepted whose upstream is still connecting. */
+  readonly #pending = new Map<net.Socket, () => void>();
+  #upstream: UpstreamSource;
+  #listening = false;
+  #unsubscribe: (() => void) | null = null;
+  #pendingBytesUp = 0;
+  #pendingBytesDown = 0;
+  #drainWaiters: Array<() => void> = [];
+  readonly #events: SessionEvents;
+
+  constructor(config: RouteConfig, deps: RouteDeps) {
+    this.name = config.name;
+    this.#config = config;
+    this.#deps = deps;
+    this.#codec = heartbeatCodec(config);
+    this.#upstream = new UpstreamSource(config, this.#codec, deps);
+    this.#server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, (socket) => this.#accept(socket));
+    this.#server.on('error', (error) => deps.log.error({ route: this.name, err: error }, 'listener error'));
+    deps.metrics.initRoute(this.name);
+    this.#events = {
+      onClosed: (session, reason, side) => this.#onSessionClosed(session, reason, side),
+      onBytes: (direction, count) => {
+        if (direction === 'upstream') this.#pendingBytesUp += count;
+        else this.#pendingBytesDown += count;
+      },
+      onHeartbeat: (session, result, ms, detail) => this.#onHeartbeat(session, result, ms, detail),
+    };
+  }
+
+  get config(): RouteConfig {
+    return this.#config;
+  }
+
+  get listening(): boolean {
+    return this.#listening;
+  }
+
+  get activeCount(): number {
+    return this.#sessions.size + this.#pending.size;
+  }
+
+  async listen(): Promise<void> {
+    await listenOn(this.#server, this.#config.listen, this.name);
+    this.#listening = true;
+    this.#unsubscribe = this.#deps.clock.subscribe((now) => this.#tick(now));
+    this.#upstream.start();
+  }
+
+  address(): { host: string; port: number } | null {
+    const address = this.#server.address();
+    return address && typeof address === 'object' ? { host: address.address, port: address.port } : null;
+  }
+
+  update(config: RouteConfig): void {
+    this.#config = config;
+    this.#codec = heartbeatCodec(config);
+    // A changed upstream or pool gets a fresh source; the old one's idle sockets go.
+    const old = this.#upstream;
+    this.#upstream = new UpstreamSource(config, this.#codec, this.#deps);
+    old.close('route_removed');
+    if (this.#listening) this.#upstream.start();
+  }
+
+  async stopAccepting(): Promise<void> {
+    if (!this.#listening) return;
+    this.#listening = false;
+    this.#upstream.close('shutdown');
+    await new Promise<void>((resolve) => this.#server.close(() => resolve()));
+  }
+
+  async drain(deadlineMs: number, reason: EvictionReason): Promise<void> {
+    await this.stopAccepting();
+    if (this.activeCount > 0) {
+      const drained = new Promise<void>((resolve) => this.#drainWaiters.push(resolve));
+      // An infinite deadline (a route retired by reload) waits for the clients to finish.
+      let timer: NodeJS.Timeout | undefined;
+      const deadline = Number.isFinite(deadlineMs)
+        ? new Promise<void>((resolve) => (timer = setTimeout(resolve, deadlineMs)))
+        : new Promise<void>(() => {});
+      await Promise.race([drained, deadline]);
+      clearTimeout(timer);
+      for (const abort of this.#pending.values()) abort();
+      for (const session of this.#sessions.keys()) session.destroy(reason);
+    }
+    this.#flushBytes();
+    this.#unsubscribe?.();
+    this.#unsubscribe = null;
+  }
+
+  connections(): ConnectionInfo[] {
+    const now = Date.now();
+    return [...this.#sessions.keys()].map((s) => ({
+      id: s.id,
+      route: this.name,
+      protocol: this.#config.protocol,
+      client: formatAddress(s.down.remoteAddress, s.down.remotePort),
+      upstream: formatAddress(s.up.remoteAddress, s.up.remotePort),
+      ageSeconds: (now - s.startedAt) / 1000,
+      idleSeconds: (now - s.lastPayloadAt) / 1000,
+      bytesUpstream: s.bytesUp,
+      bytesDownstream: s.bytesDown,
+      reused: s.reused,
+    }));
+  }
+
+  /** Moves the byte counts gathered since the last tick into Prometheus. */
+  #flushBytes(): void {
+    const { bytes } = this.#deps.metrics;
+    if (this.#pendingBytesUp > 0) bytes.labels(this.name, 'upstream').inc(this.#pendingBytesUp);
+    if (this.#pendingBytesDown > 0) bytes.labels(this.name, 'downstream').inc(this.#pendingBytesDown);
+    this.#pendingBytesUp = this.#pendingBytesDown = 0;
+  }
+
+  #tick(now: number): void {
+    this.#flushBytes();
+    for (const session of this.#sessions.keys()) session.tick(now);
+    this.#upstream.tick(now);
+  }
+
+  #accept(down: net.Socket): void {
+    const { metrics, log } = this.#deps;
+    const config = this.#config;
+    metrics.connectionsAccepted.labels(this.name).inc();
+    if (config.maxConnections > 0 && this.activeCount >= config.maxConnections) {
+      // Like PgBouncer's max_client_conn: refuse at once rather than queue unboundedly.
+      metrics.evictions.labels(this.name, 'max_connections').inc();
+      log.warn({ route: this.name, client: formatAddress(down.remoteAddress, down.remotePort), maxConnections: config.maxConnections }, 'connection refused: maxConnections reached');
+      down.on('error', () => {});
+      down.destroy();
+      return;
+    }
+    metrics.connectionsActive.labels(this.name).inc();
+    down.setNoDelay(config.noDelay);
+    applyKeepalive(down, config.keepalive.client, 0);
+    const attempt = this.#upstream.lease();
+    let clientGone: EvictionReason | null = null;
+    const onEarlyError = (error: NodeJS.ErrnoException): void => {
+      clientGone = error.code === 'ECONNRESET' ? 'peer_reset' : 'error';
+      attempt.abort();
+    };
+    const onEarlyClose = (): void => {
+      clientGone ??= 'peer_closed';
+      attempt.abort();
+    };
+    down.on('error', onEarlyError);
+    down.on('close', onEarlyClose);
+    this.#pending.set(down, () => {
+      clientGone ??= 'shutdown';
+      attempt.abort();
+      down.destroy();
+    });
+    attempt.done.then(
+      (lease) => {
+        this.#pending.delete(down);
+        down.off('error', onEarlyError);
+        down.off('close', onEarlyClose);
+        if (clientGone || down.destroyed) {
+          lease.socket.destroy();
+          this.#endBeforeSession(down, clientGone ?? 'peer_closed', 'downstream');
+          return;
+        }
+        this.#startSession(down, lease);
+      },
+      (error: unknown) => {
+        this.#pending.delete(down);
+        down.off('error', onEarlyError);
+        down.off('close', onEarlyClose);
+        if (clientGone) {
+          this.#endBeforeSession(down, clientGone, 'downstream');
+          return;
+        }
+        const timeout = error instanceof ProxyError && error.code === 'CONNECT_TIMEOUT';
+        log.warn({ route: this.name, client: formatAddress(down.remoteAddress, down.remotePort), err: String((error as Error).message ?? error) }, 'upstream connect failed; closing client');
+        down.on('error', () => {});
+        // A reset tells the client at once that nothing is behind this connection.
+        if (!down.destroyed) down.resetAndDestroy();
+        this.#endBeforeSession(down, timeout ? 'connect_timeout' : 'connect_error', 'upstream');
+      },
+    );
+  }
+
+  #endBeforeSession(down: net.Socket, reason: EvictionReason, side: Side): void {
+    const { metrics, log } = this.#deps;
+    if (!down.destroyed) down.destroy();
+    metrics.connectionsActive.labels(this.name).dec();
+    metrics.evictions.labels(this.name, reason === 'connect_timeout' ? 'connect_error' : reason).inc();
+    log.debug({ route: this.name, reason, side }, 'connection closed before the upstream was ready');
+    this.#checkDrained();
+  }
+
+  #startSession(down: net.Socket, lease: Lease): void {
+    const config = this.#config;
+    const session = new Session(down, lease.socket, this.#events, {
+      id: String(nextSessionId++),
+      idleTimeoutMs: config.idleTimeoutMs,
+      heartbeat: config.heartbeat,
+      tracker: lease.tracker,
+      reused: lease.reused,
+      earlyData: lease.earlyData,
+      now: Date.now(),
+    });
+    this.#sessions.set(session, lease.release);
+    down.resume();
+    lease.socket.resume();
+  }
+
+  #onSessionClosed(session: Session, reason: EvictionReason, side: Side): void {
+    const { metrics, log } = this.#deps;
+    this.#sessions.get(session)?.();
+    this.#sessions.delete(session);
+    metrics.connectionsActive.labels(this.name).dec();
+    metrics.evictions.labels(this.name, reason).inc();
+    const fields = {
+      route: this.name,
+      id: session.id,
+      reason,
+      side,
+      durationMs: Date.now() - session.startedAt,
+      bytesUpstream: session.bytesUp,
+      bytesDownstream: session.bytesDown,
+    };
+    // Evictions the proxy decided (a dead peer, a timeout) are news; ordinary ends are not.
+    if (reason === 'peer_closed' || reason === 'shutdown') log.debug(fields, 'connection closed');
+    else log.info(fields, 'connection evicted');
+    this.#checkDrained();
+  }
+
+  #onHeartbeat(session: Session, result: 'ok' | 'timeout' | 'unsupported', ms: number, detail?: string): void {
+    const { metrics, log } = this.#deps;
+    metrics.heartbeats.labels(this.name, result).inc();
+    if (result === 'ok') metrics.heartbeatRtt.labels(this.name).observe(ms / 1000);
+    else if (result === 'unsupported') log.info({ route: this.name, id: session.id, why: detail }, 'heartbeats off for this connection (TCP keepalive only)');
+    else log.warn({ route: this.name, id: session.id, waitedMs: ms }, 'heartbeat unanswered: upstream considered dead');
+  }
+
+  #checkDrained(): void {
+    if (this.activeCount > 0 || this.#drainWaiters.length === 0) return;
+    const waiters = this.#drainWaiters;
+    this.#drainWaiters = [];
+    for (const resolve of waiters) resolve();
+  }
+}
+
+function heartbeatCodec(config: RouteConfig): HeartbeatCodec | null {
+  if (!config.heartbeat) return null;
+  return codecFor(config.protocol, { send: config.heartbeat.send, expect: config.heartbeat.expect });
+}

@@ -1,0 +1,287 @@
+import type net from 'node:net';
+import type { RouteConfig } from '../config/schema.js';
+import type { EvictionReason } from '../metrics/registry.js';
+import { dial, describe, type DialHandle } from '../net/dial.js';
+import { applyKeepalive } from '../net/sockopt.js';
+import type { HeartbeatCodec, Tracker } from '../protocols/types.js';
+import type { RouteDeps } from '../route.js';
+import { ProxyError } from '../errors.js';
+import { reasonForError } from './session.js';
+
+// Where a TCP route's upstream sockets come from: a warm pool of pre-dialled,
+// single-use spares when `pool.warm` > 0, else a fresh dial per client.
+//
+// A parked spare is watched: any EOF, reset or error evicts it (pingora's rule). Bytes
+// the server sends first (a MySQL greeting) are kept, bounded, and handed to the client
+// with the socket. Protocols whose codec may probe before any client byte (redis) get
+// heartbeats while parked, so a spare that went dead behind a middlebox is found.
+
+export interface Lease {
+  readonly socket: net.Socket;
+  /** True when the socket already existed (a warm hand-off): counted in reuse_total. */
+  readonly reused: boolean;
+  readonly earlyData: readonly Buffer[];
+  readonly tracker: Tracker | null;
+  /** The session using the socket has ended (pool_active bookkeeping). */
+  release(): void;
+}
+
+export interface LeaseAttempt {
+  readonly done: Promise<Lease>;
+  abort(): void;
+}
+
+/** Past this many greeting bytes a parked socket is not what we think it is. */
+const MAX_EARLY_BYTES = 64 * 1024;
+const BACKOFF_MIN_MS = 100;
+const BACKOFF_MAX_MS = 30_000;
+
+interface Spare {
+  readonly socket: net.Socket;
+  readonly tracker: Tracker | null;
+  readonly parkedAt: number;
+  readonly early: Buffer[];
+  earlyBytes: number;
+  lastWireAt: number;
+  probeSentAt: number;
+  detach(): void;
+}
+
+export class UpstreamSource {
+  readonly #config: RouteConfig;
+  readonly #codec: HeartbeatCodec | null;
+  readonly #deps: RouteDeps;
+  readonly #warm: number;
+  readonly #spares: Spare[] = [];
+  readonly #dialing = new Set<DialHandle>();
+  #inUse = 0;
+  #closed = false;
+  #started = false;
+  #backoffMs = 0;
+  #nextRefillAt = 0;
+
+  constructor(config: RouteConfig, codec: HeartbeatCodec | null, deps: RouteDeps) {
+    this.#config = config;
+    this.#codec = codec;
+    this.#deps = deps;
+    this.#warm = config.warmPool?.warm ?? 0;
+  }
+
+  start(): void {
+    this.#started = true;
+    this.#refill();
+  }
+
+  lease(): LeaseAttempt {
+    const spare = this.#takeSpare();
+    if (spare) {
+      this.#inUse++;
+      this.#updateGauges();
+      this.#refill();
+      return this.#handOff(spare);
+    }
+    const handle = this.#dial();
+    let aborted = false;
+    return {
+      done: handle.done.then((socket) => {
+        if (aborted) {
+          socket.destroy();
+          throw new ProxyError('CONNECT_FAILED', 'downstream', 'client left');
+        }
+        this.#inUse++;
+        this.#updateGauges();
+        return { socket, reused: false, earlyData: [], tracker: this.#codec?.track(codecOptions(this.#config)) ?? null, release: () => this.#released() };
+      }),
+      abort: () => {
+        aborted = true;
+        handle.abort();
+      },
+    };
+  }
+
+  #released(): void {
+    if (this.#inUse > 0) this.#inUse--;
+    this.#updateGauges();
+  }
+
+  tick(now: number): void {
+    if (this.#closed) return;
+    const maxIdleMs = this.#config.warmPool?.maxIdleMs ?? 0;
+    const heartbeat = this.#config.heartbeat;
+    for (const spare of [...this.#spares]) {
+      if (maxIdleMs > 0 && now - spare.parkedAt >= maxIdleMs) {
+        this.#evict(spare, 'idle_timeout');
+        continue;
+      }
+      if (!heartbeat || !spare.tracker || !this.#codec?.probesBeforeClient) continue;
+      if (spare.tracker.probing) {
+        if (now - spare.probeSentAt >= heartbeat.timeoutMs) {
+          this.#deps.metrics.heartbeats.labels(this.#config.name, 'timeout').inc();
+          this.#evict(spare, 'heartbeat_timeout');
+        }
+      } else if (spare.tracker.state === 'quiet' && now - spare.lastWireAt >= heartbeat.everyMs) {
+        spare.probeSentAt = spare.lastWireAt = now;
+        spare.socket.write(spare.tracker.probe());
+      }
+    }
+    if (now >= this.#nextRefillAt) this.#refill();
+  }
+
+  close(reason: EvictionReason): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    for (const handle of this.#dialing) handle.abort();
+    this.#dialing.clear();
+    for (const spare of [...this.#spares]) this.#evict(spare, reason);
+    this.#updateGauges();
+  }
+
+  #dial(): { done: Promise<net.Socket>; abort(): void } {
+    const { metrics, log } = this.#deps;
+    const config = this.#config;
+    const target = config.upstream!;
+    const handle = dial({ target, timeoutMs: config.connectTimeoutMs, noDelay: config.noDelay });
+    this.#dialing.add(handle);
+    const done = handle.done.then(
+      ({ socket, connectMs }) => {
+        this.#dialing.delete(handle);
+        metrics.upstreamConnects.labels(config.name, 'ok').inc();
+        metrics.upstreamConnectSeconds.labels(config.name).observe(connectMs / 1000);
+        applyKeepalive(socket, config.keepalive.upstream, config.userTimeoutMs);
+        return socket;
+      },
+      (error: unknown) => {
+        this.#dialing.delete(handle);
+        const timeout = error instanceof ProxyError && error.code === 'CONNECT_TIMEOUT';
+        const clientLeft = error instanceof ProxyError && error.side === 'downstream';
+        if (!clientLeft) {
+          metrics.upstreamConnects.labels(config.name, timeout ? 'timeout' : 'error').inc();
+          log.debug({ route: config.name, upstream: describe(target), err: (error as Error).message }, 'upstream connect failed');
+        }
+        throw error;
+      },
+    );
+    return { done, abort: () => handle.abort() };
+  }
+
+  #refill(): void {
+    if (!this.#started || this.#closed || this.#warm === 0) return;
+    const missing = this.#warm - this.#spares.length - this.#dialing.size;
+    for (let i = 0; i < missing; i++) {
+      this.#dial().done.then(
+        (socket) => {
+          this.#backoffMs = 0;
+          if (this.#closed) socket.destroy();
+          else this.#park(socket);
+        },
+        () => {
+          // The upstream is down: back off exponentially, retried from the shared tick.
+          this.#backoffMs = Math.min(BACKOFF_MAX_MS, Math.max(BACKOFF_MIN_MS, this.#backoffMs * 2));
+          this.#nextRefillAt = Date.now() + this.#backoffMs;
+        },
+      );
+    }
+  }
+
+  #park(socket: net.Socket): void {
+    const now = Date.now();
+    const tracker = this.#codec?.track(codecOptions(this.#config)) ?? null;
+    const onData = (chunk: Buffer): void => {
+      spare.lastWireAt = Date.now();
+      const forward = tracker ? tracker.fromServer(chunk) : chunk;
+      if (forward.length === 0) return;
+      spare.early.push(forward);
+      spare.earlyBytes += forward.length;
+      if (spare.earlyBytes > MAX_EARLY_BYTES) this.#evict(spare, 'error');
+    };
+    const onEnd = (): void => this.#evict(spare, 'peer_closed');
+    const onError = (error: NodeJS.ErrnoException): void => this.#evict(spare, reasonForError(error));
+    const onClose = (): void => this.#evict(spare, 'peer_closed');
+    const spare: Spare = {
+      socket,
+      tracker,
+      parkedAt: now,
+      early: [],
+      earlyBytes: 0,
+      lastWireAt: now,
+      probeSentAt: 0,
+      detach: () => {
+        // Pause first: removing the 'data' listener of a flowing stream would drop bytes.
+        socket.pause();
+        socket.off('data', onData);
+        socket.off('end', onEnd);
+        socket.off('error', onError);
+        socket.off('close', onClose);
+      },
+    };
+    socket.on('data', onData);
+    socket.on('end', onEnd);
+    socket.on('error', onError);
+    socket.on('close', onClose);
+    this.#spares.push(spare);
+    this.#updateGauges();
+  }
+
+  /** The freshest spare not waiting on a probe reply (LIFO: least likely to be stale). */
+  #takeSpare(): Spare | null {
+    for (let i = this.#spares.length - 1; i >= 0; i--) {
+      const spare = this.#spares[i]!;
+      if (spare.tracker?.probing || spare.socket.destroyed) continue;
+      this.#spares.splice(i, 1);
+      return spare;
+    }
+    return null;
+  }
+
+  #handOff(spare: Spare): LeaseAttempt {
+    let aborted = false;
+    // Yield one turn of the event loop first, so a FIN or RST that already arrived on
+    // the parked socket is seen before a client is given a dead connection (undici).
+    const done = new Promise<Lease>((resolve, reject) => {
+      setImmediate(() => {
+        spare.detach();
+        if (aborted) {
+          spare.socket.destroy();
+          reject(new ProxyError('CONNECT_FAILED', 'downstream', 'client left'));
+          return;
+        }
+        if (spare.socket.destroyed || spare.socket.readableEnded) {
+          // Died in the last tick: count it and fall back to a fresh dial.
+          this.#deps.metrics.evictions.labels(this.#config.name, 'peer_closed').inc();
+          this.#inUse--;
+          const fresh = this.lease();
+          fresh.done.then(resolve, reject);
+          return;
+        }
+        this.#deps.metrics.reuse.labels(this.#config.name).inc();
+        resolve({ socket: spare.socket, reused: true, earlyData: spare.early, tracker: spare.tracker, release: () => this.#released() });
+      });
+    });
+    return { done, abort: () => (aborted = true) };
+  }
+
+  #evict(spare: Spare, reason: EvictionReason): void {
+    const index = this.#spares.indexOf(spare);
+    if (index === -1) return;
+    this.#spares.splice(index, 1);
+    spare.detach();
+    spare.socket.on('error', () => {});
+    spare.socket.destroy();
+    this.#deps.metrics.evictions.labels(this.#config.name, reason).inc();
+    if (reason !== 'shutdown' && reason !== 'route_removed') {
+      this.#deps.log.info({ route: this.#config.name, reason, pooledMs: Date.now() - spare.parkedAt }, 'pooled upstream connection evicted');
+    }
+    this.#updateGauges();
+    if (!this.#closed) this.#nextRefillAt = Math.max(this.#nextRefillAt, Date.now());
+  }
+
+  #updateGauges(): void {
+    const { poolIdle, poolActive } = this.#deps.metrics;
+    poolIdle.labels(this.#config.name).set(this.#closed ? 0 : this.#spares.length);
+    poolActive.labels(this.#config.name).set(this.#inUse);
+  }
+}
+
+function codecOptions(config: RouteConfig): { send?: Buffer; expect?: Buffer } {
+  return { send: config.heartbeat?.send, expect: config.heartbeat?.expect };
+}

@@ -1,0 +1,47 @@
+// Bounded waiting: every wait in the suite goes through here so none can hang forever.
+
+export async function until<T>(
+  condition: () => T | Promise<T>,
+  timeoutMs: number,
+  what = 'condition',
+  pollMs = 25,
+): Promise<NonNullable<T>> {
+  const deadline = Date.now() + timeoutMs;
+  let lastError: unknown;
+  for (let attempt = 0; ; attempt++) {
+    try {
+      const value = await condition();
+      if (value) return value as NonNullable<T>;
+    } catch (error) {
+      lastError = error;
+    }
+    if (Date.now() >= deadline) {
+      const suffix = lastError ? ` (last error: ${String(lastError)})` : '';
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${suffix}`);
+    }
+    await sleep(pollMs);
+  }
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** Resolves with the event's arguments, or rejects after timeoutMs. */
+export function once<T = unknown>(
+  emitter: NodeJS.EventEmitter,
+  event: string,
+  timeoutMs: number,
+): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      emitter.off(event, onEvent);
+      reject(new Error(`timed out after ${timeoutMs} ms waiting for '${event}'`));
+    }, timeoutMs);
+    function onEvent(value: T): void {
+      clearTimeout(timer);
+      resolve(value);
+    }
+    emitter.once(event, onEvent);
+  });
+}

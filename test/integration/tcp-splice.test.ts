@@ -1,0 +1,255 @@
+import { createHash, randomBytes } from 'node:crypto';
+import net from 'node:net';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { connect, listen0, readBytes } from '../helpers/net.js';
+import { parseMetrics, sample, startProxy, type RunningProxy } from '../helpers/proxy.js';
+import { once, until } from '../helpers/wait.js';
+
+// The TCP data path through the real CLI: integrity, half-close, resets, connect errors.
+
+const MiB = 1024 * 1024;
+
+function sha256(buffers: Buffer[]): string {
+  const hash = createHash('sha256');
+  for (const b of buffers) hash.update(b);
+  return hash.digest('hex');
+}
+
+/** Sends `total` random bytes in 64 KiB writes honouring backpressure; resolves with their hash. */
+async function sendRandom(socket: net.Socket, total: number): Promise<string> {
+  const hash = createHash('sha256');
+  let sent = 0;
+  while (sent < total) {
+    const chunk = randomBytes(Math.min(64 * 1024, total - sent));
+    hash.update(chunk);
+    sent += chunk.length;
+    if (!socket.write(chunk)) await once(socket, 'drain', 30_000);
+  }
+  return hash.digest('hex');
+}
+
+/** Hashes everything read until EOF. */
+function hashUntilEnd(socket: net.Socket, timeoutMs: number): Promise<{ hash: string; bytes: number }> {
+  return new Promise((resolve, reject) => {
+    const hash = createHash('sha256');
+    let bytes = 0;
+    const timer = setTimeout(() => reject(new Error(`no EOF after ${bytes} bytes`)), timeoutMs);
+    socket.on('data', (c: Buffer) => {
+      hash.update(c);
+      bytes += c.length;
+    });
+    socket.once('end', () => {
+      clearTimeout(timer);
+      resolve({ hash: hash.digest('hex'), bytes });
+    });
+    socket.once('error', reject);
+  });
+}
+
+describe('tcp route data path', () => {
+  let upstream: Awaited<ReturnType<typeof listen0>>;
+  let onUpstream: (socket: net.Socket) => void = () => {};
+  let proxy: RunningProxy;
+  let port: number;
+
+  beforeAll(async () => {
+    upstream = await listen0((socket) => onUpstream(socket));
+    const { freePort } = await import('../helpers/net.js');
+    port = await freePort();
+    proxy = await startProxy({
+      yaml: `
+admin: { listen: "{{admin}}" }
+log: { level: debug }
+routes:
+  - name: echo
+    listen: 127.0.0.1:${port}
+    upstream: 127.0.0.1:${upstream.port}
+    connectTimeout: 2s
+`,
+    });
+  });
+  afterAll(async () => {
+    await proxy?.stop();
+    await upstream?.close();
+  });
+
+  it('carries 64 MiB each way concurrently with both hashes intact', async () => {
+    const serverReceived = new Promise<{ hash: string; bytes: number }>((resolve, reject) => {
+      onUpstream = (socket) => {
+        hashUntilEnd(socket, 60_000).then(resolve, reject);
+        sendRandom(socket, 64 * MiB).then((h) => {
+          serverSentHash = h;
+          socket.end();
+        });
+      };
+    });
+    let serverSentHash = '';
+    const client = await connect(port);
+    const clientReceived = hashUntilEnd(client, 60_000);
+    const clientSentHash = await sendRandom(client, 64 * MiB);
+    client.end();
+    const [down, up] = await Promise.all([clientReceived, serverReceived]);
+    expect(up.bytes).toBe(64 * MiB);
+    expect(up.hash).toBe(clientSentHash);
+    expect(down.bytes).toBe(64 * MiB);
+    expect(down.hash).toBe(serverSentHash);
+    const metrics = parseMetrics(await proxy.metrics());
+    expect(sample(metrics, 'keepalive_proxy_bytes_total', { route: 'echo', direction: 'upstream' })).toBeGreaterThanOrEqual(64 * MiB);
+    expect(sample(metrics, 'keepalive_proxy_bytes_total', { route: 'echo', direction: 'downstream' })).toBeGreaterThanOrEqual(64 * MiB);
+  });
+
+  it("passes the client's FIN on as a FIN while the reply still flows back", async () => {
+    const upstreamSaw = new Promise<Buffer>((resolve) => {
+      onUpstream = (socket) => {
+        const chunks: Buffer[] = [];
+        socket.on('data', (c: Buffer) => chunks.push(c));
+        socket.on('end', () => {
+          // The client has finished sending; the upstream answers after that FIN.
+          const request = Buffer.concat(chunks);
+          socket.write(Buffer.concat([Buffer.from('reply-to:'), request]));
+          setTimeout(() => socket.end(Buffer.from(':late')), 200);
+          resolve(request);
+        });
+      };
+    });
+    const client = await connect(port);
+    client.end('question');
+    const reply = await readBytes(client, Number.MAX_SAFE_INTEGER, 5_000);
+    expect((await upstreamSaw).toString()).toBe('question');
+    expect(reply.toString()).toBe('reply-to:question:late');
+  });
+
+  it("passes the upstream's FIN on while the client can still send", async () => {
+    const upstreamGot = new Promise<string>((resolve) => {
+      onUpstream = (socket) => {
+        socket.end('bye-from-server');
+        const chunks: Buffer[] = [];
+        socket.on('data', (c: Buffer) => chunks.push(c));
+        socket.on('end', () => resolve(Buffer.concat(chunks).toString()));
+      };
+    });
+    const client = await connect(port);
+    const fromServer = await readBytes(client, Number.MAX_SAFE_INTEGER, 5_000); // until EOF
+    expect(fromServer.toString()).toBe('bye-from-server');
+    client.end('still-talking-after-your-fin');
+    expect(await upstreamGot).toBe('still-talking-after-your-fin');
+  });
+
+  it('propagates an upstream reset to the client at once', async () => {
+    onUpstream = (socket) => socket.once('data', () => socket.resetAndDestroy());
+    const client = await connect(port);
+    const closed = new Promise<NodeJS.ErrnoException | null>((resolve) => {
+      client.on('error', (e) => resolve(e));
+      client.on('close', () => resolve(null));
+    });
+    client.write('trigger');
+    const error = await Promise.race([closed, new Promise<'hang'>((r) => setTimeout(() => r('hang'), 5_000))]);
+    expect(error).not.toBe('hang');
+    expect((error as NodeJS.ErrnoException | null)?.code).toBe('ECONNRESET');
+    await until(async () => sample(parseMetrics(await proxy.metrics()), 'keepalive_proxy_evictions_total', { route: 'echo', reason: 'peer_reset' }) >= 1, 5_000, 'peer_reset eviction');
+  });
+
+  it('propagates a client reset to the upstream at once', async () => {
+    const upstreamClosed = new Promise<string>((resolve) => {
+      onUpstream = (socket) => {
+        socket.on('error', (e: NodeJS.ErrnoException) => resolve(e.code ?? 'error'));
+        socket.on('close', () => resolve('close'));
+      };
+    });
+    const client = await connect(port);
+    client.write('x');
+    await until(() => upstream.sockets.size > 0, 5_000, 'upstream connection');
+    client.resetAndDestroy();
+    const result = await Promise.race([upstreamClosed, new Promise<string>((r) => setTimeout(() => r('hang'), 5_000))]);
+    expect(result).toBe('ECONNRESET');
+  });
+});
+
+describe('tcp route connect failures', () => {
+  it('resets the client and counts connect_error when the upstream refuses', async () => {
+    const { freePort } = await import('../helpers/net.js');
+    const dead = await freePort(); // nothing listens here
+    const port = await freePort();
+    const proxy = await startProxy({
+      yaml: `
+admin: { listen: "{{admin}}" }
+routes:
+  - { name: refused, listen: 127.0.0.1:${port}, upstream: 127.0.0.1:${dead} }
+`,
+    });
+    try {
+      const client = await connect(port);
+      const outcome = await new Promise<string>((resolve) => {
+        client.on('error', (e: NodeJS.ErrnoException) => resolve(e.code ?? 'error'));
+        client.on('close', () => resolve('closed'));
+        setTimeout(() => resolve('hang'), 5_000);
+      });
+      expect(['ECONNRESET', 'closed']).toContain(outcome);
+      const metrics = parseMetrics(await proxy.metrics());
+      expect(sample(metrics, 'keepalive_proxy_upstream_connects_total', { route: 'refused', result: 'error' })).toBe(1);
+      expect(sample(metrics, 'keepalive_proxy_evictions_total', { route: 'refused', reason: 'connect_error' })).toBe(1);
+      expect(proxy.logs.some((l) => l.msg === 'upstream connect failed; closing client')).toBe(true);
+    } finally {
+      await proxy.stop();
+    }
+  });
+
+  it('gives up after connectTimeout when the upstream never answers the SYN', async () => {
+    const hole = await startFullBacklogListener();
+    const { freePort } = await import('../helpers/net.js');
+    const port = await freePort();
+    const proxy = await startProxy({
+      yaml: `
+admin: { listen: "{{admin}}" }
+routes:
+  - { name: slow, listen: 127.0.0.1:${port}, upstream: "127.0.0.1:${hole.port}", connectTimeout: 500ms }
+`,
+    });
+    try {
+      const client = await connect(port);
+      const started = Date.now();
+      const outcome = await new Promise<string>((resolve) => {
+        client.on('error', (e: NodeJS.ErrnoException) => resolve(e.code ?? 'error'));
+        client.on('close', () => resolve('closed'));
+        setTimeout(() => resolve('hang'), 8_000);
+      });
+      expect(outcome).not.toBe('hang');
+      expect(Date.now() - started).toBeGreaterThanOrEqual(400);
+      const metrics = parseMetrics(await proxy.metrics());
+      expect(sample(metrics, 'keepalive_proxy_upstream_connects_total', { route: 'slow', result: 'timeout' })).toBe(1);
+    } finally {
+      await proxy.stop();
+      hole.stop();
+    }
+  });
+});
+
+/**
+ * A listener that never accepts, with its accept queue already full: Linux then drops
+ * further SYNs, so a connect to it hangs: a real connect timeout without leaving loopback.
+ */
+async function startFullBacklogListener(): Promise<{ port: number; stop(): void }> {
+  const { spawn } = await import('node:child_process');
+  const child = spawn('python3', ['-c', [
+    'import socket, sys, time',
+    's = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(0)',
+    'print(s.getsockname()[1], flush=True)',
+    'time.sleep(120)',
+  ].join('\n')], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const port = Number((await once<Buffer>(child.stdout!, 'data', 5_000)).toString().trim());
+  const fillers: net.Socket[] = [];
+  // Fill the queue: connects that complete go into the (unaccepted) queue until it is full.
+  for (let i = 0; i < 4; i++) {
+    const s = net.connect(port, '127.0.0.1');
+    s.on('error', () => {});
+    fillers.push(s);
+  }
+  await new Promise((r) => setTimeout(r, 300));
+  return {
+    port,
+    stop: () => {
+      for (const s of fillers) s.destroy();
+      child.kill('SIGKILL');
+    },
+  };
+}

@@ -2,6 +2,7 @@ import type { Clock } from './clock.js';
 import type { RouteConfig } from './config/schema.js';
 import type { Logger } from './log.js';
 import type { Metrics, EvictionReason } from './metrics/registry.js';
+import type { SocketOptions } from './net/sockopt.js';
 
 // The contract between the composition root (app.ts) and each kind of route
 // (tcp/route.ts for the TCP family, http/route.ts for http and http-forward).
@@ -24,6 +25,8 @@ export interface ConnectionInfo {
   readonly bytesUpstream: number;
   readonly bytesDownstream: number;
   readonly reused: boolean;
+  /** The kernel's view of each socket, read back with getsockopt (null where not available). */
+  readonly socketOptions?: { readonly client: SocketOptions | null; readonly upstream: SocketOptions | null };
 }
 
 export interface RouteHandle {

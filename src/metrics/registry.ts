@@ -18,7 +18,15 @@ export type EvictionReason =
   | 'shutdown'
   | 'route_removed'
   | 'max_connections'
-  | 'error';
+  | 'error'
+  // HTTP upstream pool (issue 4): a parked socket sent bytes nobody asked for; the client
+  // went away mid-exchange; the upstream's response head was late; an idle socket made
+  // room for a retry on a fresh connection; a reload replaced the pool.
+  | 'unexpected_data'
+  | 'client_aborted'
+  | 'response_timeout'
+  | 'replaced'
+  | 'reload';
 
 export class Metrics {
   readonly registry = new client.Registry();
@@ -73,11 +81,16 @@ export class Metrics {
     buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
     registers: [this.registry],
   });
+  /** Hot-path counts are kept in plain numbers by their owners and pushed here on scrape. */
+  readonly #beforeScrape = new Set<() => void>();
   readonly bytes = new client.Counter({
     name: `${PREFIX}bytes_total`,
     help: 'Payload bytes forwarded: upstream = client to upstream, downstream = upstream to client.',
     labelNames: ['route', 'direction'] as const,
     registers: [this.registry],
+    collect: () => {
+      for (const flush of this.#beforeScrape) flush();
+    },
   });
   readonly poolIdle = new client.Gauge({
     name: `${PREFIX}pool_idle`,
@@ -102,6 +115,12 @@ export class Metrics {
     if (collectDefaults) client.collectDefaultMetrics({ register: this.registry, prefix: PREFIX });
   }
 
+  /** Registers a flush of counts gathered outside prom-client; returns its removal. */
+  onScrape(flush: () => void): () => void {
+    this.#beforeScrape.add(flush);
+    return () => this.#beforeScrape.delete(flush);
+  }
+
   /** Start every per-route series at 0 so dashboards and rate() see them before the first event. */
   initRoute(route: string): void {
     this.connectionsAccepted.labels(route).inc(0);
@@ -112,4 +131,38 @@ export class Metrics {
     this.poolIdle.labels(route).set(0);
     this.poolActive.labels(route).set(0);
   }
+
+  // ---- HTTP routes (issue 4) ----
+  readonly httpRequests = new client.Counter({
+    name: `${PREFIX}requests_total`,
+    help: 'HTTP requests answered, by the status code sent to the client (proxy errors included).',
+    labelNames: ['route', 'code'] as const,
+    registers: [this.registry],
+  });
+  readonly upstreamRequestSeconds = new client.Histogram({
+    name: `${PREFIX}upstream_request_duration_seconds`,
+    help: 'Time from handing an HTTP request to the upstream pool to the last byte of its response.',
+    labelNames: ['route'] as const,
+    buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
+    registers: [this.registry],
+  });
+  readonly requestsPerUpstreamConnection = new client.Histogram({
+    name: `${PREFIX}requests_per_upstream_connection`,
+    help: 'HTTP requests served by each pooled upstream connection, observed when it closes.',
+    labelNames: ['route'] as const,
+    buckets: [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000],
+    registers: [this.registry],
+  });
+  readonly httpRetries = new client.Counter({
+    name: `${PREFIX}retries_total`,
+    help: 'HTTP requests retried once on a fresh connection after a reused one failed before any response byte, by the failure.',
+    labelNames: ['route', 'reason'] as const,
+    registers: [this.registry],
+  });
+  readonly tlsHandshakes = new client.Counter({
+    name: `${PREFIX}tls_handshakes_total`,
+    help: 'TLS handshakes with upstreams, by whether the session was resumed (true, false).',
+    labelNames: ['route', 'resumed'] as const,
+    registers: [this.registry],
+  });
 }

@@ -2,7 +2,7 @@ import net from 'node:net';
 import type { RouteConfig } from '../config/schema.js';
 import { ProxyError, type Side } from '../errors.js';
 import type { EvictionReason } from '../metrics/registry.js';
-import { applyKeepalive } from '../net/sockopt.js';
+import { applyKeepalive, readSocketOptions } from '../net/sockopt.js';
 import { codecFor } from '../protocols/registry.js';
 import type { HeartbeatCodec } from '../protocols/types.js';
 import type { ConnectionInfo, RouteDeps, RouteHandle } from '../route.js';
@@ -33,6 +33,7 @@ class TcpRoute implements RouteHandle {
   #upstream: UpstreamSource;
   #listening = false;
   #unsubscribe: (() => void) | null = null;
+  #unregisterFlush: (() => void) | null = null;
   #pendingBytesUp = 0;
   #pendingBytesDown = 0;
   #drainWaiters: Array<() => void> = [];
@@ -73,6 +74,7 @@ class TcpRoute implements RouteHandle {
     await listenOn(this.#server, this.#config.listen, this.name);
     this.#listening = true;
     this.#unsubscribe = this.#deps.clock.subscribe((now) => this.#tick(now));
+    this.#unregisterFlush = this.#deps.metrics.onScrape(() => this.#flushBytes());
     this.#upstream.start();
   }
 
@@ -95,7 +97,9 @@ class TcpRoute implements RouteHandle {
     if (!this.#listening) return;
     this.#listening = false;
     this.#upstream.close('shutdown');
-    await new Promise<void>((resolve) => this.#server.close(() => resolve()));
+    // The listening socket closes at once; close()'s callback would wait for every
+    // accepted connection to end, which is drain's job, not this one's.
+    this.#server.close();
   }
 
   async drain(deadlineMs: number, reason: EvictionReason): Promise<void> {
@@ -115,6 +119,8 @@ class TcpRoute implements RouteHandle {
     this.#flushBytes();
     this.#unsubscribe?.();
     this.#unsubscribe = null;
+    this.#unregisterFlush?.();
+    this.#unregisterFlush = null;
   }
 
   connections(): ConnectionInfo[] {
@@ -130,6 +136,7 @@ class TcpRoute implements RouteHandle {
       bytesUpstream: s.bytesUp,
       bytesDownstream: s.bytesDown,
       reused: s.reused,
+      socketOptions: { client: readSocketOptions(s.down), upstream: readSocketOptions(s.up) },
     }));
   }
 

@@ -7,7 +7,8 @@ export async function listen0(
   host = '127.0.0.1',
 ): Promise<{ server: net.Server; port: number; sockets: Set<net.Socket>; close(): Promise<void> }> {
   const sockets = new Set<net.Socket>();
-  const server = net.createServer((socket) => {
+  // Half-open allowed: a test upstream decides itself when to send its FIN.
+  const server = net.createServer({ allowHalfOpen: true }, (socket) => {
     sockets.add(socket);
     socket.on('close', () => sockets.delete(socket));
     socket.on('error', () => {});
@@ -37,8 +38,9 @@ export async function freePort(host = '127.0.0.1'): Promise<number> {
   return port;
 }
 
+/** A client socket; half-open allowed so a test can keep sending after the peer's FIN. */
 export async function connect(port: number, host = '127.0.0.1'): Promise<net.Socket> {
-  const socket = net.connect(port, host);
+  const socket = net.connect({ port, host, allowHalfOpen: true });
   await once(socket, 'connect', 5_000);
   return socket;
 }

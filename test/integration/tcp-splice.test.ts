@@ -150,15 +150,18 @@ routes:
   });
 
   it('propagates a client reset to the upstream at once', async () => {
+    let upstreamGotData!: () => void;
+    const gotData = new Promise<void>((resolve) => (upstreamGotData = resolve));
     const upstreamClosed = new Promise<string>((resolve) => {
       onUpstream = (socket) => {
+        socket.once('data', () => upstreamGotData());
         socket.on('error', (e: NodeJS.ErrnoException) => resolve(e.code ?? 'error'));
         socket.on('close', () => resolve('close'));
       };
     });
     const client = await connect(port);
     client.write('x');
-    await until(() => upstream.sockets.size > 0, 5_000, 'upstream connection');
+    await gotData; // the pair is established end to end
     client.resetAndDestroy();
     const result = await Promise.race([upstreamClosed, new Promise<string>((r) => setTimeout(() => r('hang'), 5_000))]);
     expect(result).toBe('ECONNRESET');

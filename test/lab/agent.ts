@@ -60,7 +60,7 @@ const ops = {
       socket.once('error', (error) => { clearTimeout(timer); reject(error); });
     });
     const conn = watch(socket);
-    return { conn, local: socket.localAddress + ':' + socket.localPort };
+    return { conn, localPort: socket.localPort };
   },
   write({ conn, data }) {
     socketOf(conn).write(data);
@@ -97,6 +97,8 @@ export interface Agent {
   listenEcho(host: string, port?: number): Promise<number>;
   /** Connects (no keepalive, no timeout, like a legacy client); resolves with the connection id. */
   connect(host: string, port: number, timeoutMs?: number): Promise<number>;
+  /** The local (source) port of a connection this agent opened. */
+  localPort(conn: number): number;
   write(conn: number, data: string): Promise<void>;
   destroy(conn: number): Promise<void>;
   /** Writes `text` and waits for it to come back; rejects when it does not within timeoutMs. */
@@ -109,13 +111,21 @@ export interface Agent {
 
 export async function startAgent(ns: string): Promise<Agent> {
   const node = await nodeInNs(ns, AGENT_SOURCE);
+  const localPorts = new Map<number, number>();
   return {
     node,
     async listenEcho(host, port = 0) {
       return (await node.request({ op: 'listen', host, port })).port as number;
     },
     async connect(host, port, timeoutMs = 5_000) {
-      return (await node.request({ op: 'connect', host, port, timeoutMs }, timeoutMs + 2_000)).conn as number;
+      const reply = await node.request({ op: 'connect', host, port, timeoutMs }, timeoutMs + 2_000);
+      localPorts.set(reply.conn as number, reply.localPort as number);
+      return reply.conn as number;
+    },
+    localPort(conn) {
+      const port = localPorts.get(conn);
+      if (port === undefined) throw new Error(`no connection ${conn}`);
+      return port;
     },
     async write(conn, data) {
       await node.request({ op: 'write', conn, data });

@@ -78,20 +78,27 @@ describe.skipIf(!isRoot)('middlebox lab: stateful firewall with a short conntrac
     await lab?.destroy();
   });
 
+  it('control: a direct client silent for less than the conntrack timeout keeps its connection', async () => {
+    const conn = await client.connect(ADDRESSES.server, echoPort);
+    await client.roundTrip(conn, 'hello\n', 3_000);
+    await sleep((CONNTRACK_TIMEOUT_S * 1_000) / 2);
+    await client.roundTrip(conn, 'still here\n', 3_000);
+    await client.destroy(conn);
+  });
+
   it('(a) direct: a client without keepalive that idles past the conntrack timeout loses its connection', async () => {
     const conn = await client.connect(ADDRESSES.server, echoPort);
     await client.roundTrip(conn, 'hello before idle\n', 3_000);
 
     // The flow is tracked with the firewall's short timeout, not the kernel's 5 days.
-    const flow = (await firewall.flows()).find((line) => line.includes(`dport=${echoPort}`));
+    const ofThisConnection = (line: string): boolean => line.includes(`sport=${client.localPort(conn)} dport=${echoPort}`);
+    const flow = (await firewall.flows()).find(ofThisConnection);
     expect(flow, 'the firewall tracks the flow').toBeDefined();
     const remaining = Number(/^tcp\s+\d+\s+(\d+)/.exec(flow!)?.[1]);
     expect(remaining).toBeLessThanOrEqual(CONNTRACK_TIMEOUT_S);
 
     await sleep(CLIENT_IDLE_MS);
-    expect((await firewall.flows()).some((line) => line.includes(`dport=${echoPort}`)), 'the firewall forgot the flow').toBe(
-      false,
-    );
+    expect((await firewall.flows()).some(ofThisConnection), 'the firewall forgot the flow').toBe(false);
 
     // The next write goes nowhere: the firewall drops the mid-stream segment (no conntrack
     // entry, not a SYN), the client retransmits into the void. Lost = no echo within the bound
@@ -116,7 +123,8 @@ describe.skipIf(!isRoot)('middlebox lab: stateful firewall with a short conntrac
     await client.roundTrip(conn, 'hello before idle\n', 3_000);
 
     await sleep(CLIENT_IDLE_MS);
-    expect((await firewall.flows()).some((line) => line.includes(`dport=${echoPort}`)), 'the probes kept the flow').toBe(true);
+    const established = (await firewall.flows()).filter((line) => line.includes('ESTABLISHED') && line.includes(`dport=${echoPort}`));
+    expect(established, 'the probes kept the flow').toHaveLength(1);
 
     const started = Date.now();
     await client.roundTrip(conn, 'hello after idle\n', NO_REPLY_MS);
@@ -154,6 +162,7 @@ describe.skipIf(!isRoot)('middlebox lab: stateful firewall with a short conntrac
 
     await until(async () => (await proxy!.eviction(ROUTE, 'keepalive_timeout')) === 1, 3_000, 'keepalive_timeout eviction counted', 100);
     expect(await proxy.eviction(ROUTE, 'keepalive_timeout')).toBe(1);
+    console.log(`[lab] client saw ${JSON.stringify(closed)}; proxy log:\n${proxy.logLinesWith('keepalive_timeout').join('\n')}`);
   });
 
   it('(b) blackhole with TCP_USER_TIMEOUT: the user timeout decides, still counted as keepalive_timeout', async () => {
@@ -184,5 +193,6 @@ describe.skipIf(!isRoot)('middlebox lab: stateful firewall with a short conntrac
 
     await until(async () => (await proxy!.eviction(ROUTE, 'keepalive_timeout')) === 1, 3_000, 'keepalive_timeout eviction counted', 100);
     expect(await proxy.eviction(ROUTE, 'keepalive_timeout')).toBe(1);
+    console.log(`[lab] client saw ${JSON.stringify(closed)}; proxy log:\n${proxy.logLinesWith('keepalive_timeout').join('\n')}`);
   });
 });

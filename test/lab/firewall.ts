@@ -1,6 +1,6 @@
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { inNs, ownTempDir, readSysctlInNs, run, sysctlInNs } from './netns.js';
+import { inNs, ownTempDir, readSysctlInNs, sysctlInNs } from './netns.js';
 
 // A stateful firewall in the middle namespace, the kind that forgets an idle flow:
 // forward policy drop, established/related accepted, a new flow only from a bare SYN,
@@ -54,7 +54,7 @@ table inet ${TABLE} {
   await sysctlInNs(ns, 'net.netfilter.nf_conntrack_tcp_loose', 0);
   const hostLooseAfter = await readSysctlInNs(null, 'net.netfilter.nf_conntrack_tcp_loose');
   if (hostLooseAfter !== hostLoose) {
-    await run('sysctl', ['-q', '-w', `net.netfilter.nf_conntrack_tcp_loose=${hostLoose}`]);
+    writeFileSync('/proc/sys/net/netfilter/nf_conntrack_tcp_loose', hostLoose);
     throw new Error('nf_conntrack_tcp_loose is not per network namespace on this kernel; restored the host value');
   }
 

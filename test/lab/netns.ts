@@ -1,5 +1,5 @@
 import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -55,14 +55,20 @@ export function inNs(ns: string, command: string, args: readonly string[], timeo
   return run('ip', ['netns', 'exec', ns, command, ...args], timeoutMs);
 }
 
-/** Sets a sysctl inside a namespace. */
-export async function sysctlInNs(ns: string, key: string, value: string | number): Promise<void> {
-  await inNs(ns, 'sysctl', ['-q', '-w', `${key}=${value}`]);
+/** /proc/sys path of a sysctl key; the net.* entries there belong to the reader's namespace. */
+function sysctlPath(key: string): string {
+  return `/proc/sys/${key.replaceAll('.', '/')}`;
 }
 
+/** Sets a sysctl inside a namespace (no procps needed: a write to /proc/sys from inside it). */
+export async function sysctlInNs(ns: string, key: string, value: string | number): Promise<void> {
+  await inNs(ns, 'sh', ['-c', 'printf %s "$1" > "$2"', 'sh', String(value), sysctlPath(key)]);
+}
+
+/** Reads a sysctl inside a namespace, or in the root namespace when ns is null. */
 export async function readSysctlInNs(ns: string | null, key: string): Promise<string> {
-  const { stdout } = ns === null ? await run('sysctl', ['-n', key]) : await inNs(ns, 'sysctl', ['-n', key]);
-  return stdout.trim();
+  if (ns === null) return readFileSync(sysctlPath(key), 'utf8').trim();
+  return (await inNs(ns, 'cat', [sysctlPath(key)])).stdout.trim();
 }
 
 /** A process this lab started (haproxy, the proxy under test): killed by PID on cleanup. */

@@ -15,6 +15,8 @@ export interface ProxyInNs {
   connections(): Promise<Array<Record<string, unknown>>>;
   /** The proxy's log lines (pino JSON) as text, for failure messages and the report. */
   logText(last?: number): string;
+  /** The log lines that mention `text` anywhere (e.g. a close reason). */
+  logLinesWith(text: string): string[];
   stop(): Promise<void>;
 }
 
@@ -54,6 +56,7 @@ export async function startProxyInNs(ns: string, yaml: string, admin: Agent): Pr
       sample(await metrics(), 'keepalive_proxy_evictions_total', { route, reason }),
     connections: async () => JSON.parse((await admin.fetch(`${proxy.adminUrl}/connections`)).body) as Array<Record<string, unknown>>,
     logText,
+    logLinesWith: (text) => proxy.logs.map((line) => JSON.stringify(line)).filter((line) => line.includes(text)),
     stop: async () => {
       await proxy.stop('SIGTERM', 5_000);
     },

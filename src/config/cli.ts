@@ -1,0 +1,234 @@
+import { existsSync, readFileSync } from 'node:fs';
+import { dirname, resolve as resolvePath } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { ConfigError, formatPath, type ConfigIssue } from './issues.js';
+import { loadConfigFile, type ConfigOverrides } from './load.js';
+import { resolveConfig, type Locate } from './resolve.js';
+import type { ProxyConfig } from './schema.js';
+import { closest } from './suggest.js';
+
+// argv -> one command. A run or check carries `load()`, which reads and validates the
+// config each time it is called (main.ts calls it again on SIGHUP). One-route flags are
+// turned into the same plain object a YAML file gives and go through the same
+// validator, so they get the same defaults and errors; their errors name the flag.
+//
+// Public API:
+//   parseCli(argv, { cwd? }): CliCommand     never throws; bad usage is { kind: 'error' }
+//   CliCommand
+//   defaultConfigPath(cwd?): string           config/keepalive-proxy.yaml in cwd, else in the package (npx from a clone)
+//   HELP_TEXT
+
+export type CliCommand =
+  | {
+      readonly kind: 'run';
+      /** The config file, or null for a one-route run from flags. */
+      readonly configPath: string | null;
+      /** Whether SIGHUP can reload (only with a file). */
+      readonly reloadable: boolean;
+      /** What is being run, for messages: the file, or "(command line)". */
+      readonly source: string;
+      /** Reads and validates; throws ConfigError. */
+      load(): ProxyConfig;
+    }
+  | {
+      readonly kind: 'check';
+      readonly configPath: string | null;
+      readonly source: string;
+      load(): ProxyConfig;
+    }
+  | { readonly kind: 'version'; readonly version: string }
+  | { readonly kind: 'help'; readonly text: string }
+  | { readonly kind: 'error'; readonly message: string };
+
+const PACKAGE_ROOT = resolvePath(dirname(fileURLToPath(import.meta.url)), '..', '..');
+const CONFIG_FILE = 'config/keepalive-proxy.yaml';
+const COMMAND_LINE = '(command line)';
+
+const OPTIONS = {
+  config: { type: 'string', short: 'c' },
+  help: { type: 'boolean', short: 'h' },
+  version: { type: 'boolean', short: 'v' },
+  admin: { type: 'string' },
+  'log-level': { type: 'string' },
+  listen: { type: 'string' },
+  upstream: { type: 'string' },
+  protocol: { type: 'string' },
+  name: { type: 'string' },
+  'heartbeat-every': { type: 'string' },
+  'heartbeat-timeout': { type: 'string' },
+  'idle-timeout': { type: 'string' },
+  allow: { type: 'string', multiple: true },
+} as const;
+
+/** Flags that describe the one route of a run without a file. */
+const ROUTE_FLAGS = ['listen', 'upstream', 'protocol', 'name', 'heartbeat-every', 'heartbeat-timeout', 'idle-timeout', 'allow'] as const;
+
+/** The route name when --name is not given. */
+const FLAGS_ROUTE_NAME = 'default';
+
+export const HELP_TEXT = `keepalive-proxy: a local forwarding proxy that keeps upstream connections alive
+(TCP keepalive, application heartbeats, warm and persistent pools) for its clients.
+
+Usage:
+  keepalive-proxy [--config FILE] [--admin HOST:PORT|off] [--log-level LEVEL]
+  keepalive-proxy --listen HOST:PORT --upstream HOST:PORT|URL [route flags]
+  keepalive-proxy check [--config FILE]      validate only; print FILE:LINE:COL key.path: message per error
+  keepalive-proxy --version | --help
+
+Options:
+  -c, --config FILE            YAML config (default: ${CONFIG_FILE}, looked up in the current
+                               directory, then in the package)
+      --admin HOST:PORT|off    admin listener for /metrics /healthz /readyz /connections
+                               (default 127.0.0.1:9901; overrides admin.listen of the file)
+      --log-level LEVEL        trace | debug | info | warn | error (overrides log.level)
+  -v, --version                print the version
+  -h, --help                   print this help
+
+One route without a file (cannot be combined with --config):
+      --listen HOST:PORT       where clients connect, e.g. 127.0.0.1:15432
+      --upstream HOST:PORT|URL where to forward (an http:// or https:// URL for --protocol http)
+      --protocol P             tcp | redis | postgres | mysql | http | http-forward (default tcp)
+      --name NAME              route name in logs and metrics (default "${FLAGS_ROUTE_NAME}")
+      --heartbeat-every D      application heartbeat after D of silence (redis, postgres, mysql,
+      --heartbeat-timeout D      http WebSocket pings); the reply is awaited for the timeout
+      --idle-timeout D         close a connection silent for D (default 0: never)
+      --allow HOST:PORT        http-forward destination pattern, * wildcards; repeat for more
+
+Durations are strings with a unit: 250ms, 20s, 5m, 2h, 1h30m; 0 means off.
+Signals: SIGHUP reloads the config file; SIGTERM/SIGINT drain and exit.
+`;
+
+export function parseCli(argv: readonly string[], options: { cwd?: string } = {}): CliCommand {
+  const cwd = options.cwd ?? process.cwd();
+  let parsed;
+  try {
+    parsed = parseArgs({ args: [...argv], options: OPTIONS, allowPositionals: true, strict: true });
+  } catch (error) {
+    return { kind: 'error', message: usageMessage(error) };
+  }
+  const { values, positionals } = parsed;
+  if (values.help) return { kind: 'help', text: HELP_TEXT };
+  if (values.version) return { kind: 'version', version: packageVersion() };
+
+  const [command, ...extra] = positionals;
+  if (command !== undefined && command !== 'check') {
+    const guess = closest(command, ['check']);
+    return { kind: 'error', message: `unknown command "${command}"${guess ? '; did you mean "check"?' : ' (the only command is check)'}` };
+  }
+  if (extra.length > 0) return { kind: 'error', message: `unexpected argument "${extra[0]}"` };
+
+  const routeFlags = ROUTE_FLAGS.filter((flag) => values[flag] !== undefined);
+  const overrides: ConfigOverrides = {
+    ...(values.admin !== undefined ? { admin: values.admin } : {}),
+    ...(values['log-level'] !== undefined ? { logLevel: values['log-level'] } : {}),
+  };
+  const kind = command === 'check' ? 'check' : 'run';
+
+  if (routeFlags.length > 0) {
+    if (values.config !== undefined) {
+      return { kind: 'error', message: `--${routeFlags[0]} cannot be combined with --config: put the route in the file` };
+    }
+    const raw = flagsToRaw(values);
+    const load = (): ProxyConfig => resolveFlags(raw, cwd);
+    return kind === 'check'
+      ? { kind, configPath: null, source: COMMAND_LINE, load }
+      : { kind, configPath: null, reloadable: false, source: COMMAND_LINE, load };
+  }
+
+  // The file as the user typed it, so issues read `config/x.yaml:3:5 ...` (made absolute only for another cwd).
+  const given = values.config;
+  const configPath = given === undefined ? defaultConfigPath(cwd) : cwd === process.cwd() ? given : resolvePath(cwd, given);
+  const load = (): ProxyConfig => loadConfigFile(configPath, overrides);
+  return kind === 'check'
+    ? { kind, configPath, source: configPath, load }
+    : { kind, configPath, reloadable: true, source: configPath, load };
+}
+
+/** config/keepalive-proxy.yaml in `cwd` if it exists, else the package's own (so `npx keepalive-proxy` works from a clone). */
+export function defaultConfigPath(cwd: string = process.cwd()): string {
+  const local = resolvePath(cwd, CONFIG_FILE);
+  if (existsSync(local)) return local;
+  const packaged = resolvePath(PACKAGE_ROOT, CONFIG_FILE);
+  return existsSync(packaged) ? packaged : local;
+}
+
+type Values = ReturnType<typeof parseArgs<{ options: typeof OPTIONS; allowPositionals: true }>>['values'];
+
+/** The plain object a YAML file with one route would give. */
+function flagsToRaw(values: Values): Record<string, unknown> {
+  const route: Record<string, unknown> = { name: values.name ?? FLAGS_ROUTE_NAME };
+  if (values.listen !== undefined) route['listen'] = values.listen;
+  if (values.upstream !== undefined) route['upstream'] = values.upstream;
+  if (values.protocol !== undefined) route['protocol'] = values.protocol;
+  if (values['idle-timeout'] !== undefined) route['idleTimeout'] = values['idle-timeout'];
+  if (values.allow !== undefined) route['allow'] = values.allow;
+  if (values['heartbeat-every'] !== undefined || values['heartbeat-timeout'] !== undefined) {
+    route['heartbeat'] = {
+      ...(values['heartbeat-every'] !== undefined ? { every: values['heartbeat-every'] } : {}),
+      ...(values['heartbeat-timeout'] !== undefined ? { timeout: values['heartbeat-timeout'] } : {}),
+    };
+  }
+  const raw: Record<string, unknown> = { routes: [route] };
+  if (values.admin !== undefined) raw['admin'] = { listen: values.admin };
+  if (values['log-level'] !== undefined) raw['log'] = { level: values['log-level'] };
+  return raw;
+}
+
+/** Key path -> the flag that set it; the longest matching prefix wins. */
+const FLAG_OF_PATH: ReadonlyArray<readonly [string, string]> = [
+  ['routes[0].heartbeat.timeout', '--heartbeat-timeout'],
+  ['routes[0].heartbeat', '--heartbeat-every'],
+  ['routes[0].idleTimeout', '--idle-timeout'],
+  ['routes[0].upstream', '--upstream'],
+  ['routes[0].protocol', '--protocol'],
+  ['routes[0].listen', '--listen'],
+  ['routes[0].allow', '--allow'],
+  ['routes[0].name', '--name'],
+  ['admin.listen', '--admin'],
+  ['log.level', '--log-level'],
+];
+
+function resolveFlags(raw: Record<string, unknown>, cwd: string): ProxyConfig {
+  const locate: Locate = (path) => {
+    const text = formatPath(path);
+    const match = FLAG_OF_PATH.find(([prefix]) => text === prefix || text.startsWith(`${prefix}.`) || text.startsWith(`${prefix}[`));
+    return { file: COMMAND_LINE, line: 0, col: 0, flag: match?.[1] ?? 'command line' };
+  };
+  try {
+    return resolveConfig(raw, { source: null, baseDir: cwd, locate });
+  } catch (error) {
+    if (!(error instanceof ConfigError)) throw error;
+    // "required key is missing: the address..." reads as "--listen is required: the address..." for a flag.
+    const issues = error.issues.map(
+      (issue): ConfigIssue => ({ ...issue, message: issue.message.replace(/^required key is missing: /, 'is required: ') }),
+    );
+    throw new ConfigError(issues);
+  }
+}
+
+function usageMessage(error: unknown): string {
+  const { code, message } = error as { code?: string; message: string };
+  // "Unknown option '--x'...", "Option '-c, --config <value>' argument missing": name the long form.
+  const quoted = message.match(/'([^']+)'/)?.[1] ?? '';
+  const option = quoted.match(/--[\w-]+(=\S*)?/)?.[0] ?? quoted.match(/-\w/)?.[0];
+  if (code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION' && option) {
+    const names = Object.keys(OPTIONS).map((name) => `--${name}`);
+    const guess = closest(option.replace(/=.*$/, ''), names);
+    return `unknown option ${option}${guess ? `; did you mean ${guess}?` : ''}`;
+  }
+  if (code === 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE' && option) {
+    return message.includes('argument missing') ? `${option} needs a value` : `${option} takes no value`;
+  }
+  if (code === 'ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL') return message;
+  return message;
+}
+
+function packageVersion(): string {
+  try {
+    const manifest = JSON.parse(readFileSync(resolvePath(PACKAGE_ROOT, 'package.json'), 'utf8')) as { version?: string };
+    return manifest.version ?? 'unknown';
+  } catch {
+    return 'unknown';
+  }
+}

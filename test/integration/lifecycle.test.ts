@@ -1,0 +1,287 @@
+import net from 'node:net';
+import { afterEach, describe, expect, it } from 'vitest';
+import { connect, freePort, listen0, readBytes } from '../helpers/net.js';
+import { parseMetrics, sample, startProxy, type RunningProxy } from '../helpers/proxy.js';
+import { sleep, until } from '../helpers/wait.js';
+
+// Reload, drain, admin endpoints and per-connection behaviour through the real CLI.
+
+type Upstream = Awaited<ReturnType<typeof listen0>>;
+const cleanups: Array<() => Promise<unknown> | unknown> = [];
+afterEach(async () => {
+  while (cleanups.length) await cleanups.pop()!();
+});
+
+/** An echo upstream that prefixes every reply with its tag, so a test can tell upstreams apart. */
+async function taggedEcho(tag: string): Promise<Upstream> {
+  const upstream = await listen0((socket) => {
+    socket.on('data', (c: Buffer) => socket.write(`${tag}:${c.toString()}`));
+    socket.on('end', () => socket.end());
+  });
+  cleanups.push(() => upstream.close());
+  return upstream;
+}
+
+async function run(yaml: string): Promise<RunningProxy> {
+  const proxy = await startProxy({ yaml });
+  cleanups.push(() => proxy.stop('SIGKILL'));
+  return proxy;
+}
+
+async function ask(socket: net.Socket, text: string, expectLength?: number): Promise<string> {
+  socket.write(text);
+  return (await readBytes(socket, expectLength ?? text.length + 2, 5_000)).toString();
+}
+
+describe('admin endpoints', () => {
+  it('serves /healthz, /readyz, /connections with addresses, bytes and kernel keepalive settings', async () => {
+    const upstream = await taggedEcho('a');
+    const port = await freePort();
+    const proxy = await run(`
+admin: { listen: "{{admin}}" }
+defaults:
+  keepalive:
+    client: { idle: 42s, interval: 7s, count: 4 }
+    upstream: { idle: 13s, interval: 3s, count: 2 }
+  userTimeout: 9s
+routes:
+  - { name: r1, listen: 127.0.0.1:${port}, upstream: 127.0.0.1:${upstream.port} }
+`);
+    expect((await fetch(`${proxy.adminUrl}/healthz`)).status).toBe(200);
+    expect((await fetch(`${proxy.adminUrl}/readyz`)).status).toBe(200);
+    const client = await connect(port);
+    cleanups.push(() => client.destroy());
+    expect(await ask(client, 'hello')).toBe('a:hello');
+    const rows = await proxy.connections();
+    expect(rows).toHaveLength(1);
+    const row = rows[0] as Record<string, any>;
+    expect(row.route).toBe('r1');
+    expect(row.client).toBe(`127.0.0.1:${client.localPort}`);
+    expect(row.upstream).toBe(`127.0.0.1:${upstream.port}`);
+    expect(row.bytesUpstream).toBe(5);
+    expect(row.bytesDownstream).toBe(7);
+    expect(row.ageSeconds).toBeGreaterThanOrEqual(0);
+    expect(row.idleSeconds).toBeGreaterThanOrEqual(0);
+    // Read back from the proxy's own sockets with getsockopt.
+    expect(row.socketOptions.client).toMatchObject({ keepalive: true, idleSeconds: 42, intervalSeconds: 7, count: 4, noDelay: true });
+    expect(row.socketOptions.upstream).toMatchObject({ keepalive: true, idleSeconds: 13, intervalSeconds: 3, count: 2, userTimeoutMs: 9000, noDelay: true });
+  });
+
+  it('exposes every INTERFACE metric with the counters moving', async () => {
+    const upstream = await taggedEcho('m');
+    const port = await freePort();
+    const proxy = await run(`
+admin: { listen: "{{admin}}" }
+routes:
+  - { name: m, listen: 127.0.0.1:${port}, upstream: 127.0.0.1:${upstream.port} }
+`);
+    const before = parseMetrics(await proxy.metrics());
+    expect(sample(before, 'keepalive_proxy_connections_accepted_total', { route: 'm' })).toBe(0);
+    for (let i = 0; i < 3; i++) {
+      const c = await connect(port);
+      expect(await ask(c, 'ping')).toBe('m:ping');
+      c.end();
+      await until(() => c.closed, 5_000, 'client closed');
+    }
+    await until(async () => sample(parseMetrics(await proxy.metrics()), 'keepalive_proxy_connections_active', { route: 'm' }) === 0, 5_000, 'active back to 0');
+    const text = await proxy.metrics();
+    const after = parseMetrics(text);
+    expect(sample(after, 'keepalive_proxy_connections_accepted_total', { route: 'm' })).toBe(3);
+    expect(sample(after, 'keepalive_proxy_upstream_connects_total', { route: 'm', result: 'ok' })).toBe(3);
+    expect(sample(after, 'keepalive_proxy_upstream_connect_seconds_count', { route: 'm' })).toBe(3);
+    expect(sample(after, 'keepalive_proxy_evictions_total', { route: 'm', reason: 'peer_closed' })).toBe(3);
+    await until(async () => sample(parseMetrics(await proxy.metrics()), 'keepalive_proxy_bytes_total', { route: 'm', direction: 'downstream' }) === 18, 2_000, 'bytes flushed');
+    for (const name of ['reuse_total', 'pool_idle', 'pool_active', 'connections_active', 'bytes_total']) {
+      expect(text).toContain(`# TYPE keepalive_proxy_${name}`);
+    }
+    expect(text).toContain('keepalive_proxy_process_resident_memory_bytes');
+  });
+});
+
+describe('per-connection limits', () => {
+  it('closes a silent pair after idleTimeout with reason idle_timeout', async () => {
+    const upstream = await taggedEcho('i');
+    const port = await freePort();
+    const proxy = await run(`
+admin: { listen: "{{admin}}" }
+routes:
+  - { name: idle, listen: 127.0.0.1:${port}, upstream: 127.0.0.1:${upstream.port}, idleTimeout: 600ms }
+`);
+    const client = await connect(port);
+    expect(await ask(client, 'x')).toBe('i:x');
+    const started = Date.now();
+    await until(() => client.readableEnded || client.closed, 5_000, 'client closed by idle timeout');
+    expect(Date.now() - started).toBeGreaterThanOrEqual(400);
+    const metrics = parseMetrics(await proxy.metrics());
+    expect(sample(metrics, 'keepalive_proxy_evictions_total', { route: 'idle', reason: 'idle_timeout' })).toBe(1);
+  });
+
+  it('refuses connections past maxConnections and serves the rest', async () => {
+    const upstream = await taggedEcho('c');
+    const port = await freePort();
+    const proxy = await run(`
+admin: { listen: "{{admin}}" }
+routes:
+  - { name: capped, listen: 127.0.0.1:${port}, upstream: 127.0.0.1:${upstream.port}, maxConnections: 2 }
+`);
+    const a = await connect(port);
+    const b = await connect(port);
+    cleanups.push(() => a.destroy(), () => b.destroy());
+    expect(await ask(a, '1')).toBe('c:1');
+    expect(await ask(b, '2')).toBe('c:2');
+    const c = await connect(port);
+    await until(() => c.closed || c.readableEnded, 5_000, 'third client refused');
+    expect(sample(parseMetrics(await proxy.metrics()), 'keepalive_proxy_evictions_total', { route: 'capped', reason: 'max_connections' })).toBe(1);
+  });
+
+  it("keeps the proxy's memory bounded when the client never reads", async () => {
+    // The upstream pushes as fast as it can; the client reads nothing. Backpressure must
+    // stop reading the upstream once the socket buffers are full.
+    let pushed = 0;
+    let stopPushing = false;
+    const upstream = await listen0((socket) => {
+      const chunk = Buffer.alloc(64 * 1024, 7);
+      const pump = (): void => {
+        while (!stopPushing && pushed < 512 * 1024 * 1024) {
+          pushed += chunk.length;
+          if (!socket.write(chunk)) return void socket.once('drain', pump);
+        }
+      };
+      pump();
+    });
+    cleanups.push(() => upstream.close());
+    const port = await freePort();
+    const proxy = await run(`
+admin: { listen: "{{admin}}" }
+routes:
+  - { name: slow, listen: 127.0.0.1:${port}, upstream: 127.0.0.1:${upstream.port} }
+`);
+    const rss = async (): Promise<number> => sample(parseMetrics(await proxy.metrics()), 'keepalive_proxy_process_resident_memory_bytes');
+    const baseline = await rss();
+    const client = net.connect({ port, host: '127.0.0.1' });
+    client.pause();
+    cleanups.push(() => client.destroy());
+    await sleep(1_500);
+    const stalledAt = pushed;
+    await sleep(500);
+    const growth = (await rss()) - baseline;
+    stopPushing = true;
+    // The upstream got stuck at roughly the sum of the socket buffers, not at 512 MiB.
+    expect(stalledAt).toBeLessThan(64 * 1024 * 1024);
+    expect(pushed).toBe(stalledAt);
+    expect(growth).toBeLessThan(48 * 1024 * 1024);
+    console.log(`slow reader: upstream stalled after ${(stalledAt / 1024 / 1024).toFixed(1)} MiB; proxy RSS grew ${(growth / 1024 / 1024).toFixed(1)} MiB`);
+  });
+});
+
+describe('reload and drain', () => {
+  it('SIGHUP adds, changes and removes routes without touching live connections; a bad file keeps the old config', async () => {
+    const a = await taggedEcho('a');
+    const b = await taggedEcho('b');
+    const p1 = await freePort();
+    const p2 = await freePort();
+    const yaml1 = `
+admin: { listen: "{{admin}}" }
+routes:
+  - { name: one, listen: 127.0.0.1:${p1}, upstream: 127.0.0.1:${a.port} }
+`;
+    const proxy = await run(yaml1);
+    const live = await connect(p1);
+    cleanups.push(() => live.destroy());
+    expect(await ask(live, 'x')).toBe('a:x');
+
+    // Change route one's upstream and add route two.
+    await proxy.reload(`
+admin: { listen: "{{admin}}" }
+routes:
+  - { name: one, listen: 127.0.0.1:${p1}, upstream: 127.0.0.1:${b.port} }
+  - { name: two, listen: 127.0.0.1:${p2}, upstream: 127.0.0.1:${a.port} }
+`);
+    await until(() => proxy.logs.some((l) => l.msg === 'configuration reloaded'), 5_000, 'reload logged');
+    expect(await ask(live, 'y')).toBe('a:y'); // the live connection still goes to the old upstream
+    const fresh = await connect(p1);
+    cleanups.push(() => fresh.destroy());
+    expect(await ask(fresh, 'z')).toBe('b:z');
+    const second = await connect(p2);
+    cleanups.push(() => second.destroy());
+    expect(await ask(second, 'w')).toBe('a:w');
+
+    // A bad file is rejected with file:line:col and the running config stays.
+    await proxy.reload(`
+admin: { listen: "{{admin}}" }
+routes:
+  - { name: one, listen: 127.0.0.1:${p1}, upstream: 127.0.0.1:${b.port}, idleTimeout: 20 }
+`);
+    await until(() => proxy.logs.some((l) => l.msg === 'reload rejected: keeping the running configuration'), 5_000, 'reload rejected');
+    const rejected = proxy.logs.find((l) => l.msg === 'reload rejected: keeping the running configuration')!;
+    expect(JSON.stringify(rejected.errors)).toMatch(/config\.yaml:\d+:\d+ routes\[0\]\.idleTimeout/);
+    const stillTwo = await connect(p2);
+    cleanups.push(() => stillTwo.destroy());
+    expect(await ask(stillTwo, 'v')).toBe('a:v');
+
+    // Remove route two: its listener closes, its live connection goes on.
+    await proxy.reload(yaml1);
+    await until(async () => {
+      const probe = net.connect(p2, '127.0.0.1');
+      return new Promise<boolean>((resolve) => {
+        probe.on('error', () => resolve(true));
+        probe.on('connect', () => {
+          probe.destroy();
+          resolve(false);
+        });
+      });
+    }, 5_000, 'route two listener closed');
+    expect(await ask(second, 'still')).toBe('a:still');
+    const metrics = parseMetrics(await proxy.metrics());
+    expect(sample(metrics, 'keepalive_proxy_config_reloads_total', { result: 'ok' })).toBe(2);
+    expect(sample(metrics, 'keepalive_proxy_config_reloads_total', { result: 'error' })).toBe(1);
+  });
+
+  it('SIGTERM stops accepting, lets live connections finish, and exits 0', async () => {
+    const a = await taggedEcho('d');
+    const port = await freePort();
+    const proxy = await run(`
+admin: { listen: "{{admin}}" }
+shutdownTimeout: 20s
+routes:
+  - { name: d, listen: 127.0.0.1:${port}, upstream: 127.0.0.1:${a.port} }
+`);
+    const live = await connect(port);
+    expect(await ask(live, 'before')).toBe('d:before');
+    const stopping = proxy.stop('SIGTERM', 30_000);
+    await until(() => proxy.logs.some((l) => l.msg === 'shutting down: draining live connections'), 5_000, 'drain started');
+    // New connections are refused...
+    await until(async () => {
+      const probe = net.connect(port, '127.0.0.1');
+      return new Promise<boolean>((resolve) => {
+        probe.on('error', () => resolve(true));
+        probe.on('connect', () => {
+          probe.destroy();
+          resolve(false);
+        });
+      });
+    }, 5_000, 'listener closed');
+    // ...the live one still works, and the process exits once it ends.
+    expect(await ask(live, 'during')).toBe('d:during');
+    live.end();
+    expect(await stopping).toBe(0);
+  });
+
+  it('closes what is left at shutdownTimeout and still exits 0', async () => {
+    const a = await taggedEcho('t');
+    const port = await freePort();
+    const proxy = await run(`
+admin: { listen: "{{admin}}" }
+shutdownTimeout: 500ms
+routes:
+  - { name: t, listen: 127.0.0.1:${port}, upstream: 127.0.0.1:${a.port} }
+`);
+    const live = await connect(port);
+    cleanups.push(() => live.destroy());
+    expect(await ask(live, 'x')).toBe('t:x');
+    const started = Date.now();
+    expect(await proxy.stop('SIGTERM', 10_000)).toBe(0);
+    expect(Date.now() - started).toBeLessThan(5_000);
+    await until(() => live.closed || live.readableEnded, 5_000, 'live connection closed at the deadline');
+  });
+});

@@ -7,7 +7,7 @@
 // Options: --quick | --rounds N | --seconds S | --only id,id | --targets id,id | --no-profile |
 //          --profile | --no-footprint | --help
 
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync, readFileSync, existsSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync, readFileSync, existsSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import os from 'node:os';
 import path from 'node:path';
@@ -20,6 +20,7 @@ import { WORKLOADS } from './lib/workloads.mjs';
 import { runSuite, aggregate } from './lib/suite.mjs';
 import { measureShippedStartup, measureIdle } from './lib/footprint.mjs';
 import { profilePingPong } from './lib/profile.mjs';
+import { sampleBackground, startTally, describeShare } from './lib/noise.mjs';
 import { machineSection, throughputTable, footprintTable, heartbeatSection, targetsTable, profileSection } from './lib/report.mjs';
 
 const BENCH_DIR = path.dirname(new URL(import.meta.url).pathname);
@@ -93,8 +94,14 @@ async function main() {
       : `the proxy under test runs on core ${PROXY_CORE} (taskset -c ${PROXY_CORE}); load generators, origins and this script run on core ${LOAD_CORE} (taskset -c ${LOAD_CORE})`;
   log(`bench: ${opts.mode} mode, ${opts.rounds} rounds x ${opts.seconds} s; private network namespace; ${pinning}`);
 
+  const backgroundAtStart = await sampleBackground(1000);
+  log(`bench: other processes keep ${describeShare(backgroundAtStart)} busy before the start`);
+  if (backgroundAtStart > 0.1) log('bench: WARNING: the machine is not idle; figures will be noisy (see the "background load" line of the report)');
+  const tally = startTally();
+
   mkdirSync(RESULTS_DIR, { recursive: true });
   const workDir = mkdtempSync(path.join(os.tmpdir(), 'kap-bench-'));
+  chmodSync(workDir, 0o755); // PostgreSQL runs as the postgres user and must reach its data dir
   const cleanup = async () => {
     await stopAll();
     rmSync(workDir, { recursive: true, force: true });
@@ -162,6 +169,8 @@ async function main() {
       if (profile.skipped) log(`  skipped: ${profile.skipped}`);
     }
 
+    await stopAll(); // every child reaped, so the tally can tell our CPU time from everyone else's
+    const backgroundDuring = tally.finish();
     const rows = aggregate(results);
     const labels = Object.fromEntries(TARGETS.map((t) => [t.id, t.label]));
     const order = TARGETS.map((t) => t.id);
@@ -175,6 +184,7 @@ async function main() {
       rounds: opts.rounds,
       seconds: opts.seconds,
       elapsedMin: ((Date.now() - began) / 60000).toFixed(1),
+      background: `${describeShare(backgroundAtStart)} before the start; on average ${describeShare(backgroundDuring)} during the run (CPU time of processes other than the suite's)`,
     };
     const skippedNotes = Object.entries(skipWorkload).map(([origin, why]) => `- workloads on origin ${origin} skipped: ${why}`);
     const md = [

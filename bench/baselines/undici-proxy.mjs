@@ -1,7 +1,6 @@
 // A straightforward HTTP reverse proxy on node:http + an undici Pool: the bar for a Node HTTP path.
 //   node undici-proxy.mjs LISTEN_HOST:PORT http://UPSTREAM_HOST:PORT
 import http from 'node:http';
-import { pipeline } from 'node:stream';
 import { Pool } from 'undici';
 
 const [listenArg, origin] = process.argv.slice(2);
@@ -22,17 +21,18 @@ function endToEnd(headers) {
   return out;
 }
 
+// pool.stream() writes the upstream body straight into the client response (no intermediate
+// Readable): the form undici documents for proxies.
 const server = http.createServer(async (req, res) => {
   try {
     const hasBody = req.method !== 'GET' && req.method !== 'HEAD';
-    const { statusCode, headers, body } = await pool.request({
-      path: req.url,
-      method: req.method,
-      headers: endToEnd(req.headers),
-      body: hasBody ? req : null,
-    });
-    res.writeHead(statusCode, endToEnd(headers));
-    pipeline(body, res, () => {});
+    await pool.stream(
+      { path: req.url, method: req.method, headers: endToEnd(req.headers), body: hasBody ? req : null },
+      ({ statusCode, headers }) => {
+        res.writeHead(statusCode, endToEnd(headers));
+        return res;
+      },
+    );
   } catch {
     if (!res.headersSent) res.writeHead(502);
     res.end();

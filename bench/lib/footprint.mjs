@@ -155,7 +155,7 @@ export async function measureIdle({ targetIds, windowS, heartbeatWindowS, env, l
   if (targetIds.includes('keepalive-proxy')) {
     heartbeat = await holdIdle({
       targetId: 'keepalive-proxy',
-      heartbeat: '{ every: 1s, timeout: 2s, send: "PING\\r\\n", expect: "PING\\r\\n" }',
+      heartbeat: '{ every: 1s, timeout: 500ms, send: "PING\\r\\n", expect: "PING\\r\\n" }',
       windowS: heartbeatWindowS,
       settleS: 2.5,
       env,

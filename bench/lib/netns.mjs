@@ -13,6 +13,9 @@ const SYSCTLS = {
   'net/core/somaxconn': '65535',
   'net/ipv4/tcp_max_syn_backlog': '65535',
   'net/ipv4/tcp_max_tw_buckets': '2000000',
+  // The suite's own listening ports: with the ephemeral range this wide, an outgoing connection
+  // could otherwise take one of them just before a proxy binds it.
+  'net/ipv4/ip_local_reserved_ports': '27000-32999',
 };
 
 export function insideNamespace() {

@@ -24,6 +24,7 @@ export function machineSection(meta) {
     `- Pinning: ${meta.pinning}`,
     `- Network: private namespace (unshare -n), loopback only; ${Object.entries(meta.sysctls).map(([k, v]) => `${k}=${v}`).join(', ')}`,
     `- Method: ${meta.mode} mode; per workload every target is started once, warmed up once, then measured in ${meta.rounds} rounds of ${meta.seconds} s (the order of targets rotates each round); the tables show the median and the min-max of the rounds. Proxy CPU is utime+stime of the proxy process (socat: with its forked children) over the run, divided by the operations done.`,
+    `- Background load (other processes on the machine): ${meta.background}`,
     `- Wall time of this run: ${meta.elapsedMin} min`,
   ];
   return lines.join('\n');
@@ -96,7 +97,7 @@ export function heartbeatSection(hb) {
   if (!hb) return 'Not run (keepalive-proxy not selected).';
   if (hb.skipped) return `Skipped: ${hb.skipped}`;
   return [
-    `8,000 idle connections through one keepalive-proxy tcp route with \`heartbeat: { every: 1s, timeout: 2s, send: "PING\\r\\n", expect: "PING\\r\\n" }\` against the echo origin:`,
+    `8,000 idle connections through one keepalive-proxy tcp route with \`heartbeat: { every: 1s, timeout: 500ms, send: "PING\\r\\n", expect: "PING\\r\\n" }\` against the echo origin:`,
     '',
     `- proxy CPU over a ${hb.windowS.toFixed(1)} s window: **${pct(hb.cpuShare)} of one core** (issue-5 budget: under 15%)`,
     `- heartbeats completed: ${hb.heartbeatsPerS === null ? 'unknown (no keepalive_proxy_heartbeats_total in /metrics)' : `${num(hb.heartbeatsPerS)}/s`}`,

@@ -11,11 +11,25 @@ const BENCH_DIR = path.dirname(path.dirname(new URL(import.meta.url).pathname));
 export const REPO_DIR = path.dirname(BENCH_DIR);
 export const KP_MAIN = path.join(REPO_DIR, 'dist', 'main.js');
 
+/** The reason a process gave for dying: a pino fatal line's err.message, else its last lines. */
+function whyItFailed(output) {
+  const lines = output.split('\n').filter(Boolean);
+  for (const line of [...lines].reverse()) {
+    try {
+      const entry = JSON.parse(line);
+      if (entry.err?.message || entry.msg) return entry.err?.message ?? entry.msg;
+    } catch {
+      // not a JSON log line
+    }
+  }
+  return lines.slice(-4).join(' / ');
+}
+
 async function listening(proc, port, what) {
   if (await waitForPort(port, { proc, timeoutMs: 15_000 })) return;
   await stopProcess(proc, { graceMs: 1000 });
-  const out = proc.output().split('\n').filter(Boolean).slice(-6).join(' | ');
-  throw new Error(`${what} failed to start${out ? `: ${out.slice(0, 400)}` : ''}`);
+  const why = whyItFailed(proc.output());
+  throw new Error(`${what} failed to start${why ? `: ${why.slice(0, 300)}` : ''}`);
 }
 
 // ---------------------------------------------------------------- keepalive-proxy

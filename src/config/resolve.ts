@@ -584,14 +584,8 @@ class Resolver {
     if (!timeoutFound && everyFound && !virtual) {
       this.#report([...sectionPath, 'timeout'], 'key', 'required key is missing: how long to wait for the heartbeat reply (e.g. "5s")');
     }
-    if (everyMs !== null && timeoutMs !== null && timeoutMs >= everyMs && timeoutFound && everyFound) {
-      const at = !timeoutFound.inherited || everyFound.inherited ? timeoutFound : everyFound;
-      this.#report(
-        at.path,
-        'value',
-        `timeout ${formatDuration(timeoutMs)} must be shorter than heartbeat.every (${formatDuration(everyMs)}); are they swapped?`,
-      );
-    }
+    // every and timeout are independent (as interval and timeout of HAProxy's checks):
+    // every is the silence before a probe, timeout the wait for its reply.
     let send: Buffer | undefined;
     let expect: Buffer | undefined;
     if (protocol === 'tcp') {

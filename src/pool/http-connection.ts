@@ -59,6 +59,8 @@ export class PooledConnection {
 
   /** Evicts it; the pool's 'close' listener does the bookkeeping. Idempotent. */
   close(reason: EvictionReason): void {
+    // Already gone: whatever destroyed it (an error, the upstream's FIN) is the reason.
+    if (this.socket.destroyed) return;
     this.#closeReason ??= reason;
     this.stopWatching();
     this.socket.destroy();

@@ -41,6 +41,8 @@ export async function freePort(host = '127.0.0.1'): Promise<number> {
 /** A client socket; half-open allowed so a test can keep sending after the peer's FIN. */
 export async function connect(port: number, host = '127.0.0.1'): Promise<net.Socket> {
   const socket = net.connect({ port, host, allowHalfOpen: true });
+  // A reset when a test tears the proxy down is expected; tests that care listen themselves.
+  socket.on('error', () => {});
   await once(socket, 'connect', 5_000);
   return socket;
 }
@@ -69,4 +71,22 @@ export function readBytes(socket: net.Socket, length: number, timeoutMs = 5_000)
     socket.on('data', onData);
     socket.on('end', onEnd);
   });
+}
+
+/**
+ * A relay that delays every chunk from the upstream by `delayMs` (order kept): makes a
+ * heartbeat's round trip long enough for a client write to land inside it.
+ */
+export async function delayingRelay(targetPort: number, delayMs: number): Promise<{ port: number; close(): Promise<void> }> {
+  const relay = await listen0((inbound) => {
+    const outbound = net.connect({ port: targetPort, host: '127.0.0.1', allowHalfOpen: true });
+    outbound.on('error', () => inbound.destroy());
+    inbound.on('error', () => outbound.destroy());
+    inbound.on('data', (c: Buffer) => outbound.write(c));
+    inbound.on('end', () => outbound.end());
+    outbound.on('data', (c: Buffer) => setTimeout(() => inbound.writable && inbound.write(c), delayMs));
+    outbound.on('end', () => setTimeout(() => inbound.end(), delayMs));
+    inbound.on('close', () => outbound.destroy());
+  });
+  return { port: relay.port, close: relay.close };
 }

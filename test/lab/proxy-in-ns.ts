@@ -1,3 +1,5 @@
+import { rmSync } from 'node:fs';
+import { dirname } from 'node:path';
 import { parseMetrics, sample, startProxy, type RunningProxy } from '../helpers/proxy.js';
 import { sleep } from '../helpers/wait.js';
 import type { Agent } from './agent.js';
@@ -59,6 +61,8 @@ export async function startProxyInNs(ns: string, yaml: string, admin: Agent): Pr
     logLinesWith: (text) => proxy.logs.map((line) => JSON.stringify(line)).filter((line) => line.includes(text)),
     stop: async () => {
       await proxy.stop('SIGTERM', 5_000);
+      // startProxy leaves its temp config directory behind; this lab removes its own.
+      if (proxy.configPath) rmSync(dirname(proxy.configPath), { recursive: true, force: true });
     },
   };
 }

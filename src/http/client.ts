@@ -1,0 +1,29 @@
+import type net from 'node:net';
+
+// What the route knows about one accepted client connection, for the admin listing:
+// it outlives each request (client keep-alive) and becomes a tunnel after an Upgrade
+// or CONNECT.
+
+let nextClientId = 1;
+
+export class ClientConnection {
+  readonly id = `h${nextClientId++}`;
+  readonly socket: net.Socket;
+  readonly createdAt: number;
+  lastActivity: number;
+  bytesUp = 0;
+  bytesDown = 0;
+  requests = 0;
+  /** Whether any of its requests ran on an upstream connection that had served before. */
+  reused = false;
+  /** The upstream its latest request went to. */
+  upstream: string | null = null;
+  /** Requests in progress on it (a pipelining client may have more than one queued). */
+  inFlight = 0;
+
+  constructor(socket: net.Socket, now: number) {
+    this.socket = socket;
+    this.createdAt = now;
+    this.lastActivity = now;
+  }
+}

@@ -1,0 +1,133 @@
+import type http from 'node:http';
+
+// Header rewriting between the two hops, on node's raw header arrays ([name, value,
+// name, value, ...]) so names keep their case and repeated fields (Set-Cookie) their
+// order. Pure functions: no sockets, unit-tested on arrays.
+
+/**
+ * Fields that describe one connection, never the message (RFC 9110 7.6.1), plus the
+ * historical ones that still appear: Keep-Alive, Proxy-Connection, and Trailer from RFC 7230.
+ */
+export const HOP_BY_HOP: ReadonlySet<string> = new Set([
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'te',
+  'trailer',
+  'transfer-encoding',
+  'upgrade',
+]);
+
+/** Methods whose repetition has the effect of one request (RFC 9110 9.2.2): safe to retry. */
+export const IDEMPOTENT_METHODS: ReadonlySet<string> = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE']);
+
+/** Methods node's client frames as "no body" unless told otherwise. */
+const BODYLESS_BY_DEFAULT: ReadonlySet<string> = new Set(['GET', 'HEAD', 'DELETE', 'OPTIONS', 'TRACE', 'CONNECT']);
+
+/** The field names a Connection header nominates as hop-by-hop, lower-cased. */
+export function connectionNominated(rawHeaders: readonly string[]): Set<string> {
+  const named = new Set<string>();
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const name = rawHeaders[i]!.toLowerCase();
+    if (name !== 'connection' && name !== 'proxy-connection') continue;
+    for (const token of rawHeaders[i + 1]!.split(',')) {
+      const field = token.trim().toLowerCase();
+      if (field) named.add(field);
+    }
+  }
+  return named;
+}
+
+/**
+ * The end-to-end fields of a message: raw headers minus the hop-by-hop ones, minus the
+ * fields its Connection header names, minus `drop` (lower-case names the caller replaces).
+ */
+export function endToEnd(rawHeaders: readonly string[], drop: ReadonlySet<string> = new Set()): string[] {
+  const nominated = connectionNominated(rawHeaders);
+  const kept: string[] = [];
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const name = rawHeaders[i]!;
+    const lower = name.toLowerCase();
+    if (HOP_BY_HOP.has(lower) || nominated.has(lower) || drop.has(lower)) continue;
+    kept.push(name, rawHeaders[i + 1]!);
+  }
+  return kept;
+}
+
+/** Values of one field, in order (raw arrays keep repeats separate). */
+export function fieldValues(rawHeaders: readonly string[], lowerName: string): string[] {
+  const values: string[] = [];
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    if (rawHeaders[i]!.toLowerCase() === lowerName) values.push(rawHeaders[i + 1]!);
+  }
+  return values;
+}
+
+/** The client address as X-Forwarded-For writes it (IPv4-mapped IPv6 shown as IPv4). */
+export function clientAddress(address: string | undefined): string {
+  if (!address) return 'unknown';
+  return address.startsWith('::ffff:') && address.includes('.') ? address.slice(7) : address;
+}
+
+export interface ForwardedInfo {
+  /** The client's address, appended to X-Forwarded-For. */
+  readonly clientIp: string;
+  /** The scheme the client used to reach us. */
+  readonly proto: 'http' | 'https';
+  /** The Host the client asked for, as X-Forwarded-Host. */
+  readonly host: string | undefined;
+}
+
+export interface RequestHeaderOptions {
+  /** The Host field for the upstream hop. */
+  readonly host: string;
+  /** Add X-Forwarded-For/-Proto/-Host (null: leave the client's untouched). */
+  readonly forwarded: ForwardedInfo | null;
+  /** Extra lower-case names to remove (Proxy-Authorization when forwarding: it was for us). */
+  readonly drop?: readonly string[];
+  /** Keep Connection: Upgrade and Upgrade (a WebSocket handshake). */
+  readonly upgrade?: string;
+}
+
+/**
+ * The header list for the upstream request: end-to-end fields of the client's request,
+ * our Host, X-Forwarded-*, and the framing of our hop (chunked when the client sent a
+ * body of unknown length, Content-Length: 0 where node would otherwise chunk an empty body).
+ */
+export function upstreamRequestHeaders(req: http.IncomingMessage, options: RequestHeaderOptions): string[] {
+  const drop = new Set(['host', ...(options.drop ?? [])]);
+  if (options.forwarded) for (const name of ['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host']) drop.add(name);
+  const raw = req.rawHeaders;
+  const headers = ['Host', options.host, ...endToEnd(raw, drop)];
+  if (options.forwarded) {
+    // Each proxy appends the address it received the request from; the rest are ours to state.
+    const chain = fieldValues(raw, 'x-forwarded-for').join(', ');
+    headers.push('X-Forwarded-For', chain ? `${chain}, ${options.forwarded.clientIp}` : options.forwarded.clientIp);
+    headers.push('X-Forwarded-Proto', options.forwarded.proto);
+    if (options.forwarded.host) headers.push('X-Forwarded-Host', options.forwarded.host);
+  }
+  if (options.upgrade) headers.push('Connection', 'Upgrade', 'Upgrade', options.upgrade);
+  const transferEncoding = req.headers['transfer-encoding'];
+  if (transferEncoding !== undefined) {
+    // Our hop re-frames the body as chunked; codings applied before chunked stay applied.
+    headers.push('Transfer-Encoding', transferEncoding);
+  } else if (req.headers['content-length'] === undefined && !BODYLESS_BY_DEFAULT.has(req.method ?? 'GET')) {
+    // No body (RFC 9112 6.3): say so, or node would send an empty chunked one.
+    headers.push('Content-Length', '0');
+  }
+  return headers;
+}
+
+/** Whether the client's request carries a body at all (RFC 9112 6.3). */
+export function requestHasBody(req: http.IncomingMessage): boolean {
+  if (req.headers['transfer-encoding'] !== undefined) return true;
+  const length = req.headers['content-length'];
+  return length !== undefined && length !== '0';
+}
+
+/** Node's raw trailer array as the [name, value] pairs addTrailers() takes. */
+export function trailerPairs(rawTrailers: readonly string[]): Array<[string, string]> {
+  const pairs: Array<[string, string]> = [];
+  for (let i = 0; i < rawTrailers.length; i += 2) pairs.push([rawTrailers[i]!, rawTrailers[i + 1]!]);
+  return pairs;
+}

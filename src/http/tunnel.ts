@@ -1,0 +1,46 @@
+import type net from 'node:net';
+import type tls from 'node:tls';
+import type { HeartbeatConfig } from '../config/schema.js';
+import type { Logger } from '../log.js';
+import type { Metrics } from '../metrics/registry.js';
+import type { DialAttempt, DialTarget } from '../pool/http-dial.js';
+import type { Tracker } from '../protocols/types.js';
+
+// What Upgrade (upgrade.ts) and CONNECT (forward.ts) need from their route: a dial
+// that counts itself, the request counter, and the hand-off of two sockets that are no
+// longer HTTP to a spliced session (tcp/session.ts: half-close, backpressure, idle
+// timeout, heartbeats, one close(reason)).
+
+export interface TunnelOptions {
+  /** WebSocket heartbeat state, or null for an opaque tunnel. */
+  readonly tracker: Tracker | null;
+  readonly heartbeat: HeartbeatConfig | null;
+  /** Upstream bytes that arrived with the handshake, already through the tracker. */
+  readonly earlyData: readonly Buffer[];
+}
+
+export interface TunnelHost {
+  readonly route: string;
+  readonly metrics: Metrics;
+  readonly log: Logger;
+  /** A fresh upstream connection for a tunnel (never from the pool: it will not come back). */
+  dial(target: DialTarget): DialAttempt;
+  /** requests_total for an Upgrade or CONNECT, with the status the client got. */
+  answered(status: number): void;
+  /** From here on the session owns both sockets. */
+  startTunnel(down: net.Socket, up: net.Socket, options: TunnelOptions): void;
+}
+
+/**
+ * A TLS socket cannot be reset (resetAndDestroy needs a TCP handle and throws on a TLS
+ * one); an abrupt close of a tunnel over TLS resets the TCP socket underneath instead.
+ */
+export function resettableTls(secure: tls.TLSSocket | net.Socket, raw: net.Socket): net.Socket {
+  if (secure === raw) return raw;
+  secure.resetAndDestroy = function resetUnderlying(this: net.Socket): net.Socket {
+    if (!raw.destroyed && !raw.connecting) raw.resetAndDestroy();
+    this.destroy();
+    return this;
+  };
+  return secure;
+}

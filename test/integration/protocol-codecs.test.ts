@@ -1,0 +1,268 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import net from 'node:net';
+import Redis from 'ioredis';
+import pg from 'pg';
+import mysql from 'mysql2/promise';
+import { redisCodec } from '../../src/protocols/redis.js';
+import { postgresCodec } from '../../src/protocols/postgres.js';
+import { mysqlCodec } from '../../src/protocols/mysql.js';
+import type { HeartbeatCodec } from '../../src/protocols/types.js';
+import { startCodecRelay, type CodecRelay } from '../helpers/codec-relay.js';
+import { MARIADB_USER, startMariadb, startPostgres, startRedis, type RunningServer } from '../helpers/servers.js';
+import { REPO_ROOT } from '../helpers/proxy.js';
+import { sleep, until } from '../helpers/wait.js';
+
+// The codecs against real servers and real clients. Each scenario runs twice: straight to
+// the server, and through a relay that runs the codec and injects a probe whenever the
+// codec says quiet (every millisecond, racing the client). The client must see the same
+// results, probes must be answered and cut, and no tracker may lose track.
+//
+// RECORD_FIXTURES=1 also records a small run of each scenario (with one probe at its end)
+// into test/unit/protocols/fixtures/, the real-server bytes the unit tests replay.
+
+const FIXTURES = join(REPO_ROOT, 'test', 'unit', 'protocols', 'fixtures');
+const RECORD = process.env.RECORD_FIXTURES === '1';
+
+type Scenario = (port: number, size: 'small' | 'large', beforeClose: () => Promise<void>) => Promise<unknown>;
+
+async function compare(codec: HeartbeatCodec, serverPort: number, scenario: Scenario, name: string): Promise<void> {
+  const direct = await scenario(serverPort, 'large', async () => {});
+  const relay = await startCodecRelay(codec, serverPort, { probeEveryMs: 1 });
+  let relayed: unknown;
+  try {
+    relayed = await scenario(relay.port, 'large', async () => {});
+    await until(() => relay.connections.every((c) => !c.tracker.probing), 5_000, 'last probes answered');
+  } finally {
+    await relay.close();
+  }
+  expect(relayed).toEqual(direct);
+  const answered = relay.connections.reduce((sum, c) => sum + c.probesAnswered, 0);
+  const off = relay.connections.filter((c) => c.tracker.state === 'off').map((c) => c.tracker.offReason);
+  expect(off, `${name}: trackers off`).toEqual([]);
+  expect(answered, `${name}: probes answered`).toBeGreaterThan(5);
+  for (const c of relay.connections) expect(c.probesAnswered, `${name}: every probe answered`).toBe(c.probesSent);
+  if (RECORD) await record(codec, serverPort, scenario, name);
+}
+
+async function record(codec: HeartbeatCodec, serverPort: number, scenario: Scenario, name: string): Promise<void> {
+  const relay: CodecRelay = await startCodecRelay(codec, serverPort);
+  try {
+    await scenario(relay.port, 'small', async () => {
+      expect(await relay.probeAll()).toBeGreaterThan(0);
+    });
+    await sleep(100);
+  } finally {
+    await relay.close();
+  }
+  mkdirSync(FIXTURES, { recursive: true });
+  const connections = relay.connections.map((c) => c.events);
+  writeFileSync(join(FIXTURES, `${name}.json`), `${JSON.stringify({ codec: codec.name, scenario: name, connections }, null, 1)}\n`);
+}
+
+// ---------------------------------------------------------------- redis
+
+const redisScenario: Scenario = async (port, size, beforeClose) => {
+  const results: unknown[] = [];
+  const a = new Redis({ host: '127.0.0.1', port, lazyConnect: true, maxRetriesPerRequest: 0, enableOfflineQueue: true });
+  const sub = new Redis({ host: '127.0.0.1', port, lazyConnect: true, maxRetriesPerRequest: 0 });
+  await a.connect();
+  await sub.connect();
+  await a.flushall();
+  results.push(await a.set('k', 'v'), await a.get('k'), await a.get('missing'));
+  const pipeline = a.pipeline();
+  for (let n = 0; n < (size === 'large' ? 200 : 5); n++) pipeline.incr('counter');
+  results.push(await pipeline.exec());
+  results.push(await a.multi().set('t', '1').incr('t').get('t').exec());
+  results.push(await a.blpop('empty-list', 0.2));
+  await a.lpush('list', 'x');
+  results.push(await a.blpop('list', 1));
+  const big = 'x'.repeat(size === 'large' ? 300_000 : 3_000);
+  await a.set('big', big);
+  results.push((await a.get('big'))?.length);
+  results.push(await a.hset('h', { f1: 'a', f2: 'b' }), await a.hgetall('h'));
+  results.push(await a.xadd('s', '*', 'f', 'v').then((id) => typeof id));
+  results.push(await a.call('XREAD', 'BLOCK', '100', 'STREAMS', 's', '$'));
+  // pub/sub: messages while subscribed, PING in subscribe mode, unsubscribe
+  const messages: string[] = [];
+  sub.on('message', (channel: string, message: string) => messages.push(`${channel}:${message}`));
+  sub.on('pmessage', (_pattern: string, channel: string, message: string) => messages.push(`p:${channel}:${message}`));
+  results.push(await sub.subscribe('ch1', 'ch2'));
+  results.push(await sub.psubscribe('pat*'));
+  for (let n = 0; n < (size === 'large' ? 50 : 3); n++) {
+    await a.publish('ch1', `m${n}`);
+    await a.publish('pattern', `p${n}`);
+    if (n % 10 === 0) results.push(await sub.ping());
+  }
+  await until(() => messages.length === (size === 'large' ? 100 : 6), 5_000, 'pubsub messages');
+  results.push(messages);
+  results.push(await sub.unsubscribe(), await sub.punsubscribe());
+  results.push(await sub.ping());
+  await beforeClose();
+  await a.quit();
+  await sub.quit();
+  return results;
+};
+
+/** RESP3 over a raw socket: HELLO 3, client-side caching invalidation pushes, RESP3 pub/sub. */
+const redisResp3Scenario: Scenario = async (port, size, beforeClose) => {
+  const socket = net.connect(port, '127.0.0.1');
+  await new Promise((resolve) => socket.once('connect', resolve));
+  let received = '';
+  socket.on('data', (chunk: Buffer) => (received += chunk.toString('latin1')));
+  const other = new Redis({ host: '127.0.0.1', port: port, lazyConnect: true, maxRetriesPerRequest: 0 });
+  await other.connect();
+  const send = (...args: string[]): void => {
+    socket.write(`*${args.length}\r\n${args.map((x) => `$${Buffer.byteLength(x)}\r\n${x}\r\n`).join('')}`);
+  };
+  const waitFor = (text: string): Promise<unknown> => until(() => received.includes(text), 5_000, `RESP3 ${text}`);
+  send('HELLO', '3');
+  await waitFor('proto');
+  send('CLIENT', 'TRACKING', 'on');
+  await waitFor('+OK');
+  send('SET', 'tracked', 'v1');
+  send('GET', 'tracked');
+  await waitFor('$2\r\nv1\r\n');
+  for (let n = 0; n < (size === 'large' ? 20 : 2); n++) {
+    await other.set('tracked', `v${n}`);
+    send('GET', 'tracked');
+    await sleep(2);
+  }
+  await waitFor('invalidate');
+  send('SUBSCRIBE', 'r3');
+  await waitFor('subscribe');
+  for (let n = 0; n < (size === 'large' ? 20 : 2); n++) await other.publish('r3', `hello${n}`);
+  send('GET', 'tracked'); // RESP3 allows ordinary commands while subscribed
+  await waitFor(`hello${size === 'large' ? 19 : 1}`);
+  send('PING');
+  await waitFor('+PONG');
+  await beforeClose();
+  socket.end();
+  await other.quit();
+  // Reply bytes differ between runs (client ids): compare what matters.
+  return {
+    pongs: received.split('+PONG\r\n').length - 1,
+    messages: received.match(/hello\d+/g)?.length,
+    invalidations: received.includes('invalidate'),
+  };
+};
+
+describe('redis codec against redis-server', () => {
+  let server: RunningServer;
+  beforeAll(async () => {
+    server = await startRedis();
+  });
+  afterAll(async () => {
+    await server?.stop();
+  });
+
+  it('RESP2 via ioredis: same results with probes racing every command', async () => {
+    await compare(redisCodec, server.port, redisScenario, 'redis-ioredis');
+  });
+
+  it('RESP3 via a raw client: pushes pass, probes are cut', async () => {
+    await compare(redisCodec, server.port, redisResp3Scenario, 'redis-resp3');
+  });
+});
+
+// ---------------------------------------------------------------- postgres
+
+const postgresScenario: Scenario = async (port, size, beforeClose) => {
+  const results: unknown[] = [];
+  const client = new pg.Client({ host: '127.0.0.1', port, user: 'postgres', database: 'postgres' });
+  const notifier = new pg.Client({ host: '127.0.0.1', port, user: 'postgres', database: 'postgres' });
+  await client.connect();
+  await notifier.connect();
+  const notices: string[] = [];
+  const notifications: string[] = [];
+  client.on('notice', (notice) => notices.push(notice.message ?? ''));
+  client.on('notification', (n) => notifications.push(`${n.channel}:${n.payload}`));
+  results.push((await client.query('SELECT 1 AS one')).rows);
+  results.push((await client.query('SELECT $1::text AS t, $2::int AS n', ['x', 7])).rows);
+  results.push((await client.query({ name: 'named', text: 'SELECT $1::int * 2 AS d', values: [21] })).rows);
+  results.push((await client.query({ name: 'named', text: 'SELECT $1::int * 2 AS d', values: [5] })).rows);
+  await client.query('BEGIN');
+  await client.query('CREATE TEMP TABLE t (id int primary key, v text)');
+  for (let n = 0; n < (size === 'large' ? 50 : 3); n++) await client.query('INSERT INTO t VALUES ($1, $2)', [n, `v${n}`]);
+  results.push((await client.query('SELECT count(*)::int AS c FROM t')).rows);
+  await client.query('COMMIT');
+  await client.query('BEGIN');
+  results.push(await client.query('SELECT 1/0').catch((e: Error) => e.message));
+  results.push(await client.query('SELECT 1').catch((e: Error) => e.message));
+  await client.query('ROLLBACK');
+  results.push(await client.query('SELECT * FROM missing_table').catch((e: Error) => e.message));
+  results.push(await client.query('SELECT $1::int', ['not a number']).catch((e: Error) => e.message));
+  await client.query(`DO $$ BEGIN RAISE NOTICE 'hello notice'; END $$`);
+  const rows = size === 'large' ? 20_000 : 20;
+  results.push((await client.query('SELECT g, md5(g::text) FROM generate_series(1, $1::int) g', [rows])).rowCount);
+  await client.query('LISTEN chan');
+  for (let n = 0; n < (size === 'large' ? 30 : 2); n++) await notifier.query(`NOTIFY chan, 'n${n}'`);
+  await until(() => notifications.length === (size === 'large' ? 30 : 2), 5_000, 'notifications');
+  results.push(notifications, notices);
+  // multi-statement simple query
+  results.push((await client.query('SELECT 1 AS a; SELECT 2 AS b') as unknown as Array<{ rows: unknown[] }>).map((r) => r.rows));
+  await beforeClose();
+  await client.end();
+  await notifier.end();
+  return results;
+};
+
+describe('postgres codec against postgres', () => {
+  let server: RunningServer;
+  beforeAll(async () => {
+    server = await startPostgres();
+  });
+  afterAll(async () => {
+    await server?.stop();
+  });
+
+  it('pg (simple and extended protocol, transactions, errors, notices, notifications): same results with probes racing', async () => {
+    await compare(postgresCodec, server.port, postgresScenario, 'postgres-pg');
+  });
+});
+
+// ---------------------------------------------------------------- mysql / mariadb
+
+const mysqlScenario: Scenario = async (port, size, beforeClose) => {
+  const results: unknown[] = [];
+  const connection = await mysql.createConnection({ host: '127.0.0.1', port, user: MARIADB_USER, database: 'test', multipleStatements: true });
+  results.push((await connection.query('SELECT 1 AS one'))[0]);
+  results.push((await connection.execute('SELECT ? AS a, ? AS b', [1, 'two']))[0]);
+  results.push((await connection.execute('SELECT ? AS a, ? AS b', [3, 'four']))[0]);
+  await connection.query('DROP TABLE IF EXISTS t; CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(64))');
+  await connection.beginTransaction();
+  for (let n = 0; n < (size === 'large' ? 50 : 3); n++) await connection.execute('INSERT INTO t VALUES (?, ?)', [n, `v${n}`]);
+  await connection.commit();
+  results.push((await connection.query('SELECT COUNT(*) AS c FROM t'))[0]);
+  results.push((await connection.query('SELECT 1 AS x; SELECT 2 AS y; UPDATE t SET v = v WHERE id < 0'))[0]);
+  results.push(await connection.query('SELECT * FROM missing_table').catch((e: Error) => e.message));
+  results.push(await connection.query('SELEC 1').catch((e: Error) => e.message));
+  const rows = size === 'large' ? 20_000 : 20;
+  results.push(((await connection.query(`SELECT seq, MD5(seq) FROM seq_1_to_${rows}`))[0] as unknown[]).length);
+  results.push(((await connection.execute('SELECT seq, MD5(seq) AS h FROM seq_1_to_100 WHERE seq > ?', [50]))[0] as unknown[]).length);
+  await connection.query('DROP PROCEDURE IF EXISTS p; CREATE PROCEDURE p() BEGIN SELECT 1 AS a; SELECT 2 AS b; END');
+  results.push((await connection.query('CALL p()'))[0]);
+  results.push((await connection.execute('CALL p()'))[0]);
+  await connection.ping();
+  results.push((await connection.query(`SELECT REPEAT('x', ${size === 'large' ? 200_000 : 2_000}) AS big`).then(([r]) => (r as Array<{ big: string }>)[0]!.big.length)));
+  await connection.changeUser({ user: MARIADB_USER, database: 'test' });
+  results.push((await connection.query('SELECT CURRENT_USER() AS u'))[0]);
+  await beforeClose();
+  await connection.end();
+  return results;
+};
+
+describe('mysql codec against mariadb', () => {
+  let server: RunningServer;
+  beforeAll(async () => {
+    server = await startMariadb();
+  });
+  afterAll(async () => {
+    await server?.stop();
+  });
+
+  it('mysql2 (queries, prepared statements, multi-results, procedures, errors, change user): same results with probes racing', async () => {
+    await compare(mysqlCodec, server.port, mysqlScenario, 'mysql-mysql2');
+  });
+});

@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { freePort } from './net.js';
@@ -43,9 +43,11 @@ export async function startProxy(options: StartOptions): Promise<RunningProxy> {
   const adminPort = await freePort();
   const adminAddress = `127.0.0.1:${adminPort}`;
   let configPath: string | null = null;
+  let configDir: string | null = null;
   const args = [...(options.args ?? [])];
   if (options.yaml !== undefined) {
     const dir = mkdtempSync(join(tmpdir(), 'kp-test-'));
+    configDir = dir;
     configPath = join(dir, 'config.yaml');
     writeFileSync(configPath, options.yaml.replaceAll('{{admin}}', adminAddress));
     args.push('--config', configPath);
@@ -74,7 +76,12 @@ export async function startProxy(options: StartOptions): Promise<RunningProxy> {
   });
   let stderr = '';
   child.stderr!.setEncoding('utf8').on('data', (text: string) => (stderr += text));
-  const exited = new Promise<number | null>((resolveExit) => child.on('exit', (code) => resolveExit(code)));
+  const exited = new Promise<number | null>((resolveExit) =>
+    child.on('exit', (code) => {
+      if (configDir) rmSync(configDir, { recursive: true, force: true });
+      resolveExit(code);
+    }),
+  );
   const adminUrl = `http://${adminAddress}`;
   const running: RunningProxy = {
     child,

@@ -1,0 +1,104 @@
+import type http from 'node:http';
+import net from 'node:net';
+import { ProxyError } from '../errors.js';
+import { Allowlist, normaliseHost } from './allowlist.js';
+import { respondRaw } from './respond.js';
+import type { TunnelHost } from './tunnel.js';
+
+// Forward proxy mode (`protocol: http-forward`), for applications that honour
+// HTTP_PROXY/HTTPS_PROXY: absolute-form requests ("GET http://host/path") go over the
+// route's pool, one pool per destination; CONNECT opens a byte tunnel (TLS end to end
+// between the client and the destination). Every destination must match the allowlist;
+// everything else gets 403: never an open proxy.
+
+export interface ForwardDestination {
+  readonly scheme: 'http' | 'https';
+  /** Host as dialled: normalised, IPv6 without brackets. */
+  readonly host: string;
+  readonly port: number;
+  /** origin-form target for the upstream hop. */
+  readonly path: string;
+  /** The Host field for the upstream hop. */
+  readonly authority: string;
+}
+
+export type Resolution<T> = { readonly ok: true; readonly value: T } | { readonly ok: false; readonly status: number; readonly detail: string };
+
+/** Where an absolute-form request goes, if it may go anywhere. */
+export function resolveForwardRequest(url: string | undefined, allowlist: Allowlist): Resolution<ForwardDestination> {
+  let parsed: URL;
+  try {
+    if (!url || !/^[a-z][a-z0-9+.-]*:\/\//i.test(url)) throw new TypeError('not absolute-form');
+    parsed = new URL(url);
+  } catch {
+    return { ok: false, status: 400, detail: 'a forward proxy request needs an absolute URL (http://host/path)' };
+  }
+  if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') {
+    return { ok: false, status: 400, detail: `scheme ${parsed.protocol} is not proxied` };
+  }
+  const scheme = parsed.protocol === 'https:' ? 'https' : 'http';
+  const host = normaliseHost(parsed.hostname);
+  const port = parsed.port ? Number(parsed.port) : scheme === 'https' ? 443 : 80;
+  if (!host) return { ok: false, status: 400, detail: 'invalid destination host' };
+  if (!allowlist.allows(host, port)) return { ok: false, status: 403, detail: `${formatAuthority(host, port)} is not in this proxy's allowlist` };
+  return { ok: true, value: { scheme, host, port, path: `${parsed.pathname}${parsed.search}`, authority: parsed.host } };
+}
+
+/** "host:port" of a CONNECT request (RFC 9110 9.3.6: authority-form, the port is required). */
+export function parseConnectAuthority(target: string | undefined): { host: string; port: number } | null {
+  if (!target) return null;
+  const bracketed = /^\[([^\]]+)\]:(\d{1,5})$/.exec(target);
+  const plain = bracketed ? null : /^([^:/?#@\s[\]]+):(\d{1,5})$/.exec(target);
+  const match = bracketed ?? plain;
+  if (!match) return null;
+  const port = Number(match[2]);
+  if (port < 1 || port > 65_535) return null;
+  const host = normaliseHost(match[1]!);
+  return host ? { host, port } : null;
+}
+
+export function formatAuthority(host: string, port: number): string {
+  return net.isIPv6(host) ? `[${host}]:${port}` : `${host}:${port}`;
+}
+
+/** CONNECT host:port: a checked destination, a fresh upstream connection, then a tunnel. */
+export function proxyConnect(host: TunnelHost, req: http.IncomingMessage, down: net.Socket, head: Buffer, allowlist: Allowlist, idleTimeoutMs: number): void {
+  down.on('error', () => {});
+  down.pause();
+  const destination = parseConnectAuthority(req.url);
+  if (!destination) {
+    host.answered(400);
+    respondRaw(down, 400, 'CONNECT needs host:port');
+    return;
+  }
+  if (!allowlist.allows(destination.host, destination.port)) {
+    host.answered(403);
+    host.log.info({ route: host.route, destination: formatAuthority(destination.host, destination.port) }, 'CONNECT denied by the allowlist');
+    respondRaw(down, 403, `${formatAuthority(destination.host, destination.port)} is not in this proxy's allowlist`);
+    return;
+  }
+  void idleTimeoutMs;
+  const attempt = host.dial({ host: destination.host, port: destination.port, tls: null });
+  const onClientGone = (): void => attempt.abort();
+  down.once('close', onClientGone);
+  attempt.done.then(
+    (dialed) => {
+      down.off('close', onClientGone);
+      if (down.destroyed) {
+        dialed.socket.destroy();
+        return;
+      }
+      host.answered(200);
+      down.write('HTTP/1.1 200 Connection Established\r\n\r\n');
+      if (head.length > 0) dialed.socket.write(head);
+      host.startTunnel(down, dialed.socket, { tracker: null, heartbeat: null, earlyData: [] });
+    },
+    (error: unknown) => {
+      down.off('close', onClientGone);
+      if (down.destroyed) return;
+      const timeout = error instanceof ProxyError && error.code === 'CONNECT_TIMEOUT';
+      host.answered(timeout ? 504 : 502);
+      respondRaw(down, timeout ? 504 : 502, timeout ? 'the destination did not accept the connection in time' : 'the destination is unreachable');
+    },
+  );
+}

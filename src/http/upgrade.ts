@@ -1,0 +1,165 @@
+import http from 'node:http';
+import type net from 'node:net';
+import type { HeartbeatConfig } from '../config/schema.js';
+import { ProxyError } from '../errors.js';
+import type { DialTarget, DialedSocket } from '../pool/http-dial.js';
+import { WebSocketTracker } from '../protocols/websocket.js';
+import { HOP_BY_HOP, endToEnd } from './headers.js';
+import { respondRaw } from './respond.js';
+import { resettableTls, type TunnelHost } from './tunnel.js';
+
+// Upgrade passthrough (WebSocket, or any protocol the upstream agrees to): the handshake
+// goes to the upstream over a fresh connection, its 101 goes back verbatim, and from
+// then on the two sockets are one tunnel. With a heartbeat configured and a WebSocket
+// agreed, the tunnel pings the upstream when silent and expects the pong.
+
+export interface UpgradeTarget {
+  readonly dial: DialTarget;
+  readonly path: string;
+  /** The upstream request's headers, Connection: Upgrade and Upgrade included. */
+  readonly headers: string[];
+  readonly heartbeat: HeartbeatConfig | null;
+  readonly responseTimeoutMs: number;
+}
+
+/** Extensions known to leave control frames alone (RFC 7692 compresses data frames only). */
+const SAFE_EXTENSIONS: ReadonlySet<string> = new Set(['permessage-deflate']);
+
+export function proxyUpgrade(host: TunnelHost, req: http.IncomingMessage, down: net.Socket, head: Buffer, target: UpgradeTarget): void {
+  // The HTTP server let go of the socket: its error handler and reading went with it.
+  down.on('error', () => {});
+  down.pause();
+  const attempt = host.dial(target.dial);
+  const onClientGone = (): void => attempt.abort();
+  down.once('close', onClientGone);
+  attempt.done.then(
+    (dialed) => {
+      down.off('close', onClientGone);
+      if (down.destroyed) {
+        dialed.socket.destroy();
+        return;
+      }
+      handshake(host, req, down, head, dialed, target);
+    },
+    (error: unknown) => {
+      down.off('close', onClientGone);
+      if (down.destroyed) return;
+      const timeout = error instanceof ProxyError && error.code === 'CONNECT_TIMEOUT';
+      host.answered(timeout ? 504 : 502);
+      respondRaw(down, timeout ? 504 : 502, timeout ? 'the upstream did not accept the connection in time' : 'the upstream is unreachable');
+    },
+  );
+}
+
+function handshake(host: TunnelHost, req: http.IncomingMessage, down: net.Socket, head: Buffer, dialed: DialedSocket, target: UpgradeTarget): void {
+  let settled = false;
+  const ureq = http.request({
+    createConnection: () => dialed.socket,
+    method: req.method,
+    path: target.path,
+    headers: target.headers as unknown as http.OutgoingHttpHeaders,
+  });
+  // One timer for one handshake, gone once the upstream answers.
+  const timer =
+    target.responseTimeoutMs > 0
+      ? setTimeout(() => fail(504, 'the upstream did not answer the upgrade in time'), target.responseTimeoutMs)
+      : null;
+  const onClientGone = (): void => fail(0, '');
+  down.once('close', onClientGone);
+
+  function fail(status: number, detail: string): void {
+    if (settled) return;
+    settled = true;
+    if (timer) clearTimeout(timer);
+    down.off('close', onClientGone);
+    ureq.destroy();
+    dialed.socket.destroy();
+    if (status > 0 && !down.destroyed) {
+      host.answered(status);
+      respondRaw(down, status, detail);
+    }
+  }
+
+  ureq.on('error', () => fail(502, 'the upstream closed the connection'));
+  ureq.on('upgrade', (ures: http.IncomingMessage, up: net.Socket, upstreamHead: Buffer) => {
+    if (settled) {
+      up.destroy();
+      return;
+    }
+    settled = true;
+    if (timer) clearTimeout(timer);
+    down.off('close', onClientGone);
+    if (down.destroyed) {
+      up.destroy();
+      return;
+    }
+    // The 101 goes back as the upstream wrote it, minus fields that describe our hop only.
+    const lines = [`HTTP/1.1 ${ures.statusCode} ${ures.statusMessage ?? ''}`];
+    const raw = ures.rawHeaders;
+    for (let i = 0; i < raw.length; i += 2) {
+      const name = raw[i]!.toLowerCase();
+      if (name === 'connection' || name === 'upgrade' || !HOP_BY_HOP.has(name)) lines.push(`${raw[i]}: ${raw[i + 1]}`);
+    }
+    down.write(`${lines.join('\r\n')}\r\n\r\n`);
+    host.answered(ures.statusCode ?? 101);
+
+    const tracker = heartbeatTracker(target.heartbeat, ures);
+    if (head.length > 0) {
+      tracker?.fromClient(head);
+      up.write(head);
+    }
+    const early = upstreamHead.length > 0 ? [tracker ? tracker.fromServer(upstreamHead) : upstreamHead] : [];
+    host.startTunnel(down, resettableTls(up, dialed.raw), {
+      tracker,
+      heartbeat: tracker ? target.heartbeat : null,
+      earlyData: early.filter((chunk) => chunk.length > 0),
+    });
+  });
+  ureq.on('response', (ures: http.IncomingMessage) => {
+    // The upstream declined the upgrade: relay its answer, then close (the client socket
+    // left the HTTP server, so this exchange is its last).
+    if (settled) {
+      ures.resume();
+      return;
+    }
+    settled = true;
+    if (timer) clearTimeout(timer);
+    down.off('close', onClientGone);
+    const status = ures.statusCode ?? 502;
+    host.answered(status);
+    const lines = [`HTTP/1.1 ${status} ${ures.statusMessage ?? ''}`];
+    const kept = endToEnd(ures.rawHeaders);
+    for (let i = 0; i < kept.length; i += 2) lines.push(`${kept[i]}: ${kept[i + 1]}`);
+    lines.push('Connection: close');
+    down.write(`${lines.join('\r\n')}\r\n\r\n`);
+    ures.on('data', (chunk: Buffer) => {
+      if (!down.write(chunk)) {
+        ures.pause();
+        down.once('drain', () => ures.resume());
+      }
+    });
+    ures.on('end', () => {
+      down.end();
+      dialed.socket.destroy();
+    });
+    ures.on('error', () => {
+      down.destroy();
+      dialed.socket.destroy();
+    });
+    down.once('close', () => dialed.socket.destroy());
+  });
+  ureq.end();
+}
+
+/** A heartbeat tracker when one is configured and the tunnel is a WebSocket we can follow. */
+function heartbeatTracker(heartbeat: HeartbeatConfig | null, ures: http.IncomingMessage): WebSocketTracker | null {
+  if (!heartbeat || ures.statusCode !== 101) return null;
+  if ((ures.headers.upgrade ?? '').toLowerCase() !== 'websocket') return null;
+  const extensions = (ures.headers['sec-websocket-extensions'] ?? '')
+    .split(',')
+    .map((item) => item.split(';')[0]!.trim().toLowerCase())
+    .filter(Boolean);
+  // An unknown extension may give reserved opcodes a meaning: then we do not touch the stream.
+  if (extensions.some((name) => !SAFE_EXTENSIONS.has(name))) return null;
+  return new WebSocketTracker();
+}

@@ -1,4 +1,5 @@
 import type net from 'node:net';
+import type { Session } from '../tcp/session.js';
 
 // What the route knows about one accepted client connection, for the admin listing:
 // it outlives each request (client keep-alive) and becomes a tunnel after an Upgrade
@@ -20,6 +21,8 @@ export class ClientConnection {
   upstream: string | null = null;
   /** Requests in progress on it (a pipelining client may have more than one queued). */
   inFlight = 0;
+  /** Set once an Upgrade or CONNECT turned it into a tunnel. */
+  tunnel: { readonly kind: 'upgrade' | 'connect'; readonly session: Session } | null = null;
 
   constructor(socket: net.Socket, now: number) {
     this.socket = socket;

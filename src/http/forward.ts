@@ -62,7 +62,7 @@ export function formatAuthority(host: string, port: number): string {
 }
 
 /** CONNECT host:port: a checked destination, a fresh upstream connection, then a tunnel. */
-export function proxyConnect(host: TunnelHost, req: http.IncomingMessage, down: net.Socket, head: Buffer, allowlist: Allowlist, idleTimeoutMs: number): void {
+export function proxyConnect(host: TunnelHost, req: http.IncomingMessage, down: net.Socket, head: Buffer, allowlist: Allowlist): void {
   down.on('error', () => {});
   down.pause();
   const destination = parseConnectAuthority(req.url);
@@ -77,7 +77,6 @@ export function proxyConnect(host: TunnelHost, req: http.IncomingMessage, down: 
     respondRaw(down, 403, `${formatAuthority(destination.host, destination.port)} is not in this proxy's allowlist`);
     return;
   }
-  void idleTimeoutMs;
   const attempt = host.dial({ host: destination.host, port: destination.port, tls: null });
   const onClientGone = (): void => attempt.abort();
   down.once('close', onClientGone);
@@ -91,7 +90,7 @@ export function proxyConnect(host: TunnelHost, req: http.IncomingMessage, down: 
       host.answered(200);
       down.write('HTTP/1.1 200 Connection Established\r\n\r\n');
       if (head.length > 0) dialed.socket.write(head);
-      host.startTunnel(down, dialed.socket, { tracker: null, heartbeat: null, earlyData: [] });
+      host.startTunnel(down, dialed.socket, { kind: 'connect', tracker: null, heartbeat: null, earlyData: [] });
     },
     (error: unknown) => {
       down.off('close', onClientGone);

@@ -12,6 +12,7 @@ import type { Tracker } from '../protocols/types.js';
 // timeout, heartbeats, one close(reason)).
 
 export interface TunnelOptions {
+  readonly kind: 'upgrade' | 'connect';
   /** WebSocket heartbeat state, or null for an opaque tunnel. */
   readonly tracker: Tracker | null;
   readonly heartbeat: HeartbeatConfig | null;

@@ -110,6 +110,7 @@ function handshake(host: TunnelHost, req: http.IncomingMessage, down: net.Socket
     }
     const early = upstreamHead.length > 0 ? [tracker ? tracker.fromServer(upstreamHead) : upstreamHead] : [];
     host.startTunnel(down, resettableTls(up, dialed.raw), {
+      kind: 'upgrade',
       tracker,
       heartbeat: tracker ? target.heartbeat : null,
       earlyData: early.filter((chunk) => chunk.length > 0),

@@ -79,6 +79,7 @@ const W = {
   on: word('on'),
   sync: word('sync'),
   psync: word('psync'),
+  quit: word('quit'),
 };
 
 const FAMILY_CLASSIC = 1;
@@ -100,6 +101,8 @@ class RedisTracker implements Tracker {
   /** 2 or 3, learnt from HELLO's reply and RESET. */
   #protocol = 2;
   #inMulti = false;
+  /** QUIT sent: the server answers +OK and closes; nothing more to probe. */
+  #quitting = false;
   /** Subscription counts from the last confirmations: RESP2 subscribe mode while either is > 0. */
   #classicSubscriptions = 0;
   #shardSubscriptions = 0;
@@ -160,6 +163,7 @@ class RedisTracker implements Tracker {
     if (this.#off !== null) return 'off';
     if (
       this.#probing ||
+      this.#quitting ||
       this.#head < this.#kinds.length ||
       this.#inMulti ||
       this.#cState !== C_START ||
@@ -355,6 +359,7 @@ class RedisTracker implements Tracker {
     } else if (this.#argIs(0, W.sync) || this.#argIs(0, W.psync)) {
       this.#goOff('replication');
     } else {
+      if (this.#argIs(0, W.quit)) this.#quitting = true;
       this.#expect(EXPECT_REPLY, 1);
     }
   }

@@ -23,6 +23,8 @@ export interface RelayedConnection {
   probesAnswered: number;
   /** Whether the client has sent anything (probes before that only for probesBeforeClient codecs). */
   clientSpoke: boolean;
+  /** Both sockets are gone (a probe may have been out when the server closed). */
+  closed: boolean;
   probe(): boolean;
 }
 
@@ -55,6 +57,7 @@ export async function startCodecRelay(
       probesSent: 0,
       probesAnswered: 0,
       clientSpoke: false,
+      closed: false,
       probe() {
         if (up.destroyed || down.destroyed || tracker.state !== 'quiet' || tracker.probing) return false;
         if (!connection.clientSpoke && !codec.probesBeforeClient) return false;
@@ -97,7 +100,10 @@ export async function startCodecRelay(
     down.on('end', () => up.end());
     up.on('end', () => down.end());
     down.on('close', () => up.destroy());
-    up.on('close', () => down.destroy());
+    up.on('close', () => {
+      connection.closed = true;
+      down.destroy();
+    });
   });
   const timer = options.probeEveryMs
     ? setInterval(() => {
@@ -109,7 +115,7 @@ export async function startCodecRelay(
     connections,
     async probeAll(timeoutMs = 5_000) {
       const probed = connections.filter((connection) => connection.probe());
-      await until(() => probed.every((connection) => !connection.tracker.probing), timeoutMs, 'probe replies');
+      await until(() => probed.every((connection) => connection.closed || !connection.tracker.probing), timeoutMs, 'probe replies');
       return probed.length;
     },
     async close() {

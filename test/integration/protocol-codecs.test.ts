@@ -33,7 +33,7 @@ async function compare(codec: HeartbeatCodec, serverPort: number, scenario: Scen
   let relayed: unknown;
   try {
     relayed = await scenario(relay.port, 'large', async () => {});
-    await until(() => relay.connections.every((c) => !c.tracker.probing), 5_000, 'last probes answered');
+    await until(() => relay.connections.every((c) => c.closed || !c.tracker.probing), 5_000, 'last probes answered');
   } finally {
     await relay.close();
   }
@@ -42,7 +42,10 @@ async function compare(codec: HeartbeatCodec, serverPort: number, scenario: Scen
   const off = relay.connections.filter((c) => c.tracker.state === 'off').map((c) => c.tracker.offReason);
   expect(off, `${name}: trackers off`).toEqual([]);
   expect(answered, `${name}: probes answered`).toBeGreaterThan(5);
-  for (const c of relay.connections) expect(c.probesAnswered, `${name}: every probe answered`).toBe(c.probesSent);
+  // A probe may still be out on a connection the server closed (after QUIT / Terminate).
+  for (const c of relay.connections) {
+    expect(c.probesAnswered, `${name}: every probe answered`).toBe(c.probesSent - (c.closed && c.tracker.probing ? 1 : 0));
+  }
   if (RECORD) await record(codec, serverPort, scenario, name);
 }
 
@@ -97,7 +100,7 @@ const redisScenario: Scenario = async (port, size, beforeClose) => {
   }
   await until(() => messages.length === (size === 'large' ? 100 : 6), 5_000, 'pubsub messages');
   results.push(messages);
-  results.push(await sub.unsubscribe(), await sub.punsubscribe());
+  results.push(await sub.unsubscribe('ch1', 'ch2'), await sub.punsubscribe('pat*'));
   results.push(await sub.ping());
   await beforeClose();
   await a.quit();

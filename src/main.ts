@@ -22,7 +22,7 @@ async function main(argv: string[]): Promise<number> {
     case 'check': {
       const loaded = tryLoad(() => command.load());
       if (loaded instanceof ConfigError) {
-        process.stderr.write(formatIssues(loaded.issues) + '\n');
+        reportCheckErrors(formatIssues(loaded.issues));
         return 1;
       }
       process.stdout.write(`${command.source}: ok (${loaded.routes.length} route${loaded.routes.length === 1 ? '' : 's'})\n`);
@@ -31,7 +31,10 @@ async function main(argv: string[]): Promise<number> {
     case 'run': {
       const loaded = tryLoad(() => command.load());
       if (loaded instanceof ConfigError) {
-        process.stderr.write(formatIssues(loaded.issues) + '\n');
+        const report = formatIssues(loaded.issues);
+        process.stderr.write(report + '\n');
+        // Also one JSON line on stdout, where log collectors look.
+        createRootLogger('error').fatal({ errors: report.split('\n') }, 'invalid configuration; not started');
         return 1;
       }
       const log = createRootLogger(loaded.log.level);
@@ -46,6 +49,16 @@ async function main(argv: string[]): Promise<number> {
       return new Promise<number>(() => {}); // runs until a signal ends it
     }
   }
+}
+
+/**
+ * `check` is a report: its lines go to stdout (like a linter's) and to stderr (like a
+ * failing command's), so scripts find them whichever stream they read. In a terminal
+ * where both streams are the same screen they are printed once.
+ */
+function reportCheckErrors(report: string): void {
+  process.stderr.write(report + '\n');
+  if (!(process.stdout.isTTY && process.stderr.isTTY)) process.stdout.write(report + '\n');
 }
 
 function tryLoad(load: () => ProxyConfig): ProxyConfig | ConfigError {

@@ -12,7 +12,7 @@ const PROFILE_PORT = 31000;
 
 function where(callFrame) {
   const url = callFrame.url || '';
-  if (!url) return callFrame.functionName.startsWith('(') ? callFrame.functionName : 'native';
+  if (!url) return callFrame.functionName.startsWith('(') ? callFrame.functionName : 'native (C++ bindings)';
   if (url.includes('/dist/')) return 'keepalive-proxy (dist/)';
   if (url.startsWith('node:')) return 'Node core (node:*)';
   if (url.includes('/node_modules/')) return 'node_modules';
@@ -48,20 +48,26 @@ export function summarizeCpuProfile(file, top = 15) {
   return { samples: total, functions: pct(byFunction).slice(0, top), origins: pct(byOrigin) };
 }
 
-/** `perf report --sort dso` percentages, or null. */
-async function perfDsoSplit(perf, pid, seconds, dir) {
+function parsePerfReport(text, limit) {
+  const rows = [];
+  for (const line of text.split('\n')) {
+    const m = /^\s+([\d.]+)%\s+(.+?)\s*$/.exec(line);
+    if (m) rows.push({ name: m[2].replace(/\s{2,}/g, ' '), pct: Number(m[1]) });
+  }
+  return rows.slice(0, limit);
+}
+
+/** `perf report` percentages by binary and by symbol, or null. */
+async function perfSplit(perf, pid, seconds, dir) {
   const data = path.join(dir, 'perf.data');
   const rec = await runCommand('perf-record', perf, ['record', '-e', 'cpu-clock', '-F', '4000', '-p', String(pid), '-o', data, '--', 'sleep', String(seconds)], {
     timeoutMs: seconds * 1000 + 20_000,
   });
   if (rec.code !== 0) return null;
-  const rep = await runCommand('perf-report', perf, ['report', '-i', data, '--stdio', '--sort', 'dso', '--percent-limit', '1'], { timeoutMs: 60_000 });
-  const rows = [];
-  for (const line of rep.stdout.split('\n')) {
-    const m = /^\s+([\d.]+)%\s+(.+?)\s*$/.exec(line);
-    if (m) rows.push({ name: m[2].startsWith('perf-') || m[2].includes('JIT') ? `${m[2]} (JIT code)` : m[2], pct: Number(m[1]) });
-  }
-  return rows.length ? rows : null;
+  const report = (sort) => runCommand('perf-report', perf, ['report', '-i', data, '--stdio', '--sort', sort, '--percent-limit', '0.5'], { timeoutMs: 60_000 });
+  const byDso = parsePerfReport((await report('dso')).stdout, 10).map((r) => ({ ...r, name: r.name.includes('JIT') ? `${r.name} (V8 JIT code)` : r.name }));
+  const bySymbol = parsePerfReport((await report('dso,sym')).stdout, 15);
+  return byDso.length ? { byDso, bySymbol } : null;
 }
 
 /**
@@ -94,7 +100,7 @@ export async function profilePingPong({ seconds, env, log }) {
     const ops = JSON.parse(r.stdout.trim().split('\n').pop()).ops;
     cpu = { user: c1.user - c0.user, system: c1.system - c0.system, ops };
     if (env.tools.perf) {
-      const [split] = await Promise.all([perfDsoSplit(env.tools.perf, pid, seconds, dir), sleep(200).then(() => pingpong(seconds))]);
+      const [split] = await Promise.all([perfSplit(env.tools.perf, pid, seconds, dir), sleep(200).then(() => pingpong(seconds))]);
       perf = split;
     }
   } finally {
@@ -106,5 +112,5 @@ export async function profilePingPong({ seconds, env, log }) {
     .filter((f) => statSync(f).mtimeMs >= startedAt);
   const profile = files.length ? summarizeCpuProfile(files.sort().pop()) : null;
   if (!profile) log('  no .cpuprofile written (the proxy did not exit cleanly on SIGTERM?)');
-  return { cpu, profile, perf, profileFile: files[0] ?? null };
+  return { cpu, profile, perf: perf?.byDso ?? null, perfSymbols: perf?.bySymbol ?? null, profileFile: files[0] ?? null };
 }

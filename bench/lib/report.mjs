@@ -14,7 +14,7 @@ function value(x, unit) {
 const ratio = (a, b) => (a === null || b === null || a === undefined || b === undefined || !b ? '-' : `${(a / b).toFixed(2)}x`);
 const micros = (x) => (x === null || x === undefined ? '-' : x >= 1000 ? num(x, 0) : num(x, x >= 100 ? 0 : 1));
 const kib = (x) => (x === null || x === undefined ? '-' : `${(x / 1024).toFixed(1)} MiB`);
-const pct = (x) => (x === null || x === undefined ? '-' : `${(x * 100).toFixed(x < 0.1 ? 1 : 0)}%`);
+const pct = (x) => (x === null || x === undefined ? '-' : `${(Math.max(0, x) * 100).toFixed(x < 0.1 ? 1 : 0)}%`);
 
 export function machineSection(meta) {
   const lines = [
@@ -160,12 +160,16 @@ export function profileSection(p) {
     lines.push('', '`perf record -e cpu-clock` on the proxy process, by binary:', '', '| where | % of proxy samples |', '|---|--:|');
     for (const r of p.perf) lines.push(`| ${r.name} | ${r.pct.toFixed(1)}% |`);
   }
+  if (p.perfSymbols) {
+    lines.push('', 'Top symbols (perf, all binaries):', '', '| symbol | % |', '|---|--:|');
+    for (const r of p.perfSymbols) lines.push(`| \`${r.name.replaceAll('|', '/')}\` | ${r.pct.toFixed(1)}% |`);
+  }
   if (p.profile) {
     lines.push('', `V8 CPU profile (--cpu-prof, ${p.profile.samples} non-idle samples), self time by origin:`, '', '| origin | % |', '|---|--:|');
     for (const r of p.profile.origins) lines.push(`| ${r.name} | ${r.pct.toFixed(1)}% |`);
     lines.push('', 'Top functions by self time:', '', '| function | % |', '|---|--:|');
     for (const r of p.profile.functions) lines.push(`| \`${r.name.replaceAll('|', '/')}\` | ${r.pct.toFixed(1)}% |`);
-    lines.push('', '"(program)" is native code outside JS (libuv, syscalls entered from C++, V8 runtime); "(garbage collector)" is GC.');
+    lines.push('', '"native" is C++ bindings called from JS (`writeBuffer` is the socket write, which on loopback runs the whole TCP send and receive path in the kernel); "(program)" is native code with no JS frame (libuv polling, reads, V8 runtime); "(garbage collector)" is GC.');
   }
   return lines.join('\n');
 }

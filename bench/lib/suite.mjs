@@ -102,7 +102,8 @@ export async function runSuite({ workloads, targetIds, rounds, seconds, warmupSe
         } else {
           const parts = Object.entries(run.series).map(([k, s]) => {
             const lat = s.p50 !== undefined ? ` p50 ${fmtShort(s.p50)}us p99 ${fmtShort(s.p99)}us` : s.avg !== undefined ? ` avg ${fmtShort(s.avg)}us` : '';
-            return `${k === 'main' ? '' : `${k} `}${fmtShort(s.value)} ${workload.unit}${lat}`;
+            const up = s.upstreamConns !== undefined && s.upstreamConns !== null ? `, ${s.upstreamConns} upstream conns opened` : '';
+            return `${k === 'main' ? '' : `${k} `}${fmtShort(s.value)} ${workload.unit}${lat}${up}`;
           });
           const cpu = run.cpu ? ` | proxy ${(((run.cpu.user + run.cpu.system) / run.wall) * 100).toFixed(0)}% core, ${(((run.cpu.user + run.cpu.system) / run.ops) * 1e6).toFixed(2)} us/${run.opUnit}` : '';
           log(`  r${round + 1} ${h.id}: ${parts.join(', ')}${cpu}`);

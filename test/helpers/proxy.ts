@@ -40,8 +40,8 @@ export interface StartOptions {
 }
 
 export async function startProxy(options: StartOptions): Promise<RunningProxy> {
-  const adminPort = await freePort();
-  const adminAddress = `127.0.0.1:${adminPort}`;
+  const givenAdmin = options.args?.indexOf('--admin') ?? -1;
+  const adminAddress = givenAdmin >= 0 ? options.args![givenAdmin + 1]! : `127.0.0.1:${await freePort()}`;
   let configPath: string | null = null;
   let configDir: string | null = null;
   const args = [...(options.args ?? [])];

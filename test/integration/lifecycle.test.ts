@@ -28,6 +28,18 @@ async function run(yaml: string): Promise<RunningProxy> {
   return proxy;
 }
 
+/** True when nothing listens on the port any more. */
+function refused(port: number): Promise<boolean> {
+  const probe = net.connect(port, '127.0.0.1');
+  return new Promise<boolean>((resolve) => {
+    probe.on('error', () => resolve(true));
+    probe.on('connect', () => {
+      probe.destroy();
+      resolve(false);
+    });
+  });
+}
+
 async function ask(socket: net.Socket, text: string, expectLength?: number): Promise<string> {
   socket.write(text);
   return (await readBytes(socket, expectLength ?? text.length + 2, 5_000)).toString();
@@ -221,16 +233,7 @@ routes:
 
     // Remove route two: its listener closes, its live connection goes on.
     await proxy.reload(yaml1);
-    await until(async () => {
-      const probe = net.connect(p2, '127.0.0.1');
-      return new Promise<boolean>((resolve) => {
-        probe.on('error', () => resolve(true));
-        probe.on('connect', () => {
-          probe.destroy();
-          resolve(false);
-        });
-      });
-    }, 5_000, 'route two listener closed');
+    await until(() => refused(p2), 5_000, 'route two listener closed');
     expect(await ask(second, 'still')).toBe('a:still');
     const metrics = parseMetrics(await proxy.metrics());
     expect(sample(metrics, 'keepalive_proxy_config_reloads_total', { result: 'ok' })).toBe(2);
@@ -251,16 +254,7 @@ routes:
     const stopping = proxy.stop('SIGTERM', 30_000);
     await until(() => proxy.logs.some((l) => l.msg === 'shutting down: draining live connections'), 5_000, 'drain started');
     // New connections are refused...
-    await until(async () => {
-      const probe = net.connect(port, '127.0.0.1');
-      return new Promise<boolean>((resolve) => {
-        probe.on('error', () => resolve(true));
-        probe.on('connect', () => {
-          probe.destroy();
-          resolve(false);
-        });
-      });
-    }, 5_000, 'listener closed');
+    await until(() => refused(port), 5_000, 'listener closed');
     // ...the live one still works, and the process exits once it ends.
     expect(await ask(live, 'during')).toBe('d:during');
     live.end();

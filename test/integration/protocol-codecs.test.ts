@@ -1,7 +1,9 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import net from 'node:net';
+import { execFile } from 'node:child_process';
 import Redis from 'ioredis';
 import pg from 'pg';
 import mysql from 'mysql2/promise';
@@ -267,5 +269,140 @@ describe('mysql codec against mariadb', () => {
 
   it('mysql2 (queries, prepared statements, multi-results, procedures, errors, change user): same results with probes racing', async () => {
     await compare(mysqlCodec, server.port, mysqlScenario, 'mysql-mysql2');
+  });
+});
+
+// ---------------------------------------------------------------- the servers' own command-line clients
+
+/** Runs a CLI client with its stdin, returning its stdout. */
+async function cli(command: string, args: string[], input: string): Promise<string> {
+  const child = execFile(command, args, { timeout: 30_000, env: { ...process.env, PGCONNECT_TIMEOUT: '5' } });
+  child.stdin!.end(input);
+  let out = '';
+  let err = '';
+  child.stdout!.on('data', (text: string) => (out += text));
+  child.stderr!.on('data', (text: string) => (err += text));
+  const code = await new Promise<number | null>((resolve) => child.on('exit', resolve));
+  if (code !== 0) throw new Error(`${command} exited ${code}: ${err}`);
+  return out;
+}
+
+/** Same output direct and through the probing relay; `offReasons`: the trackers that must have gone off. */
+async function compareCli(
+  codec: HeartbeatCodec,
+  serverPort: number,
+  run: (port: number) => Promise<string>,
+  offReasons: string[] = [],
+): Promise<void> {
+  const direct = await run(serverPort);
+  const relay = await startCodecRelay(codec, serverPort, { probeEveryMs: 1 });
+  try {
+    const relayed = await run(relay.port);
+    expect(relayed).toBe(direct);
+    const off = relay.connections.filter((c) => c.tracker.state === 'off').map((c) => c.tracker.offReason);
+    expect(off).toEqual(offReasons);
+    expect(relay.connections.reduce((sum, c) => sum + c.probesAnswered, 0)).toBeGreaterThan(0);
+  } finally {
+    await relay.close();
+  }
+}
+
+describe('codecs with the servers\' command-line clients', () => {
+  const servers: Partial<Record<'redis' | 'postgres' | 'mariadb', RunningServer>> = {};
+  beforeAll(async () => {
+    [servers.redis, servers.postgres, servers.mariadb] = await Promise.all([startRedis(), startPostgres(), startMariadb()]);
+  });
+  afterAll(async () => {
+    await Promise.all(Object.values(servers).map((server) => server?.stop()));
+  });
+
+  it('redis-cli', async () => {
+    const script = ['SET a 1', 'INCR a', 'GET a', 'RPUSH l x y z', 'LRANGE l 0 -1', 'MULTI', 'INCR a', 'EXEC', 'HELLO 3', 'HGETALL nothing', 'PING', 'DEL a l'].join('\n');
+    // HELLO's reply carries the connection id, which differs from run to run.
+    const run = async (port: number): Promise<string> =>
+      (await cli('redis-cli', ['-h', '127.0.0.1', '-p', String(port)], `${script}\n`)).replace(/^id \d+$/m, 'id N');
+    await compareCli(redisCodec, servers.redis!.port, run);
+  });
+
+  it('psql (SSLRequest refused with N, then clear text)', async () => {
+    const script = [
+      'SELECT 1 AS one;',
+      'BEGIN;',
+      'CREATE TEMP TABLE t AS SELECT g FROM generate_series(1, 500) g;',
+      'SELECT count(*) FROM t;',
+      'COMMIT;',
+      'SELECT 1/0;',
+      "SELECT md5(g::text) FROM generate_series(1, 200) g;",
+      '\\echo done',
+    ].join('\n');
+    await compareCli(postgresCodec, servers.postgres!.port, (port) =>
+      cli('psql', ['-h', '127.0.0.1', '-p', String(port), '-U', 'postgres', '-d', 'postgres', '-X', '-v', 'ON_ERROR_STOP=0'], `${script}\n`),
+    );
+  });
+
+  it('mariadb', async () => {
+    const script = [
+      'SELECT 1 AS one;',
+      'CREATE TABLE IF NOT EXISTS cli (id INT PRIMARY KEY, v TEXT);',
+      'REPLACE INTO cli VALUES (1, "a"), (2, "b");',
+      'SELECT * FROM cli ORDER BY id;',
+      'SELECT seq, MD5(seq) FROM seq_1_to_300;',
+      'SELECT 1; SELECT 2;',
+      'SHOW WARNINGS;',
+    ].join('\n');
+    await compareCli(mysqlCodec, servers.mariadb!.port, (port) =>
+      cli('mariadb', ['--no-defaults', '-h', '127.0.0.1', '-P', String(port), '-u', MARIADB_USER, 'test'], `${script}\n`),
+    );
+  });
+  it('redis MONITOR: off (monitor), the stream still reaches the client', async () => {
+    await compareCli(
+      redisCodec,
+      servers.redis!.port,
+      async (port) => {
+        const base = new Redis({ host: '127.0.0.1', port, maxRetriesPerRequest: 0 });
+        const monitor = await base.monitor();
+        const seen: string[] = [];
+        monitor.on('monitor', (_time: string, args: string[]) => seen.push(args.join(' ')));
+        const client = new Redis({ host: '127.0.0.1', port: servers.redis!.port, maxRetriesPerRequest: 0 });
+        await client.set('watched', '1');
+        await client.get('watched');
+        await until(() => seen.length >= 2, 5_000, 'monitor lines');
+        monitor.disconnect();
+        base.disconnect();
+        client.disconnect();
+        return seen.filter((line) => line.includes('watched')).join('\n');
+      },
+      ['monitor'],
+    );
+  });
+
+  it('psql COPY: off (copy), the COPY data still reaches the client', async () => {
+    await compareCli(
+      postgresCodec,
+      servers.postgres!.port,
+      (port) => cli('psql', ['-h', '127.0.0.1', '-p', String(port), '-U', 'postgres', '-d', 'postgres', '-X'], 'SELECT 1;\nCOPY (SELECT g FROM generate_series(1, 100) g) TO STDOUT;\nSELECT 2;\n'),
+      ['copy'],
+    );
+  });
+
+  it('mariadb LOAD DATA LOCAL INFILE: off (local-infile), the load still works', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'kp-infile-'));
+    const file = join(dir, 'rows.csv');
+    writeFileSync(file, Array.from({ length: 100 }, (_, n) => `${n + 1000},row${n}`).join('\n'));
+    try {
+      await compareCli(
+        mysqlCodec,
+        servers.mariadb!.port,
+        (port) =>
+          cli(
+            'mariadb',
+            ['--no-defaults', '--local-infile=1', '-h', '127.0.0.1', '-P', String(port), '-u', MARIADB_USER, 'test'],
+            `CREATE TABLE IF NOT EXISTS infile (id INT PRIMARY KEY, v TEXT);\nDELETE FROM infile;\nLOAD DATA LOCAL INFILE '${file}' INTO TABLE infile FIELDS TERMINATED BY ',';\nSELECT COUNT(*) FROM infile;\n`,
+          ),
+        ['local-infile'],
+      );
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

@@ -169,6 +169,12 @@ const hexBytes: Parse<Buffer> = (value) => {
 };
 
 const textBytes: Parse<Buffer> = (value) => Buffer.from(nonEmptyString(value), 'utf8');
+/** An expected reply may be empty: a one-way probe that the upstream does not answer. */
+const replyTextBytes: Parse<Buffer> = (value) => {
+  if (typeof value !== 'string') throw new RangeError(`expected a string, got ${describe(value)}`);
+  return Buffer.from(value, 'utf8');
+};
+const replyHexBytes: Parse<Buffer> = (value) => (value === '' ? Buffer.alloc(0) : hexBytes(value));
 
 function describe(value: unknown): string {
   if (value === null || value === undefined) return 'nothing';
@@ -590,13 +596,20 @@ class Resolver {
     let expect: Buffer | undefined;
     if (protocol === 'tcp') {
       const sendBytes = this.#customBytes(view, 'send', 'sendHex');
-      const expectBytes = this.#customBytes(view, 'expect', 'expectHex');
+      const expectBytes = this.#customBytes(view, 'expect', 'expectHex', true);
       if (sendBytes === 'invalid' || expectBytes === 'invalid') return null; // already reported
       send = sendBytes;
       expect = expectBytes;
       if (!send && expect) {
         const at = view.get(['heartbeat', 'expect']) ?? view.get(['heartbeat', 'expectHex'])!;
         this.#report(at.path, 'key', 'needs heartbeat.send (or sendHex): the probe whose reply this is');
+        return null;
+      }
+      if (send && !expect) {
+        // Without the exact reply the codec could not cut it out: the upstream's answer
+        // would reach the client. An explicitly empty expect is a one-way probe.
+        const at = view.get(['heartbeat', 'send']) ?? view.get(['heartbeat', 'sendHex'])!;
+        this.#report(at.path, 'key', 'needs heartbeat.expect (or expectHex): the exact reply to consume; use expect: "" for a probe the upstream does not answer');
         return null;
       }
       if (!send) {
@@ -612,11 +625,11 @@ class Resolver {
       }
     }
     if (everyMs === null || timeoutMs === null) return null;
-    return { everyMs, timeoutMs, jitter, ...(send ? { send } : {}), ...(expect ? { expect } : {}) };
+    return { everyMs, timeoutMs, jitter, ...(send ? { send } : {}), ...(expect !== undefined ? { expect } : {}) };
   }
 
   /** heartbeat.send/sendHex (or expect/expectHex) from the first level that has either; both at one level is an error. */
-  #customBytes(view: RouteView, textKey: string, hexKey: string): Buffer | 'invalid' | undefined {
+  #customBytes(view: RouteView, textKey: string, hexKey: string, reply = false): Buffer | 'invalid' | undefined {
     for (const level of [view.ownValue(['heartbeat']), view.inheritedValue(['heartbeat'])]) {
       if (!level || !isMap(level.value)) continue;
       const hasText = Object.hasOwn(level.value, textKey) && level.value[textKey] !== null;
@@ -628,7 +641,8 @@ class Resolver {
       const key = hasText ? textKey : hasHex ? hexKey : null;
       if (key === null) continue;
       const found = { ...level, value: level.value[key], path: [...level.path, key] };
-      return this.#parse<Buffer | 'invalid'>(found, hasText ? textBytes : hexBytes, 'invalid');
+      const parse = reply ? (hasText ? replyTextBytes : replyHexBytes) : hasText ? textBytes : hexBytes;
+      return this.#parse<Buffer | 'invalid'>(found, parse, 'invalid');
     }
     return undefined;
   }

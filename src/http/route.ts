@@ -290,7 +290,10 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost {
     const config = this.#config;
     const client = this.#clientOf(req.socket);
     client.lastActivity = Date.now();
-    if (this.#draining) res.shouldKeepAlive = false;
+    // The client's last request on this connection (draining, or clientMaxRequests reached:
+    // the exchange counts this one): node answers with Connection: close and closes after.
+    const max = config.http.clientMaxRequests;
+    if (this.#draining || (max > 0 && client.requests + 1 >= max)) res.shouldKeepAlive = false;
     let target: { origin: DialTarget; path: string; authority: string } | null;
     if (this.#forward) {
       const destination = resolveForwardRequest(req.url, this.#allowlist);

@@ -36,7 +36,9 @@ export function createProxyServer(options: HttpOptions, forwardProxy: boolean): 
 export function applyServerOptions(server: http.Server, options: HttpOptions): void {
   server.headersTimeout = options.headersTimeoutMs;
   server.keepAliveTimeout = options.clientIdleTimeoutMs;
-  server.maxRequestsPerSocket = options.clientMaxRequests > 0 ? options.clientMaxRequests : 0;
+  // clientMaxRequests is counted by the route (node's maxRequestsPerSocket advertises
+  // "max=N" but never says Connection: close on the last response).
+  server.maxRequestsPerSocket = 0;
   server.requestTimeout = 0;
   server.timeout = 0;
 }

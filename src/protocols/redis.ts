@@ -20,6 +20,10 @@ import type { CodecOptions, HeartbeatCodec, Tracker, TrackerState } from './type
 // subscribe-mode array ["pong", ""], or any error (-NOAUTH, -LOADING... prove the server
 // answers). Bytes of a possible reply are held back only while they still match one of
 // those literals (at most 22 bytes); anything else is forwarded and the tracker goes off.
+// A RESP3 attribute arriving in the probe reply's place is taken as part of it (cut).
+//
+// Not handled: CLIENT PAUSE ALL delays our PING like any command, so a pause longer than
+// the heartbeat timeout reads as a dead upstream; a QUIT makes the tracker busy for good.
 
 const PING = Buffer.from('*1\r\n$4\r\nPING\r\n', 'latin1');
 const PONG_SIMPLE = Buffer.from('+PONG\r\n', 'latin1');
@@ -292,7 +296,11 @@ class RedisTracker implements Tracker {
     return i;
   }
 
-  /** An inline command: space-separated words up to LF; an empty line is ignored by Redis. */
+  /**
+   * An inline command: space-separated words up to LF; an empty line is ignored by Redis.
+   * Quotes are not interpreted (only the argument count of (UN)SUBSCRIBE depends on it, and
+   * an overcount only keeps the connection busy).
+   */
   #clientInline(chunk: Buffer, start: number): number {
     let i = start;
     while (i < chunk.length) {

@@ -7,7 +7,7 @@ import { codecFor } from '../protocols/registry.js';
 import type { HeartbeatCodec } from '../protocols/types.js';
 import type { ConnectionInfo, RouteDeps, RouteHandle } from '../route.js';
 import { formatAddress, listenOn } from '../net/listen.js';
-import { Session, type SessionEvents } from './session.js';
+import { Session, type HeartbeatResult, type SessionEvents } from './session.js';
 import { UpstreamSource, type Lease } from './upstream.js';
 
 // A TCP-family route: accept -> keepalive on the client socket -> lease an upstream
@@ -262,10 +262,11 @@ class TcpRoute implements RouteHandle {
     this.#checkDrained();
   }
 
-  #onHeartbeat(session: Session, result: 'ok' | 'timeout' | 'unsupported', ms: number, detail?: string): void {
+  #onHeartbeat(session: Session, result: HeartbeatResult, ms: number, detail?: string): void {
     const { metrics, log } = this.#deps;
     metrics.heartbeats.labels(this.name, result).inc();
     if (result === 'ok') metrics.heartbeatRtt.labels(this.name).observe(ms / 1000);
+    else if (result === 'sent') return;
     else if (result === 'unsupported') log.info({ route: this.name, id: session.id, why: detail }, 'heartbeats off for this connection (TCP keepalive only)');
     else log.warn({ route: this.name, id: session.id, waitedMs: ms }, 'heartbeat unanswered: upstream considered dead');
   }

@@ -12,12 +12,15 @@ import type { Tracker } from '../protocols/types.js';
 // outstanding the client's bytes are held back (bounded by the socket's own buffer:
 // the client socket is paused) and released, in order, right after the reply.
 
+/** ok: answered; timeout: unanswered (dead); unsupported: stream opaque; sent: one-way probe. */
+export type HeartbeatResult = 'ok' | 'timeout' | 'unsupported' | 'sent';
+
 export interface SessionEvents {
   /** Called once, after both sockets are destroyed. */
   onClosed(session: Session, reason: EvictionReason, side: Side): void;
   /** Per-route byte counters, flushed to Prometheus on the shared tick. */
   onBytes(direction: 'upstream' | 'downstream', count: number): void;
-  onHeartbeat(session: Session, result: 'ok' | 'timeout' | 'unsupported', rttMs: number, detail?: string): void;
+  onHeartbeat(session: Session, result: HeartbeatResult, rttMs: number, detail?: string): void;
 }
 
 export interface SessionOptions {
@@ -187,7 +190,9 @@ export class Session {
   }
 
   #onProbeAnswered(): void {
-    this.#events.onHeartbeat(this, 'ok', performance.now() - this.#probeSentPrecise);
+    // A tracker that lost the thread while a probe was out forwarded what came and went
+    // off: that is no proof of life, and it is counted as unsupported at the next tick.
+    if (this.#tracker!.state !== 'off') this.#events.onHeartbeat(this, 'ok', performance.now() - this.#probeSentPrecise);
     const held = this.#held;
     if (held.length === 0) return;
     this.#held = [];
@@ -238,6 +243,8 @@ export class Session {
     this.#probeSentPrecise = performance.now();
     this.lastWireAt = now;
     this.up.write(tracker.probe());
+    // A one-way probe (custom, empty expect) keeps middleboxes fed but proves nothing.
+    if (!tracker.probing) this.#events.onHeartbeat(this, 'sent', 0);
   }
 
   #onSocketClosed(side: Side): void {

@@ -1,5 +1,5 @@
 import http from 'node:http';
-import type net from 'node:net';
+import net from 'node:net';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -106,9 +106,10 @@ export interface RawResponse {
  * HTTP/1.0 or Connection: close), bounded by timeoutMs.
  */
 export async function rawRequest(port: number, request: string | Buffer, timeoutMs = 10_000): Promise<RawResponse> {
-  const { connect } = await import('./net.js');
-  const socket = await connect(port);
+  // Not half-open: the server's FIN ends the exchange, as for a legacy client.
+  const socket = net.connect({ port, host: '127.0.0.1' });
   socket.on('error', () => {});
+  await once(socket, 'connect', 5_000);
   const chunks: Buffer[] = [];
   socket.on('data', (chunk: Buffer) => chunks.push(chunk));
   socket.write(request);

@@ -1,5 +1,5 @@
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { chownSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { execFile, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { appendFileSync, chownSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import net from 'node:net';
@@ -34,17 +34,30 @@ process.once('exit', () => {
   for (const child of running) killTree(child.pid, 'SIGKILL');
 });
 
-export async function startRedis(): Promise<RunningServer> {
+/**
+ * Where a server runs: by default on 127.0.0.1 in the test's own namespace. With `netns`
+ * it runs inside that network namespace (ip netns exec, which execs in place: the PID is
+ * still the server's), listening on its loopback and, with `bind`, on that address too
+ * (a lab address such as 198.18.2.2), where it also accepts clients without a password.
+ * Readiness is then checked by a command-line client run inside the namespace.
+ */
+export interface ServerPlacement {
+  readonly netns?: string;
+  readonly bind?: string;
+}
+
+export async function startRedis(placement: ServerPlacement = {}): Promise<RunningServer> {
   const dataDir = mkdtempSync(join(tmpdir(), 'kp-redis-'));
   return launch({
     name: 'redis-server',
     dataDir,
     spawnServer: (port) =>
-      spawn(
+      spawnPlaced(
+        placement,
         '/usr/bin/redis-server',
         [
           '--port', String(port),
-          '--bind', '127.0.0.1',
+          '--bind', ...listenAddresses(placement),
           '--save', '',
           '--appendonly', 'no',
           '--dir', dataDir,
@@ -52,14 +65,17 @@ export async function startRedis(): Promise<RunningServer> {
           '--protected-mode', 'no',
           '--logfile', '',
         ],
-        { stdio: ['ignore', 'pipe', 'pipe'] },
+        {},
       ),
-    ready: (port) => redisPing(port),
+    ready: (port) =>
+      placement.netns
+        ? readyInNs(placement.netns, '/usr/bin/redis-cli', ['-h', '127.0.0.1', '-p', String(port), 'PING'], 'PONG')
+        : redisPing(port),
     stopSignal: 'SIGTERM',
   });
 }
 
-export async function startPostgres(): Promise<RunningServer> {
+export async function startPostgres(placement: ServerPlacement = {}): Promise<RunningServer> {
   const bin = postgresBinDir();
   const owner = systemUser('postgres');
   const dataDir = mkdtempSync(join(tmpdir(), 'kp-pg-'));
@@ -74,25 +90,31 @@ export async function startPostgres(): Promise<RunningServer> {
     rmSync(dataDir, { recursive: true, force: true });
     throw new Error(`initdb failed (${init.status}): ${init.stderr || init.error}`);
   }
+  // initdb's trust lines cover loopback only; a lab client comes from the lab range.
+  if (placement.bind) appendFileSync(join(pgdata, 'pg_hba.conf'), `host all all ${LAB_RANGE} trust\n`);
   return launch({
     name: 'postgres',
     dataDir,
     spawnServer: (port) =>
-      spawn(
+      spawnPlaced(
+        placement,
         join(bin, 'postgres'),
         [
           '-D', pgdata,
           '-p', String(port),
           '-k', dataDir,
-          '-c', 'listen_addresses=127.0.0.1',
+          '-c', `listen_addresses=${listenAddresses(placement).join(',')}`,
           '-c', 'fsync=off',
           '-c', 'synchronous_commit=off',
           '-c', 'full_page_writes=off',
           '-c', 'logging_collector=off',
         ],
-        { uid: owner.uid, gid: owner.gid, cwd: dataDir, stdio: ['ignore', 'pipe', 'pipe'], env: { PATH: process.env.PATH ?? '' } },
+        { user: owner, cwd: dataDir, env: { PATH: process.env.PATH ?? '' } },
       ),
-    ready: (port) => postgresQuery(port),
+    ready: (port) =>
+      placement.netns
+        ? readyInNs(placement.netns, join(bin, 'psql'), ['-h', '127.0.0.1', '-p', String(port), '-U', 'postgres', '-d', 'postgres', '-tAc', 'SELECT 1'], '1')
+        : postgresQuery(port),
     // SIGINT is PostgreSQL's fast shutdown: it does not wait for clients to leave.
     stopSignal: 'SIGINT',
   });
@@ -100,7 +122,7 @@ export async function startPostgres(): Promise<RunningServer> {
 
 export const MARIADB_USER = 'test';
 
-export async function startMariadb(): Promise<RunningServer> {
+export async function startMariadb(placement: ServerPlacement = {}): Promise<RunningServer> {
   const dataDir = mkdtempSync(join(tmpdir(), 'kp-maria-'));
   const datadir = join(dataDir, 'data');
   // A passwordless TCP account for tests, created by the server's --init-file at start (the
@@ -112,6 +134,13 @@ export async function startMariadb(): Promise<RunningServer> {
     [
       `CREATE USER IF NOT EXISTS '${MARIADB_USER}'@'127.0.0.1' IDENTIFIED BY '';`,
       `GRANT ALL PRIVILEGES ON *.* TO '${MARIADB_USER}'@'127.0.0.1' WITH GRANT OPTION;`,
+      // Lab clients (an LB, a proxy in another namespace) connect from 198.18.x.y.
+      ...(placement.bind
+        ? [
+            `CREATE USER IF NOT EXISTS '${MARIADB_USER}'@'198.18.%' IDENTIFIED BY '';`,
+            `GRANT ALL PRIVILEGES ON *.* TO '${MARIADB_USER}'@'198.18.%' WITH GRANT OPTION;`,
+          ]
+        : []),
       'CREATE DATABASE IF NOT EXISTS test;',
       '',
     ].join('\n'),
@@ -135,13 +164,15 @@ export async function startMariadb(): Promise<RunningServer> {
     name: 'mariadbd',
     dataDir,
     spawnServer: (port) =>
-      spawn(
+      spawnPlaced(
+        placement,
         '/usr/sbin/mariadbd',
         [
           '--no-defaults',
           `--datadir=${datadir}`,
           `--port=${port}`,
-          '--bind-address=127.0.0.1',
+          // MariaDB 10.11 takes a comma-separated list.
+          `--bind-address=${listenAddresses(placement).join(',')}`,
           `--socket=${join(dataDir, 'mysqld.sock')}`,
           `--pid-file=${join(dataDir, 'mysqld.pid')}`,
           `--log-error=${join(dataDir, 'error.log')}`,
@@ -153,11 +184,53 @@ export async function startMariadb(): Promise<RunningServer> {
           '--innodb-buffer-pool-size=32M',
           '--innodb-flush-log-at-trx-commit=0',
         ],
-        { stdio: ['ignore', 'pipe', 'pipe'] },
+        {},
       ),
-    ready: (port) => mariadbQuery(port),
+    ready: (port) =>
+      placement.netns
+        ? readyInNs(placement.netns, '/usr/bin/mariadb', ['--protocol=TCP', '-h', '127.0.0.1', '-P', String(port), '-u', MARIADB_USER, '-N', '-B', '-e', 'SELECT 1'], '1')
+        : mariadbQuery(port),
     logFile: join(dataDir, 'error.log'),
     stopSignal: 'SIGTERM',
+  });
+}
+
+/** The lab's address range (RFC 2544, test/lab/netns.ts): trusted by lab-placed servers. */
+const LAB_RANGE = '198.18.0.0/15';
+
+function listenAddresses(placement: ServerPlacement): string[] {
+  return placement.bind ? ['127.0.0.1', placement.bind] : ['127.0.0.1'];
+}
+
+interface SpawnOptions {
+  /** Run as this user (PostgreSQL refuses root). */
+  user?: { uid: number; gid: number };
+  cwd?: string;
+  env?: NodeJS.ProcessEnv;
+}
+
+/**
+ * Spawns a server where `placement` says. In a namespace the command runs under
+ * `ip netns exec` (which needs root, so a user switch goes through setpriv, which execs
+ * too): either way the child's PID is the server's own.
+ */
+function spawnPlaced(placement: ServerPlacement, command: string, args: string[], options: SpawnOptions): ChildProcess {
+  const stdio: ['ignore', 'pipe', 'pipe'] = ['ignore', 'pipe', 'pipe'];
+  if (!placement.netns) {
+    return spawn(command, args, { stdio, cwd: options.cwd, env: options.env, uid: options.user?.uid, gid: options.user?.gid });
+  }
+  const asUser = options.user
+    ? ['/usr/bin/setpriv', `--reuid=${options.user.uid}`, `--regid=${options.user.gid}`, '--clear-groups', '--']
+    : [];
+  return spawn('ip', ['netns', 'exec', placement.netns, ...asUser, command, ...args], { stdio, cwd: options.cwd, env: options.env });
+}
+
+/** Readiness inside a namespace: a command-line client's query, bounded in time, prints `expected`. */
+function readyInNs(ns: string, command: string, args: string[], expected: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    execFile('ip', ['netns', 'exec', ns, command, ...args], { timeout: 3_000, killSignal: 'SIGKILL', encoding: 'utf8' }, (error, stdout) =>
+      resolve(!error && stdout.trim() === expected),
+    );
   });
 }
 

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { existsSync } from 'node:fs';
-import Redis from 'ioredis';
+import { Redis } from 'ioredis';
 import pg from 'pg';
 import mysql from 'mysql2/promise';
 import { MARIADB_USER, startMariadb, startPostgres, startRedis, type RunningServer } from '../helpers/servers.js';
@@ -72,6 +72,24 @@ describe('test server launchers', () => {
       server.resume();
       expect(await client.ping()).toBe('PONG');
       client.disconnect();
+    } finally {
+      await expectGone(server);
+    }
+  });
+
+  it('pause() of postgres stops the backends too (they run in their own process groups)', async () => {
+    const server = await startPostgres();
+    try {
+      const client = new pg.Client({ host: '127.0.0.1', port: server.port, user: 'postgres', database: 'postgres', query_timeout: 500 });
+      await client.connect();
+      server.pause();
+      await expect(client.query('SELECT 1')).rejects.toThrow(/timeout/i);
+      server.resume();
+      const fresh = new pg.Client({ host: '127.0.0.1', port: server.port, user: 'postgres', database: 'postgres' });
+      await fresh.connect();
+      expect((await fresh.query('SELECT 1 AS one')).rows[0].one).toBe(1);
+      await fresh.end();
+      await client.end().catch(() => {});
     } finally {
       await expectGone(server);
     }

@@ -567,10 +567,11 @@ describe('config errors: FILE:LINE:COL key.path: message', () => {
           ...route(2, '{ every: 20s, timeout: 5s, sendHex: "abc" }'),
           ...route(3, '{ every: 20s, timeout: 5s }'),
           ...route(4, '{ every: 20s, timeout: 5s, expect: "PONG" }'),
-          ...route(5, '{ every: 5s, timeout: 20s, send: "x" }'),
-          ...route(6, '{ every: 5s, send: "x", jitter: 0.9 }'),
-          ...route(7, '{ timeout: 5s, send: "x" }'),
+          ...route(5, '{ every: 5s, timeout: 20s, send: "x", expect: "" }'),
+          ...route(6, '{ every: 5s, send: "x", expect: "y", jitter: 0.9 }'),
+          ...route(7, '{ timeout: 5s, send: "x", expect: "y" }'),
           ...route(8, 'sometimes'),
+          ...route(9, '{ every: 5s, timeout: 1s, send: "x" }'),
         ),
       ),
     ).toEqual([
@@ -580,9 +581,10 @@ describe('config errors: FILE:LINE:COL key.path: message', () => {
       'test.yaml:17:16 routes[3].heartbeat: protocol tcp has no built-in heartbeat: give heartbeat.send (or sendHex) and expect (or expectHex), or use protocol redis, postgres or mysql',
       'test.yaml:21:43 routes[4].heartbeat.expect: needs heartbeat.send (or sendHex): the probe whose reply this is',
       'test.yaml:29:16 routes[6].heartbeat.timeout: required key is missing: how long to wait for the heartbeat reply (e.g. "5s")',
-      'test.yaml:29:48 routes[6].heartbeat.jitter: must be from 0 to 0.5, got 0.9',
+      'test.yaml:29:61 routes[6].heartbeat.jitter: must be from 0 to 0.5, got 0.9',
       'test.yaml:33:16 routes[7].heartbeat.every: required key is missing: how long a connection stays silent before a heartbeat (e.g. "20s"), or 0 for none',
       'test.yaml:37:16 routes[8].heartbeat: expected a mapping or off, got "sometimes"',
+      'test.yaml:41:42 routes[9].heartbeat.send: needs heartbeat.expect (or expectHex): the exact reply to consume; use expect: "" for a probe the upstream does not answer',
     ]);
   });
 

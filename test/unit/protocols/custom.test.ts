@@ -24,7 +24,7 @@ describe('custom tcp codec', () => {
       { check: (t) => expect(t.state).toBe('busy') },
     ]);
     const after = bytes('more bytes');
-    everySplit({ ...customCodec, track: () => customCodec.track({ send, expect: expectBytes }) }, (t) => t.probe(), "server", Buffer.concat([expectBytes, after]), {
+    everySplit({ ...customCodec, track: () => customCodec.track({ send, expect: expectBytes }) }, (t) => t.probe(), 'server', Buffer.concat([expectBytes, after]), {
       state: 'quiet',
       probing: false,
       forwarded: after,

@@ -1,0 +1,225 @@
+import mysql from 'mysql2/promise';
+import pg from 'pg';
+import { afterAll, beforeAll, describe, it, type ExpectStatic } from 'vitest';
+import { freePort } from '../helpers/net.js';
+import { parseMetrics, sample, startProxy, type RunningProxy } from '../helpers/proxy.js';
+import { recordingRelay, type RecordingRelay } from '../helpers/recording-relay.js';
+import { MARIADB_USER, startMariadb, startPostgres, startRedis, type RunningServer } from '../helpers/servers.js';
+import { mysqlRaceScript, mysqlScript, MysqlReader, normaliseMysql, COM_PING } from '../helpers/wire/mysql.js';
+import { normalisePostgres, PG_SYNC, PgReader, postgresRaceScript, postgresScript } from '../helpers/wire/postgres.js';
+import { Prng } from '../helpers/wire/prng.js';
+import { normaliseRedis, REDIS_PROBE, redisRaceScript, redisScript, redisSide, RespReader } from '../helpers/wire/redis.js';
+import { describeDifference, runScript, totalGapMs, type ReplyReader, type RunResult, type Script } from '../helpers/wire/script.js';
+
+// Equivalence: random command sequences with random silences around `every`, run once
+// straight against the server and once through the proxy with heartbeats on. The client
+// speaks each protocol with raw sockets from prepared request bytes and records every byte
+// it receives; both recordings must be identical, byte for byte, after zeroing only what
+// differs between any two connections (Redis HELLO's client id, PostgreSQL's
+// BackendKeyData, MySQL's greeting connection id and scramble, and the statement ids
+// MariaDB numbers server-wide). The direct run skips the
+// silences (nothing on that path reacts to them); the proxied run keeps them, so probes go
+// out in the gaps, and heartbeats_total{result="ok"} > 0 proves they did.
+//
+// The race: the same comparison on routes whose upstream answers through a relay that
+// delays every reply by RACE_DELAY_MS, so each probe stays in flight that long; silences
+// swept across the probe schedule make client writes land inside probe windows. The relay's
+// recording shows when each probe went out and when its reply came back, so the test counts
+// the writes that really raced a probe (the proxy held them and sent them after the reply).
+
+const SEED = Number(process.env.EQ_SEED ?? Math.floor(Math.random() * 2 ** 31));
+console.log(`equivalence seed ${SEED} (replay with EQ_SEED=${SEED})`);
+
+const EVERY_MS = 250;
+const RACE_EVERY_MS = 200;
+const RACE_DELAY_MS = 80;
+/** The proxy's shared clock ticks every 250 ms (src/app.ts): a probe goes out on the first tick after `every` of silence. */
+const TICK_MS = 250;
+
+let redis: RunningServer;
+let postgres: RunningServer;
+let mariadb: RunningServer;
+let proxy: RunningProxy;
+const ports: Record<string, number> = {};
+const relays: Record<string, RecordingRelay> = {};
+
+beforeAll(async () => {
+  [redis, postgres, mariadb] = await Promise.all([startRedis(), startPostgres(), startMariadb()]);
+  const pgClient = new pg.Client({ host: '127.0.0.1', port: postgres.port, user: 'postgres', database: 'postgres' });
+  await pgClient.connect();
+  await pgClient.query('CREATE TABLE eq (id int PRIMARY KEY, v text)');
+  await pgClient.end();
+  const mysqlClient = await mysql.createConnection({ host: '127.0.0.1', port: mariadb.port, user: MARIADB_USER, database: 'test' });
+  await mysqlClient.query('CREATE TABLE eq (id INT PRIMARY KEY, v VARCHAR(100)) ENGINE=InnoDB');
+  await mysqlClient.end();
+
+  relays.redis = await recordingRelay(redis.port, { delayMs: RACE_DELAY_MS });
+  relays.postgres = await recordingRelay(postgres.port, { delayMs: RACE_DELAY_MS });
+  relays.mysql = await recordingRelay(mariadb.port, { delayMs: RACE_DELAY_MS });
+  const routes: string[] = [];
+  const route = async (name: string, protocol: string, upstreamPort: number, everyMs: number): Promise<void> => {
+    ports[name] = await freePort();
+    routes.push(
+      `  - { name: ${name}, protocol: ${protocol}, listen: "127.0.0.1:${ports[name]}", upstream: "127.0.0.1:${upstreamPort}", heartbeat: { every: ${everyMs}ms, timeout: 2s } }`,
+    );
+  };
+  await route('eq-redis', 'redis', redis.port, EVERY_MS);
+  await route('eq-postgres', 'postgres', postgres.port, EVERY_MS);
+  await route('eq-mysql', 'mysql', mariadb.port, EVERY_MS);
+  await route('race-redis', 'redis', relays.redis.port, RACE_EVERY_MS);
+  await route('race-postgres', 'postgres', relays.postgres.port, RACE_EVERY_MS);
+  await route('race-mysql', 'mysql', relays.mysql.port, RACE_EVERY_MS);
+  proxy = await startProxy({ yaml: `admin: { listen: "{{admin}}" }\nlog: { level: info }\nroutes:\n${routes.join('\n')}\n` });
+}, 120_000);
+
+afterAll(async () => {
+  await proxy?.stop('SIGKILL');
+  for (const relay of Object.values(relays)) await relay.close();
+  await Promise.all([redis?.stop(), postgres?.stop(), mariadb?.stop()]);
+});
+
+async function heartbeatCounts(route: string): Promise<{ ok: number; timeout: number; unsupported: number }> {
+  const metrics = parseMetrics(await proxy.metrics());
+  const count = (result: string): number => sample(metrics, 'keepalive_proxy_heartbeats_total', { route, result });
+  return { ok: count('ok'), timeout: count('timeout'), unsupported: count('unsupported') };
+}
+
+interface Comparison<R extends ReplyReader> {
+  readonly script: Script<R>;
+  readonly directPort: number;
+  readonly proxiedPort: number;
+  readonly reader: () => R;
+  readonly normalise: (bytes: Buffer, reader: R) => Buffer;
+}
+
+/** Runs a script both ways; returns the difference (null when byte-identical) and the proxied run. */
+async function compare<R extends ReplyReader>(comparison: Comparison<R>): Promise<{ difference: string | null; proxied: RunResult<R>; direct: RunResult<R> }> {
+  const { script, reader, normalise } = comparison;
+  const direct = await runScript(script, { port: comparison.directPort, reader, keepGaps: false });
+  // The tail lets the proxy's tick look at the connection once more before it closes: a
+  // codec that lost track would be counted as heartbeats_total{result="unsupported"}.
+  const proxied = await runScript(script, { port: comparison.proxiedPort, reader, keepGaps: true, tailMs: 2 * TICK_MS });
+  return { difference: describeDifference(script, direct, proxied, normalise), proxied, direct };
+}
+
+describe.concurrent('equivalence: the client sees byte-identical replies with heartbeats on', () => {
+  it('redis: pipelines, MULTI/EXEC, errors, blocking, pub/sub, RESP2 and RESP3', async ({ expect }) => {
+    const prng = new Prng(SEED).fork(1);
+    const side = await redisSide(redis.port);
+    try {
+      const scripts = [
+        redisScript('redis RESP2', prng, EVERY_MS, side, { resp3: false, blocks: 9 }),
+        redisScript('redis RESP3 (HELLO 3)', prng, EVERY_MS, side, { resp3: true, blocks: 9 }),
+      ];
+      let bytes = 0;
+      for (const script of scripts) {
+        const { difference, direct } = await compare({ script, directPort: redis.port, proxiedPort: ports['eq-redis']!, reader: () => new RespReader(), normalise: normaliseRedis });
+        expect(difference, `seed ${SEED}`).toBeNull();
+        bytes += direct.received.length;
+        console.log(`[equivalence] ${script.name}: ${script.steps.length} steps, ${totalGapMs(script)} ms of silences, ${direct.received.length} reply bytes identical`);
+      }
+      const counts = await heartbeatCounts('eq-redis');
+      console.log(`[equivalence] redis: ${bytes} bytes compared; heartbeats ${JSON.stringify(counts)}`);
+      expect(counts.ok).toBeGreaterThan(0);
+      expect(counts.timeout).toBe(0);
+      expect(counts.unsupported, 'the codec followed every sequence (never went off)').toBe(0);
+    } finally {
+      side.close();
+    }
+  });
+
+  it('postgres: simple and extended query, unsynced batches, transactions, errors', async ({ expect }) => {
+    const prng = new Prng(SEED).fork(2);
+    let bytes = 0;
+    for (const index of [1, 2]) {
+      const script = postgresScript(`postgres #${index}`, prng, EVERY_MS, 11);
+      const { difference, direct } = await compare({ script, directPort: postgres.port, proxiedPort: ports['eq-postgres']!, reader: () => new PgReader(), normalise: normalisePostgres });
+      expect(difference, `seed ${SEED}`).toBeNull();
+      bytes += direct.received.length;
+      console.log(`[equivalence] ${script.name}: ${script.steps.length} steps, ${totalGapMs(script)} ms of silences, ${direct.received.length} reply bytes identical`);
+    }
+    const counts = await heartbeatCounts('eq-postgres');
+    console.log(`[equivalence] postgres: ${bytes} bytes compared; heartbeats ${JSON.stringify(counts)}`);
+    expect(counts.ok).toBeGreaterThan(0);
+    expect(counts.timeout).toBe(0);
+    expect(counts.unsupported, 'the codec followed every sequence (never went off)').toBe(0);
+  });
+
+  it('mysql: queries, prepared statements, transactions, errors', async ({ expect }) => {
+    const prng = new Prng(SEED).fork(3);
+    let bytes = 0;
+    for (const index of [1, 2]) {
+      const script = mysqlScript(`mysql #${index}`, prng, EVERY_MS, 11);
+      const { difference, direct } = await compare({ script, directPort: mariadb.port, proxiedPort: ports['eq-mysql']!, reader: () => new MysqlReader(), normalise: normaliseMysql });
+      expect(difference, `seed ${SEED}`).toBeNull();
+      bytes += direct.received.length;
+      console.log(`[equivalence] ${script.name}: ${script.steps.length} steps, ${totalGapMs(script)} ms of silences, ${direct.received.length} reply bytes identical`);
+    }
+    const counts = await heartbeatCounts('eq-mysql');
+    console.log(`[equivalence] mysql: ${bytes} bytes compared; heartbeats ${JSON.stringify(counts)}`);
+    expect(counts.ok).toBeGreaterThan(0);
+    expect(counts.timeout).toBe(0);
+    expect(counts.unsupported, 'the codec followed every sequence (never went off)').toBe(0);
+  });
+
+  /**
+   * Silences swept from a little under `every` to past `every` + a tick + the probe's round
+   * trip, so across the sweep the next write falls before, inside and after probe windows.
+   */
+  function raceGaps(count: number): number[] {
+    const from = RACE_EVERY_MS * 0.9;
+    const span = TICK_MS + RACE_DELAY_MS + RACE_EVERY_MS * 0.2;
+    return Array.from({ length: count }, (_, i) => Math.round(from + (((i * 7) % count) / count) * span));
+  }
+
+  /** Client writes that happened while a probe was out (sent, its delayed reply not yet back at the proxy). */
+  function racedWrites(relay: RecordingRelay, connectionIndex: number, probe: Buffer, writeTimes: readonly number[]): { probes: number; raced: number } {
+    const chunks = relay.connections[connectionIndex]?.chunks ?? [];
+    const windows: Array<[number, number]> = [];
+    chunks.forEach((chunk, i) => {
+      if (chunk.from !== 'down' || !chunk.bytes.equals(probe)) return;
+      const reply = chunks.slice(i + 1).find((later) => later.from === 'up');
+      if (reply) windows.push([chunk.at, reply.at + RACE_DELAY_MS]);
+    });
+    const raced = writeTimes.filter((time) => windows.some(([start, end]) => time > start && time < end)).length;
+    return { probes: windows.length, raced };
+  }
+
+  async function race<R extends ReplyReader>(
+    expect: ExpectStatic,
+    name: 'redis' | 'postgres' | 'mysql',
+    script: Script<R>,
+    directPort: number,
+    reader: () => R,
+    normalise: (bytes: Buffer, reader: R) => Buffer,
+    probe: Buffer,
+  ): Promise<void> {
+    const relay = relays[name]!;
+    const direct = await runScript(script, { port: directPort, reader, keepGaps: false });
+    const connectionIndex = relay.connections.length;
+    const proxied = await runScript(script, { port: ports[`race-${name}`]!, reader, keepGaps: true, tailMs: 2 * TICK_MS, stepTimeoutMs: 8_000 });
+    expect(describeDifference(script, direct, proxied, normalise), `seed ${SEED}`).toBeNull();
+    const { probes, raced } = racedWrites(relay, connectionIndex, probe, proxied.writeTimes);
+    const counts = await heartbeatCounts(`race-${name}`);
+    console.log(
+      `[equivalence] race ${name}: ${proxied.writeTimes.length} writes, ${probes} probes (${RACE_DELAY_MS} ms round trip), ` +
+        `${raced} writes landed while a probe was out; replies identical; heartbeats ${JSON.stringify(counts)}`,
+    );
+    expect(probes).toBeGreaterThan(0);
+    expect(raced, 'some client writes raced a probe').toBeGreaterThan(0);
+    expect(counts.timeout).toBe(0);
+    expect(counts.unsupported).toBe(0);
+  }
+
+  it('race: redis writes just as a PING goes out', async ({ expect }) => {
+    await race(expect, 'redis', redisRaceScript('redis race', raceGaps(24)), redis.port, () => new RespReader(), normaliseRedis, REDIS_PROBE);
+  });
+
+  it('race: postgres writes just as a Sync goes out', async ({ expect }) => {
+    await race(expect, 'postgres', postgresRaceScript('postgres race', raceGaps(24)), postgres.port, () => new PgReader(), normalisePostgres, PG_SYNC);
+  });
+
+  it('race: mysql writes just as a COM_PING goes out', async ({ expect }) => {
+    await race(expect, 'mysql', mysqlRaceScript('mysql race', raceGaps(24)), mariadb.port, () => new MysqlReader(), normaliseMysql, COM_PING);
+  });
+});

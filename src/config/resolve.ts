@@ -605,13 +605,10 @@ class Resolver {
         this.#report(at.path, 'key', 'needs heartbeat.send (or sendHex): the probe whose reply this is');
         return null;
       }
-      if (send && !expect) {
-        // Without the exact reply the codec could not cut it out: the upstream's answer
-        // would reach the client. An explicitly empty expect is a one-way probe.
-        const at = view.get(['heartbeat', 'send']) ?? view.get(['heartbeat', 'sendHex'])!;
-        this.#report(at.path, 'key', 'needs heartbeat.expect (or expectHex): the exact reply to consume; use expect: "" for a probe the upstream does not answer');
-        return null;
-      }
+      // send without expect is a one-way probe (as HAProxy's tcp-check send without
+      // expect): it feeds payload-counting middleboxes but proves nothing; the route
+      // logs a warning at start (tcp/route.ts).
+      if (send && !expect) expect = Buffer.alloc(0);
       if (!send) {
         // An inherited heartbeat simply does not apply to a plain tcp route; one written on it must say what to send.
         if (!virtual && view.ownValue(['heartbeat'])) {

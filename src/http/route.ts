@@ -72,7 +72,7 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost {
     this.#poolKey = poolKey(config);
     deps.metrics.initRoute(this.name);
 
-    const server = createProxyServer(config.http, this.#forward);
+    const server = createProxyServer(config.http);
     this.#server = server;
     server.on('connection', (socket: net.Socket) => this.#accept(socket));
     const onRequest = (req: http.IncomingMessage, res: http.ServerResponse): void => this.#onRequest(req, res);
@@ -295,6 +295,11 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost {
     const max = config.http.clientMaxRequests;
     if (this.#draining || (max > 0 && client.requests + 1 >= max)) res.shouldKeepAlive = false;
     let target: { origin: DialTarget; path: string; authority: string } | null;
+    if (req.httpVersion === '1.1' && req.headers.host === undefined && !this.#forward) {
+      // RFC 9112 3.2: an HTTP/1.1 request without Host is answered 400.
+      this.#refuse(req, res, 400, 'Host header required');
+      return;
+    }
     if (this.#forward) {
       const destination = resolveForwardRequest(req.url, this.#allowlist);
       if (!destination.ok) {

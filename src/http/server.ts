@@ -13,7 +13,7 @@ function checkingIntervalMs(headersTimeoutMs: number): number {
   return Math.min(1_000, Math.max(50, Math.floor(headersTimeoutMs / 4)));
 }
 
-export function createProxyServer(options: HttpOptions, forwardProxy: boolean): http.Server {
+export function createProxyServer(options: HttpOptions): http.Server {
   const server = http.createServer({
     maxHeaderSize: options.maxHeaderSize,
     headersTimeout: options.headersTimeoutMs,
@@ -22,8 +22,8 @@ export function createProxyServer(options: HttpOptions, forwardProxy: boolean): 
     requestTimeout: 0,
     keepAliveTimeout: options.clientIdleTimeoutMs,
     connectionsCheckingInterval: checkingIntervalMs(options.headersTimeoutMs),
-    // An absolute-form request names its host in the target; origin-form ones must carry Host.
-    requireHostHeader: !forwardProxy,
+    // The route checks Host itself (RFC 9112 3.2), to answer with its own short body.
+    requireHostHeader: false,
     noDelay: true,
     // Never the lenient parser: request smuggling lives in the leniencies.
     insecureHTTPParser: false,

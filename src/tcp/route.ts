@@ -76,6 +76,7 @@ class TcpRoute implements RouteHandle {
     this.#unsubscribe = this.#deps.clock.subscribe((now) => this.#tick(now));
     this.#unregisterFlush = this.#deps.metrics.onScrape(() => this.#flushBytes());
     this.#upstream.start();
+    warnAboutOneWayHeartbeat(this.#config, this.#deps);
   }
 
   address(): { host: string; port: number } | null {
@@ -91,6 +92,7 @@ class TcpRoute implements RouteHandle {
     this.#upstream = new UpstreamSource(config, this.#codec, this.#deps);
     old.close('route_removed');
     if (this.#listening) this.#upstream.start();
+    warnAboutOneWayHeartbeat(config, this.#deps);
   }
 
   async stopAccepting(): Promise<void> {
@@ -282,4 +284,13 @@ class TcpRoute implements RouteHandle {
 function heartbeatCodec(config: RouteConfig): HeartbeatCodec | null {
   if (!config.heartbeat) return null;
   return codecFor(config.protocol, { send: config.heartbeat.send, expect: config.heartbeat.expect });
+}
+
+function warnAboutOneWayHeartbeat(config: RouteConfig, deps: RouteDeps): void {
+  if (config.heartbeat?.send && config.heartbeat.expect?.length === 0) {
+    deps.log.warn(
+      { route: config.name },
+      'heartbeat.send without expect: probes are one-way; a reply would reach the client and a hung upstream is not detected',
+    );
+  }
 }

@@ -584,7 +584,6 @@ describe('config errors: FILE:LINE:COL key.path: message', () => {
       'test.yaml:29:61 routes[6].heartbeat.jitter: must be from 0 to 0.5, got 0.9',
       'test.yaml:33:16 routes[7].heartbeat.every: required key is missing: how long a connection stays silent before a heartbeat (e.g. "20s"), or 0 for none',
       'test.yaml:37:16 routes[8].heartbeat: expected a mapping or off, got "sometimes"',
-      'test.yaml:41:42 routes[9].heartbeat.send: needs heartbeat.expect (or expectHex): the exact reply to consume; use expect: "" for a probe the upstream does not answer',
     ]);
   });
 

@@ -1,4 +1,7 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --max-semi-space-size=4
+// The flag above: a keepalive proxy mostly holds idle connections, and V8's default
+// young generation (up to 3 x 16 MiB) is RSS it never needs, several KB per idle
+// connection at thousands of them (BENCHMARKS.md). npm start and the Docker image pass it too.
 import { createApp, type App } from './app.js';
 import { parseCli } from './config/cli.js';
 import { ConfigError, formatIssues, loadConfigFile } from './config/load.js';

@@ -28,8 +28,7 @@ const BODYLESS_BY_DEFAULT: ReadonlySet<string> = new Set(['GET', 'HEAD', 'DELETE
 export function connectionNominated(rawHeaders: readonly string[]): Set<string> {
   const named = new Set<string>();
   for (let i = 0; i < rawHeaders.length; i += 2) {
-    const name = rawHeaders[i]!.toLowerCase();
-    if (name !== 'connection' && name !== 'proxy-connection') continue;
+    if (rawHeaders[i]!.toLowerCase() !== 'connection') continue;
     for (const token of rawHeaders[i + 1]!.split(',')) {
       const field = token.trim().toLowerCase();
       if (field) named.add(field);

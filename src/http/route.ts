@@ -9,7 +9,7 @@ import { applyKeepalive, readSocketOptions } from '../net/sockopt.js';
 import { dialUpstream, type DialAttempt, type DialTarget } from '../pool/http-dial.js';
 import { HttpPool, type PoolSettings } from '../pool/http-pool.js';
 import type { ConnectionInfo, RouteDeps, RouteHandle } from '../route.js';
-import { Session, type SessionEvents } from '../tcp/session.js';
+import { Session, type HeartbeatResult, type SessionEvents } from '../tcp/session.js';
 import { Allowlist } from './allowlist.js';
 import { ClientConnection } from './client.js';
 import { Exchange, type ExchangeHost } from './exchange.js';
@@ -404,10 +404,11 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost {
     else this.#deps.log.info(fields, 'tunnel evicted');
   }
 
-  #onHeartbeat(session: Session, result: 'ok' | 'timeout' | 'unsupported', ms: number, detail?: string): void {
+  #onHeartbeat(session: Session, result: HeartbeatResult, ms: number, detail?: string): void {
     const { metrics, log } = this.#deps;
     metrics.heartbeats.labels(this.name, result).inc();
     if (result === 'ok') metrics.heartbeatRtt.labels(this.name).observe(ms / 1000);
+    else if (result === 'sent') return;
     else if (result === 'unsupported') log.info({ route: this.name, id: session.id, why: detail }, 'WebSocket heartbeats off for this tunnel');
     else log.warn({ route: this.name, id: session.id, waitedMs: ms }, 'WebSocket pong missing: closing both sides');
   }

@@ -42,7 +42,8 @@ describe('bad input from clients', () => {
   ])('%s: 400 with a short body', async (_what, text) => {
     const response = await rawRequest(route.port, text);
     expect(response.status).toBe(400);
-    expect(response.body.toString()).toBe('400 Bad Request\n');
+    expect(response.body.toString()).toMatch(/^400 Bad Request/);
+    expect(response.body.length).toBeLessThan(100);
     await expectServed();
   });
 

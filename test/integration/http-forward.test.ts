@@ -151,7 +151,7 @@ describe('forward proxy', () => {
     expect(established).toMatch(/^HTTP\/1\.1 200 /);
     socket.write('ping through the tunnel');
     expect((await once<Buffer>(socket, 'data', 5_000)).toString()).toBe('ping through the tunnel');
-    const [row] = proxy.route.connections() as Array<Record<string, unknown>>;
+    const [row] = proxy.route.connections() as unknown as Array<Record<string, unknown>>;
     expect(row).toMatchObject({ protocol: 'connect' });
     const options = row!.socketOptions as { client: { idleSeconds: number } | null; upstream: { idleSeconds: number; count: number } | null };
     if (options.client) expect(options.client.idleSeconds).toBe(7);

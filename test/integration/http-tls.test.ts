@@ -37,7 +37,7 @@ beforeAll(() => {
 
 interface TlsUpstream {
   readonly port: number;
-  readonly handshakes: Array<{ servername: string | false; resumed: boolean; peer: string | undefined }>;
+  readonly handshakes: Array<{ servername: string | false | null; resumed: boolean; peer: string | string[] | undefined }>;
 }
 
 async function tlsUpstream(options: https.ServerOptions = {}): Promise<TlsUpstream> {

@@ -104,7 +104,7 @@ describe('WebSocket passthrough', () => {
     const big = Buffer.alloc(100_000, 7); // a 64-bit length frame
     ws.send(big);
     expect(Buffer.compare(await ws.next() as Buffer, big)).toBe(0);
-    const [row] = route.route.connections() as Array<Record<string, unknown>>;
+    const [row] = route.route.connections() as unknown as Array<Record<string, unknown>>;
     expect(row).toMatchObject({ protocol: 'upgrade' });
     ws.close(1000, 'bye');
     const [code] = await once<[number]>(ws, 'close', 5_000).then((c) => [c]);

@@ -2,11 +2,13 @@ import net from 'node:net';
 import type { RouteConfig } from '../config/schema.js';
 import { ProxyError, type Side } from '../errors.js';
 import type { EvictionReason } from '../metrics/registry.js';
-import { applyKeepalive, readSocketOptions } from '../net/sockopt.js';
+import { applyKeepalive, applyKeepaliveToListener, readSocketOptions } from '../net/sockopt.js';
 import { codecFor } from '../protocols/registry.js';
 import type { HeartbeatCodec } from '../protocols/types.js';
 import type { ConnectionInfo, RouteDeps, RouteHandle } from '../route.js';
+import { BurstLog } from '../log.js';
 import { formatAddress, listenOn } from '../net/listen.js';
+import { RouteMetrics } from '../metrics/route-metrics.js';
 import { Session, type HeartbeatResult, type SessionEvents } from './session.js';
 import { UpstreamSource, type Lease } from './upstream.js';
 
@@ -25,6 +27,7 @@ class TcpRoute implements RouteHandle {
   #config: RouteConfig;
   #codec: HeartbeatCodec | null;
   readonly #deps: RouteDeps;
+  readonly #metrics: RouteMetrics;
   readonly #server: net.Server;
   /** Live sessions, each with the release() of the lease it runs on. */
   readonly #sessions = new Map<Session, () => void>();
@@ -32,22 +35,26 @@ class TcpRoute implements RouteHandle {
   readonly #pending = new Map<net.Socket, () => void>();
   #upstream: UpstreamSource;
   #listening = false;
+  /** True when accepted sockets inherit keepalive and TCP_NODELAY from the listener (Linux). */
+  #listenerSetsOptions = false;
   #unsubscribe: (() => void) | null = null;
   #unregisterFlush: (() => void) | null = null;
   #pendingBytesUp = 0;
   #pendingBytesDown = 0;
   #drainWaiters: Array<() => void> = [];
   readonly #events: SessionEvents;
+  readonly #connectFailures: BurstLog;
 
   constructor(config: RouteConfig, deps: RouteDeps) {
     this.name = config.name;
     this.#config = config;
     this.#deps = deps;
     this.#codec = heartbeatCodec(config);
-    this.#upstream = new UpstreamSource(config, this.#codec, deps);
+    this.#metrics = new RouteMetrics(deps.metrics, this.name);
+    this.#connectFailures = new BurstLog(deps.log, 'upstream connect failed; closing client');
+    this.#upstream = new UpstreamSource(config, this.#codec, deps, this.#metrics);
     this.#server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, (socket) => this.#accept(socket));
     this.#server.on('error', (error) => deps.log.error({ route: this.name, err: error }, 'listener error'));
-    deps.metrics.initRoute(this.name);
     this.#events = {
       onClosed: (session, reason, side) => this.#onSessionClosed(session, reason, side),
       onBytes: (direction, count) => {
@@ -73,6 +80,7 @@ class TcpRoute implements RouteHandle {
   async listen(): Promise<void> {
     await listenOn(this.#server, this.#config.listen, this.name);
     this.#listening = true;
+    this.#listenerSetsOptions = applyKeepaliveToListener(this.#server, this.#config.keepalive.client, this.#config.noDelay);
     this.#unsubscribe = this.#deps.clock.subscribe((now) => this.#tick(now));
     this.#unregisterFlush = this.#deps.metrics.onScrape(() => this.#flushBytes());
     this.#upstream.start();
@@ -86,10 +94,11 @@ class TcpRoute implements RouteHandle {
 
   update(config: RouteConfig): void {
     this.#config = config;
+    if (this.#listening) this.#listenerSetsOptions = applyKeepaliveToListener(this.#server, config.keepalive.client, config.noDelay);
     this.#codec = heartbeatCodec(config);
     // A changed upstream or pool gets a fresh source; the old one's idle sockets go.
     const old = this.#upstream;
-    this.#upstream = new UpstreamSource(config, this.#codec, this.#deps);
+    this.#upstream = new UpstreamSource(config, this.#codec, this.#deps, this.#metrics);
     old.close('route_removed');
     if (this.#listening) this.#upstream.start();
     warnAboutOneWayHeartbeat(config, this.#deps);
@@ -144,9 +153,8 @@ class TcpRoute implements RouteHandle {
 
   /** Moves the byte counts gathered since the last tick into Prometheus. */
   #flushBytes(): void {
-    const { bytes } = this.#deps.metrics;
-    if (this.#pendingBytesUp > 0) bytes.labels(this.name, 'upstream').inc(this.#pendingBytesUp);
-    if (this.#pendingBytesDown > 0) bytes.labels(this.name, 'downstream').inc(this.#pendingBytesDown);
+    if (this.#pendingBytesUp > 0) this.#metrics.bytesUpstream.inc(this.#pendingBytesUp);
+    if (this.#pendingBytesDown > 0) this.#metrics.bytesDownstream.inc(this.#pendingBytesDown);
     this.#pendingBytesUp = this.#pendingBytesDown = 0;
   }
 
@@ -157,20 +165,23 @@ class TcpRoute implements RouteHandle {
   }
 
   #accept(down: net.Socket): void {
-    const { metrics, log } = this.#deps;
+    const { log } = this.#deps;
+    const metrics = this.#metrics;
     const config = this.#config;
-    metrics.connectionsAccepted.labels(this.name).inc();
+    metrics.accepted.inc();
     if (config.maxConnections > 0 && this.activeCount >= config.maxConnections) {
       // Like PgBouncer's max_client_conn: refuse at once rather than queue unboundedly.
-      metrics.evictions.labels(this.name, 'max_connections').inc();
+      metrics.eviction('max_connections').inc();
       log.warn({ route: this.name, client: formatAddress(down.remoteAddress, down.remotePort), maxConnections: config.maxConnections }, 'connection refused: maxConnections reached');
       down.on('error', () => {});
       down.destroy();
       return;
     }
-    metrics.connectionsActive.labels(this.name).inc();
-    down.setNoDelay(config.noDelay);
-    applyKeepalive(down, config.keepalive.client, 0);
+    metrics.active.inc();
+    if (!this.#listenerSetsOptions) {
+      down.setNoDelay(config.noDelay);
+      applyKeepalive(down, config.keepalive.client, 0);
+    }
     const attempt = this.#upstream.lease();
     let clientGone: EvictionReason | null = null;
     const onEarlyError = (error: NodeJS.ErrnoException): void => {
@@ -204,12 +215,13 @@ class TcpRoute implements RouteHandle {
         this.#pending.delete(down);
         down.off('error', onEarlyError);
         down.off('close', onEarlyClose);
-        if (clientGone) {
-          this.#endBeforeSession(down, clientGone, 'downstream');
+        // The client left first (its close may race the dial's own failure).
+        if (clientGone || (error instanceof ProxyError && error.side === 'downstream')) {
+          this.#endBeforeSession(down, clientGone ?? 'peer_closed', 'downstream');
           return;
         }
         const timeout = error instanceof ProxyError && error.code === 'CONNECT_TIMEOUT';
-        log.warn({ route: this.name, client: formatAddress(down.remoteAddress, down.remotePort), err: String((error as Error).message ?? error) }, 'upstream connect failed; closing client');
+        this.#connectFailures.warn({ route: this.name, client: formatAddress(down.remoteAddress, down.remotePort), err: String((error as Error).message ?? error) });
         down.on('error', () => {});
         // A reset tells the client at once that nothing is behind this connection.
         if (!down.destroyed) down.resetAndDestroy();
@@ -219,10 +231,11 @@ class TcpRoute implements RouteHandle {
   }
 
   #endBeforeSession(down: net.Socket, reason: EvictionReason, side: Side): void {
-    const { metrics, log } = this.#deps;
+    const { log } = this.#deps;
+    const metrics = this.#metrics;
     if (!down.destroyed) down.destroy();
-    metrics.connectionsActive.labels(this.name).dec();
-    metrics.evictions.labels(this.name, reason === 'connect_timeout' ? 'connect_error' : reason).inc();
+    metrics.active.dec();
+    metrics.eviction(reason === 'connect_timeout' ? 'connect_error' : reason).inc();
     log.debug({ route: this.name, reason, side }, 'connection closed before the upstream was ready');
     this.#checkDrained();
   }
@@ -244,11 +257,12 @@ class TcpRoute implements RouteHandle {
   }
 
   #onSessionClosed(session: Session, reason: EvictionReason, side: Side): void {
-    const { metrics, log } = this.#deps;
+    const { log } = this.#deps;
+    const metrics = this.#metrics;
     this.#sessions.get(session)?.();
     this.#sessions.delete(session);
-    metrics.connectionsActive.labels(this.name).dec();
-    metrics.evictions.labels(this.name, reason).inc();
+    metrics.active.dec();
+    metrics.eviction(reason).inc();
     const fields = {
       route: this.name,
       id: session.id,
@@ -265,9 +279,10 @@ class TcpRoute implements RouteHandle {
   }
 
   #onHeartbeat(session: Session, result: HeartbeatResult, ms: number, detail?: string): void {
-    const { metrics, log } = this.#deps;
-    metrics.heartbeats.labels(this.name, result).inc();
-    if (result === 'ok') metrics.heartbeatRtt.labels(this.name).observe(ms / 1000);
+    const { log } = this.#deps;
+    const metrics = this.#metrics;
+    metrics.heartbeat(result).inc();
+    if (result === 'ok') metrics.heartbeatRtt.observe(ms / 1000);
     else if (result === 'sent') return;
     else if (result === 'unsupported') log.info({ route: this.name, id: session.id, why: detail }, 'heartbeats off for this connection (TCP keepalive only)');
     else log.warn({ route: this.name, id: session.id, waitedMs: ms }, 'heartbeat unanswered: upstream considered dead');

@@ -5,6 +5,7 @@ import { dial, describe, type DialHandle } from '../net/dial.js';
 import { applyKeepalive } from '../net/sockopt.js';
 import type { HeartbeatCodec, Tracker } from '../protocols/types.js';
 import type { RouteDeps } from '../route.js';
+import type { RouteMetrics } from '../metrics/route-metrics.js';
 import { ProxyError } from '../errors.js';
 import { reasonForError } from './session.js';
 
@@ -51,6 +52,7 @@ export class UpstreamSource {
   readonly #config: RouteConfig;
   readonly #codec: HeartbeatCodec | null;
   readonly #deps: RouteDeps;
+  readonly #metrics: RouteMetrics;
   readonly #warm: number;
   readonly #spares: Spare[] = [];
   readonly #dialing = new Set<DialHandle>();
@@ -60,7 +62,8 @@ export class UpstreamSource {
   #backoffMs = 0;
   #nextRefillAt = 0;
 
-  constructor(config: RouteConfig, codec: HeartbeatCodec | null, deps: RouteDeps) {
+  constructor(config: RouteConfig, codec: HeartbeatCodec | null, deps: RouteDeps, metrics: RouteMetrics) {
+    this.#metrics = metrics;
     this.#config = config;
     this.#codec = codec;
     this.#deps = deps;
@@ -116,7 +119,7 @@ export class UpstreamSource {
       if (!heartbeat || !spare.tracker || !this.#codec?.probesBeforeClient) continue;
       if (spare.tracker.probing) {
         if (now - spare.probeSentAt >= heartbeat.timeoutMs) {
-          this.#deps.metrics.heartbeats.labels(this.#config.name, 'timeout').inc();
+          this.#metrics.heartbeat('timeout').inc();
           this.#evict(spare, 'heartbeat_timeout');
         }
       } else if (spare.tracker.state === 'quiet' && now - spare.lastWireAt >= heartbeat.everyMs) {
@@ -137,7 +140,8 @@ export class UpstreamSource {
   }
 
   #dial(): { done: Promise<net.Socket>; abort(): void } {
-    const { metrics, log } = this.#deps;
+    const { log } = this.#deps;
+    const metrics = this.#metrics;
     const config = this.#config;
     const target = config.upstream!;
     const handle = dial({ target, timeoutMs: config.connectTimeoutMs, noDelay: config.noDelay });
@@ -145,8 +149,8 @@ export class UpstreamSource {
     const done = handle.done.then(
       ({ socket, connectMs }) => {
         this.#dialing.delete(handle);
-        metrics.upstreamConnects.labels(config.name, 'ok').inc();
-        metrics.upstreamConnectSeconds.labels(config.name).observe(connectMs / 1000);
+        metrics.connect('ok').inc();
+        metrics.connectSeconds.observe(connectMs / 1000);
         applyKeepalive(socket, config.keepalive.upstream, config.userTimeoutMs);
         return socket;
       },
@@ -155,7 +159,7 @@ export class UpstreamSource {
         const timeout = error instanceof ProxyError && error.code === 'CONNECT_TIMEOUT';
         const clientLeft = error instanceof ProxyError && error.side === 'downstream';
         if (!clientLeft) {
-          metrics.upstreamConnects.labels(config.name, timeout ? 'timeout' : 'error').inc();
+          metrics.connect(timeout ? 'timeout' : 'error').inc();
           log.debug({ route: config.name, upstream: describe(target), err: (error as Error).message }, 'upstream connect failed');
         }
         throw error;
@@ -247,13 +251,13 @@ export class UpstreamSource {
         }
         if (spare.socket.destroyed || spare.socket.readableEnded) {
           // Died in the last tick: count it and fall back to a fresh dial.
-          this.#deps.metrics.evictions.labels(this.#config.name, 'peer_closed').inc();
+          this.#metrics.eviction('peer_closed').inc();
           this.#inUse--;
           const fresh = this.lease();
           fresh.done.then(resolve, reject);
           return;
         }
-        this.#deps.metrics.reuse.labels(this.#config.name).inc();
+        this.#metrics.reuse.inc();
         resolve({ socket: spare.socket, reused: true, earlyData: spare.early, tracker: spare.tracker, release: () => this.#released() });
       });
     });
@@ -267,7 +271,7 @@ export class UpstreamSource {
     spare.detach();
     spare.socket.on('error', () => {});
     spare.socket.destroy();
-    this.#deps.metrics.evictions.labels(this.#config.name, reason).inc();
+    this.#metrics.eviction(reason).inc();
     if (reason !== 'shutdown' && reason !== 'route_removed') {
       this.#deps.log.info({ route: this.#config.name, reason, pooledMs: Date.now() - spare.parkedAt }, 'pooled upstream connection evicted');
     }
@@ -276,9 +280,8 @@ export class UpstreamSource {
   }
 
   #updateGauges(): void {
-    const { poolIdle, poolActive } = this.#deps.metrics;
-    poolIdle.labels(this.#config.name).set(this.#closed ? 0 : this.#spares.length);
-    poolActive.labels(this.#config.name).set(this.#inUse);
+    this.#metrics.poolIdle.set(this.#closed ? 0 : this.#spares.length);
+    this.#metrics.poolActive.set(this.#inUse);
   }
 }
 

@@ -113,7 +113,7 @@ export async function startProxy(options: StartOptions): Promise<RunningProxy> {
           if (child.exitCode !== null) throw new Error(`proxy exited with ${child.exitCode}: ${stderr}`);
           return (await fetch(`${adminUrl}/readyz`)).ok;
         },
-        10_000,
+        20_000,
         'proxy /readyz',
         50,
       );

@@ -80,8 +80,10 @@ export class UpstreamSource {
     if (spare) {
       this.#inUse++;
       this.#updateGauges();
-      this.#refill();
-      return this.#handOff(spare);
+      const attempt = this.#handOff(spare);
+      // Refill after the hand-off, so the new dial's work does not delay this client.
+      attempt.done.finally(() => this.#refill()).catch(() => {});
+      return attempt;
     }
     const handle = this.#dial();
     let aborted = false;

@@ -8,7 +8,7 @@ import { MARIADB_USER, startMariadb, startPostgres, startRedis, type RunningServ
 import { mysqlRaceScript, mysqlScript, MysqlReader, normaliseMysql, COM_PING } from '../helpers/wire/mysql.js';
 import { normalisePostgres, PG_SYNC, PgReader, postgresRaceScript, postgresScript } from '../helpers/wire/postgres.js';
 import { Prng } from '../helpers/wire/prng.js';
-import { normaliseRedis, REDIS_PROBE, redisRaceScript, redisScript, redisSide, RespReader } from '../helpers/wire/redis.js';
+import { normaliseRedis, REDIS_PROBE, redisPubSubRaceScript, redisRaceScript, redisScript, redisSide, RespReader } from '../helpers/wire/redis.js';
 import { describeDifference, runScript, totalGapMs, type ReplyReader, type RunResult, type Script } from '../helpers/wire/script.js';
 
 // Equivalence: random command sequences with random silences around `every`, run once
@@ -56,6 +56,7 @@ beforeAll(async () => {
   relays.redis = await recordingRelay(redis.port, { delayMs: RACE_DELAY_MS });
   relays.postgres = await recordingRelay(postgres.port, { delayMs: RACE_DELAY_MS });
   relays.mysql = await recordingRelay(mariadb.port, { delayMs: RACE_DELAY_MS });
+  relays['redis-pubsub'] = await recordingRelay(redis.port, { delayMs: RACE_DELAY_MS });
   const routes: string[] = [];
   const route = async (name: string, protocol: string, upstreamPort: number, everyMs: number): Promise<void> => {
     ports[name] = await freePort();
@@ -69,6 +70,7 @@ beforeAll(async () => {
   await route('race-redis', 'redis', relays.redis.port, RACE_EVERY_MS);
   await route('race-postgres', 'postgres', relays.postgres.port, RACE_EVERY_MS);
   await route('race-mysql', 'mysql', relays.mysql.port, RACE_EVERY_MS);
+  await route('race-redis-pubsub', 'redis', relays['redis-pubsub'].port, RACE_EVERY_MS);
   proxy = await startProxy({ yaml: `admin: { listen: "{{admin}}" }\nlog: { level: info }\nroutes:\n${routes.join('\n')}\n` });
 }, 120_000);
 
@@ -163,63 +165,99 @@ describe.concurrent('equivalence: the client sees byte-identical replies with he
   });
 
   /**
-   * Silences swept from a little under `every` to past `every` + a tick + the probe's round
-   * trip, so across the sweep the next write falls before, inside and after probe windows.
+   * Silences for the race, swept over [fromMs, toMs] in a scrambled order. After the last
+   * reply a probe goes out on the first tick past `every` (+-10% jitter): somewhere in
+   * [every * 0.9, every * 1.1 + TICK_MS]. A client write is held when it lands in the
+   * RACE_DELAY_MS after the probe; a server push races the probe when it was sent in the
+   * RACE_DELAY_MS before it. Each range below keeps the chance of a race near its maximum
+   * (RACE_DELAY_MS / TICK_MS, about a third) for every silence in it.
    */
-  function raceGaps(count: number): number[] {
-    const from = RACE_EVERY_MS * 0.9;
-    const span = TICK_MS + RACE_DELAY_MS + RACE_EVERY_MS * 0.2;
-    return Array.from({ length: count }, (_, i) => Math.round(from + (((i * 7) % count) / count) * span));
+  function raceGaps(count: number, fromMs: number, toMs: number): number[] {
+    return Array.from({ length: count }, (_, i) => Math.round(fromMs + (((i * 7) % count) / (count - 1)) * (toMs - fromMs)));
   }
+  const clientRaceGaps = (count: number): number[] =>
+    raceGaps(count, RACE_EVERY_MS * 1.1 + RACE_DELAY_MS - 20, RACE_EVERY_MS * 0.9 + TICK_MS + 20);
+  const pushRaceGaps = (count: number): number[] =>
+    raceGaps(count, RACE_EVERY_MS * 1.1 - 20, RACE_EVERY_MS * 0.9 + TICK_MS - RACE_DELAY_MS + 20);
 
-  /** Client writes that happened while a probe was out (sent, its delayed reply not yet back at the proxy). */
-  function racedWrites(relay: RecordingRelay, connectionIndex: number, probe: Buffer, writeTimes: readonly number[]): { probes: number; raced: number } {
+  /**
+   * Events that met the proxy while it awaited a probe's reply. A client write counts when
+   * it happened between the probe leaving and its delayed reply arriving back at the proxy
+   * (the proxy held it). A server push (a PUBLISH) counts when the server sent it less than
+   * RACE_DELAY_MS before the probe left, or after that but before the server answered the
+   * probe: the relay's delay makes it reach the proxy while the probe is out, ahead of the reply.
+   */
+  function racedEvents(relay: RecordingRelay, connectionIndex: number, probe: Buffer, times: readonly number[], from: 'client' | 'server'): { probes: number; raced: number } {
     const chunks = relay.connections[connectionIndex]?.chunks ?? [];
     const windows: Array<[number, number]> = [];
     chunks.forEach((chunk, i) => {
       if (chunk.from !== 'down' || !chunk.bytes.equals(probe)) return;
       const reply = chunks.slice(i + 1).find((later) => later.from === 'up');
-      if (reply) windows.push([chunk.at, reply.at + RACE_DELAY_MS]);
+      if (!reply) return;
+      windows.push(from === 'client' ? [chunk.at, reply.at + RACE_DELAY_MS] : [chunk.at - RACE_DELAY_MS, reply.at]);
     });
-    const raced = writeTimes.filter((time) => windows.some(([start, end]) => time > start && time < end)).length;
+    const raced = times.filter((time) => windows.some(([start, end]) => time > start && time < end)).length;
     return { probes: windows.length, raced };
   }
 
   async function race<R extends ReplyReader>(
     expect: ExpectStatic,
-    name: 'redis' | 'postgres' | 'mysql',
+    name: 'redis' | 'postgres' | 'mysql' | 'redis-pubsub',
     script: Script<R>,
     directPort: number,
     reader: () => R,
     normalise: (bytes: Buffer, reader: R) => Buffer,
     probe: Buffer,
-  ): Promise<void> {
+    /** When the racing events happened in the proxied run (default: the client's writes). */
+    eventTimes?: () => readonly number[],
+  ): Promise<number> {
     const relay = relays[name]!;
     const direct = await runScript(script, { port: directPort, reader, keepGaps: false });
     const connectionIndex = relay.connections.length;
+    const firstEvent = eventTimes?.().length ?? 0;
     const proxied = await runScript(script, { port: ports[`race-${name}`]!, reader, keepGaps: true, tailMs: 2 * TICK_MS, stepTimeoutMs: 8_000 });
     expect(describeDifference(script, direct, proxied, normalise), `seed ${SEED}`).toBeNull();
-    const { probes, raced } = racedWrites(relay, connectionIndex, probe, proxied.writeTimes);
+    const times = eventTimes ? eventTimes().slice(firstEvent) : proxied.writeTimes;
+    const { probes, raced } = racedEvents(relay, connectionIndex, probe, times, eventTimes ? 'server' : 'client');
     const counts = await heartbeatCounts(`race-${name}`);
+    const what = eventTimes ? 'publishes' : 'writes';
     console.log(
-      `[equivalence] race ${name}: ${proxied.writeTimes.length} writes, ${probes} probes (${RACE_DELAY_MS} ms round trip), ` +
-        `${raced} writes landed while a probe was out; replies identical; heartbeats ${JSON.stringify(counts)}`,
+      `[equivalence] race ${name}: ${times.length} ${what}, ${probes} probes (${RACE_DELAY_MS} ms round trip), ` +
+        `${raced} ${what} landed while a probe was out; replies identical; heartbeats ${JSON.stringify(counts)}`,
     );
     expect(probes).toBeGreaterThan(0);
-    expect(raced, 'some client writes raced a probe').toBeGreaterThan(0);
     expect(counts.timeout).toBe(0);
     expect(counts.unsupported).toBe(0);
+    return raced;
   }
 
   it('race: redis writes just as a PING goes out', async ({ expect }) => {
-    await race(expect, 'redis', redisRaceScript('redis race', raceGaps(24)), redis.port, () => new RespReader(), normaliseRedis, REDIS_PROBE);
+    const raced = await race(expect, 'redis', redisRaceScript('redis race', clientRaceGaps(32)), redis.port, () => new RespReader(), normaliseRedis, REDIS_PROBE);
+    expect(raced, 'some client writes raced a probe').toBeGreaterThan(0);
   });
 
   it('race: postgres writes just as a Sync goes out', async ({ expect }) => {
-    await race(expect, 'postgres', postgresRaceScript('postgres race', raceGaps(24)), postgres.port, () => new PgReader(), normalisePostgres, PG_SYNC);
+    const raced = await race(expect, 'postgres', postgresRaceScript('postgres race', clientRaceGaps(32)), postgres.port, () => new PgReader(), normalisePostgres, PG_SYNC);
+    expect(raced, 'some client writes raced a probe').toBeGreaterThan(0);
   });
 
   it('race: mysql writes just as a COM_PING goes out', async ({ expect }) => {
-    await race(expect, 'mysql', mysqlRaceScript('mysql race', raceGaps(24)), mariadb.port, () => new MysqlReader(), normaliseMysql, COM_PING);
+    const raced = await race(expect, 'mysql', mysqlRaceScript('mysql race', clientRaceGaps(32)), mariadb.port, () => new MysqlReader(), normaliseMysql, COM_PING);
+    expect(raced, 'some client writes raced a probe').toBeGreaterThan(0);
+  });
+
+  it('race: redis pub/sub messages pushed while a PING is out (RESP2 and RESP3)', async ({ expect }) => {
+    const side = await redisSide(redis.port);
+    try {
+      const publishTimes: number[] = [];
+      let raced = 0;
+      for (const resp3 of [false, true]) {
+        const script = redisPubSubRaceScript(`redis pub/sub race ${resp3 ? 'RESP3' : 'RESP2'}`, pushRaceGaps(20), side, resp3, publishTimes);
+        raced += await race(expect, 'redis-pubsub', script, redis.port, () => new RespReader(), normaliseRedis, REDIS_PROBE, () => publishTimes);
+      }
+      expect(raced, 'some messages reached the proxy while a probe was out').toBeGreaterThan(0);
+    } finally {
+      side.close();
+    }
   });
 });

@@ -4,7 +4,7 @@ import net from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { freePort, listen0 } from '../helpers/net.js';
 import { httpRouteConfig, rawRequest, request, startRoute, startUpstream, type RunningRoute, type Upstream } from '../helpers/http.js';
-import { sleep, until } from '../helpers/wait.js';
+import { once, sleep, until } from '../helpers/wait.js';
 
 // Reverse mode over real sockets: a node:http upstream, the route in-process, real
 // clients (raw sockets for the legacy ones, node's http client for the rest).
@@ -55,6 +55,8 @@ describe('a legacy client behind the pool', () => {
     expect(await route.metric('reuse_total', { route: 'web' })).toBeGreaterThanOrEqual(total - 4);
     expect(await route.metric('requests_total', { route: 'web', code: '200' })).toBe(total);
     expect(await route.metric('pool_idle', { route: 'web' })).toBe(upstream.connections());
+    expect(await route.metric('upstream_request_duration_seconds_count', { route: 'web' })).toBe(total);
+    expect(await route.metric('connections_active', { route: 'web' })).toBe(0);
   });
 
   it('keeps client connections alive on their own terms: idle timeout and max requests', async () => {
@@ -217,6 +219,28 @@ describe('bodies and framing (RFC 9112)', () => {
     expect(upstreamExpect).toBe('100-continue');
   });
 
+  it('relays 103 Early Hints to HTTP/1.1 clients, never to HTTP/1.0 ones', async () => {
+    const upstream = await upstreamWith((req, res) => {
+      res.writeEarlyHints({ link: '</style.css>; rel=preload; as=style' });
+      res.end('page');
+    });
+    const route = await routeTo(upstream.url);
+    const hints = await new Promise<Array<{ status: number; link: unknown }>>((resolve, reject) => {
+      const seen: Array<{ status: number; link: unknown }> = [];
+      const req = http.request({ host: '127.0.0.1', port: route.port, path: '/', agent: false }, (res) => {
+        res.resume();
+        res.on('end', () => resolve(seen));
+      });
+      req.on('information', (info: http.InformationEvent) => seen.push({ status: info.statusCode, link: info.headers.link }));
+      req.on('error', reject);
+      req.end();
+    });
+    expect(hints).toEqual([{ status: 103, link: '</style.css>; rel=preload; as=style' }]);
+    const legacy = await rawRequest(route.port, 'GET / HTTP/1.0\r\n\r\n');
+    expect(legacy.head).toMatch(/^HTTP\/1\.1 200 /);
+    expect(legacy.body.toString()).toBe('page');
+  });
+
   it('frames HEAD, 204 and 304 without a body, and the connection stays usable', async () => {
     const upstream = await upstreamWith((req, res) => {
       if (req.url === '/head') {
@@ -348,6 +372,36 @@ describe('pool limits and evictions', () => {
     await until(async () => (await route.metric('evictions_total', { route: 'web', reason: 'unexpected_data' })) === 1, 5_000, 'unexpected_data eviction');
   });
 
+  it('keeps the connection when a client leaves early: the rest of a small response is dropped; a stream is cut', async () => {
+    const upstream = await upstreamWith((req, res) => {
+      if (req.url === '/slow') setTimeout(() => res.end('late answer'), 200);
+      else if (req.url === '/stream') {
+        res.writeHead(200);
+        const timer = setInterval(() => res.write(Buffer.alloc(64 * 1024)), 5);
+        res.on('close', () => clearInterval(timer));
+      } else res.end('ok');
+    });
+    const route = await routeTo(upstream.url, 'pool: { maxSockets: 1 }');
+    // A legacy client with a short timeout gives up before the answer.
+    const impatient = net.connect(route.port, '127.0.0.1');
+    impatient.on('error', () => {});
+    impatient.write('GET /slow HTTP/1.0\r\n\r\n');
+    await sleep(50);
+    impatient.destroy();
+    await until(async () => (await route.metric('requests_total', { route: 'web', code: '499' })) === 1, 5_000, 'the 499');
+    expect((await request(route.port, { path: '/next' })).body.toString()).toBe('ok');
+    expect(upstream.connections()).toBe(1);
+    expect(await route.metric('evictions_total', { route: 'web', reason: 'client_aborted' })).toBe(0);
+    // A response with no end in sight is not drained: its connection is closed.
+    const streaming = net.connect(route.port, '127.0.0.1');
+    streaming.on('error', () => {});
+    streaming.write('GET /stream HTTP/1.0\r\n\r\n');
+    await once(streaming, 'data', 5_000);
+    streaming.destroy();
+    await until(async () => (await route.metric('evictions_total', { route: 'web', reason: 'client_aborted' })) === 1, 5_000, 'client_aborted eviction');
+    expect((await request(route.port, { path: '/after' })).body.toString()).toBe('ok');
+  });
+
   it("goes before the upstream's advertised Keep-Alive timeout", async () => {
     // node's server says "Keep-Alive: timeout=1" and closes after 1.5 s of idleness.
     const upstream = await upstreamWith((req, res) => res.end('ok'), { keepAliveTimeout: 1_500 });
@@ -398,5 +452,26 @@ describe('errors', () => {
     const route = await routeTo(`http://127.0.0.1:${server.port}`);
     expect((await request(route.port, { path: '/garbage' })).status).toBe(502);
     await expect(request(route.port, { path: '/cut' })).rejects.toThrow();
+  });
+});
+
+describe('draining', () => {
+  it('lets an in-flight request finish, closes the client connection after it, then the pool', async () => {
+    const upstream = await upstreamWith((req, res) => {
+      setTimeout(() => res.end(`slow ${req.url}`), 300);
+    });
+    const route = await startRoute(httpRouteConfig(`protocol: http\nupstream: ${upstream.url}`));
+    const agent = new http.Agent({ keepAlive: true });
+    cleanups.push(async () => agent.destroy());
+    const inFlight = request(route.port, { path: '/in-flight', agent });
+    await until(() => upstream.openSockets().size === 1, 5_000, 'request at the upstream');
+    const drained = route.route.drain(5_000, 'shutdown');
+    const response = await inFlight;
+    expect(response.body.toString()).toBe('slow /in-flight');
+    expect(response.headers.connection).toBe('close');
+    await drained;
+    expect(route.route.activeCount).toBe(0);
+    await until(async () => (await route.metric('evictions_total', { route: 'web', reason: 'shutdown' })) === 1, 5_000, 'pool closed on drain');
+    expect(await route.metric('pool_idle', { route: 'web' })).toBe(0);
   });
 });

@@ -135,7 +135,6 @@ describe.skipIf(!isRoot)('middlebox lab: heartbeats keep a real client session a
         `(same server connection: ${after.heartbeat.identity === before.heartbeat.identity}, ${probes} heartbeats during the silence, query ${after.heartbeat.ms.toFixed(1)} ms)\n` +
         `  ${kind.padEnd(8)} keepalive only:      session cut ${cutAfterMs} ms into the silence; query after it: ${after.keepaliveOnly.outcome} (${after.keepaliveOnly.error ?? ''})`,
     );
-    console.log(figures.at(-1));
 
     expect(after.heartbeat, 'with heartbeats the session survives the idle').toMatchObject({ outcome: 'ok', identity: before.heartbeat.identity });
     expect(db.closedEvent(withHeartbeat.session, since), 'the heartbeat session was never closed').toBeUndefined();

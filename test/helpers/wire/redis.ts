@@ -220,3 +220,28 @@ export function redisRaceScript(name: string, gaps: readonly number[]): Script<R
   });
   return { name, steps };
 }
+
+/**
+ * Pub/sub with the server pushing while probes are out: the connection subscribes, then
+ * another connection publishes after each silence, so messages (RESP2 arrays, RESP3 pushes)
+ * reach the proxy before, around and after the replies to its probes. `publishTimes`
+ * receives performance.now() of each PUBLISH.
+ */
+export function redisPubSubRaceScript(name: string, gaps: readonly number[], side: RedisSide, resp3: boolean, publishTimes: number[]): Script<RespReader> {
+  const steps: RedisStep[] = [];
+  if (resp3) steps.push({ label: 'HELLO 3', gapMs: 0, write: () => resp('HELLO', '3'), units: 1 });
+  steps.push({ label: 'SUBSCRIBE news', gapMs: 0, write: () => resp('SUBSCRIBE', 'news'), units: 1 });
+  gaps.forEach((gapMs, i) => {
+    steps.push({
+      label: `PUBLISH news #${i} (another connection)`,
+      gapMs,
+      units: 1,
+      action: async () => {
+        publishTimes.push(performance.now());
+        await side.command('PUBLISH', 'news', `message ${i} ${'x'.repeat(i * 5)}`);
+      },
+    });
+  });
+  steps.push({ label: 'UNSUBSCRIBE news', gapMs: 0, write: () => resp('UNSUBSCRIBE', 'news'), units: 1 });
+  return { name, steps };
+}

@@ -1,0 +1,172 @@
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { REPO_ROOT, sample } from '../helpers/proxy.js';
+import { sleep } from '../helpers/wait.js';
+import { startAgent, type Agent } from './agent.js';
+import { startLoadBalancer, type LoadBalancer } from './lb.js';
+import { ADDRESSES, createLab, nodeInNs, type Lab, type NsNode } from './netns.js';
+import { startProxyInNs, type ProxyInNs } from './proxy-in-ns.js';
+
+// A WebSocket across the payload-counting load balancer (HAProxy, mode tcp, 3 s idle
+// timeout), with a real ws client and server in their own namespaces and keepalive-proxy
+// (an http route) as the client's sidecar:
+//   client ns: ws client -> keepalive-proxy 127.0.0.1:15000 -- lb ns: HAProxy -- server ns: ws server
+// Idle past the LB's timeout, the WebSocket dies without a heartbeat and survives with one.
+
+const isRoot = process.getuid?.() === 0;
+if (!isRoot) {
+  console.warn('test/lab/websocket.lab.test.ts skipped: the middlebox lab needs root (ip netns, haproxy in a namespace)');
+}
+
+const LB_IDLE_TIMEOUT_MS = 3_000;
+const LB_PORT = 8_000;
+const PROXY_PORT = 15_000;
+const WS_MODULE = pathToFileURL(join(REPO_ROOT, 'node_modules', 'ws', 'wrapper.mjs')).href;
+
+// A ws client or server driven over JSON lines (see netns.ts nodeInNs).
+const WS_AGENT_SOURCE = String.raw`
+import readline from 'node:readline';
+import WebSocket, { WebSocketServer } from '${WS_MODULE}';
+
+setTimeout(() => process.exit(3), Number(process.env.KP_MAX_LIFETIME_MS || 600000)).unref();
+const emit = (line) => process.stdout.write(JSON.stringify({ t: Date.now(), ...line }) + '\n');
+const clients = new Map();
+let nextConn = 1;
+
+const ops = {
+  async serve({ host, port = 0 }) {
+    const wss = new WebSocketServer({ host, port });
+    await new Promise((resolve, reject) => { wss.once('listening', resolve); wss.once('error', reject); });
+    wss.on('connection', (ws) => {
+      emit({ event: 'server-connection' });
+      ws.on('ping', () => emit({ event: 'server-ping' }));
+      ws.on('message', (data) => ws.send('echo ' + data.toString()));
+      ws.on('close', (code) => emit({ event: 'server-close', code }));
+      ws.on('error', () => {});
+    });
+    return { port: wss.address().port };
+  },
+  async connect({ url }) {
+    const ws = new WebSocket(url);
+    const conn = nextConn++;
+    clients.set(conn, ws);
+    ws.on('message', (data) => emit({ event: 'message', conn, data: data.toString() }));
+    ws.on('pong', () => emit({ event: 'pong', conn }));
+    ws.on('close', (code) => emit({ event: 'close', conn, code }));
+    ws.on('error', (error) => emit({ event: 'error', conn, message: error.message }));
+    await new Promise((resolve, reject) => { ws.once('open', resolve); ws.once('error', reject); });
+    return { conn };
+  },
+  send({ conn, data }) {
+    clients.get(conn).send(data);
+    return {};
+  },
+};
+
+const input = readline.createInterface({ input: process.stdin });
+input.on('line', async (line) => {
+  let request;
+  try {
+    request = JSON.parse(line);
+    emit({ id: request.id, ok: true, ...(await ops[request.op](request)) });
+  } catch (error) {
+    emit({ id: request?.id, ok: false, error: String(error?.message ?? error) });
+  }
+});
+input.on('close', () => process.exit(0));
+`;
+
+describe.skipIf(!isRoot)('middlebox lab: a WebSocket through HAProxy (mode tcp) with a 3 s idle timeout', () => {
+  let lab: Lab;
+  let lb: LoadBalancer;
+  let wsServer: NsNode;
+  let wsClient: NsNode;
+  let admin: Agent;
+  let proxy: ProxyInNs | null = null;
+
+  beforeAll(async () => {
+    lab = await createLab({ forwarding: false });
+    wsServer = await nodeInNs(lab.server, WS_AGENT_SOURCE);
+    const { port } = await wsServer.request({ op: 'serve', host: ADDRESSES.server });
+    lb = await startLoadBalancer(lab.middle, {
+      listenHost: ADDRESSES.middleClientSide,
+      listenPort: LB_PORT,
+      upstreamHost: ADDRESSES.server,
+      upstreamPort: port as number,
+      idleTimeoutMs: LB_IDLE_TIMEOUT_MS,
+    });
+    wsClient = await nodeInNs(lab.client, WS_AGENT_SOURCE);
+    admin = await startAgent(lab.client);
+  });
+
+  afterEach(async (context) => {
+    if (context.task.result?.state === 'fail') {
+      if (proxy) console.log(`proxy log (last lines):\n${proxy.logText()}`);
+      console.log(`haproxy output:\n${lb.output()}`);
+    }
+    await proxy?.stop();
+    proxy = null;
+  });
+
+  afterAll(async () => {
+    await wsClient?.stop();
+    await wsServer?.stop();
+    await admin?.stop();
+    await lb?.stop();
+    await lab?.destroy();
+  });
+
+  function yaml(heartbeat: string): string {
+    return `
+admin:
+  listen: {{admin}}
+log:
+  level: debug
+shutdownTimeout: 2s
+routes:
+  - name: ws
+    listen: 127.0.0.1:${PROXY_PORT}
+    protocol: http
+    upstream: http://${ADDRESSES.middleClientSide}:${LB_PORT}
+${heartbeat}
+`;
+  }
+
+  async function openAndEcho(): Promise<number> {
+    const { conn } = await wsClient.request({ op: 'connect', url: `ws://127.0.0.1:${PROXY_PORT}/live` });
+    const since = wsClient.mark();
+    await wsClient.request({ op: 'send', conn, data: 'hello' });
+    await wsClient.waitFor((e) => e.event === 'message' && e.conn === conn && e.data === 'echo hello', 5_000, since);
+    return conn as number;
+  }
+
+  it('without a heartbeat: the idle WebSocket is cut by the LB', async () => {
+    proxy = await startProxyInNs(lab.client, yaml(''), admin);
+    const conn = await openAndEcho();
+    const since = wsClient.mark();
+    const idleFrom = Date.now();
+    const closed = await wsClient.waitFor((e) => e.event === 'close' && e.conn === conn, LB_IDLE_TIMEOUT_MS + 5_000, since);
+    console.log(`[lab] ws without heartbeat: closed after ${Number(closed.t) - idleFrom} ms (code ${String(closed.code)})`);
+    expect(Number(closed.t) - idleFrom).toBeGreaterThanOrEqual(LB_IDLE_TIMEOUT_MS - 500);
+  });
+
+  it('with a heartbeat: pings (answered, and never shown to the client) keep it alive past 3x the LB timeout', async () => {
+    proxy = await startProxyInNs(lab.client, yaml('    heartbeat: { every: 1s, timeout: 800ms }'), admin);
+    const conn = await openAndEcho();
+    const since = wsClient.mark();
+    const serverSince = wsServer.mark();
+    await sleep(3 * LB_IDLE_TIMEOUT_MS);
+    const seenByClient = wsClient.events.slice(since).filter((e) => e.conn === conn);
+    expect(seenByClient.filter((e) => e.event === 'close')).toEqual([]);
+    expect(seenByClient.filter((e) => e.event === 'pong')).toEqual([]);
+    expect(wsServer.events.slice(serverSince).filter((e) => e.event === 'server-ping').length).toBeGreaterThanOrEqual(5);
+    await wsClient.request({ op: 'send', conn, data: 'after the idle spell' });
+    await wsClient.waitFor((e) => e.event === 'message' && e.conn === conn && e.data === 'echo after the idle spell', 5_000, since);
+    const metrics = await proxy.metrics();
+    const answered = sample(metrics, 'keepalive_proxy_heartbeats_total', { route: 'ws', result: 'ok' });
+    console.log(`[lab] ws with heartbeat every 1 s: alive after ${3 * LB_IDLE_TIMEOUT_MS} ms idle, ${answered} pings answered`);
+    expect(answered).toBeGreaterThanOrEqual(5);
+    expect(sample(metrics, 'keepalive_proxy_heartbeats_total', { route: 'ws', result: 'timeout' })).toBe(0);
+  });
+});

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // Which HTTP/1.1 client should carry keepalive-proxy's upstream pool? Measured, not guessed.
 //
-//   node bench/http-client-compare.mjs [--duration 5] [--concurrency 32] [--race 400] [--json]
+//   node bench/http-client-compare.mjs [--duration 5] [--rounds 3] [--concurrency 32] [--race 400] [--json]
 //
 // Contenders (all as the client of one upstream on loopback, the upstream in a child
 // process so it never shares the client's event loop):
@@ -238,6 +238,11 @@ async function throughput(client, seconds, concurrency, path) {
   };
 }
 
+/** The round with the median throughput. */
+function median(runs) {
+  return [...runs].sort((a, b) => a.rps - b.rps)[Math.floor(runs.length / 2)];
+}
+
 async function race(client, count, port) {
   const errors = {};
   let ok = 0;
@@ -272,15 +277,23 @@ async function main() {
   const raceCount = Number(option('race', '400'));
   const results = {};
   const list = await contenders(concurrency);
+  const rounds = Number(option('rounds', '3'));
   const fast = await startUpstream('fast');
   try {
-    for (const contender of list) {
-      const client = contender.make(fast.port);
-      await throughput(client, 1, concurrency, '/'); // warm-up: JIT, connections
-      const small = await throughput(client, seconds, concurrency, '/');
-      const large = await throughput(client, seconds, concurrency, '/large');
-      results[contender.name] = { small, large, connectionsOpened: client.connections() };
-      await client.close();
+    // Contenders take turns, round after round, and each reports its median round: on a
+    // shared machine a burst of someone else's load then hits every contender alike.
+    const clients = list.map((contender) => contender.make(fast.port));
+    for (const client of clients) await throughput(client, 1, concurrency, '/'); // warm-up: JIT, connections
+    const samples = list.map(() => ({ small: [], large: [] }));
+    for (let round = 0; round < rounds; round++) {
+      for (const [index, client] of clients.entries()) {
+        samples[index].small.push(await throughput(client, seconds, concurrency, '/'));
+        samples[index].large.push(await throughput(client, seconds, concurrency, '/large'));
+      }
+    }
+    for (const [index, contender] of list.entries()) {
+      results[contender.name] = { small: median(samples[index].small), large: median(samples[index].large), connectionsOpened: clients[index].connections() };
+      await clients[index].close();
     }
   } finally {
     fast.stop();
@@ -299,7 +312,7 @@ async function main() {
     console.log(JSON.stringify({ node: process.version, seconds, concurrency, results }, null, 2));
     return;
   }
-  console.log(`node ${process.version}, ${concurrency} concurrent, ${seconds} s per run, loopback`);
+  console.log(`node ${process.version}, ${concurrency} concurrent, median of ${rounds} interleaved ${seconds} s runs, loopback`);
   for (const [name, r] of Object.entries(results)) {
     console.log(
       `${name.padEnd(11)} small: ${r.small.rps} req/s p50 ${r.small.p50ms} ms p99 ${r.small.p99ms} ms | ` +

@@ -5,7 +5,7 @@
 // writes bench/results/latest.md (+ latest.json). See BENCHMARKS.md for what each number means.
 //
 // Options: --quick | --rounds N | --seconds S | --only id,id | --targets id,id | --no-profile |
-//          --profile | --no-footprint | --help
+//          --profile | --no-footprint | --no-nice | --help
 
 import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync, readFileSync, existsSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
@@ -19,7 +19,7 @@ import { TARGETS, KP_MAIN, REPO_DIR } from './lib/targets.mjs';
 import { WORKLOADS } from './lib/workloads.mjs';
 import { runSuite, aggregate } from './lib/suite.mjs';
 import { measureShippedStartup, measureIdle } from './lib/footprint.mjs';
-import { profilePingPong } from './lib/profile.mjs';
+import { profilePingPong, syscallsPerRoundTrip } from './lib/profile.mjs';
 import { sampleBackground, startTally, describeShare } from './lib/noise.mjs';
 import { machineSection, throughputTable, footprintTable, heartbeatSection, targetsTable, profileSection } from './lib/report.mjs';
 
@@ -29,7 +29,7 @@ const RESULTS_DIR = path.join(BENCH_DIR, 'results');
 const BUILD_DIR = path.join(BENCH_DIR, 'build');
 
 function parseArgs(argv) {
-  const opts = { quick: false, rounds: null, seconds: null, only: null, targets: null, profile: null, footprint: true };
+  const opts = { quick: false, rounds: null, seconds: null, only: null, targets: null, profile: null, footprint: true, nice: -10 };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const next = () => argv[++i];
@@ -41,6 +41,7 @@ function parseArgs(argv) {
     else if (a === '--profile') opts.profile = true;
     else if (a === '--no-profile') opts.profile = false;
     else if (a === '--no-footprint') opts.footprint = false;
+    else if (a === '--no-nice') opts.nice = 0;
     else if (a === '--help' || a === '-h') {
       console.log(readFileSync(SCRIPT, 'utf8').split('\n').slice(1, 9).map((l) => l.replace(/^\/\/ ?/, '')).join('\n'));
       console.log(`\nworkloads: ${WORKLOADS.map((w) => w.id).join(', ')}, idle (footprint)\ntargets: ${TARGETS.map((t) => t.id).join(', ')}`);
@@ -50,7 +51,7 @@ function parseArgs(argv) {
       process.exit(2);
     }
   }
-  const mode = opts.quick ? { rounds: 3, seconds: 1, warmup: 0.3, idleWindow: 2, hbWindow: 5 } : { rounds: 5, seconds: 2, warmup: 0.5, idleWindow: 3, hbWindow: 10 };
+  const mode = opts.quick ? { rounds: 3, seconds: 1, warmup: 0.3, idleWindow: 1, hbWindow: 4 } : { rounds: 5, seconds: 2, warmup: 0.5, idleWindow: 3, hbWindow: 10 };
   return {
     ...opts,
     mode: opts.quick ? 'quick' : 'full',
@@ -83,7 +84,7 @@ function ensureDist(log) {
 
 async function main() {
   const opts = parseArgs(process.argv.slice(2));
-  if (!insideNamespace()) process.exit(reexecInNamespace(SCRIPT, process.argv.slice(2), LOAD_CORE));
+  if (!insideNamespace()) process.exit(reexecInNamespace(SCRIPT, process.argv.slice(2), LOAD_CORE, opts.nice));
 
   const began = Date.now();
   const log = (line) => console.log(line);
@@ -92,7 +93,8 @@ async function main() {
     PROXY_CORE === null
       ? `none: only ${CORES} CPU, so proxy and load share it`
       : `the proxy under test runs on core ${PROXY_CORE} (taskset -c ${PROXY_CORE}); load generators, origins and this script run on core ${LOAD_CORE} (taskset -c ${LOAD_CORE})`;
-  log(`bench: ${opts.mode} mode, ${opts.rounds} rounds x ${opts.seconds} s; private network namespace; ${pinning}`);
+  const niceness = os.getPriority();
+  log(`bench: ${opts.mode} mode, ${opts.rounds} rounds x ${opts.seconds} s; private network namespace; ${pinning}; nice ${niceness}`);
 
   const backgroundAtStart = await sampleBackground(1000);
   log(`bench: other processes keep ${describeShare(backgroundAtStart)} busy before the start`);
@@ -163,10 +165,14 @@ async function main() {
       Object.assign(footprint, await measureIdle({ targetIds, windowS: opts.idleWindow, heartbeatWindowS: opts.hbWindow, env, log }));
     }
     let profile = null;
+    let syscalls = null;
     if (opts.profile && targetIds.includes('keepalive-proxy')) {
       log('\n== profile: keepalive-proxy on 64-connection ping-pong');
       profile = await profilePingPong({ seconds: Math.max(2, opts.seconds), env, log });
       if (profile.skipped) log(`  skipped: ${profile.skipped}`);
+      log('\n== system calls per round trip (64-connection ping-pong)');
+      syscalls = await syscallsPerRoundTrip({ targetIds: ['keepalive-proxy', 'haproxy', 'nginx', 'node-naive'].filter((t) => targetIds.includes(t)), seconds: 2, env, log });
+      if (syscalls.skipped) log(`  skipped: ${syscalls.skipped}`);
     }
 
     await stopAll(); // every child reaped, so the tally can tell our CPU time from everyone else's
@@ -178,7 +184,7 @@ async function main() {
       date: new Date().toISOString().replace('T', ' ').slice(0, 16) + ' UTC',
       ...machine(),
       versions: tools.versions,
-      pinning,
+      pinning: `${pinning}; every process of the suite runs at nice ${niceness}${niceness < 0 ? ' so that unrelated processes on the machine disturb it less (--no-nice to keep 0)' : ''}`,
       sysctls,
       mode: opts.mode,
       rounds: opts.rounds,
@@ -211,11 +217,11 @@ async function main() {
       '',
       '## Where keepalive-proxy spends its time (64-connection ping-pong)',
       '',
-      profileSection(profile),
+      profileSection(profile, syscalls),
       '',
     ].join('\n');
     writeFileSync(path.join(RESULTS_DIR, 'latest.md'), md);
-    writeFileSync(path.join(RESULTS_DIR, 'latest.json'), JSON.stringify({ meta, results: rows, footprint, profile }, null, 2));
+    writeFileSync(path.join(RESULTS_DIR, 'latest.json'), JSON.stringify({ meta, results: rows, footprint, profile, syscalls }, null, 2));
     console.log(`\n${md}`);
     console.log(`bench: wrote ${path.relative(REPO_DIR, path.join(RESULTS_DIR, 'latest.md'))} in ${meta.elapsedMin} min`);
   } finally {

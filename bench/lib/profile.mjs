@@ -1,6 +1,8 @@
 // Where keepalive-proxy's time goes on 64-connection ping-pong: a V8 CPU profile (--cpu-prof,
 // self time by function and by origin: our code, Node core, GC, native) and, when perf works,
-// the kernel / node binary / JIT split of the proxy core from `perf record -e cpu-clock`.
+// the kernel / node binary / JIT split of the proxy core from `perf record -e cpu-clock`, and
+// the system calls and context switches per round trip of keepalive-proxy, HAProxy and the
+// naive Node proxy (`perf stat` tracepoint counters: counting only, no tracing overhead).
 
 import { mkdirSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
@@ -9,6 +11,8 @@ import { targetById } from './targets.mjs';
 import { ORIGIN_PORTS } from './origins.mjs';
 
 const PROFILE_PORT = 31000;
+const SYSCALL_PORT = 31100;
+const SYSCALLS = ['read', 'write', 'readv', 'writev', 'recvfrom', 'sendto', 'recvmsg', 'sendmsg', 'epoll_wait', 'epoll_pwait', 'epoll_pwait2', 'epoll_ctl', 'splice', 'futex'];
 
 function where(callFrame) {
   const url = callFrame.url || '';
@@ -113,4 +117,61 @@ export async function profilePingPong({ seconds, env, log }) {
   const profile = files.length ? summarizeCpuProfile(files.sort().pop()) : null;
   if (!profile) log('  no .cpuprofile written (the proxy did not exit cleanly on SIGTERM?)');
   return { cpu, profile, perf: perf?.byDso ?? null, perfSymbols: perf?.bySymbol ?? null, profileFile: files[0] ?? null };
+}
+
+function pingpong(env, port, seconds) {
+  return runCommand('tcpload', env.bin.tcpload, ['pingpong', '127.0.0.1', String(port), '64', '64', String(seconds)], { timeoutMs: seconds * 1000 + 40_000 });
+}
+
+/** The tracepoints this kernel offers among the ones we count. */
+async function availableSyscallEvents(perf) {
+  const list = await runCommand('perf-list', perf, ['list', 'tracepoint'], { timeoutMs: 30_000 });
+  const have = new Set(list.stdout.split('\n').map((l) => l.trim().split(/\s+/)[0]));
+  return SYSCALLS.filter((name) => have.has(`syscalls:sys_enter_${name}`));
+}
+
+/**
+ * For each target: 64-connection ping-pong while `perf stat` counts the proxy's system calls
+ * and context switches; returns [{ id, label, perRoundTrip: { total, read, ..., cs }, cpuUs }].
+ */
+export async function syscallsPerRoundTrip({ targetIds, seconds, env, log }) {
+  if (!env.tools.perf) return { skipped: 'perf not installed' };
+  const names = await availableSyscallEvents(env.tools.perf);
+  const events = ['raw_syscalls:sys_enter', 'context-switches', ...names.map((n) => `syscalls:sys_enter_${n}`)];
+  const out = [];
+  let port = SYSCALL_PORT;
+  for (const id of targetIds) {
+    const target = targetById(id);
+    let handle;
+    try {
+      handle = await target.start({ kind: 'tcp', protocol: 'tcp', port: port++, upstreamPort: ORIGIN_PORTS.echo, workDir: env.workDir, tools: env.tools, workloadId: 'syscalls' });
+    } catch (err) {
+      out.push({ id, label: target.label, skipped: err.message });
+      continue;
+    }
+    try {
+      await pingpong(env, handle.port, 0.5);
+      const c0 = cpuSeconds(handle.proc.pid);
+      const [stat, run] = await Promise.all([
+        runCommand('perf-stat', env.tools.perf, ['stat', '-x', ',', '-e', events.join(','), '-p', String(handle.proc.pid), '--', 'sleep', String(seconds + 0.3)], { timeoutMs: seconds * 1000 + 30_000 }),
+        sleep(100).then(() => pingpong(env, handle.port, seconds)),
+      ]);
+      const c1 = cpuSeconds(handle.proc.pid);
+      const ops = JSON.parse(run.stdout.trim().split('\n').pop()).ops;
+      const counts = {};
+      for (const line of stat.stderr.split('\n')) {
+        const f = line.split(',');
+        if (f.length < 3 || !/^\d+$/.test(f[0])) continue;
+        const event = f[2];
+        const key = event === 'raw_syscalls:sys_enter' ? 'total' : event === 'context-switches' ? 'cs' : event.replace('syscalls:sys_enter_', '');
+        counts[key] = Number(f[0]) / ops;
+      }
+      const cpuUs = { user: ((c1.user - c0.user) / ops) * 1e6, system: ((c1.system - c0.system) / ops) * 1e6 };
+      out.push({ id, label: target.label, perRoundTrip: counts, cpuUs, ops });
+      log(`  ${id}: ${counts.total?.toFixed(2) ?? '?'} syscalls and ${counts.cs?.toFixed(2) ?? '?'} context switches per round trip, ${(cpuUs.user + cpuUs.system).toFixed(1)} us CPU`);
+    } finally {
+      await stopProcess(handle.proc);
+    }
+  }
+  return { rows: out, syscalls: names };
 }

@@ -23,7 +23,7 @@ export function machineSection(meta) {
     `- Software: Node ${meta.versions.node}, ${meta.versions.haproxy ?? 'HAProxy: not installed'}, nginx ${meta.versions.nginx ?? '-'}, socat ${meta.versions.socat ?? '-'}, wrk ${meta.versions.wrk ?? '-'}, iperf3 ${meta.versions.iperf3 ?? '-'}, redis ${meta.versions.redis ?? '-'}, ${meta.versions.postgres ?? 'PostgreSQL: -'}`,
     `- Pinning: ${meta.pinning}`,
     `- Network: private namespace (unshare -n), loopback only; ${Object.entries(meta.sysctls).map(([k, v]) => `${k}=${v}`).join(', ')}`,
-    `- Method: ${meta.mode} mode; per workload every target is started once, warmed up once, then measured in ${meta.rounds} rounds of ${meta.seconds} s (the order of targets rotates each round); the tables show the median and the min-max of the rounds. Proxy CPU is utime+stime of the proxy process (socat: with its forked children) over the run, divided by the operations done.`,
+    `- Method: ${meta.mode} mode; per workload every target is started once (Node targets, and every target of the redis workloads, get one unrecorded warm-up run), then measured in ${meta.rounds} rounds of ${meta.seconds} s; each round runs every target once, in an order rotated by one each round; the tables show the median and the min-max of the rounds. Proxy CPU is utime+stime of the proxy process (socat: with its forked children) over the run, divided by the operations done.`,
     `- Background load (other processes on the machine): ${meta.background}`,
     `- Wall time of this run: ${meta.elapsedMin} min`,
   ];
@@ -145,9 +145,33 @@ export function targetsTable(rows, footprint) {
   return out.join('\n');
 }
 
-export function profileSection(p) {
-  if (!p) return 'Not run (use the full mode or --profile).';
-  if (p.skipped) return `Skipped: ${p.skipped}`;
+function syscallTable(sc) {
+  if (!sc) return [];
+  if (sc.skipped) return ['', `System calls per round trip: skipped (${sc.skipped}).`];
+  const shown = sc.syscalls.filter((name) => sc.rows.some((r) => (r.perRoundTrip?.[name] ?? 0) >= 0.01));
+  const lines = [
+    '',
+    'System calls and context switches of the proxy process per 64-byte round trip (64-connection ping-pong, `perf stat` tracepoint counts; a round trip is one read and one write on each side at best):',
+    '',
+    `| proxy | CPU us/rt (user+sys) | syscalls/rt | ${shown.join(' | ')} | context switches/rt |`,
+    `|---|--:|--:|${shown.map(() => '--:|').join('')}--:|`,
+  ];
+  for (const r of sc.rows) {
+    if (r.skipped) {
+      lines.push(`| ${r.label} | skipped: ${r.skipped.replaceAll('|', '/')} |`);
+      continue;
+    }
+    const c = r.perRoundTrip;
+    lines.push(
+      `| ${r.label} | ${(r.cpuUs.user + r.cpuUs.system).toFixed(1)} (${r.cpuUs.user.toFixed(1)}+${r.cpuUs.system.toFixed(1)}) | ${c.total?.toFixed(2) ?? '-'} | ${shown.map((n) => (c[n] ?? 0).toFixed(2)).join(' | ')} | ${c.cs?.toFixed(2) ?? '-'} |`,
+    );
+  }
+  return lines;
+}
+
+export function profileSection(p, sc) {
+  if (!p) return ['Not run (use the full mode or --profile).', ...syscallTable(sc)].join('\n');
+  if (p.skipped) return [`Skipped: ${p.skipped}`, ...syscallTable(sc)].join('\n');
   const lines = [];
   if (p.cpu) {
     const total = p.cpu.user + p.cpu.system;
@@ -156,6 +180,7 @@ export function profileSection(p) {
         `${((p.cpu.user / total) * 100).toFixed(0)}% user / ${((p.cpu.system / total) * 100).toFixed(0)}% system (kernel).`,
     );
   }
+  lines.push(...syscallTable(sc));
   if (p.perf) {
     lines.push('', '`perf record -e cpu-clock` on the proxy process, by binary:', '', '| where | % of proxy samples |', '|---|--:|');
     for (const r of p.perf) lines.push(`| ${r.name} | ${r.pct.toFixed(1)}% |`);

@@ -1,7 +1,8 @@
 // Runs the timed workloads. For each workload every target is started once (all on the proxy
 // core, each on its own port), warmed up, then measured in rounds: each round runs every target
 // once, in an order rotated by one each round so no target always follows the same neighbour.
-// Idle targets wait in epoll meanwhile and cost nothing measurable.
+// Idle targets wait in epoll meanwhile and cost nothing measurable. Node targets (and every
+// target of a workload that calibrates its request count) get one unrecorded warm-up run first.
 
 import { cpuSeconds, stopProcess, sleep } from './procs.mjs';
 import { targetById } from './targets.mjs';
@@ -47,7 +48,7 @@ async function startTargets(workload, targetIds, env, log) {
     };
     try {
       const handle = await target.start(ctx);
-      handles.push({ id, label: target.label, ...handle });
+      handles.push({ id, label: target.label, jit: Boolean(target.jit), state: {}, ...handle });
       if (handle.note) log(`  ${id}: ${handle.note}`);
     } catch (err) {
       skipped[id] = err.message;
@@ -63,7 +64,7 @@ async function measure(workload, handle, seconds, env) {
   const cpu0 = pid ? cpuSeconds(pid) : null;
   const t0 = performance.now();
   try {
-    const result = await workload.run(handle.port, seconds, env);
+    const result = await workload.run(handle.port, seconds, env, handle.state);
     const wall = (performance.now() - t0) / 1000;
     const cpu1 = pid ? cpuSeconds(pid) : null;
     const cpu = cpu0 && cpu1 ? { user: cpu1.user - cpu0.user, system: cpu1.system - cpu0.system } : null;
@@ -81,6 +82,7 @@ async function measure(workload, handle, seconds, env) {
 export async function runSuite({ workloads, targetIds, rounds, seconds, warmupSeconds, env, log }) {
   const out = [];
   for (const workload of workloads) {
+    const began = performance.now();
     log(`\n== ${workload.id}: ${Object.values(workload.series).join(' / ')}`);
     const { handles, skipped } = await startTargets(workload, targetIds, env, log);
     const entry = { workload, targets: {} };
@@ -89,7 +91,7 @@ export async function runSuite({ workloads, targetIds, rounds, seconds, warmupSe
 
     const runSeconds = workload.integerSeconds ? Math.max(1, Math.round(seconds)) : seconds;
     const warmSeconds = workload.integerSeconds ? 1 : warmupSeconds;
-    for (const h of handles) await measure(workload, h, warmSeconds, env);
+    for (const h of handles) if (h.jit || workload.calibrates) await measure(workload, h, warmSeconds, env);
 
     for (let round = 0; round < rounds; round++) {
       const order = handles.map((_, i) => handles[(i + round) % handles.length]);
@@ -108,10 +110,11 @@ export async function runSuite({ workloads, targetIds, rounds, seconds, warmupSe
           const cpu = run.cpu ? ` | proxy ${(((run.cpu.user + run.cpu.system) / run.wall) * 100).toFixed(0)}% core, ${(((run.cpu.user + run.cpu.system) / run.ops) * 1e6).toFixed(2)} us/${run.opUnit}` : '';
           log(`  r${round + 1} ${h.id}: ${parts.join(', ')}${cpu}`);
         }
-        await sleep(100); // let closes and TIME_WAIT settle between runs
+        await sleep(50); // let closes settle between runs
       }
     }
     for (const h of handles) if (h.proc) await stopProcess(h.proc);
+    log(`  (${workload.id} took ${((performance.now() - began) / 1000).toFixed(0)} s)`);
     out.push(entry);
   }
   return out;

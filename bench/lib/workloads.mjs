@@ -1,7 +1,8 @@
 // The timed workloads. Each run(port, seconds, env) drives one load tool against one target and
 // resolves { series: { [label]: { value, p50, p99, avg, errors } }, ops, opUnit } where `value`
 // is in the workload's unit, latencies are in microseconds and `ops` is the work done (used for
-// the proxy's CPU cost per operation). A run that fails throws; the suite records the error.
+// the proxy's CPU cost per operation). `state` is a per-target object kept across its runs.
+// A run that fails throws; the suite records the error.
 
 import path from 'node:path';
 import { runCommand } from './procs.mjs';
@@ -74,8 +75,11 @@ function wrkRun(connectionClose) {
 // ---------------------------------------------------------------- redis-benchmark
 
 function redisRun(pipeline) {
-  return async (port, seconds, env) => {
-    const n = Math.max(2000, Math.round((pipeline ? 600_000 : 60_000) * seconds));
+  // redis-benchmark has no duration flag: each target's first (warm-up) run measures its rate,
+  // and later runs ask for as many requests as fill `seconds` for SET and GET together.
+  return async (port, seconds, env, state) => {
+    const guess = (pipeline ? 300_000 : 30_000) * seconds;
+    const n = Math.round(Math.min(5_000_000, Math.max(2000, state.requestsPerSecondPair ? state.requestsPerSecondPair * seconds : guess)));
     const args = ['-h', '127.0.0.1', '-p', String(port), '-c', '50', '-n', String(n), '-t', 'set,get', '--csv', ...(pipeline ? ['-P', '16'] : [])];
     const out = await mustRun('redis-benchmark', env.tools['redis-benchmark'], args, 120_000);
     const series = {};
@@ -85,6 +89,8 @@ function redisRun(pipeline) {
       series[f[0]] = { value: Number(f[1]), p50: Number(f[4]) * 1000, p99: Number(f[6]) * 1000 };
     }
     if (!series.SET || !series.GET) throw new Error(`redis-benchmark: unexpected output ${out.slice(0, 200)}`);
+    // n requests of each take n/SET + n/GET seconds; this is the n per second of that pair.
+    state.requestsPerSecondPair = 1 / (1 / series.SET.value + 1 / series.GET.value);
     return { series, ops: 2 * n, opUnit: 'cmd' };
   };
 }
@@ -127,11 +133,11 @@ export const WORKLOADS = [
   },
   {
     id: 'redis', kind: 'tcp', origin: 'redis', protocol: 'redis', unit: 'req/s', targets: PROTOCOL,
-    series: { SET: 'redis-benchmark SET -c 50', GET: 'redis-benchmark GET -c 50' }, run: redisRun(false),
+    series: { SET: 'redis-benchmark SET -c 50', GET: 'redis-benchmark GET -c 50' }, run: redisRun(false), calibrates: true,
   },
   {
     id: 'redis-p16', kind: 'tcp', origin: 'redis', protocol: 'redis', unit: 'req/s', targets: PROTOCOL,
-    series: { SET: 'redis-benchmark SET -c 50 -P 16', GET: 'redis-benchmark GET -c 50 -P 16' }, run: redisRun(true),
+    series: { SET: 'redis-benchmark SET -c 50 -P 16', GET: 'redis-benchmark GET -c 50 -P 16' }, run: redisRun(true), calibrates: true,
   },
   {
     id: 'pgbench', kind: 'tcp', origin: 'pg', protocol: 'postgres', unit: 'txn/s', targets: PROTOCOL,

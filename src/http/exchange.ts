@@ -1,7 +1,6 @@
 import http from 'node:http';
 import { ProxyError } from '../errors.js';
 import type { Logger } from '../log.js';
-import type { Metrics } from '../metrics/registry.js';
 import type { HttpPool, OriginPool, PoolRequestOptions } from '../pool/http-pool.js';
 import type { ClientConnection } from './client.js';
 import { IDEMPOTENT_METHODS, endToEnd, requestHasBody, trailerPairs } from './headers.js';
@@ -19,12 +18,25 @@ import { respondError } from './respond.js';
 
 /** Body bytes kept for a replay; past this an idempotent request with a body is not retried. */
 const REPLAY_LIMIT = 64 * 1024;
+/**
+ * A client that leaves after sending its whole request does not cost the pool its
+ * connection: the rest of the response is read and dropped, up to this many bytes and
+ * within the response timeout (or DISCARD_TIME_LIMIT_MS without one), then the socket
+ * goes back to the pool. Anything longer (a stream, a big download) closes it instead.
+ */
+const DISCARD_LIMIT = 256 * 1024;
+const DISCARD_TIME_LIMIT_MS = 30_000;
 
 /** What an exchange needs from its route. */
 export interface ExchangeHost {
   readonly route: string;
-  readonly metrics: Metrics;
   readonly log: Logger;
+  /** requests_total{code} for the status the client got. */
+  answered(status: number): void;
+  /** upstream_request_duration_seconds. */
+  observeUpstreamSeconds(seconds: number): void;
+  /** retries_total{reason}. */
+  retried(reason: string): void;
   /** Draining: every response closes its client connection. */
   draining(): boolean;
   countBytes(direction: 'upstream' | 'downstream', count: number): void;
@@ -57,6 +69,8 @@ export class Exchange {
   readonly #startedAt = performance.now();
   /** The current attempt; null once the exchange gave up on the upstream. */
   #ureq: http.ClientRequest | null = null;
+  /** The current attempt's response, once its head came. */
+  #ures: http.IncomingMessage | null = null;
   #attempts = 0;
   /** Body bytes handed to the upstream request, over all attempts. */
   #bodyWritten = 0;
@@ -73,7 +87,11 @@ export class Exchange {
   /** Wall-clock ms by which the response head must arrive; 0 = no deadline running. */
   #deadline = 0;
   #status = 0;
+  /** The client's side is over (counted once). */
   #done = false;
+  /** The client left; the upstream response is read to its end and dropped. */
+  #discarding = false;
+  #discarded = 0;
 
   constructor(
     host: ExchangeHost,
@@ -109,8 +127,13 @@ export class Exchange {
 
   /** Shared clock: the response-head deadline. */
   tick(now: number): void {
-    if (this.#deadline === 0 || now < this.#deadline || this.#done || this.#responded) return;
+    if (this.#deadline === 0 || now < this.#deadline) return;
     this.#deadline = 0;
+    if (this.#discarding) {
+      this.#abandonUpstream('client_aborted');
+      return;
+    }
+    if (this.#done || this.#responded) return;
     this.#abandonUpstream('response_timeout');
     this.#answerError(504, 'the upstream did not answer in time');
   }
@@ -191,23 +214,36 @@ export class Exchange {
     this.#replay = null;
     if (this.#deadline) this.#deadline = Date.now() + this.#options.responseTimeoutMs;
     // RFC 9110 15.2: a proxy never sends a 1xx to an HTTP/1.0 client.
-    if (this.#req.httpVersion === '1.0' || this.#res.headersSent) return;
-    if (info.statusCode === 100) this.#res.writeContinue();
-    else if (info.statusCode === 102) this.#res.writeProcessing();
-    else if (info.statusCode === 103 && info.headers.link) this.#res.writeEarlyHints({ link: info.headers.link });
+    if (this.#req.httpVersion === '1.0' || this.#res.headersSent || this.#res.destroyed) return;
+    try {
+      if (info.statusCode === 100) this.#res.writeContinue();
+      else if (info.statusCode === 102) this.#res.writeProcessing();
+      else if (info.statusCode === 103 && info.headers.link) this.#res.writeEarlyHints({ link: info.headers.link });
+      // Other 1xx codes have no meaning node can write; the final response follows anyway.
+    } catch {
+      // An interim response node refuses to serialise is dropped; the final one still goes.
+    }
   }
 
   #onResponse(ureq: http.ClientRequest, ures: http.IncomingMessage): void {
-    if (ureq !== this.#ureq || this.#done) {
+    if (ureq !== this.#ureq) {
       ures.resume();
       return;
     }
+    this.#ures = ures;
     this.#responded = true;
-    this.#deadline = 0;
     this.#replay = null;
     if (ureq.reusedSocket) this.#client.reused = true;
+    if (this.#discarding) {
+      this.#dropResponse(ures);
+      return;
+    }
+    this.#deadline = 0;
     const res = this.#res;
-    if (res.destroyed) return; // the client left; #onClientClose tears the upstream side down
+    if (this.#done || res.destroyed) {
+      ures.resume();
+      return;
+    }
     if (this.#host.draining()) res.shouldKeepAlive = false;
     const status = ures.statusCode ?? 502;
     try {
@@ -220,6 +256,10 @@ export class Exchange {
     }
     this.#status = status;
     ures.on('data', (chunk: Buffer) => {
+      if (this.#discarding) {
+        this.#countDiscarded(chunk.length);
+        return;
+      }
       this.#client.bytesDown += chunk.length;
       this.#host.countBytes('downstream', chunk.length);
       if (!res.write(chunk)) {
@@ -229,7 +269,11 @@ export class Exchange {
     });
     ures.on('end', () => {
       this.#upstreamComplete = true;
-      this.#host.metrics.upstreamRequestSeconds.labels(this.#host.route).observe((performance.now() - this.#startedAt) / 1000);
+      this.#host.observeUpstreamSeconds((performance.now() - this.#startedAt) / 1000);
+      if (this.#discarding) {
+        this.#stopDiscarding();
+        return;
+      }
       if (ures.rawTrailers.length > 0) {
         try {
           res.addTrailers(trailerPairs(ures.rawTrailers));
@@ -246,14 +290,21 @@ export class Exchange {
   }
 
   #onUpstreamError(ureq: http.ClientRequest, error: NodeJS.ErrnoException): void {
-    if (ureq !== this.#ureq || this.#done) return;
+    if (ureq !== this.#ureq) return;
+    if (this.#discarding) {
+      // The connection is lost anyway (the pool records why); nobody is waiting.
+      this.#ureq = null;
+      this.#stopDiscarding();
+      return;
+    }
+    if (this.#done) return;
     if (this.#responded) {
       if (!this.#upstreamComplete) this.#cutClient();
       return;
     }
     if (this.#mayRetry(ureq)) {
       const reason = (error.code ?? 'error').toLowerCase();
-      this.#host.metrics.httpRetries.labels(this.#host.route, reason).inc();
+      this.#host.retried(reason);
       this.#host.log.debug({ route: this.#host.route, method: this.#method, reason }, 'reused upstream connection failed before the response; retrying on a fresh one');
       this.#attempt(true);
       return;
@@ -277,6 +328,7 @@ export class Exchange {
   #abandonUpstream(reason: 'response_timeout' | 'client_aborted' | 'error'): void {
     const ureq = this.#ureq;
     this.#ureq = null;
+    if (this.#discarding) this.#stopDiscarding();
     if (!ureq || this.#upstreamComplete) return;
     // Before 'free' the socket is this request's alone; after it, it may serve another.
     this.#target.pool.connectionOf(ureq.socket)?.close(reason);
@@ -296,22 +348,54 @@ export class Exchange {
   }
 
   readonly #onClientClose = (): void => {
-    if (!this.#res.writableFinished) {
-      // The client went away first: nothing more is owed to it, and the upstream
-      // connection cannot be reused mid-exchange.
-      this.#abandonUpstream('client_aborted');
+    if (!this.#res.writableFinished && !this.#done) {
       if (!this.#res.headersSent) this.#status = 499; // nginx's "client closed request"
+      // The client went away first. A request the upstream has whole can still complete
+      // on its connection, which then stays pooled; a half-sent one cannot: close it.
+      if (this.#ureq && this.#bodyEnded && !this.#upstreamComplete) this.#startDiscarding();
+      else this.#abandonUpstream('client_aborted');
     }
     this.#complete();
   };
 
+  #startDiscarding(): void {
+    this.#discarding = true;
+    this.#deadline = Date.now() + (this.#options.responseTimeoutMs || DISCARD_TIME_LIMIT_MS);
+    if (this.#ures) {
+      this.#countDiscarded(0);
+      this.#ures.resume();
+    }
+  }
+
+  #dropResponse(ures: http.IncomingMessage): void {
+    ures.on('data', (chunk: Buffer) => this.#countDiscarded(chunk.length));
+    ures.on('end', () => {
+      this.#upstreamComplete = true;
+      this.#stopDiscarding();
+    });
+    ures.on('error', () => this.#stopDiscarding());
+  }
+
+  #countDiscarded(bytes: number): void {
+    this.#discarded += bytes;
+    if (this.#discarded > DISCARD_LIMIT) this.#abandonUpstream('client_aborted');
+  }
+
+  #stopDiscarding(): void {
+    if (!this.#discarding) return;
+    this.#discarding = false;
+    this.#deadline = 0;
+    if (this.#done) this.#host.finished(this);
+  }
+
   #complete(): void {
     if (this.#done) return;
     this.#done = true;
-    this.#deadline = 0;
+    if (!this.#discarding) this.#deadline = 0;
     this.#client.inFlight--;
     this.#client.lastActivity = Date.now();
-    this.#host.metrics.httpRequests.labels(this.#host.route, String(this.#status || 502)).inc();
-    this.#host.finished(this);
+    this.#host.answered(this.#status || 502);
+    // A response still being dropped keeps the exchange on the route's clock until it ends.
+    if (!this.#discarding) this.#host.finished(this);
   }
 }

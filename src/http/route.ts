@@ -3,7 +3,7 @@ import type net from 'node:net';
 import type { RouteConfig } from '../config/schema.js';
 import type { Side } from '../errors.js';
 import type { Logger } from '../log.js';
-import type { EvictionReason, Metrics } from '../metrics/registry.js';
+import type { EvictionReason } from '../metrics/registry.js';
 import { formatAddress, listenOn } from '../net/listen.js';
 import { applyKeepalive, readSocketOptions } from '../net/sockopt.js';
 import { dialUpstream, type DialAttempt, type DialTarget } from '../pool/http-dial.js';
@@ -45,7 +45,7 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost {
   #config: RouteConfig;
   readonly #deps: RouteDeps;
   readonly #server: http.Server;
-  readonly #forward: boolean;
+  #forward: boolean;
   #pool: HttpPool;
   #poolKey: string;
   #reverse: ReverseUpstream | null;
@@ -60,6 +60,11 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost {
   #pendingBytesUp = 0;
   #pendingBytesDown = 0;
   #drainWaiters: Array<() => void> = [];
+  // Series that move per request or per client connection, bound once (labels() hashes).
+  readonly #accepted;
+  readonly #active;
+  readonly #upstreamSeconds;
+  readonly #byStatus = new Map<number, { inc(): void }>();
 
   constructor(config: RouteConfig, deps: RouteDeps) {
     this.name = config.name;
@@ -71,6 +76,9 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost {
     this.#pool = this.#newPool(config);
     this.#poolKey = poolKey(config);
     deps.metrics.initRoute(this.name);
+    this.#accepted = deps.metrics.connectionsAccepted.labels(this.name);
+    this.#active = deps.metrics.connectionsActive.labels(this.name);
+    this.#upstreamSeconds = deps.metrics.upstreamRequestSeconds.labels(this.name);
 
     const server = createProxyServer(config.http);
     this.#server = server;
@@ -124,6 +132,8 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost {
 
   update(config: RouteConfig): void {
     this.#config = config;
+    // http and http-forward share a listener kind, so a reload may switch between them.
+    this.#forward = config.protocol === 'http-forward';
     applyServerOptions(this.#server, config.http);
     this.#allowlist = new Allowlist(config.allow);
     this.#reverse = this.#forward ? null : reverseUpstream(config);
@@ -196,10 +206,6 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost {
     return this.name;
   }
 
-  get metrics(): Metrics {
-    return this.#deps.metrics;
-  }
-
   get log(): Logger {
     return this.#deps.log;
   }
@@ -218,7 +224,20 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost {
   }
 
   answered(status: number): void {
-    this.#deps.metrics.httpRequests.labels(this.name, String(status)).inc();
+    let counter = this.#byStatus.get(status);
+    if (!counter) {
+      counter = this.#deps.metrics.httpRequests.labels(this.name, String(status));
+      this.#byStatus.set(status, counter);
+    }
+    counter.inc();
+  }
+
+  observeUpstreamSeconds(seconds: number): void {
+    this.#upstreamSeconds.observe(seconds);
+  }
+
+  retried(reason: string): void {
+    this.#deps.metrics.httpRetries.labels(this.name, reason).inc();
   }
 
   dial(target: DialTarget): DialAttempt {
@@ -260,7 +279,7 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost {
   #accept(socket: net.Socket): void {
     const { metrics, log } = this.#deps;
     const config = this.#config;
-    metrics.connectionsAccepted.labels(this.name).inc();
+    this.#accepted.inc();
     if (config.maxConnections > 0 && this.#clients.size >= config.maxConnections) {
       metrics.evictions.labels(this.name, 'max_connections').inc();
       log.warn({ route: this.name, client: formatAddress(socket.remoteAddress, socket.remotePort), maxConnections: config.maxConnections }, 'connection refused: maxConnections reached');
@@ -277,10 +296,10 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost {
     if (client) return client;
     client = new ClientConnection(socket, Date.now());
     this.#clients.set(socket, client);
-    this.#deps.metrics.connectionsActive.labels(this.name).inc();
+    this.#active.inc();
     socket.once('close', () => {
       this.#clients.delete(socket);
-      this.#deps.metrics.connectionsActive.labels(this.name).dec();
+      this.#active.dec();
       this.#checkDrained();
     });
     return client;

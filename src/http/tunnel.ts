@@ -2,7 +2,6 @@ import type net from 'node:net';
 import type tls from 'node:tls';
 import type { HeartbeatConfig } from '../config/schema.js';
 import type { Logger } from '../log.js';
-import type { Metrics } from '../metrics/registry.js';
 import type { DialAttempt, DialTarget } from '../pool/http-dial.js';
 import type { Tracker } from '../protocols/types.js';
 
@@ -22,7 +21,6 @@ export interface TunnelOptions {
 
 export interface TunnelHost {
   readonly route: string;
-  readonly metrics: Metrics;
   readonly log: Logger;
   /** A fresh upstream connection for a tunnel (never from the pool: it will not come back). */
   dial(target: DialTarget): DialAttempt;

@@ -89,8 +89,10 @@ export class HttpPool {
   #unsubscribe: (() => void) | null;
   #closing: EvictionReason | null = null;
   readonly #stats: PoolStats = { opened: 0, reused: 0, requests: 0, idle: 0, busy: 0, connecting: 0, waiting: 0, evictions: {} };
+  // Bound once: labels() hashes its arguments on every call, and these move per request.
   readonly #idleGauge;
   readonly #activeGauge;
+  readonly #reuseCounter;
 
   constructor(options: HttpPoolOptions) {
     this.route = options.route;
@@ -100,6 +102,7 @@ export class HttpPool {
     this.log = options.log;
     this.#idleGauge = this.metrics.poolIdle.labels(this.route);
     this.#activeGauge = this.metrics.poolActive.labels(this.route);
+    this.#reuseCounter = this.metrics.reuse.labels(this.route);
     this.#unsubscribe = this.clock.subscribe((now) => this.#tick(now));
   }
 
@@ -151,7 +154,7 @@ export class HttpPool {
     this.#stats.requests++;
     if (!reused) return;
     this.#stats.reused++;
-    this.metrics.reuse.labels(this.route).inc();
+    this.#reuseCounter.inc();
   }
 
   /** @internal Gauges move with each state change, so several pools of one route (after a reload) add up. */

@@ -274,8 +274,7 @@ export class Session {
     const abrupt = !CLEAN_REASONS.has(reason);
     for (const socket of [this.down, this.up]) {
       if (socket.destroyed) continue;
-      if (abrupt && typeof socket.resetAndDestroy === 'function' && !socket.connecting) socket.resetAndDestroy();
-      else if (abrupt) socket.destroy();
+      if (abrupt) resetOrDestroy(socket);
       else {
         // Clean close: flush what is queued, send FIN, and make sure the socket goes away
         // even if the peer never reads (destroySoon ends then destroys after the flush).
@@ -295,6 +294,19 @@ export class Session {
   #finish(): void {
     this.#events.onClosed(this, this.#closeReason ?? 'peer_closed', this.#closeSide);
   }
+}
+
+/** RST where the socket allows it (a TLS socket or one still connecting throws), else a plain destroy. */
+function resetOrDestroy(socket: net.Socket): void {
+  try {
+    if (!socket.connecting) {
+      socket.resetAndDestroy();
+      return;
+    }
+  } catch {
+    // fall through
+  }
+  socket.destroy();
 }
 
 // The coarse clock is the route's; sessions read Date.now() only when bytes move,

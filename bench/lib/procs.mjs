@@ -6,7 +6,8 @@ import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 
-const TAIL_BYTES = 16 * 1024;
+const TAIL_BYTES = 16 * 1024; // what a long-running process keeps of its output (for error notes)
+const RUN_OUTPUT_BYTES = 8 * 1024 * 1024; // what a command run to completion keeps (perf list, iperf3 -J)
 const live = new Map(); // pid -> { name, child }
 
 // os.cpus(), not availableParallelism(): the latter honours our own affinity (pinned to core 0).
@@ -29,21 +30,21 @@ function pinned(core, cmd, args) {
   return core === null || core === undefined ? [cmd, args] : ['taskset', ['-c', String(core), cmd, ...args]];
 }
 
-function keepTail(prev, chunk) {
+function keepTail(prev, chunk, limit) {
   const next = prev + chunk.toString();
-  return next.length > TAIL_BYTES ? next.slice(-TAIL_BYTES) : next;
+  return next.length > limit ? next.slice(-limit) : next;
 }
 
 /**
  * Starts a long-running process (taskset execs, so the PID is the program's own).
  * Returns { pid, name, child, output(), exited (promise of exit code) }.
  */
-export function startProcess(name, cmd, args, { core = LOAD_CORE, env, cwd, stdin = 'ignore' } = {}) {
+export function startProcess(name, cmd, args, { core = LOAD_CORE, env, cwd, stdin = 'ignore', keepBytes = TAIL_BYTES } = {}) {
   const [file, argv] = pinned(core, cmd, args);
   const child = spawn(file, argv, { env: env ?? process.env, cwd, stdio: [stdin, 'pipe', 'pipe'] });
   const proc = { name, child, pid: child.pid, stdout: '', stderr: '', exitCode: null };
-  child.stdout.on('data', (c) => (proc.stdout = keepTail(proc.stdout, c)));
-  child.stderr.on('data', (c) => (proc.stderr = keepTail(proc.stderr, c)));
+  child.stdout.on('data', (c) => (proc.stdout = keepTail(proc.stdout, c, keepBytes)));
+  child.stderr.on('data', (c) => (proc.stderr = keepTail(proc.stderr, c, keepBytes)));
   proc.exited = new Promise((resolve) => {
     child.on('error', (err) => {
       proc.stderr += `\nspawn error: ${err.message}`;
@@ -92,7 +93,7 @@ export async function stopAll() {
  * `input` is written to stdin.
  */
 export async function runCommand(name, cmd, args, { core = LOAD_CORE, timeoutMs = 60_000, env, cwd, input } = {}) {
-  const proc = startProcess(name, cmd, args, { core, env, cwd, stdin: input === undefined ? 'ignore' : 'pipe' });
+  const proc = startProcess(name, cmd, args, { core, env, cwd, stdin: input === undefined ? 'ignore' : 'pipe', keepBytes: RUN_OUTPUT_BYTES });
   if (input !== undefined) proc.child.stdin.end(input);
   let timedOut = false;
   const timer = setTimeout(() => {

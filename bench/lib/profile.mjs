@@ -91,8 +91,7 @@ export async function profilePingPong({ seconds, env, log }) {
     return { skipped: err.message };
   }
   const pid = handle.proc.pid;
-  const pingpong = (s) =>
-    runCommand('tcpload', env.bin.tcpload, ['pingpong', '127.0.0.1', String(PROFILE_PORT), '64', '64', String(s)], { timeoutMs: s * 1000 + 40_000 });
+  const pingpong = (s) => runPingPong(env, PROFILE_PORT, s);
   const startedAt = Date.now();
   let cpu = null;
   let perf = null;
@@ -119,7 +118,7 @@ export async function profilePingPong({ seconds, env, log }) {
   return { cpu, profile, perf: perf?.byDso ?? null, perfSymbols: perf?.bySymbol ?? null, profileFile: files[0] ?? null };
 }
 
-function pingpong(env, port, seconds) {
+function runPingPong(env, port, seconds) {
   return runCommand('tcpload', env.bin.tcpload, ['pingpong', '127.0.0.1', String(port), '64', '64', String(seconds)], { timeoutMs: seconds * 1000 + 40_000 });
 }
 
@@ -137,7 +136,7 @@ async function availableSyscallEvents(perf) {
 export async function syscallsPerRoundTrip({ targetIds, seconds, env, log }) {
   if (!env.tools.perf) return { skipped: 'perf not installed' };
   const names = await availableSyscallEvents(env.tools.perf);
-  const events = ['raw_syscalls:sys_enter', 'context-switches', ...names.map((n) => `syscalls:sys_enter_${n}`)];
+  const events = ['raw_syscalls:sys_enter', 'context-switches', 'page-faults', ...names.map((n) => `syscalls:sys_enter_${n}`)];
   const out = [];
   let port = SYSCALL_PORT;
   for (const id of targetIds) {
@@ -150,11 +149,11 @@ export async function syscallsPerRoundTrip({ targetIds, seconds, env, log }) {
       continue;
     }
     try {
-      await pingpong(env, handle.port, 0.5);
+      await runPingPong(env, handle.port, 0.5);
       const c0 = cpuSeconds(handle.proc.pid);
       const [stat, run] = await Promise.all([
         runCommand('perf-stat', env.tools.perf, ['stat', '-x', ',', '-e', events.join(','), '-p', String(handle.proc.pid), '--', 'sleep', String(seconds + 0.3)], { timeoutMs: seconds * 1000 + 30_000 }),
-        sleep(100).then(() => pingpong(env, handle.port, seconds)),
+        sleep(100).then(() => runPingPong(env, handle.port, seconds)),
       ]);
       const c1 = cpuSeconds(handle.proc.pid);
       const ops = JSON.parse(run.stdout.trim().split('\n').pop()).ops;
@@ -163,7 +162,7 @@ export async function syscallsPerRoundTrip({ targetIds, seconds, env, log }) {
         const f = line.split(',');
         if (f.length < 3 || !/^\d+$/.test(f[0])) continue;
         const event = f[2];
-        const key = event === 'raw_syscalls:sys_enter' ? 'total' : event === 'context-switches' ? 'cs' : event.replace('syscalls:sys_enter_', '');
+        const key = { 'raw_syscalls:sys_enter': 'total', 'context-switches': 'cs', 'page-faults': 'faults' }[event] ?? event.replace('syscalls:sys_enter_', '');
         counts[key] = Number(f[0]) / ops;
       }
       const cpuUs = { user: ((c1.user - c0.user) / ops) * 1e6, system: ((c1.system - c0.system) / ops) * 1e6 };

@@ -78,7 +78,7 @@ async function startKeepaliveProxy(ctx) {
     });
     await listening(proc, ctx.port, `keepalive-proxy (protocol ${protocol})`);
     await waitReady(adminPort, proc, 5000);
-    return { proc, port: ctx.port, adminPort, configFile: file };
+    return { proc, port: ctx.port, adminPort, configFile: file, note: protocol === 'tcp' ? null : `route protocol ${protocol}` };
   };
   const protocol = ctx.kind === 'http' ? 'http' : ctx.protocol ?? 'tcp';
   try {

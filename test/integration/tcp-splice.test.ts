@@ -168,6 +168,33 @@ routes:
   });
 });
 
+describe('tcp route upstream names', () => {
+  it('resolves a hostname upstream at connect time', async () => {
+    const upstream = await listen0((socket) => {
+      socket.on('data', (c: Buffer) => socket.write(c));
+      socket.on('end', () => socket.end());
+    });
+    const { freePort } = await import('../helpers/net.js');
+    const port = await freePort();
+    const proxy = await startProxy({
+      yaml: `
+admin: { listen: "{{admin}}" }
+routes:
+  - { name: named, listen: 127.0.0.1:${port}, upstream: "localhost:${upstream.port}" }
+`,
+    });
+    try {
+      const client = await connect(port);
+      client.write('by-name');
+      expect((await readBytes(client, 7)).toString()).toBe('by-name');
+      client.end();
+    } finally {
+      expect(await proxy.stop()).toBe(0);
+      await upstream.close();
+    }
+  });
+});
+
 describe('tcp route connect failures', () => {
   it('resets the client and counts connect_error when the upstream refuses', async () => {
     const { freePort } = await import('../helpers/net.js');

@@ -190,7 +190,7 @@ async function main() {
       rounds: opts.rounds,
       seconds: opts.seconds,
       elapsedMin: ((Date.now() - began) / 60000).toFixed(1),
-      background: `${describeShare(backgroundAtStart)} before the start; on average ${describeShare(backgroundDuring)} during the run (CPU time of processes other than the suite's)`,
+      background: `${describeShare(backgroundAtStart)} before the start; on average ${describeShare(backgroundDuring.other)} during the run (CPU time of processes other than the suite's); hypervisor steal ${(backgroundDuring.steal * 100).toFixed(1)}%`,
     };
     const skippedNotes = Object.entries(skipWorkload).map(([origin, why]) => `- workloads on origin ${origin} skipped: ${why}`);
     const md = [

@@ -5,9 +5,9 @@ import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { startProcess, stopProcess, cpuSeconds, rssKiB, httpGet, sleep, PROXY_CORE, LOAD_CORE } from './procs.mjs';
-import { targetById, KP_MAIN, REPO_DIR, waitReady } from './targets.mjs';
+import { targetById, KP_MAIN, REPO_DIR, waitReady, kpNodeFlags } from './targets.mjs';
 import { ORIGIN_PORTS } from './origins.mjs';
-import { median } from './suite.mjs';
+import { median } from './stats.mjs';
 
 export const IDLE_CONNS = 8000;
 const SHIPPED_CONFIG = path.join(REPO_DIR, 'config', 'keepalive-proxy.yaml');
@@ -62,7 +62,7 @@ export async function measureShippedStartup({ times, log }) {
   const rss = [];
   for (let i = 0; i < times; i++) {
     const t0 = performance.now();
-    const proc = startProcess('keepalive-proxy-shipped', process.execPath, [KP_MAIN, '--config', SHIPPED_CONFIG], { core: PROXY_CORE, cwd: REPO_DIR });
+    const proc = startProcess('keepalive-proxy-shipped', process.execPath, [...kpNodeFlags(), KP_MAIN, '--config', SHIPPED_CONFIG], { core: PROXY_CORE, cwd: REPO_DIR });
     const ready = await waitReady(adminPort, proc, 15_000);
     const elapsed = performance.now() - t0;
     await sleep(500);

@@ -8,7 +8,7 @@ import { CORES, sleep } from './procs.mjs';
 function machineTicks() {
   const f = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
   const [user, nice, system, idle, iowait, irq, softirq, steal] = f;
-  return { busy: user + nice + system, total: user + nice + system + idle + iowait + irq + softirq + steal };
+  return { busy: user + nice + system, steal, total: user + nice + system + idle + iowait + irq + softirq + steal };
 }
 
 /** CPU ticks used by this process and every descendant it has reaped. */
@@ -28,7 +28,8 @@ export async function sampleBackground(ms = 1000) {
 
 /**
  * Starts a whole-run tally; finish() (call it once every child has been stopped and reaped)
- * returns the average share of all CPUs used by processes that are not the suite's.
+ * returns { other, steal }: the average share of all CPUs used by processes that are not the
+ * suite's, and the share the hypervisor gave to other guests while we wanted to run (steal).
  */
 export function startTally() {
   const m0 = machineTicks();
@@ -38,7 +39,8 @@ export function startTally() {
       const m1 = machineTicks();
       const own = ownTicks() - o0;
       const total = m1.total - m0.total;
-      return total > 0 ? Math.max(0, (m1.busy - m0.busy - own) / total) : 0;
+      if (total <= 0) return { other: 0, steal: 0 };
+      return { other: Math.max(0, (m1.busy - m0.busy - own) / total), steal: (m1.steal - m0.steal) / total };
     },
   };
 }

@@ -186,6 +186,19 @@ export function cpuSeconds(pid) {
   return { user: user / CLK_TCK, system: system / CLK_TCK };
 }
 
+/**
+ * Seconds one CPU spent busy (user, nice, system, irq, softirq) per /proc/stat. Loopback packet
+ * processing runs as softirq and is not charged to any process, so this is the complete cost of
+ * whatever runs on that core.
+ */
+export function coreBusySeconds(core) {
+  if (core === null) return null;
+  const line = readFileSync('/proc/stat', 'utf8').split('\n').find((l) => l.startsWith(`cpu${core} `));
+  if (!line) return null;
+  const [user, nice, system, , , irq, softirq] = line.trim().split(/\s+/).slice(1).map(Number);
+  return { busy: (user + nice + system + irq + softirq) / CLK_TCK, softirq: softirq / CLK_TCK };
+}
+
 /** Resident set size in KiB (VmRSS) of a process plus its live children, or null. */
 export function rssKiB(pid) {
   const read = (p) => {

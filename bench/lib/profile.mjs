@@ -4,7 +4,7 @@
 // the system calls and context switches per round trip of keepalive-proxy, HAProxy and the
 // naive Node proxy (`perf stat` tracepoint counters: counting only, no tracing overhead).
 
-import { mkdirSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { runCommand, stopProcess, cpuSeconds, sleep } from './procs.mjs';
 import { targetById } from './targets.mjs';
@@ -80,6 +80,7 @@ async function perfSplit(perf, pid, seconds, dir) {
  */
 export async function profilePingPong({ seconds, env, log }) {
   const dir = path.join(env.resultsDir, 'profile');
+  rmSync(dir, { recursive: true, force: true }); // only this run's profile stays next to latest.md
   mkdirSync(dir, { recursive: true });
   let handle;
   try {

@@ -54,6 +54,7 @@ export function throughputTable(rows, targetOrder) {
       if (t.avg !== null && t.p50 === null) notes.push(`avg latency ${micros(t.avg)} us`);
       if (t.upstreamConns !== null) notes.push(`upstream conns opened: ${num(t.upstreamConns)}`);
       if (t.loadErrors) notes.push(`load-tool errors: ${num(t.loadErrors)}`);
+      if (t.disturbedRuns) notes.push(`${t.disturbedRuns} of ${t.runs} runs disturbed (other work on the proxy core)`);
       if (t.errors.length) notes.push(`${t.errors.length} failed run(s): ${t.errors[0].slice(0, 120).replaceAll('|', '/')}`);
       const cpu = t.cpuPerOp === null ? '-' : `${t.cpuPerOp.toFixed(2)} (${t.cpuUserPerOp.toFixed(2)}+${t.cpuSysPerOp.toFixed(2)})${t.opUnit && t.opUnit !== 'req' ? ` per ${t.opUnit}` : ''}`;
       out.push(

@@ -4,27 +4,12 @@
 // Idle targets wait in epoll meanwhile and cost nothing measurable. Node targets (and every
 // target of a workload that calibrates its request count) get one unrecorded warm-up run first.
 
-import { cpuSeconds, stopProcess, sleep } from './procs.mjs';
+import { cpuSeconds, coreBusySeconds, stopProcess, sleep, PROXY_CORE } from './procs.mjs';
 import { targetById } from './targets.mjs';
 import { UPSTREAM_PORT } from './workloads.mjs';
+import { median, summarize } from './stats.mjs';
 
 let nextPort = 28000;
-
-const median = (xs) => {
-  const s = xs.filter((x) => x !== null && x !== undefined && Number.isFinite(x)).sort((a, b) => a - b);
-  if (s.length === 0) return null;
-  const m = Math.floor(s.length / 2);
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-};
-const finite = (xs) => xs.filter((x) => x !== null && x !== undefined && Number.isFinite(x));
-
-export function summarize(values) {
-  const v = finite(values);
-  if (v.length === 0) return null;
-  return { median: median(v), min: Math.min(...v), max: Math.max(...v), n: v.length };
-}
-
-export { median };
 
 function fmtShort(x) {
   if (x === null || x === undefined) return '-';
@@ -62,13 +47,16 @@ async function startTargets(workload, targetIds, env, log) {
 async function measure(workload, handle, seconds, env) {
   const pid = handle.proc?.pid;
   const cpu0 = pid ? cpuSeconds(pid) : null;
+  const core0 = pid ? coreBusySeconds(PROXY_CORE) : null;
   const t0 = performance.now();
   try {
     const result = await workload.run(handle.port, seconds, env, handle.state);
     const wall = (performance.now() - t0) / 1000;
     const cpu1 = pid ? cpuSeconds(pid) : null;
+    const core1 = pid ? coreBusySeconds(PROXY_CORE) : null;
     const cpu = cpu0 && cpu1 ? { user: cpu1.user - cpu0.user, system: cpu1.system - cpu0.system } : null;
-    return { ...result, wall, cpu };
+    const core = core0 && core1 ? { busy: core1.busy - core0.busy, softirq: core1.softirq - core0.softirq } : null;
+    return { ...result, wall, cpu, core };
   } catch (err) {
     const died = handle.proc && handle.proc.exitCode !== null ? ` (process exited: ${handle.proc.output().slice(-300)})` : '';
     return { error: `${err.message}${died}` };
@@ -107,7 +95,10 @@ export async function runSuite({ workloads, targetIds, rounds, seconds, warmupSe
             const up = s.upstreamConns !== undefined && s.upstreamConns !== null ? `, ${s.upstreamConns} upstream conns opened` : '';
             return `${k === 'main' ? '' : `${k} `}${fmtShort(s.value)} ${workload.unit}${lat}${up}`;
           });
-          const cpu = run.cpu ? ` | proxy ${(((run.cpu.user + run.cpu.system) / run.wall) * 100).toFixed(0)}% core, ${(((run.cpu.user + run.cpu.system) / run.ops) * 1e6).toFixed(2)} us/${run.opUnit}` : '';
+          const cpu = run.cpu
+            ? ` | proxy ${(((run.cpu.user + run.cpu.system) / run.wall) * 100).toFixed(0)}% core, ${(((run.cpu.user + run.cpu.system) / run.ops) * 1e6).toFixed(2)} us/${run.opUnit}` +
+              (run.core ? `; core ${PROXY_CORE} busy ${((run.core.busy / run.wall) * 100).toFixed(0)}%, ${((run.core.busy / run.ops) * 1e6).toFixed(2)} us/${run.opUnit} incl. softirq` : '')
+            : '';
           log(`  r${round + 1} ${h.id}: ${parts.join(', ')}${cpu}`);
         }
         await sleep(50); // let closes settle between runs
@@ -148,6 +139,11 @@ export function aggregate(results) {
           cpuSysPerOp: median(cpuRuns.map((r) => (r.cpu.system / r.ops) * 1e6)),
           cpuPerOp: median(cpuRuns.map((r) => ((r.cpu.user + r.cpu.system) / r.ops) * 1e6)),
           coreShare: median(cpuRuns.map((r) => (r.cpu.user + r.cpu.system) / r.wall)),
+          corePerOp: median(cpuRuns.filter((r) => r.core).map((r) => (r.core.busy / r.ops) * 1e6)),
+          coreBusy: median(cpuRuns.filter((r) => r.core).map((r) => r.core.busy / r.wall)),
+          // Runs in which something other than the proxy kept its core more than 15% busy.
+          disturbedRuns: cpuRuns.filter((r) => r.core && (r.core.busy - r.cpu.user - r.cpu.system) / r.wall > 0.15).length,
+          runs: ok.length,
           opUnit: ok[0]?.opUnit ?? null,
         };
       }

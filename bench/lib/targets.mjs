@@ -2,7 +2,7 @@
 // start() resolves { proc, port, adminPort?, note? } or throws an Error whose message becomes
 // the "skipped" note in the report. `direct` is the origin itself, with no proxy in between.
 
-import { writeFileSync, mkdirSync, existsSync } from 'node:fs';
+import { writeFileSync, mkdirSync, existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { startProcess, stopProcess, waitForPort, httpGet, sleep, PROXY_CORE } from './procs.mjs';
 import { nginxPrefix, nginxHttpTemps } from './origins.mjs';
@@ -10,6 +10,17 @@ import { nginxPrefix, nginxHttpTemps } from './origins.mjs';
 const BENCH_DIR = path.dirname(path.dirname(new URL(import.meta.url).pathname));
 export const REPO_DIR = path.dirname(BENCH_DIR);
 export const KP_MAIN = path.join(REPO_DIR, 'dist', 'main.js');
+
+/**
+ * The node flags the bin's shebang passes (`#!/usr/bin/env -S node FLAGS`), so the suite
+ * runs the proxy exactly as `npx keepalive-proxy` does.
+ */
+export function kpNodeFlags() {
+  if (!existsSync(KP_MAIN)) return [];
+  const first = readFileSync(KP_MAIN, 'utf8').split('\n', 1)[0];
+  const match = /^#!\S*env -S node\s*(.*)$/.exec(first);
+  return match ? match[1].split(/\s+/).filter(Boolean) : [];
+}
 
 /** The reason a process gave for dying: a pino fatal line's err.message, else its last lines. */
 function whyItFailed(output) {
@@ -72,7 +83,7 @@ async function startKeepaliveProxy(ctx) {
     const adminPort = ctx.port + 1000;
     const file = path.join(ctx.workDir, `kp-${ctx.workloadId}-${protocol}.yaml`);
     writeFileSync(file, kpYaml({ ...ctx, protocol, adminPort }));
-    const proc = startProcess('keepalive-proxy', process.execPath, [...(ctx.nodeFlags ?? []), KP_MAIN, '--config', file], {
+    const proc = startProcess('keepalive-proxy', process.execPath, [...kpNodeFlags(), ...(ctx.nodeFlags ?? []), KP_MAIN, '--config', file], {
       core: PROXY_CORE,
       cwd: REPO_DIR,
     });

@@ -5,7 +5,7 @@
 // A run that fails throws; the suite records the error.
 
 import path from 'node:path';
-import { runCommand } from './procs.mjs';
+import { runCommand, sleep } from './procs.mjs';
 import { ORIGIN_PORTS } from './origins.mjs';
 
 const ALL_TCP = ['direct', 'keepalive-proxy', 'haproxy', 'nginx', 'socat', 'node-naive'];
@@ -27,7 +27,7 @@ function tcploadRun(mode, conns) {
   return async (port, seconds, env) => {
     const out = await mustRun('tcpload', env.bin.tcpload, [mode, '127.0.0.1', String(port), String(conns), '64', String(seconds)], seconds * 1000 + 40_000);
     const r = JSON.parse(out.trim().split('\n').pop());
-    if (r.ops === 0) throw new Error(`tcpload ${mode}: no round trip completed (${r.errors} errors)`);
+    if (r.ops === 0) throw new Error(`tcpload ${mode}: no round trip completed in ${seconds} s (${r.errors} errors): a stall`);
     return { series: { main: { value: r.rate, p50: r.p50_us, p99: r.p99_us, p999: r.p999_us, errors: r.errors } }, ops: r.ops, opUnit: mode === 'churn' ? 'conn' : 'req' };
   };
 }
@@ -36,11 +36,25 @@ function tcploadRun(mode, conns) {
 
 async function iperfRun(port, seconds, env) {
   const secs = Math.max(1, Math.round(seconds));
-  const out = await mustRun('iperf3', env.tools.iperf3, ['-c', '127.0.0.1', '-p', String(port), '-t', String(secs), '-J'], secs * 1000 + 30_000);
-  const r = JSON.parse(out);
-  if (r.error) throw new Error(`iperf3: ${r.error}`);
-  const received = r.end.sum_received;
-  return { series: { main: { value: received.bits_per_second / 8 / 1e6 } }, ops: received.bytes / 1e6, opUnit: 'MB' };
+  // iperf3 -s serves one test at a time and notices the end of the previous one a moment after
+  // its client does (later still through a proxy): retry "busy" a bounded number of times.
+  for (let attempt = 1; ; attempt++) {
+    const r = await runCommand('iperf3', env.tools.iperf3, ['-c', '127.0.0.1', '-p', String(port), '-t', String(secs), '-J'], { timeoutMs: secs * 1000 + 30_000 });
+    let report = null;
+    try {
+      report = JSON.parse(r.stdout);
+    } catch {
+      // no JSON: reported below
+    }
+    if (report?.error?.includes('busy') && attempt < 20) {
+      await sleep(250);
+      continue;
+    }
+    if (!report || r.timedOut) throw new Error(`iperf3 ${r.timedOut ? 'timed out' : `exit ${r.code}`}: ${(r.stderr || r.stdout).slice(0, 300)}`);
+    if (report.error) throw new Error(`iperf3: ${report.error}`);
+    const received = report.end.sum_received;
+    return { series: { main: { value: received.bits_per_second / 8 / 1e6 } }, ops: received.bytes / 1e6, opUnit: 'MB' };
+  }
 }
 
 // ---------------------------------------------------------------- wrk

@@ -51,6 +51,10 @@ export function reasonForError(error: NodeJS.ErrnoException): EvictionReason {
   }
 }
 
+/** The session a socket belongs to, for the shared event handlers. */
+const OWNER = Symbol('keepalive-proxy.session');
+type OwnedSocket = net.Socket & { [OWNER]?: Session };
+
 /** Reasons that end a pair with FIN after a flush; every other reason resets both sides. */
 const CLEAN_REASONS: ReadonlySet<EvictionReason> = new Set(['peer_closed', 'shutdown', 'idle_timeout', 'route_removed']);
 const CLEAN_CLOSE_GRACE_MS = 5_000;
@@ -117,31 +121,66 @@ export class Session {
 
   #wire(): void {
     const { down, up } = this;
-    down.on('data', (chunk: Buffer) => this.#onClientData(chunk));
-    up.on('data', (chunk: Buffer) => this.#onUpstreamData(chunk));
+    // The handlers are shared by every session (static, found through the socket's
+    // back-reference) rather than closures per session: at thousands of idle
+    // connections, ten closures each are a measurable share of the memory per pair.
+    (down as OwnedSocket)[OWNER] = this;
+    (up as OwnedSocket)[OWNER] = this;
+    down.on('data', Session.#downData);
+    up.on('data', Session.#upData);
     // Backpressure: a full write buffer on one side pauses reading on the other, so
     // the proxy never holds more than the sockets' own buffers.
-    up.on('drain', () => {
-      this.#downBlocked = false;
-      this.#resumeDown();
-    });
-    down.on('drain', () => {
-      this.#upBlocked = false;
-      up.resume();
-    });
+    up.on('drain', Session.#upDrain);
+    down.on('drain', Session.#downDrain);
     // Half-close: a FIN is passed on as a FIN; the other direction keeps flowing.
-    down.on('end', () => {
-      this.#downEnded = true;
-      if (this.#held.length === 0) up.end();
-    });
-    up.on('end', () => {
-      this.#upEnded = true;
-      down.end();
-    });
-    down.on('error', (error: NodeJS.ErrnoException) => this.close(reasonForError(error), 'downstream', error));
-    up.on('error', (error: NodeJS.ErrnoException) => this.close(reasonForError(error), 'upstream', error));
-    down.on('close', () => this.#onSocketClosed('downstream'));
-    up.on('close', () => this.#onSocketClosed('upstream'));
+    down.on('end', Session.#downEnd);
+    up.on('end', Session.#upEnd);
+    down.on('error', Session.#downError);
+    up.on('error', Session.#upError);
+    down.on('close', Session.#downClose);
+    up.on('close', Session.#upClose);
+  }
+
+  static #of(socket: net.Socket): Session {
+    return (socket as OwnedSocket)[OWNER]!;
+  }
+  static #downData(this: net.Socket, chunk: Buffer): void {
+    Session.#of(this).#onClientData(chunk);
+  }
+  static #upData(this: net.Socket, chunk: Buffer): void {
+    Session.#of(this).#onUpstreamData(chunk);
+  }
+  static #upDrain(this: net.Socket): void {
+    const session = Session.#of(this);
+    session.#downBlocked = false;
+    session.#resumeDown();
+  }
+  static #downDrain(this: net.Socket): void {
+    const session = Session.#of(this);
+    session.#upBlocked = false;
+    session.up.resume();
+  }
+  static #downEnd(this: net.Socket): void {
+    const session = Session.#of(this);
+    session.#downEnded = true;
+    if (session.#held.length === 0) session.up.end();
+  }
+  static #upEnd(this: net.Socket): void {
+    const session = Session.#of(this);
+    session.#upEnded = true;
+    session.down.end();
+  }
+  static #downError(this: net.Socket, error: NodeJS.ErrnoException): void {
+    Session.#of(this).close(reasonForError(error), 'downstream', error);
+  }
+  static #upError(this: net.Socket, error: NodeJS.ErrnoException): void {
+    Session.#of(this).close(reasonForError(error), 'upstream', error);
+  }
+  static #downClose(this: net.Socket): void {
+    Session.#of(this).#onSocketClosed('downstream');
+  }
+  static #upClose(this: net.Socket): void {
+    Session.#of(this).#onSocketClosed('upstream');
   }
 
   #onClientData(chunk: Buffer): void {

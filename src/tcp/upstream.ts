@@ -95,7 +95,7 @@ export class UpstreamSource {
         }
         this.#inUse++;
         this.#updateGauges();
-        return { socket, reused: false, earlyData: [], tracker: this.#codec?.track(codecOptions(this.#config)) ?? null, release: () => this.#released() };
+        return { socket, reused: false, earlyData: [], tracker: this.#codec?.track(codecOptions(this.#config)) ?? null, release: this.#release };
       }),
       abort: () => {
         aborted = true;
@@ -103,6 +103,9 @@ export class UpstreamSource {
       },
     };
   }
+
+  /** One function for every lease (not a closure per connection). */
+  readonly #release = (): void => this.#released();
 
   #released(): void {
     if (this.#inUse > 0) this.#inUse--;
@@ -260,7 +263,7 @@ export class UpstreamSource {
           return;
         }
         this.#metrics.reuse.inc();
-        resolve({ socket: spare.socket, reused: true, earlyData: spare.early, tracker: spare.tracker, release: () => this.#released() });
+        resolve({ socket: spare.socket, reused: true, earlyData: spare.early, tracker: spare.tracker, release: this.#release });
       });
     });
     return { done, abort: () => (aborted = true) };

@@ -8,7 +8,7 @@ import type { Session } from '../tcp/session.js';
 let nextClientId = 1;
 
 export class ClientConnection {
-  readonly id = `h${nextClientId++}`;
+  readonly #number = nextClientId++;
   readonly socket: net.Socket;
   readonly createdAt: number;
   lastActivity: number;
@@ -19,10 +19,13 @@ export class ClientConnection {
   reused = false;
   /** The upstream its latest request went to. */
   upstream: string | null = null;
-  /** Requests in progress on it (a pipelining client may have more than one queued). */
-  inFlight = 0;
   /** Set once an Upgrade or CONNECT turned it into a tunnel. */
   tunnel: { readonly kind: 'upgrade' | 'connect'; readonly session: Session } | null = null;
+
+  /** "h<n>": formatted when asked (the admin listing), not per connection. */
+  get id(): string {
+    return `h${this.#number}`;
+  }
 
   constructor(socket: net.Socket, now: number) {
     this.socket = socket;

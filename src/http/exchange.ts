@@ -1,15 +1,20 @@
-import http from 'node:http';
 import { ProxyError } from '../errors.js';
 import type { Logger } from '../log.js';
-import type { HttpPool, OriginPool, PoolRequestOptions } from '../pool/http-pool.js';
-import type { ClientConnection } from './client.js';
-import { IDEMPOTENT_METHODS, endToEnd, requestHasBody, trailerPairs } from './headers.js';
-import { respondError } from './respond.js';
+import type { EvictionReason } from '../metrics/registry.js';
+import { parseKeepAliveTimeoutMs, type PooledConnection } from '../pool/http-connection.js';
+import type { OriginPool, PoolWaiter } from '../pool/http-pool.js';
+import { BODY_ERROR, BODY_MORE, BodyReader, type BodySink } from './body-reader.js';
+import { HeadError, findHeadEnd, parseResponseHead, type ResponseHead } from './head-parser.js';
+import { IDEMPOTENT_METHODS } from './headers.js';
+import { dateLine, downstreamResponseHead, interimResponseHead, type DownstreamFraming } from './head-writer.js';
 
-// One client request carried to the upstream over the pool, and its response carried
-// back: bodies stream both ways with backpressure (never buffered whole), trailers and
-// 1xx go through, and a request that died on a reused connection before any response
-// byte is retried once on a fresh connection when that cannot run it twice:
+// One client request carried to the upstream over a pooled connection, and its response
+// carried back, on raw sockets: the request head as rewritten (head-writer.ts), the body
+// bytes as framed, the response head parsed (head-parser.ts) and its body framed by
+// body-reader.ts. Bodies stream both ways with backpressure, never buffered whole;
+// trailers travel inside the chunked framing; 1xx go to HTTP/1.1 clients. A request that
+// died on a reused connection before any response byte is retried once on a fresh
+// connection when that cannot run it twice:
 //  - an idempotent method (RFC 9110 9.2.2) whose body written so far fits the replay
 //    buffer (pingora keeps one the same way), or
 //  - any method whose body had not started: the upstream cannot have acted on a request
@@ -18,6 +23,8 @@ import { respondError } from './respond.js';
 
 /** Body bytes kept for a replay; past this an idempotent request with a body is not retried. */
 const REPLAY_LIMIT = 64 * 1024;
+/** Body bytes held while no connection is ready; past this the client is paused. */
+const QUEUE_LIMIT = 64 * 1024;
 /**
  * A client that leaves after sending its whole request does not cost the pool its
  * connection: the rest of the response is read and dropped, up to this many bytes and
@@ -26,6 +33,10 @@ const REPLAY_LIMIT = 64 * 1024;
  */
 const DISCARD_LIMIT = 256 * 1024;
 const DISCARD_TIME_LIMIT_MS = 30_000;
+/** Response heads past this are refused with 502 (node's client allowed 16 KiB). */
+const RESPONSE_HEAD_LIMIT = 64 * 1024;
+/** First body bytes up to this size leave with the head, as one latin1 string (one write, no Buffer). */
+const COALESCE_LIMIT = 4 * 1024;
 
 /** What an exchange needs from its route. */
 export interface ExchangeHost {
@@ -37,53 +48,91 @@ export interface ExchangeHost {
   observeUpstreamSeconds(seconds: number): void;
   /** retries_total{reason}. */
   retried(reason: string): void;
-  /** Draining: every response closes its client connection. */
-  draining(): boolean;
-  countBytes(direction: 'upstream' | 'downstream', count: number): void;
+  /** A response still being read after its client left: the route's clock ticks it until finished(). */
+  orphaned(exchange: Exchange): void;
   finished(exchange: Exchange): void;
 }
 
-export interface ExchangeTarget {
-  readonly pool: HttpPool;
-  readonly origin: OriginPool;
-  /** The request target on the upstream hop (origin-form). */
-  readonly path: string;
-  /** The upstream request's header list (see headers.ts upstreamRequestHeaders). */
-  readonly headers: string[];
+/** What an exchange needs from the client connection (http/client-session.ts). */
+export interface ExchangeClient {
+  readonly httpVersion: '1.0' | '1.1';
+  /** Bytes written to the client are still queued in node (not yet handed to the kernel). */
+  readonly holdsWrites: boolean;
+  /** The connection lines of the response head; decides whether the client connection persists. */
+  connectionLines(closeDelimited: boolean): string;
+  /** latin1 text. */
+  writeInterim(head: string): void;
+  /** The response head (and maybe the first body bytes), latin1 text; false when the client's buffer is full (wait for clientDrained). */
+  writeHead(head: string): boolean;
+  writeBody(chunk: Buffer): boolean;
+  /** The response is complete; `reusable`: the client connection may carry another request. */
+  responseDone(reusable: boolean): void;
+  /** The response cannot complete: reset the client so the truncation shows. */
+  cut(): void;
+  /** A proxy error answer; false when too late (a response head already went out). */
+  respondError(status: number, detail: string): boolean;
+  pauseRequest(): void;
+  resumeRequest(): void;
+  /** The upstream this client's latest request went to, whether it reused a connection (admin listing). */
+  noteUpstream(description: string, reused: boolean): void;
+  countDownstream(bytes: number): void;
 }
 
-export interface ExchangeOptions {
+export interface ExchangeRequest {
+  readonly origin: OriginPool;
+  readonly method: string;
+  /** The request head for the upstream, as it goes on the wire (latin1). */
+  readonly head: string;
+  /** The request carries a body (Content-Length > 0 or chunked). */
+  readonly hasBody: boolean;
   readonly retry: boolean;
   readonly responseTimeoutMs: number;
 }
 
-export class Exchange {
+// Response-side states.
+const WAITING = 0;
+const HEAD = 1;
+const BODY = 2;
+const COMPLETE = 3;
+
+export class Exchange implements PoolWaiter, BodySink {
   readonly #host: ExchangeHost;
-  readonly #req: http.IncomingMessage;
-  readonly #res: http.ServerResponse;
-  readonly #client: ClientConnection;
-  readonly #target: ExchangeTarget;
-  readonly #options: ExchangeOptions;
-  readonly #method: string;
-  readonly #hasBody: boolean;
+  readonly #client: ExchangeClient;
+  readonly #request: ExchangeRequest;
   readonly #startedAt = performance.now();
-  /** The current attempt; null once the exchange gave up on the upstream. */
-  #ureq: http.ClientRequest | null = null;
-  /** The current attempt's response, once its head came. */
-  #ures: http.IncomingMessage | null = null;
+  #connection: PooledConnection | null = null;
   #attempts = 0;
-  /** Body bytes handed to the upstream request, over all attempts. */
+  #reused = false;
+  /** Body bytes not yet written because no connection was ready. */
+  #queue: Buffer[] = [];
+  #queuedBytes = 0;
+  /** Body bytes written to the current connection. */
   #bodyWritten = 0;
   /** What a retry would have to send again; null when a retry cannot replay the body. */
   #replay: Buffer[] | null;
   #replayBytes = 0;
-  #bodyEnded = false;
+  #requestEnded: boolean;
+  /** The client is paused on our account (queue full or the upstream's buffer full). */
+  #requestPaused = false;
+  #state = WAITING;
+  /** Response bytes from the current connection (any means no retry). */
+  #upstreamBytes = 0;
+  /** A response head that arrived in pieces. */
+  #partialHead: Buffer | null = null;
   /** A 1xx came from the upstream: a response byte, so no retry. */
   #interim = false;
-  /** The final response head came. */
-  #responded = false;
-  /** The upstream response was read to its end (node frees the socket after this). */
-  #upstreamComplete = false;
+  #continued = false;
+  #reader: BodyReader | null = null;
+  /**
+   * The final response head, held back so that it leaves with the first body bytes. Its
+   * field lines are ranges of the chunk being read: it is written before that read ends.
+   */
+  #pendingHead: ResponseHead | null = null;
+  #framing: DownstreamFraming = 'none';
+  #connectionLines = '';
+  #upstreamKeepAlive = false;
+  #clientReusable = true;
+  #responsePaused = false;
   /** Wall-clock ms by which the response head must arrive; 0 = no deadline running. */
   #deadline = 0;
   #status = 0;
@@ -93,84 +142,35 @@ export class Exchange {
   #discarding = false;
   #discarded = 0;
 
-  constructor(
-    host: ExchangeHost,
-    req: http.IncomingMessage,
-    res: http.ServerResponse,
-    client: ClientConnection,
-    target: ExchangeTarget,
-    options: ExchangeOptions,
-  ) {
+  constructor(host: ExchangeHost, client: ExchangeClient, request: ExchangeRequest) {
     this.#host = host;
-    this.#req = req;
-    this.#res = res;
     this.#client = client;
-    this.#target = target;
-    this.#options = options;
-    this.#method = req.method ?? 'GET';
-    this.#hasBody = requestHasBody(req);
+    this.#request = request;
+    this.#requestEnded = !request.hasBody;
     // Only an idempotent request ever replays body bytes.
-    this.#replay = options.retry && IDEMPOTENT_METHODS.has(this.#method) ? [] : null;
+    this.#replay = request.retry && IDEMPOTENT_METHODS.has(request.method) ? [] : null;
+  }
+
+  /** PoolWaiter: the exchange no longer needs a connection. */
+  get abandoned(): boolean {
+    return this.#done && !this.#discarding;
   }
 
   start(): void {
-    this.#client.requests++;
-    this.#client.inFlight++;
-    this.#client.upstream = this.#target.origin.describe();
-    this.#req.on('data', this.#onBodyData);
-    this.#req.on('end', this.#onBodyEnd);
-    // A client reset mid-body surfaces as the response's 'close' below.
-    this.#req.on('error', () => {});
-    this.#res.on('close', this.#onClientClose);
+    if (this.#requestEnded) this.#armDeadline();
     this.#attempt(false);
-  }
-
-  /** Shared clock: the response-head deadline. */
-  tick(now: number): void {
-    if (this.#deadline === 0 || now < this.#deadline) return;
-    this.#deadline = 0;
-    if (this.#discarding) {
-      this.#abandonUpstream('client_aborted');
-      return;
-    }
-    if (this.#done || this.#responded) return;
-    this.#abandonUpstream('response_timeout');
-    this.#answerError(504, 'the upstream did not answer in time');
   }
 
   #attempt(fresh: boolean): void {
     this.#attempts++;
-    const options: http.RequestOptions & PoolRequestOptions = {
-      agent: this.#target.origin as unknown as http.Agent,
-      method: this.#method,
-      path: this.#target.path,
-      headers: this.#target.headers as unknown as http.OutgoingHttpHeaders,
-      keepaliveProxyFresh: fresh,
-    };
-    let ureq: http.ClientRequest;
-    try {
-      ureq = http.request(options);
-    } catch (error) {
-      // node refused the request line or a header value for the upstream hop.
-      this.#host.log.debug({ route: this.#host.route, err: String(error) }, 'request not forwardable');
-      this.#answerError(400, 'the request cannot be forwarded');
-      return;
-    }
-    this.#ureq = ureq;
-    ureq.on('information', (info: http.InformationEvent) => this.#onInformation(ureq, info));
-    ureq.on('response', (ures: http.IncomingMessage) => this.#onResponse(ureq, ures));
-    // Stays for the request's life: errors of an abandoned attempt are ignored, never thrown.
-    ureq.on('error', (error: NodeJS.ErrnoException) => this.#onUpstreamError(ureq, error));
-    if (this.#replay) for (const chunk of this.#replay) ureq.write(chunk);
-    if (this.#bodyEnded) this.#endUpstream(ureq);
-    else this.#req.resume();
+    this.#request.origin.acquire(this, fresh);
   }
 
-  readonly #onBodyData = (chunk: Buffer): void => {
-    const ureq = this.#ureq;
-    if (!ureq || this.#done) return; // given up: node discards the rest of the body
-    this.#client.bytesUp += chunk.length;
-    this.#host.countBytes('upstream', chunk.length);
+  // ---- the request, from the client session ----
+
+  /** Body bytes as framed by the client (the upstream gets the same framing); the chunk is ours to keep. */
+  requestBody(chunk: Buffer): void {
+    if (this.#done) return;
     if (this.#replay) {
       if (this.#replayBytes + chunk.length <= REPLAY_LIMIT) {
         this.#replay.push(chunk);
@@ -179,201 +179,404 @@ export class Exchange {
         this.#replay = null;
       }
     }
+    const connection = this.#connection;
+    if (connection === null) {
+      this.#queue.push(chunk);
+      this.#queuedBytes += chunk.length;
+      if (this.#queuedBytes > QUEUE_LIMIT) this.#pauseRequest();
+      return;
+    }
     this.#bodyWritten += chunk.length;
-    if (!ureq.write(chunk)) {
-      // Backpressure: read no more from the client until the upstream socket drains.
-      this.#req.pause();
-      ureq.once('drain', () => {
-        if (ureq === this.#ureq) this.#req.resume();
-      });
-    }
-  };
-
-  readonly #onBodyEnd = (): void => {
-    this.#bodyEnded = true;
-    // The deadline for the response head runs from the end of the request.
-    if (this.#options.responseTimeoutMs > 0 && !this.#responded) this.#deadline = Date.now() + this.#options.responseTimeoutMs;
-    if (this.#ureq && !this.#done) this.#endUpstream(this.#ureq);
-  };
-
-  #endUpstream(ureq: http.ClientRequest): void {
-    const trailers = this.#req.rawTrailers;
-    if (trailers.length > 0) {
-      try {
-        ureq.addTrailers(trailerPairs(trailers));
-      } catch {
-        // A trailer node will not serialise is dropped, not fatal.
-      }
-    }
-    ureq.end();
+    // Backpressure: read no more from the client until the upstream socket drains.
+    if (!connection.socket.write(chunk)) this.#pauseRequest();
   }
 
-  #onInformation(ureq: http.ClientRequest, info: http.InformationEvent): void {
-    if (ureq !== this.#ureq || this.#done) return;
+  requestEnd(): void {
+    this.#requestEnded = true;
+    if (this.#done) return;
+    // The deadline for the response head runs from the end of the request.
+    if (this.#state <= HEAD) this.#armDeadline();
+  }
+
+  /** The client's body framing broke or the client went away mid-body. */
+  requestFailed(): void {
+    if (this.#done) return;
+    this.#abandonUpstream('error');
+    if (!this.#client.respondError(400, 'invalid request body')) this.#client.cut();
+    this.#status = 400;
+    this.#complete();
+  }
+
+  /** The client connection closed before the response completed. */
+  clientClosed(): void {
+    if (this.#done) return;
+    if (this.#status === 0) this.#status = 499; // nginx's "client closed request"
+    // A request the upstream has whole can still complete on its connection, which then
+    // stays pooled; a half-sent one cannot: close it.
+    if (this.#connection !== null && this.#requestEnded && this.#state !== COMPLETE) this.#startDiscarding();
+    else this.#abandonUpstream('client_aborted');
+    this.#complete();
+  }
+
+  clientDrained(): void {
+    if (this.#responsePaused) {
+      this.#responsePaused = false;
+      this.#connection?.socket.resume();
+    }
+  }
+
+  /** Shared clock: the response-head deadline, and the time limit on a dropped response. */
+  tick(now: number): void {
+    if (this.#deadline === 0 || now < this.#deadline) return;
+    this.#deadline = 0;
+    if (this.#discarding) {
+      this.#abandonUpstream('client_aborted');
+      return;
+    }
+    if (this.#done || this.#state >= BODY) return;
+    this.#abandonUpstream('response_timeout');
+    this.#answerError(504, 'the upstream did not answer in time');
+  }
+
+  // ---- PoolWaiter: a connection for the request ----
+
+  connectionReady(connection: PooledConnection, reused: boolean): void {
+    this.#connection = connection;
+    this.#reused = reused;
+    this.#state = HEAD;
+    this.#upstreamBytes = 0;
+    this.#bodyWritten = 0;
+    this.#client.noteUpstream(this.#request.origin.describe(), reused);
+    const socket = connection.socket;
+    const queue = this.#queue;
+    if (queue.length === 0) {
+      socket.write(this.#request.head, 'latin1');
+    } else {
+      // Head and queued body in one write.
+      socket.cork();
+      socket.write(this.#request.head, 'latin1');
+      for (const chunk of queue) {
+        this.#bodyWritten += chunk.length;
+        socket.write(chunk);
+      }
+      socket.uncork();
+      this.#queue = [];
+      this.#queuedBytes = 0;
+    }
+    if (this.#requestPaused && socket.writableLength === 0) this.#resumeRequest();
+  }
+
+  connectionFailed(error: unknown): void {
+    if (this.#done) return;
+    const timeout = error instanceof ProxyError && error.code === 'CONNECT_TIMEOUT';
+    if (this.#host.log.isLevelEnabled('debug')) this.#host.log.debug({ route: this.#host.route, err: String(error) }, 'upstream connect failed');
+    if (timeout) this.#answerError(504, 'the upstream did not accept the connection in time');
+    else this.#answerError(502, 'the upstream is unreachable');
+  }
+
+  // ---- ConnectionUser: the connection's events ----
+
+  upstreamData(chunk: Buffer): void {
+    this.#upstreamBytes += chunk.length;
+    if (this.#state === BODY) {
+      this.#feedBody(chunk, 0);
+      return;
+    }
+    if (this.#state !== HEAD) return;
+    let buf = chunk;
+    if (this.#partialHead !== null) {
+      buf = Buffer.concat([this.#partialHead, chunk]);
+      this.#partialHead = null;
+    }
+    let start = 0;
+    for (;;) {
+      let head: ResponseHead;
+      try {
+        const end = findHeadEnd(buf, start, RESPONSE_HEAD_LIMIT, 502);
+        if (end === -1) {
+          // A copy: the chunk may be a view of the connection's reused read buffer.
+          if (start < buf.length) this.#partialHead = Buffer.from(buf.subarray(start));
+          return;
+        }
+        head = parseResponseHead(buf, start, end);
+        start = end;
+      } catch (error) {
+        this.#invalidResponse(error instanceof HeadError ? error.detail : String(error));
+        return;
+      }
+      if (head.status >= 200) {
+        this.#responseHead(head);
+        break;
+      }
+      if (!this.#interimHead(head)) return;
+      if (start >= buf.length) return;
+    }
+    if (this.#reader !== null) {
+      this.#feedBody(buf, start);
+    } else {
+      this.#flushPendingHead();
+      this.#responseComplete(start < buf.length);
+    }
+  }
+
+  upstreamEnd(): void {
+    // The body runs until the upstream closes: this is its end.
+    if (this.#state === BODY && this.#reader?.endsAtClose) {
+      this.#flushPendingHead();
+      this.#upstreamKeepAlive = false;
+      this.#responseComplete(false);
+      return;
+    }
+    this.#upstreamFailed(null);
+  }
+
+  upstreamClosed(error: NodeJS.ErrnoException | null): void {
+    if (this.#state === BODY && this.#reader?.endsAtClose && error === null) {
+      this.upstreamEnd();
+      return;
+    }
+    this.#upstreamFailed(error);
+  }
+
+  upstreamDrained(): void {
+    if (this.#requestPaused) this.#resumeRequest();
+  }
+
+  // ---- the response ----
+
+  /** A 1xx: passed to an HTTP/1.1 client; false when the exchange stopped. */
+  #interimHead(head: ResponseHead): boolean {
+    if (head.status === 101) {
+      // Only an Upgrade request may be answered with a protocol switch (those go through upgrade.ts).
+      this.#invalidResponse('101 to a request that asked for no upgrade');
+      return false;
+    }
     this.#interim = true;
     this.#replay = null;
-    if (this.#deadline) this.#deadline = Date.now() + this.#options.responseTimeoutMs;
+    if (head.status === 100) this.#continued = true;
+    if (this.#deadline !== 0) this.#armDeadline();
     // RFC 9110 15.2: a proxy never sends a 1xx to an HTTP/1.0 client.
-    if (this.#req.httpVersion === '1.0' || this.#res.headersSent || this.#res.destroyed) return;
-    try {
-      if (info.statusCode === 100) this.#res.writeContinue();
-      else if (info.statusCode === 102) this.#res.writeProcessing();
-      else if (info.statusCode === 103 && info.headers.link) this.#res.writeEarlyHints({ link: info.headers.link });
-      // Other 1xx codes have no meaning node can write; the final response follows anyway.
-    } catch {
-      // An interim response node refuses to serialise is dropped; the final one still goes.
-    }
+    if (!this.#discarding && this.#client.httpVersion === '1.1') this.#client.writeInterim(interimResponseHead(head));
+    return true;
   }
 
-  #onResponse(ureq: http.ClientRequest, ures: http.IncomingMessage): void {
-    if (ureq !== this.#ureq) {
-      ures.resume();
-      return;
-    }
-    this.#ures = ures;
-    this.#responded = true;
+  /** The final response head: the client's head is built and held for the first body bytes. */
+  #responseHead(head: ResponseHead): void {
     this.#replay = null;
-    if (ureq.reusedSocket) this.#client.reused = true;
-    if (this.#discarding) {
-      this.#dropResponse(ures);
-      return;
-    }
     this.#deadline = 0;
-    const res = this.#res;
-    if (this.#done || res.destroyed) {
-      ures.resume();
-      return;
+    this.#status = head.status;
+    const connection = this.#connection!;
+    const noBody = this.#request.method === 'HEAD' || head.status === 204 || head.status === 304;
+    // A body that runs until the close leaves nothing to reuse; no body at all leaves the framing moot.
+    this.#upstreamKeepAlive = head.persistent && (noBody || head.body !== 'close');
+    if (head.keepAliveHeader !== undefined) connection.keepAliveHintMs = parseKeepAliveTimeoutMs(head.keepAliveHeader);
+    let framing: DownstreamFraming;
+    if (noBody || (head.body === 'length' && head.contentLength === 0)) framing = 'none';
+    else if (head.body === 'length') framing = 'length';
+    else if (head.body === 'chunked') framing = this.#client.httpVersion === '1.1' ? 'chunked' : 'close';
+    else framing = 'close';
+    if (!this.#requestEnded && this.#request.hasBody && !this.#continued && this.#interimExpected()) this.#clientReusable = false;
+    if (this.#discarding) {
+      this.#reader = framing === 'none' ? null : this.#bodyReader(head, true);
+    } else {
+      this.#connectionLines = this.#client.connectionLines(framing === 'close' || !this.#clientReusable);
+      this.#framing = framing;
+      this.#pendingHead = head;
+      this.#reader = framing === 'none' ? null : this.#bodyReader(head, framing === 'close' && head.body === 'chunked');
     }
-    if (this.#host.draining()) res.shouldKeepAlive = false;
-    const status = ures.statusCode ?? 502;
-    try {
-      res.writeHead(status, ures.statusMessage, endToEnd(ures.rawHeaders));
-    } catch (error) {
-      this.#host.log.warn({ route: this.#host.route, err: String(error) }, 'upstream response head not forwardable');
-      this.#abandonUpstream('error');
-      this.#answerError(502, 'the upstream sent an invalid response');
-      return;
-    }
-    this.#status = status;
-    ures.on('data', (chunk: Buffer) => {
-      if (this.#discarding) {
-        this.#countDiscarded(chunk.length);
-        return;
-      }
-      this.#client.bytesDown += chunk.length;
-      this.#host.countBytes('downstream', chunk.length);
-      if (!res.write(chunk)) {
-        ures.pause();
-        res.once('drain', () => ures.resume());
-      }
-    });
-    ures.on('end', () => {
-      this.#upstreamComplete = true;
-      this.#host.observeUpstreamSeconds((performance.now() - this.#startedAt) / 1000);
-      if (this.#discarding) {
-        this.#stopDiscarding();
-        return;
-      }
-      if (ures.rawTrailers.length > 0) {
-        try {
-          res.addTrailers(trailerPairs(ures.rawTrailers));
-        } catch {
-          // dropped, as for request trailers
-        }
-      }
-      res.end();
-    });
-    // The upstream died mid-body: the client must see a cut message, never a complete-looking one.
-    ures.on('error', () => {
-      if (!this.#upstreamComplete) this.#cutClient();
-    });
+    this.#state = BODY;
   }
 
-  #onUpstreamError(ureq: http.ClientRequest, error: NodeJS.ErrnoException): void {
-    if (ureq !== this.#ureq) return;
+  /** An Expect: 100-continue request answered without a 100: its body may never come. */
+  #interimExpected(): boolean {
+    return this.#bodyWritten === 0 && this.#queuedBytes === 0;
+  }
+
+  #bodyReader(head: ResponseHead, decode: boolean): BodyReader {
+    if (head.body === 'length') return BodyReader.length(head.contentLength, this);
+    if (head.body === 'chunked') return BodyReader.chunked(this, decode);
+    return BodyReader.untilClose(this);
+  }
+
+  #feedBody(buf: Buffer, start: number): void {
+    const end = this.#reader!.feed(buf, start);
+    if (end === BODY_MORE) {
+      this.#flushPendingHead();
+      return;
+    }
+    if (end === BODY_ERROR) {
+      if (this.#host.log.isLevelEnabled('debug')) this.#host.log.debug({ route: this.#host.route, why: this.#reader!.error }, 'invalid response body framing');
+      this.#invalidResponse(this.#reader!.error ?? 'invalid body framing');
+      return;
+    }
+    this.#flushPendingHead();
+    this.#responseComplete(end < buf.length);
+  }
+
+  /** BodySink: response body bytes, to the client (or dropped when it left). */
+  bodyBytes(buf: Buffer, start: number, end: number): void {
     if (this.#discarding) {
-      // The connection is lost anyway (the pool records why); nobody is waiting.
-      this.#ureq = null;
+      this.#countDiscarded(end - start);
+      return;
+    }
+    this.#client.countDownstream(end - start);
+    let flowing: boolean;
+    const head = this.#pendingHead;
+    if (head !== null && end - start <= COALESCE_LIMIT) {
+      this.#pendingHead = null;
+      flowing = this.#client.writeHead(this.#clientHead(head) + buf.toString('latin1', start, end));
+    } else {
+      this.#flushPendingHead();
+      flowing = this.#client.writeBody(buf.subarray(start, end));
+    }
+    const connection = this.#connection;
+    if (connection === null) return;
+    // The client's socket still holds (a view of) this chunk: the next read needs a new buffer.
+    if (this.#client.holdsWrites) connection.retainChunk();
+    if (!flowing && !this.#responsePaused) {
+      // Backpressure: read no more from the upstream until the client drains.
+      this.#responsePaused = true;
+      connection.socket.pause();
+    }
+  }
+
+  #flushPendingHead(): void {
+    const head = this.#pendingHead;
+    if (head === null) return;
+    this.#pendingHead = null;
+    this.#client.writeHead(this.#clientHead(head));
+  }
+
+  #clientHead(head: ResponseHead): string {
+    return downstreamResponseHead(head, this.#framing, this.#connectionLines, head.hasDate ? '' : dateLine());
+  }
+
+  /**
+   * The whole response came from the upstream. `extra`: bytes followed it, which no
+   * request asked for: the upstream is out of step and its connection goes.
+   */
+  #responseComplete(extra: boolean): void {
+    this.#state = COMPLETE;
+    this.#reader = null;
+    this.#host.observeUpstreamSeconds((performance.now() - this.#startedAt) / 1000);
+    this.#finishUpstream(extra ? 'unexpected_data' : null);
+    if (this.#discarding) {
       this.#stopDiscarding();
       return;
     }
     if (this.#done) return;
-    if (this.#responded) {
-      if (!this.#upstreamComplete) this.#cutClient();
+    this.#complete();
+    this.#client.responseDone(this.#clientReusable && this.#requestEnded);
+  }
+
+  /** Gives the connection back to the pool, or closes it with `reason` (or because the upstream said so). */
+  #finishUpstream(reason: EvictionReason | null): void {
+    const connection = this.#connection;
+    if (connection === null) return;
+    this.#connection = null;
+    if (this.#responsePaused) {
+      this.#responsePaused = false;
+      connection.socket.resume();
+    }
+    // The upstream answered before the request's end: what it made of the rest is unknown.
+    if (!this.#requestEnded) connection.close('error');
+    else if (reason !== null) connection.close(reason);
+    else if (this.#upstreamKeepAlive) this.#request.origin.release(connection);
+    else connection.close('peer_closed');
+  }
+
+  #invalidResponse(why: string): void {
+    if (this.#host.log.isLevelEnabled('warn')) this.#host.log.warn({ route: this.#host.route, why }, 'invalid upstream response');
+    this.#abandonUpstream('error');
+    if (this.#discarding) return;
+    this.#answerError(502, 'the upstream sent an invalid response');
+  }
+
+  /** The connection ended or broke before the response was complete. */
+  #upstreamFailed(error: NodeJS.ErrnoException | null): void {
+    const connection = this.#connection;
+    if (connection === null) return;
+    this.#connection = null;
+    connection.close(error ? 'error' : 'peer_closed');
+    if (this.#discarding) {
+      this.#stopDiscarding();
       return;
     }
-    if (this.#mayRetry(ureq)) {
-      const reason = (error.code ?? 'error').toLowerCase();
+    if (this.#done) return;
+    if (this.#state === BODY) {
+      // Mid-body: the client must see a cut message, never a complete-looking one.
+      this.#client.cut();
+      this.#complete();
+      return;
+    }
+    if (this.#mayRetry()) {
+      const reason = error?.code ? error.code.toLowerCase() : 'peer_closed';
       this.#host.retried(reason);
-      this.#host.log.debug({ route: this.#host.route, method: this.#method, reason }, 'reused upstream connection failed before the response; retrying on a fresh one');
+      if (this.#host.log.isLevelEnabled('debug')) {
+        this.#host.log.debug({ route: this.#host.route, method: this.#request.method, reason }, 'reused upstream connection failed before the response; retrying on a fresh one');
+      }
+      this.#state = WAITING;
+      this.#partialHead = null;
+      if (this.#replay) {
+        this.#queue = [...this.#replay];
+        this.#queuedBytes = this.#replayBytes;
+      }
       this.#attempt(true);
       return;
     }
-    const timeout = error instanceof ProxyError && error.code === 'CONNECT_TIMEOUT';
-    const connectFailed = error instanceof ProxyError;
-    this.#host.log.debug({ route: this.#host.route, method: this.#method, err: error.message, reused: ureq.reusedSocket }, 'upstream request failed');
-    this.#ureq = null;
-    if (timeout) this.#answerError(504, 'the upstream did not accept the connection in time');
-    else if (connectFailed) this.#answerError(502, 'the upstream is unreachable');
-    else this.#answerError(502, 'the upstream closed the connection');
+    if (this.#host.log.isLevelEnabled('debug')) {
+      this.#host.log.debug({ route: this.#host.route, method: this.#request.method, err: error?.message ?? 'closed', reused: this.#reused }, 'upstream request failed');
+    }
+    this.#answerError(502, this.#upstreamBytes > 0 ? 'the upstream sent an incomplete response' : 'the upstream closed the connection');
   }
 
-  #mayRetry(ureq: http.ClientRequest): boolean {
-    if (!this.#options.retry || this.#attempts > 1 || !ureq.reusedSocket || this.#interim) return false;
-    if (IDEMPOTENT_METHODS.has(this.#method)) return this.#bodyWritten === 0 || this.#replay !== null;
-    return this.#hasBody && this.#bodyWritten === 0;
+  #mayRetry(): boolean {
+    if (!this.#request.retry || this.#attempts > 1 || !this.#reused || this.#interim || this.#upstreamBytes > 0) return false;
+    if (IDEMPOTENT_METHODS.has(this.#request.method)) return this.#bodyWritten === 0 || this.#replay !== null;
+    return this.#request.hasBody && this.#bodyWritten === 0;
   }
 
   /** Stops the current attempt: its connection (if it has one) is evicted with `reason`. */
-  #abandonUpstream(reason: 'response_timeout' | 'client_aborted' | 'error'): void {
-    const ureq = this.#ureq;
-    this.#ureq = null;
+  #abandonUpstream(reason: EvictionReason): void {
+    const connection = this.#connection;
+    this.#connection = null;
     if (this.#discarding) this.#stopDiscarding();
-    if (!ureq || this.#upstreamComplete) return;
-    // Before 'free' the socket is this request's alone; after it, it may serve another.
-    this.#target.pool.connectionOf(ureq.socket)?.close(reason);
-    ureq.destroy();
-  }
-
-  /** The upstream failed mid-response: reset the client so the truncation shows. */
-  #cutClient(): void {
-    this.#ureq = null;
-    this.#res.destroy();
+    if (connection === null || this.#state === COMPLETE) return;
+    connection.close(reason);
   }
 
   #answerError(status: number, detail: string): void {
-    // A client still sending a body we will not read is told to go (no keep-alive).
-    if (respondError(this.#res, status, detail, !this.#bodyEnded)) this.#status = status;
-    else this.#res.destroy();
+    if (this.#done) return;
+    this.#abandonUpstream('error');
+    if (this.#client.respondError(status, detail)) this.#status = status;
+    else this.#client.cut();
+    this.#complete();
   }
 
-  readonly #onClientClose = (): void => {
-    if (!this.#res.writableFinished && !this.#done) {
-      if (!this.#res.headersSent) this.#status = 499; // nginx's "client closed request"
-      // The client went away first. A request the upstream has whole can still complete
-      // on its connection, which then stays pooled; a half-sent one cannot: close it.
-      if (this.#ureq && this.#bodyEnded && !this.#upstreamComplete) this.#startDiscarding();
-      else this.#abandonUpstream('client_aborted');
-    }
-    this.#complete();
-  };
+  #armDeadline(): void {
+    if (this.#request.responseTimeoutMs > 0) this.#deadline = Date.now() + this.#request.responseTimeoutMs;
+  }
+
+  #pauseRequest(): void {
+    if (this.#requestPaused) return;
+    this.#requestPaused = true;
+    this.#client.pauseRequest();
+  }
+
+  #resumeRequest(): void {
+    this.#requestPaused = false;
+    this.#client.resumeRequest();
+  }
 
   #startDiscarding(): void {
     this.#discarding = true;
-    this.#deadline = Date.now() + (this.#options.responseTimeoutMs || DISCARD_TIME_LIMIT_MS);
-    if (this.#ures) {
-      this.#countDiscarded(0);
-      this.#ures.resume();
+    this.#deadline = Date.now() + (this.#request.responseTimeoutMs || DISCARD_TIME_LIMIT_MS);
+    this.#pendingHead = null;
+    if (this.#responsePaused) {
+      this.#responsePaused = false;
+      this.#connection?.socket.resume();
     }
-  }
-
-  #dropResponse(ures: http.IncomingMessage): void {
-    ures.on('data', (chunk: Buffer) => this.#countDiscarded(chunk.length));
-    ures.on('end', () => {
-      this.#upstreamComplete = true;
-      this.#stopDiscarding();
-    });
-    ures.on('error', () => this.#stopDiscarding());
+    this.#host.orphaned(this);
   }
 
   #countDiscarded(bytes: number): void {
@@ -385,17 +588,14 @@ export class Exchange {
     if (!this.#discarding) return;
     this.#discarding = false;
     this.#deadline = 0;
-    if (this.#done) this.#host.finished(this);
+    this.#host.finished(this);
   }
 
+  /** The client's side is over: counted once. */
   #complete(): void {
     if (this.#done) return;
     this.#done = true;
     if (!this.#discarding) this.#deadline = 0;
-    this.#client.inFlight--;
-    this.#client.lastActivity = Date.now();
     this.#host.answered(this.#status || 502);
-    // A response still being dropped keeps the exchange on the route's clock until it ends.
-    if (!this.#discarding) this.#host.finished(this);
   }
 }

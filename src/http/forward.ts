@@ -1,7 +1,7 @@
-import type http from 'node:http';
 import net from 'node:net';
 import { ProxyError } from '../errors.js';
 import { Allowlist, normaliseHost } from './allowlist.js';
+import type { RequestHead } from './head-parser.js';
 import { respondRaw } from './respond.js';
 import type { TunnelHost } from './tunnel.js';
 
@@ -62,7 +62,7 @@ export function formatAuthority(host: string, port: number): string {
 }
 
 /** CONNECT host:port: a checked destination, a fresh upstream connection, then a tunnel. */
-export function proxyConnect(host: TunnelHost, req: http.IncomingMessage, down: net.Socket, head: Buffer, allowlist: Allowlist): void {
+export function proxyConnect(host: TunnelHost, req: RequestHead, down: net.Socket, head: Buffer, allowlist: Allowlist): void {
   down.on('error', () => {});
   down.pause();
   const destination = parseConnectAuthority(req.url);

@@ -1,8 +1,14 @@
-import type http from 'node:http';
+// Header rewriting between the two hops, on raw header arrays ([name, value, name,
+// value, ...]) so names keep their case and repeated fields (Set-Cookie) their order.
+// Pure functions: no sockets, unit-tested on arrays. The Upgrade path uses these with
+// node's client; the request/response path writes its heads with head-writer.ts.
 
-// Header rewriting between the two hops, on node's raw header arrays ([name, value,
-// name, value, ...]) so names keep their case and repeated fields (Set-Cookie) their
-// order. Pure functions: no sockets, unit-tested on arrays.
+/** What a request head offers here: node's IncomingMessage and head-parser.ts's RequestHead both fit. */
+export interface RequestFields {
+  readonly method?: string | undefined;
+  readonly rawHeaders: readonly string[];
+  readonly headers: { readonly 'transfer-encoding'?: string | undefined; readonly 'content-length'?: string | undefined };
+}
 
 /**
  * Fields that describe one connection, never the message (RFC 9110 7.6.1), plus the
@@ -22,7 +28,7 @@ export const HOP_BY_HOP: ReadonlySet<string> = new Set([
 export const IDEMPOTENT_METHODS: ReadonlySet<string> = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE']);
 
 /** Methods node's client frames as "no body" unless told otherwise. */
-const BODYLESS_BY_DEFAULT: ReadonlySet<string> = new Set(['GET', 'HEAD', 'DELETE', 'OPTIONS', 'TRACE', 'CONNECT']);
+export const BODYLESS_BY_DEFAULT: ReadonlySet<string> = new Set(['GET', 'HEAD', 'DELETE', 'OPTIONS', 'TRACE', 'CONNECT']);
 
 /** The field names a Connection header nominates as hop-by-hop, lower-cased. */
 export function connectionNominated(rawHeaders: readonly string[]): Set<string> {
@@ -93,7 +99,7 @@ export interface RequestHeaderOptions {
  * our Host, X-Forwarded-*, and the framing of our hop (chunked when the client sent a
  * body of unknown length, Content-Length: 0 where node would otherwise chunk an empty body).
  */
-export function upstreamRequestHeaders(req: http.IncomingMessage, options: RequestHeaderOptions): string[] {
+export function upstreamRequestHeaders(req: RequestFields, options: RequestHeaderOptions): string[] {
   const drop = new Set(['host', ...(options.drop ?? [])]);
   if (options.forwarded) for (const name of ['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host']) drop.add(name);
   const raw = req.rawHeaders;
@@ -115,18 +121,4 @@ export function upstreamRequestHeaders(req: http.IncomingMessage, options: Reque
     headers.push('Content-Length', '0');
   }
   return headers;
-}
-
-/** Whether the client's request carries a body at all (RFC 9112 6.3). */
-export function requestHasBody(req: http.IncomingMessage): boolean {
-  if (req.headers['transfer-encoding'] !== undefined) return true;
-  const length = req.headers['content-length'];
-  return length !== undefined && length !== '0';
-}
-
-/** Node's raw trailer array as the [name, value] pairs addTrailers() takes. */
-export function trailerPairs(rawTrailers: readonly string[]): Array<[string, string]> {
-  const pairs: Array<[string, string]> = [];
-  for (let i = 0; i < rawTrailers.length; i += 2) pairs.push([rawTrailers[i]!, rawTrailers[i + 1]!]);
-  return pairs;
 }

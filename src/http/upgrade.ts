@@ -4,6 +4,7 @@ import type { HeartbeatConfig } from '../config/schema.js';
 import { ProxyError } from '../errors.js';
 import type { DialTarget, DialedSocket } from '../pool/http-dial.js';
 import { WebSocketTracker } from '../protocols/websocket.js';
+import type { RequestHead } from './head-parser.js';
 import { HOP_BY_HOP, endToEnd } from './headers.js';
 import { respondRaw } from './respond.js';
 import { resettableTls, type TunnelHost } from './tunnel.js';
@@ -25,7 +26,7 @@ export interface UpgradeTarget {
 /** Extensions known to leave control frames alone (RFC 7692 compresses data frames only). */
 const SAFE_EXTENSIONS: ReadonlySet<string> = new Set(['permessage-deflate']);
 
-export function proxyUpgrade(host: TunnelHost, req: http.IncomingMessage, down: net.Socket, head: Buffer, target: UpgradeTarget): void {
+export function proxyUpgrade(host: TunnelHost, req: RequestHead, down: net.Socket, head: Buffer, target: UpgradeTarget): void {
   // The HTTP server let go of the socket: its error handler and reading went with it.
   down.on('error', () => {});
   down.pause();
@@ -51,7 +52,7 @@ export function proxyUpgrade(host: TunnelHost, req: http.IncomingMessage, down: 
   );
 }
 
-function handshake(host: TunnelHost, req: http.IncomingMessage, down: net.Socket, head: Buffer, dialed: DialedSocket, target: UpgradeTarget): void {
+function handshake(host: TunnelHost, req: RequestHead, down: net.Socket, head: Buffer, dialed: DialedSocket, target: UpgradeTarget): void {
   let settled = false;
   const ureq = http.request({
     createConnection: () => dialed.socket,

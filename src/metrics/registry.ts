@@ -30,12 +30,19 @@ export type EvictionReason =
 
 export class Metrics {
   readonly registry = new client.Registry();
+  /** Hot-path counts are kept in plain numbers by their owners and pushed here on scrape. */
+  readonly #beforeScrape = new Set<() => void>();
 
+  // The first metric registered: a scrape reads metrics in registration order, so its
+  // collect runs the flushes before any metric is read.
   readonly connectionsAccepted = new client.Counter({
     name: `${PREFIX}connections_accepted_total`,
     help: 'Client connections accepted, per route.',
     labelNames: ['route'] as const,
     registers: [this.registry],
+    collect: () => {
+      for (const flush of this.#beforeScrape) flush();
+    },
   });
   readonly connectionsActive = new client.Gauge({
     name: `${PREFIX}connections_active`,
@@ -81,16 +88,11 @@ export class Metrics {
     buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
     registers: [this.registry],
   });
-  /** Hot-path counts are kept in plain numbers by their owners and pushed here on scrape. */
-  readonly #beforeScrape = new Set<() => void>();
   readonly bytes = new client.Counter({
     name: `${PREFIX}bytes_total`,
     help: 'Payload bytes forwarded: upstream = client to upstream, downstream = upstream to client.',
     labelNames: ['route', 'direction'] as const,
     registers: [this.registry],
-    collect: () => {
-      for (const flush of this.#beforeScrape) flush();
-    },
   });
   readonly poolIdle = new client.Gauge({
     name: `${PREFIX}pool_idle`,

@@ -3,6 +3,7 @@ import tls from 'node:tls';
 import type { KeepaliveSide } from '../config/schema.js';
 import { ProxyError } from '../errors.js';
 import { applyKeepalive } from '../net/sockopt.js';
+import { ReadBuffer } from './http-read-buffer.js';
 import type { TlsSessionCache } from './http-tls-sessions.js';
 
 // Opens one upstream connection for the HTTP pool: TCP, kernel keepalive and
@@ -40,6 +41,8 @@ export interface DialedSocket {
   readonly connectMs: number;
   /** null for plain TCP. */
   readonly tlsResumed: boolean | null;
+  /** Plain TCP: reads land in this reused buffer (no 'data' events); null for TLS. */
+  readonly readBuffer: ReadBuffer | null;
 }
 
 export interface DialAttempt {
@@ -52,10 +55,16 @@ export function describeTarget(target: { host: string; port: number }): string {
   return target.host.includes(':') ? `[${target.host}]:${target.port}` : `${target.host}:${target.port}`;
 }
 
-export function dialUpstream(target: DialTarget, settings: DialSettings, sessions: TlsSessionCache | null): DialAttempt {
+/**
+ * `pooled`: the socket will carry the pool's own HTTP/1.1 exchanges, which read plain-TCP
+ * sockets through a reused buffer; a tunnel or node's client needs ordinary 'data' events.
+ */
+export function dialUpstream(target: DialTarget, settings: DialSettings, sessions: TlsSessionCache | null, pooled = false): DialAttempt {
   const started = performance.now();
   const where = describeTarget(target);
-  const raw = net.connect({ host: target.host, port: target.port, noDelay: settings.noDelay });
+  // TLS reads come from the TLS socket's stream; a plain socket reads into a reused buffer.
+  const readBuffer = pooled && !target.tls ? new ReadBuffer() : null;
+  const raw = net.connect({ host: target.host, port: target.port, noDelay: settings.noDelay, ...(readBuffer ? { onread: readBuffer.onread } : {}) });
   let secure: tls.TLSSocket | null = null;
   let settle: { resolve(d: DialedSocket): void; reject(e: unknown): void } | null = null;
   const done = new Promise<DialedSocket>((resolve, reject) => (settle = { resolve, reject }));
@@ -79,7 +88,7 @@ export function dialUpstream(target: DialTarget, settings: DialSettings, session
     const s = settle;
     settle = null;
     if (timer) clearTimeout(timer);
-    s.resolve({ socket, raw, connectMs: performance.now() - started, tlsResumed });
+    s.resolve({ socket, raw, connectMs: performance.now() - started, tlsResumed, readBuffer });
   }
   function onError(error: NodeJS.ErrnoException): void {
     fail(new ProxyError('CONNECT_FAILED', 'upstream', `${where}: ${error.code ?? error.message}`, { cause: error }));

@@ -1,37 +1,30 @@
-import type http from 'node:http';
 import type net from 'node:net';
 import type { Clock } from '../clock.js';
 import type { HttpPoolConfig } from '../config/schema.js';
 import { ProxyError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { EvictionReason, Metrics } from '../metrics/registry.js';
-import { PooledConnection, parseKeepAliveTimeoutMs } from './http-connection.js';
+import { PooledConnection, type ConnectionState, type ConnectionUser } from './http-connection.js';
 import { dialUpstream, describeTarget, type DialAttempt, type DialSettings, type DialTarget } from './http-dial.js';
 import { TlsSessionCache } from './http-tls-sessions.js';
+import { atNextTurn, currentTurn, markTurn, type NextTurnTask } from './loop-turn.js';
 
 // The persistent upstream pool of an HTTP route: keep-alive connections reused by every
 // request of every client, whatever the clients do with their own connections.
 //
-// Why our own pool under node:http's ClientRequest, rather than undici or http.Agent
-// (measured by bench/http-client-compare.mjs on this machine, Node 20, 2 cores):
-//  - undici's Pool moved 2.4x the requests of node:http (33.5k vs 13.8k req/s, p99
-//    2.7 vs 6.2 ms) but it cannot carry a proxy's traffic: its HTTP/1.1 client refuses
-//    an `Expect: 100-continue` request (NotSupportedError) and destroys the socket on an
-//    interim 100 response, and it hides what the pool must show: which request reused
-//    which socket, and why each socket closed (it has no max age either);
-//  - in the stale race both undici and http.Agent failed a third of the paced requests
-//    (ECONNRESET, 65 and 68 of 200): neither retries, so the retry is ours in any case;
-//  - http.Agent's hooks set their own per-socket timers and call setKeepAlive, which
-//    would overwrite the kernel keepalive interval and count we set with setsockopt.
-// So: node's ClientRequest does the HTTP/1.1 framing (llhttp, 1xx, trailers, HEAD,
-// 204/304), and this file does the pooling. Each OriginPool is the `agent` handed to
-// http.request(): node calls addRequest(req) and emits 'free' on the socket when the
-// exchange is over and the socket may be reused.
+// The pool hands out sockets, and the route's lean HTTP/1.1 path (http/exchange.ts)
+// writes requests and reads responses on them itself. Neither undici nor node:http's
+// client sits underneath: undici's HTTP/1.1 client refuses an `Expect: 100-continue`
+// request and destroys the socket on an interim 100, and hides which request reused
+// which socket and why each socket closed; node:http's ClientRequest is correct but
+// costs more CPU per request than the rest of the proxy (bench/: about 3x HAProxy's per
+// request, most of it in node:http's per-message objects, streams and timers).
 //
 // Defences against the stale-connection race, each one borrowed from a proxy that does it:
 //  - a parked socket is watched: EOF, RST or any byte evicts it at once (nginx, pingora);
-//  - a socket taken from the pool is handed over only after one turn of the event loop
-//    (setImmediate), so a FIN that arrived in the same poll batch is seen first (undici);
+//  - a socket parked in an earlier event-loop turn is handed over only after the events
+//    this turn already polled have run, so a FIN that arrived meanwhile is seen first
+//    (undici; loop-turn.ts says why a socket parked in this very turn needs no wait);
 //  - `Keep-Alive: timeout=N` from the upstream lowers the idle limit below N;
 //  - a request that failed on a reused socket before any response byte is retried once
 //    on a fresh connection by the caller (http/exchange.ts), which asks for one here.
@@ -62,18 +55,23 @@ export interface HttpPoolOptions {
   readonly log?: Logger;
 }
 
+/** Who asked for a connection: an exchange, which then uses it (its events go to it). */
+export interface PoolWaiter extends ConnectionUser {
+  /** The connection is this waiter's now; `reused`: it served a request before. */
+  connectionReady(connection: PooledConnection, reused: boolean): void;
+  /** No connection could be opened (ProxyError CONNECT_FAILED / CONNECT_TIMEOUT). */
+  connectionFailed(error: unknown): void;
+  /** The waiter gave up (its client left): it needs no connection any more. */
+  readonly abandoned: boolean;
+}
+
 /** How early, before the upstream's advertised idle limit, a parked socket goes. */
 function hintMarginMs(hintMs: number): number {
   return Math.min(1000, hintMs / 2);
 }
 
-/** What http.request() passes to addRequest(); `keepaliveProxyFresh` asks for a new connection. */
-export interface PoolRequestOptions {
-  readonly keepaliveProxyFresh?: boolean;
-}
-
 interface Waiter {
-  readonly req: http.ClientRequest;
+  readonly waiter: PoolWaiter;
   readonly fresh: boolean;
 }
 
@@ -85,14 +83,22 @@ export class HttpPool {
   readonly log: Logger | undefined;
   readonly sessions = new TlsSessionCache();
   readonly #origins = new Map<string, OriginPool>();
-  readonly #bySocket = new WeakMap<net.Socket, PooledConnection>();
   #unsubscribe: (() => void) | null;
+  #unregisterFlush: (() => void) | null;
   #closing: EvictionReason | null = null;
   readonly #stats: PoolStats = { opened: 0, reused: 0, requests: 0, idle: 0, busy: 0, connecting: 0, waiting: 0, evictions: {} };
-  // Bound once: labels() hashes its arguments on every call, and these move per request.
+  // The gauges move twice per request and reuse_total once: they are brought up to date on
+  // scrape and on the clock's tick instead (gauges by the difference from what they were
+  // last told, so several pools of one route after a reload still add up).
+  #reportedIdle = 0;
+  #reportedActive = 0;
+  /** reuse_total counts since the last flush. */
+  #reusedSince = 0;
   readonly #idleGauge;
   readonly #activeGauge;
   readonly #reuseCounter;
+  readonly #perConnection;
+  readonly #evictionCounters = new Map<string, { inc(): void }>();
 
   constructor(options: HttpPoolOptions) {
     this.route = options.route;
@@ -103,7 +109,9 @@ export class HttpPool {
     this.#idleGauge = this.metrics.poolIdle.labels(this.route);
     this.#activeGauge = this.metrics.poolActive.labels(this.route);
     this.#reuseCounter = this.metrics.reuse.labels(this.route);
+    this.#perConnection = this.metrics.requestsPerUpstreamConnection.labels(this.route);
     this.#unsubscribe = this.clock.subscribe((now) => this.#tick(now));
+    this.#unregisterFlush = this.metrics.onScrape(() => this.#flushGauges());
   }
 
   get closing(): EvictionReason | null {
@@ -119,10 +127,6 @@ export class HttpPool {
       this.#origins.set(key, origin);
     }
     return origin;
-  }
-
-  connectionOf(socket: net.Socket | null | undefined): PooledConnection | undefined {
-    return socket ? this.#bySocket.get(socket) : undefined;
   }
 
   stats(): PoolStats {
@@ -145,8 +149,7 @@ export class HttpPool {
 
   // ---- bookkeeping shared by the origins ----
 
-  /** @internal */ registered(connection: PooledConnection): void {
-    this.#bySocket.set(connection.socket, connection);
+  /** @internal */ registered(): void {
     this.#stats.opened++;
   }
 
@@ -154,21 +157,13 @@ export class HttpPool {
     this.#stats.requests++;
     if (!reused) return;
     this.#stats.reused++;
-    this.#reuseCounter.inc();
+    this.#reusedSince++;
   }
 
-  /** @internal Gauges move with each state change, so several pools of one route (after a reload) add up. */
+  /** @internal Counts by state; the gauges follow on flush. */
   moved(from: 'idle' | 'busy' | 'connecting' | null, to: 'idle' | 'busy' | 'connecting' | null): void {
-    if (from) {
-      this.#stats[from]--;
-      if (from === 'idle') this.#idleGauge.dec();
-      else this.#activeGauge.dec();
-    }
-    if (to) {
-      this.#stats[to]++;
-      if (to === 'idle') this.#idleGauge.inc();
-      else this.#activeGauge.inc();
-    }
+    if (from) this.#stats[from]--;
+    if (to) this.#stats[to]++;
   }
 
   /** @internal */ waiting(delta: number): void {
@@ -177,9 +172,13 @@ export class HttpPool {
 
   /** @internal */ evicted(connection: PooledConnection, reason: EvictionReason): void {
     this.#stats.evictions[reason] = (this.#stats.evictions[reason] ?? 0) + 1;
-    this.metrics.evictions.labels(this.route, reason).inc();
-    this.metrics.requestsPerUpstreamConnection.labels(this.route).observe(connection.requests);
-    this.log?.debug({ route: this.route, upstreamConnection: connection.id, reason, requests: connection.requests }, 'upstream connection closed');
+    let counter = this.#evictionCounters.get(reason);
+    if (!counter) this.#evictionCounters.set(reason, (counter = this.metrics.evictions.labels(this.route, reason)));
+    counter.inc();
+    this.#perConnection.observe(connection.requests);
+    if (this.log?.isLevelEnabled('debug')) {
+      this.log.debug({ route: this.route, upstreamConnection: connection.id, reason, requests: connection.requests }, 'upstream connection closed');
+    }
     this.#maybeFinished();
   }
 
@@ -199,7 +198,7 @@ export class HttpPool {
     if (!connection.usable) return 'peer_closed';
     if (maxRequests > 0 && connection.requests >= maxRequests) return 'max_requests';
     if (maxAgeMs > 0 && now - connection.createdAt >= maxAgeMs) return 'max_age';
-    if (this.idleLimitMs(connection) <= 0) return 'idle_timeout';
+    if (connection.keepAliveHintMs > 0 && this.idleLimitMs(connection) <= 0) return 'idle_timeout';
     return null;
   }
 
@@ -216,27 +215,53 @@ export class HttpPool {
       origin.evictExpired(now);
       if (origin.empty) this.#origins.delete(key);
     }
+    this.#flushGauges();
+  }
+
+  /** The per-request counts, into prom-client (on scrape, on the clock's tick, when the pool ends). */
+  #flushGauges(): void {
+    if (this.#reusedSince > 0) {
+      this.#reuseCounter.inc(this.#reusedSince);
+      this.#reusedSince = 0;
+    }
+    const idle = this.#stats.idle;
+    const active = this.#stats.busy + this.#stats.connecting;
+    if (idle !== this.#reportedIdle) {
+      this.#idleGauge.inc(idle - this.#reportedIdle);
+      this.#reportedIdle = idle;
+    }
+    if (active !== this.#reportedActive) {
+      this.#activeGauge.inc(active - this.#reportedActive);
+      this.#reportedActive = active;
+    }
   }
 
   #maybeFinished(): void {
     if (!this.#closing) return;
     for (const origin of this.#origins.values()) if (!origin.empty) return;
+    this.#flushGauges();
     this.#unsubscribe?.();
     this.#unsubscribe = null;
+    this.#unregisterFlush?.();
+    this.#unregisterFlush = null;
   }
 }
 
-/**
- * The pool of one origin, in the shape of an http.Agent: node's ClientRequest calls
- * addRequest(req) and later emits 'free' on the socket when the exchange is complete
- * (response read to the end, request fully written, both sides agreeing on keep-alive).
- */
+/** A connection taken from the pool in an earlier turn, handed over at the next one. */
+class DeferredReuse implements NextTurnTask {
+  constructor(
+    readonly origin: OriginPool,
+    readonly connection: PooledConnection,
+    readonly waiter: Waiter,
+  ) {}
+
+  runNextTurn(): void {
+    this.origin.handOver(this.connection, this.waiter);
+  }
+}
+
+/** The pool of one origin: queued waiters, parked connections (LIFO), busy ones, dials. */
 export class OriginPool {
-  // Read by node's ClientRequest: keep-alive requests (it sends `Connection: keep-alive`
-  // and emits 'free'), the scheme it checks request options against, the default port.
-  readonly keepAlive = true;
-  readonly protocol = 'http:';
-  readonly defaultPort: number;
   readonly maxSockets: number;
   readonly key: string;
   readonly target: DialTarget;
@@ -246,14 +271,16 @@ export class OriginPool {
   readonly #busy = new Set<PooledConnection>();
   readonly #dials = new Set<DialAttempt>();
   readonly #waiters: Waiter[] = [];
+  readonly #description: string;
+  readonly #onClosed = (connection: PooledConnection, was: ConnectionState): void => this.#closed(connection, was);
 
   constructor(pool: HttpPool, target: DialTarget, key: string) {
     this.#pool = pool;
     this.target = target;
     this.key = key;
-    this.defaultPort = target.tls ? 443 : 80;
     const max = pool.settings.pool.maxSockets;
     this.maxSockets = max > 0 ? max : Infinity;
+    this.#description = `${target.tls ? 'https' : 'http'}://${describeTarget(target)}`;
   }
 
   get empty(): boolean {
@@ -265,14 +292,30 @@ export class OriginPool {
   }
 
   describe(): string {
-    return `${this.target.tls ? 'https' : 'http'}://${describeTarget(this.target)}`;
+    return this.#description;
   }
 
-  /** Called by node's ClientRequest (http.request({ agent: this })). */
-  addRequest(req: http.ClientRequest, options: PoolRequestOptions): void {
-    this.#waiters.push({ req, fresh: options.keepaliveProxyFresh === true });
+  /** A connection for `waiter`, now or later; `fresh` asks for a new one (a retry). */
+  acquire(waiter: PoolWaiter, fresh: boolean): void {
+    this.#waiters.push({ waiter, fresh });
     this.#pool.waiting(1);
     this.#dispatch();
+  }
+
+  /**
+   * The exchange is done with `connection` and the upstream agreed to keep it. Called from
+   * the upstream read that completed the response (a poll-phase callback: see loop-turn.ts).
+   */
+  release(connection: PooledConnection): void {
+    if (connection.state !== 'busy') return;
+    connection.detach();
+    const reason = this.#pool.retireReason(connection, Date.now());
+    if (reason) {
+      connection.close(reason);
+      return;
+    }
+    this.#park(connection, markTurn());
+    if (this.#waiters.length > 0) this.#dispatch();
   }
 
   closeIdle(reason: EvictionReason): void {
@@ -292,12 +335,11 @@ export class OriginPool {
     }
   }
 
-  /** Serves queued requests while there are connections or room for new ones. */
+  /** Serves queued waiters while there are connections or room for new ones. */
   #dispatch(): void {
     while (this.#waiters.length > 0) {
       const waiter = this.#waiters[0]!;
-      if (waiter.req.destroyed) {
-        // Its client went away while it queued; node never needs a socket for it.
+      if (waiter.waiter.abandoned) {
         this.#shiftWaiter();
         continue;
       }
@@ -333,11 +375,16 @@ export class OriginPool {
 
   /** The most recently parked connection that is still good; expired ones are evicted on the way. */
   #takeIdle(): PooledConnection | null {
-    const now = Date.now();
+    let now = 0;
     while (this.#idle.length > 0) {
       const connection = this.#idle.pop()!;
       this.#pool.moved('idle', null);
-      const reason = connection.usable ? this.#pool.expiryReason(connection, now) : 'peer_closed';
+      let reason: EvictionReason | null = null;
+      if (!connection.usable) reason = 'peer_closed';
+      else {
+        now ||= Date.now();
+        reason = this.#pool.expiryReason(connection, now);
+      }
       if (!reason) return connection;
       connection.state = 'closed';
       connection.close(reason);
@@ -346,7 +393,7 @@ export class OriginPool {
   }
 
   #removeIdle(connection: PooledConnection): void {
-    const index = this.#idle.indexOf(connection);
+    const index = this.#idle.lastIndexOf(connection);
     if (index === -1) return;
     this.#idle.splice(index, 1);
     this.#pool.moved('idle', null);
@@ -356,28 +403,35 @@ export class OriginPool {
     connection.state = 'busy';
     this.#busy.add(connection);
     this.#pool.moved(null, 'busy');
-    // Yield one turn of the loop with the idle watch still on: a FIN or RST already in
-    // this poll batch evicts the socket now, instead of failing the request written on it.
-    setImmediate(() => {
-      if (!connection.usable) {
-        connection.close('peer_closed');
-        this.#waiters.unshift(waiter);
-        this.#pool.waiting(1);
-        this.#dispatch();
-        return;
-      }
-      if (waiter.req.destroyed) {
-        this.#park(connection);
-        this.#dispatch();
-        return;
-      }
-      this.#assign(connection, waiter.req, true);
-    });
+    if (connection.parkedTurn === currentTurn()) {
+      this.#assign(connection, waiter.waiter, true);
+      return;
+    }
+    // Parked in an earlier turn: wait for this turn's polled events with the idle watch
+    // still on (no user attached: a byte or EOF evicts it).
+    atNextTurn(new DeferredReuse(this, connection, waiter));
+  }
+
+  /** @internal The deferred half of #reuse. */
+  handOver(connection: PooledConnection, waiter: Waiter): void {
+    if (!connection.usable) {
+      connection.close('peer_closed');
+      this.#waiters.unshift(waiter);
+      this.#pool.waiting(1);
+      this.#dispatch();
+      return;
+    }
+    if (waiter.waiter.abandoned) {
+      this.#park(connection, -1);
+      this.#dispatch();
+      return;
+    }
+    this.#assign(connection, waiter.waiter, true);
   }
 
   #open(waiter: Waiter): void {
     const pool = this.#pool;
-    const attempt = dialUpstream(this.target, pool.settings, pool.sessions);
+    const attempt = dialUpstream(this.target, pool.settings, pool.sessions, true);
     this.#dials.add(attempt);
     pool.moved(null, 'connecting');
     // A connect whose request went away meanwhile still completes: the socket is parked
@@ -390,82 +444,61 @@ export class OriginPool {
         metrics.upstreamConnects.labels(route, 'ok').inc();
         metrics.upstreamConnectSeconds.labels(route).observe(dialed.connectMs / 1000);
         if (dialed.tlsResumed !== null) metrics.tlsHandshakes.labels(route, String(dialed.tlsResumed)).inc();
-        const connection = new PooledConnection(dialed.socket, dialed.raw, Date.now());
-        this.#adopt(connection);
-        if (waiter.req.destroyed) {
-          this.#park(connection);
+        const connection = new PooledConnection(dialed.socket, dialed.raw, dialed.readBuffer, Date.now(), this.#onClosed);
+        pool.registered();
+        this.#busy.add(connection);
+        pool.moved(null, 'busy');
+        if (!connection.usable) {
+          // Gone already, or it spoke before it was asked anything: not an HTTP upstream to trust.
+          connection.close('unexpected_data');
+          if (!waiter.waiter.abandoned) waiter.waiter.connectionFailed(new ProxyError('CONNECT_FAILED', 'upstream', `${this.#description} closed or sent bytes before any request`));
+          return;
+        }
+        if (waiter.waiter.abandoned) {
+          this.#park(connection, -1);
           this.#dispatch();
           return;
         }
-        this.#assign(connection, waiter.req, false);
+        this.#assign(connection, waiter.waiter, false);
       },
       (error: unknown) => {
         this.#dials.delete(attempt);
         pool.moved('connecting', null);
         const timeout = error instanceof ProxyError && error.code === 'CONNECT_TIMEOUT';
         pool.metrics.upstreamConnects.labels(pool.route, timeout ? 'timeout' : 'error').inc();
-        // node emits it as the request's 'error' (onSocket with an error never touches a socket).
-        (waiter.req.onSocket as (socket: net.Socket | null, error?: unknown) => void)(null, error);
+        if (!waiter.waiter.abandoned) waiter.waiter.connectionFailed(error);
         this.#dispatch();
       },
     );
   }
 
-  /** Listeners for the connection's whole life. */
-  #adopt(connection: PooledConnection): void {
-    const pool = this.#pool;
-    pool.registered(connection);
-    this.#busy.add(connection);
-    pool.moved(null, 'busy');
-    connection.socket.on('free', () => this.#onFree(connection));
-    connection.socket.once('close', () => this.#onClosed(connection));
-  }
-
-  #assign(connection: PooledConnection, req: http.ClientRequest, reused: boolean): void {
-    connection.stopWatching();
+  #assign(connection: PooledConnection, waiter: PoolWaiter, reused: boolean): void {
     connection.requests++;
     connection.keepAliveHintMs = 0;
     this.#pool.handedOut(reused);
-    req.reusedSocket = reused;
-    req.once('response', (res: http.IncomingMessage) => {
-      connection.keepAliveHintMs = parseKeepAliveTimeoutMs(res.headers['keep-alive']);
-    });
-    req.onSocket(connection.socket);
+    connection.attach(waiter);
+    waiter.connectionReady(connection, reused);
   }
 
-  /** node's ClientRequest is done with the socket and both sides agreed to keep it. */
-  #onFree(connection: PooledConnection): void {
-    if (connection.state !== 'busy') return;
-    const reason = this.#pool.retireReason(connection, Date.now());
-    if (reason) {
-      connection.close(reason);
-      return;
-    }
-    this.#park(connection);
-    this.#dispatch();
-  }
-
-  #park(connection: PooledConnection): void {
+  /** `turn`: the loop turn it is parked in, -1 when not parked from a poll-phase read (always yield). */
+  #park(connection: PooledConnection, turn: number): void {
     if (connection.state === 'busy') {
       this.#busy.delete(connection);
       this.#pool.moved('busy', null);
     }
-    connection.state = 'idle';
-    connection.idleSince = Date.now();
-    connection.watchWhileIdle();
+    connection.parked(Date.now(), turn);
     this.#idle.push(connection);
     this.#pool.moved(null, 'idle');
   }
 
-  #onClosed(connection: PooledConnection): void {
-    if (connection.state === 'idle') this.#removeIdle(connection);
-    else if (connection.state === 'busy') {
+  #closed(connection: PooledConnection, was: ConnectionState): void {
+    if (was === 'idle') this.#removeIdle(connection);
+    else if (was === 'busy') {
       this.#busy.delete(connection);
       this.#pool.moved('busy', null);
     }
-    connection.state = 'closed';
     this.#pool.evicted(connection, connection.closeReason);
-    this.#dispatch();
+    if (this.#waiters.length > 0) this.#dispatch();
   }
 }
 
@@ -473,3 +506,6 @@ function originKey(target: DialTarget): string {
   const scheme = target.tls ? `https|${target.tls.servername ?? ''}` : 'http';
   return `${scheme}|${target.host}|${target.port}`;
 }
+
+/** For callers that hold a bare socket (tests, admin): not used on the request path. */
+export type { net };

@@ -1,0 +1,433 @@
+import type net from 'node:net';
+import type { ClientReads } from './accept.js';
+import { BODY_ERROR, BODY_MORE, BodyReader, type BodySink } from './body-reader.js';
+import { ClientConnection } from './client.js';
+import type { Exchange, ExchangeClient } from './exchange.js';
+import { HeadError, findHeadEnd, parseRequestHead, skipLeadingCrlf, type RequestHead } from './head-parser.js';
+import { errorResponse } from './respond.js';
+
+// One client connection of an HTTP route, on the raw socket: request heads parsed here
+// (head-parser.ts), request bodies framed as they stream (body-reader.ts) and handed to
+// the request's exchange (exchange.ts), responses written back, then the next request
+// or the close. Requests are served one at a time; a pipelining client's next requests
+// wait, unparsed, until the current response is out.
+//
+// Deadlines run on the route's shared clock: headersTimeout from the first byte of a
+// head (408, the slowloris guard), clientIdleTimeout between requests (a silent close).
+// A connection closes after a response the client asked to be the last (HTTP/1.0
+// without keep-alive, Connection: close), the clientMaxRequests-th, any response while
+// draining, or a response whose end only a close can mark.
+
+/** The settings a request reads when it starts (a reload reaches live connections at their next request). */
+export interface SessionSettings {
+  readonly maxHeaderSize: number;
+  readonly headersTimeoutMs: number;
+  readonly clientIdleTimeoutMs: number;
+  readonly clientMaxRequests: number;
+  /** The Connection (and Keep-Alive) lines of a response after which the connection stays. */
+  readonly keepAliveLines: string;
+}
+
+export interface SessionHost {
+  readonly sessionSettings: SessionSettings;
+  draining(): boolean;
+  /** A parsed request: its exchange (not started), or null when the host answered it itself. */
+  request(session: ClientSession, head: RequestHead): Exchange | null;
+  /** Upgrade or CONNECT: the socket leaves HTTP, with the bytes that followed the head. */
+  handOff(session: ClientSession, head: RequestHead, rest: Buffer): void;
+  /** requests_total{code}. */
+  answered(status: number): void;
+  countBytes(direction: 'upstream' | 'downstream', count: number): void;
+  sessionClosed(session: ClientSession): void;
+}
+
+const CLOSE_LINES = 'Connection: close\r\n';
+/** Pipelined bytes held while a response is under way; past this the client is paused. */
+const STASH_LIMIT = 64 * 1024;
+/** How long a closing connection waits for the client's own close once our FIN is out. */
+const LINGER_MS = 5_000;
+
+// States.
+const IDLE = 0;
+const ACTIVE = 1;
+const CLOSING = 2;
+const HANDED_OFF = 3;
+const CLOSED = 4;
+
+// Deadline kinds.
+const NONE = 0;
+const HEAD = 1;
+const IDLE_TIMEOUT = 2;
+const LINGER = 3;
+
+// Why the client socket is paused (reading resumes when none is left).
+const PAUSED_BY_EXCHANGE = 1;
+const PAUSED_BY_STASH = 2;
+
+export class ClientSession implements ExchangeClient, BodySink {
+  readonly socket: net.Socket;
+  /** What the admin listing shows about this connection. */
+  readonly client: ClientConnection;
+  readonly #host: SessionHost;
+  #state = IDLE;
+  /** Bytes received and not yet parsed: a partial head, or pipelined requests. */
+  #stash: Buffer | null = null;
+  #exchange: Exchange | null = null;
+  /** The current request's body, while it streams in. */
+  #reader: BodyReader | null = null;
+  #method = 'GET';
+  #httpVersion: '1.0' | '1.1' = '1.1';
+  #requestDone = true;
+  #keepAlive = false;
+  #headSent = false;
+  #deadline = 0;
+  #deadlineKind = NONE;
+  #paused = 0;
+  /** 'drain' is listened to from the first write that filled the socket's buffer. */
+  #drainListened = false;
+  /** Reads are views of the buffer all client sockets share (accept.ts): anything kept is copied. */
+  readonly #sharedReads: boolean;
+  readonly #reads: ClientReads | null;
+
+  /** `reads`: where the socket's reads go when it reads into the shared buffer; null for 'data' events. */
+  constructor(socket: net.Socket, host: SessionHost, now: number, reads: ClientReads | null) {
+    this.socket = socket;
+    this.#host = host;
+    this.client = new ClientConnection(socket, now);
+    const headersTimeoutMs = host.sessionSettings.headersTimeoutMs;
+    if (headersTimeoutMs > 0) this.#setDeadline(HEAD, now + headersTimeoutMs);
+    this.#sharedReads = reads !== null;
+    this.#reads = reads;
+    if (reads !== null) reads.deliver = this.#onData;
+    else socket.on('data', this.#onData);
+    socket.on('end', this.#onEnd);
+    socket.on('error', onSocketError);
+    socket.on('close', this.#onClose);
+  }
+
+  get httpVersion(): '1.0' | '1.1' {
+    return this.#httpVersion;
+  }
+
+  get holdsWrites(): boolean {
+    return this.socket.writableLength > 0;
+  }
+
+  /** No request in progress (drain closes these at once). */
+  get idle(): boolean {
+    return this.#state === IDLE;
+  }
+
+  /** Shared clock: the exchange's deadline, then the head, idle and linger deadlines. */
+  tick(now: number): void {
+    this.#exchange?.tick(now);
+    if (this.#deadline === 0 || now < this.#deadline) return;
+    const kind = this.#deadlineKind;
+    this.#setDeadline(NONE, 0);
+    if (kind === HEAD && this.#state === IDLE && this.#stash !== null) {
+      // Part of a head, and no end to it in time: the slowloris guard.
+      this.#rejectHead(408);
+    } else if (kind !== NONE) {
+      this.socket.destroy();
+    }
+  }
+
+  /** Drain: an idle connection closes now; a busy one after its response (connectionLines says close). */
+  closeIfIdle(): void {
+    if (this.#state === IDLE) this.socket.destroy();
+  }
+
+  // ---- reading ----
+
+  readonly #onData = (chunk: Buffer): void => {
+    if (this.#state === ACTIVE) {
+      if (this.#reader !== null) this.#feedRequest(chunk, 0);
+      else this.#stashBytes(chunk, 0);
+    } else if (this.#state === IDLE) {
+      let data = chunk;
+      if (this.#stash !== null) {
+        data = Buffer.concat([this.#stash, chunk]);
+        this.#stash = null;
+      }
+      this.#consume(data);
+    }
+    // CLOSING: whatever a client sends after its last request is dropped.
+  };
+
+  /** Parses the request head at the start of `data` (the rest is its body or the next requests). */
+  #consume(data: Buffer): void {
+    const start = skipLeadingCrlf(data, 0);
+    if (start >= data.length) return;
+    const settings = this.#host.sessionSettings;
+    let head: RequestHead;
+    let end: number;
+    try {
+      end = findHeadEnd(data, start, settings.maxHeaderSize, 431);
+      if (end === -1) {
+        // Part of a head: headersTimeout runs from here (from the accept on a new connection).
+        this.#stash = this.#own(data, start, data.length);
+        if (this.#deadlineKind !== HEAD && settings.headersTimeoutMs > 0) this.#setDeadline(HEAD, Date.now() + settings.headersTimeoutMs);
+        return;
+      }
+      head = parseRequestHead(data, start, end);
+    } catch (error) {
+      if (!(error instanceof HeadError)) throw error;
+      this.#rejectHead(error.status);
+      return;
+    }
+    this.#begin(head, data, end, settings);
+  }
+
+  #begin(head: RequestHead, data: Buffer, bodyStart: number, settings: SessionSettings): void {
+    const client = this.client;
+    client.requests++;
+    this.#setDeadline(NONE, 0);
+    if (head.method === 'CONNECT' || head.upgrade) {
+      this.#handOff(head, this.#own(data, bodyStart, data.length));
+      return;
+    }
+    const max = settings.clientMaxRequests;
+    this.#keepAlive = head.keepAlive && !(max > 0 && client.requests >= max) && !this.#host.draining();
+    this.#method = head.method;
+    this.#httpVersion = head.httpVersion;
+    this.#headSent = false;
+    this.#state = ACTIVE;
+    this.#requestDone = head.body === 'none';
+    // Bytes after a bodiless request are the next requests: held before the host answers,
+    // since an answer given at once moves on to them.
+    if (this.#requestDone && bodyStart < data.length) this.#stashBytes(data, bodyStart);
+    const exchange = this.#host.request(this, head);
+    if (exchange === null) return;
+    this.#exchange = exchange;
+    if (!this.#requestDone) {
+      this.#reader = head.body === 'length' ? BodyReader.length(head.contentLength, this) : BodyReader.chunked(this, false);
+      if (bodyStart < data.length) {
+        this.#feedRequest(data, bodyStart);
+        if (this.#exchange !== exchange) return;
+      }
+    }
+    exchange.start();
+  }
+
+  #feedRequest(buf: Buffer, from: number): void {
+    const end = this.#reader!.feed(buf, from);
+    if (end === BODY_MORE) return;
+    this.#reader = null;
+    const exchange = this.#exchange!;
+    if (end === BODY_ERROR) {
+      exchange.requestFailed();
+      return;
+    }
+    this.#requestDone = true;
+    if (end < buf.length) this.#stashBytes(buf, end);
+    exchange.requestEnd();
+  }
+
+  /** BodySink: request body bytes as framed, to the exchange (which may keep them for a retry). */
+  bodyBytes(buf: Buffer, start: number, end: number): void {
+    this.client.bytesUp += end - start;
+    this.#host.countBytes('upstream', end - start);
+    this.#exchange!.requestBody(this.#own(buf, start, end));
+  }
+
+  /** buf[start, end) as a Buffer that outlives this read. */
+  #own(buf: Buffer, start: number, end: number): Buffer {
+    if (!this.#sharedReads) return start === 0 && end === buf.length ? buf : buf.subarray(start, end);
+    const copy = Buffer.allocUnsafe(end - start);
+    buf.copy(copy, 0, start, end);
+    return copy;
+  }
+
+  #stashBytes(buf: Buffer, from: number): void {
+    const rest = this.#own(buf, from, buf.length);
+    this.#stash = this.#stash === null ? rest : Buffer.concat([this.#stash, rest]);
+    if (this.#stash.length > STASH_LIMIT) this.#pause(PAUSED_BY_STASH);
+  }
+
+  /**
+   * The client's FIN. As node's server does by default, a client that stops sending is
+   * taken to have left: an exchange under way is aborted (its response may still be read
+   * and dropped to keep the upstream connection), and the connection closes.
+   */
+  readonly #onEnd = (): void => {
+    this.socket.destroy();
+  };
+
+  readonly #onClose = (): void => {
+    const exchange = this.#state === ACTIVE ? this.#exchange : null;
+    this.#state = CLOSED;
+    this.#exchange = null;
+    this.#reader = null;
+    exchange?.clientClosed();
+    this.#host.sessionClosed(this);
+  };
+
+  readonly #onDrain = (): void => {
+    if (this.#state === ACTIVE) this.#exchange?.clientDrained();
+  };
+
+  // ---- ExchangeClient: writing the response ----
+
+  connectionLines(closeDelimited: boolean): string {
+    this.#keepAlive = this.#keepAlive && !closeDelimited && !this.#host.draining();
+    return this.#keepAlive ? this.#host.sessionSettings.keepAliveLines : CLOSE_LINES;
+  }
+
+  writeInterim(head: string): void {
+    if (this.#headSent || this.#state !== ACTIVE) return;
+    this.socket.write(head, 'latin1');
+  }
+
+  writeHead(head: string): boolean {
+    if (this.#state !== ACTIVE) return true;
+    this.#headSent = true;
+    const flowing = this.socket.write(head, 'latin1');
+    if (!flowing) this.#listenForDrain();
+    return flowing;
+  }
+
+  writeBody(chunk: Buffer): boolean {
+    if (this.#state !== ACTIVE) return true;
+    const flowing = this.socket.write(chunk);
+    if (!flowing) this.#listenForDrain();
+    return flowing;
+  }
+
+  #listenForDrain(): void {
+    if (this.#drainListened) return;
+    this.#drainListened = true;
+    this.socket.on('drain', this.#onDrain);
+  }
+
+  responseDone(reusable: boolean): void {
+    if (this.#state !== ACTIVE) return;
+    this.#exchange = null;
+    if (!reusable || !this.#keepAlive) {
+      this.#close();
+      return;
+    }
+    this.#next();
+  }
+
+  cut(): void {
+    this.#exchange = null;
+    this.#state = CLOSED;
+    this.socket.destroy();
+  }
+
+  respondError(status: number, detail: string): boolean {
+    if (this.#state !== ACTIVE || this.#headSent || this.socket.destroyed) return false;
+    // A client still sending a body we will not read is told to go (no keep-alive).
+    const keep = this.#keepAlive && this.#requestDone && !this.#host.draining();
+    this.#keepAlive = keep;
+    this.#headSent = true;
+    this.socket.write(errorResponse(status, detail, keep ? this.#host.sessionSettings.keepAliveLines : CLOSE_LINES, this.#method === 'HEAD'), 'latin1');
+    this.responseDone(keep);
+    return true;
+  }
+
+  pauseRequest(): void {
+    this.#pause(PAUSED_BY_EXCHANGE);
+  }
+
+  resumeRequest(): void {
+    this.#resume(PAUSED_BY_EXCHANGE);
+  }
+
+  noteUpstream(description: string, reused: boolean): void {
+    this.client.upstream = description;
+    if (reused) this.client.reused = true;
+  }
+
+  countDownstream(bytes: number): void {
+    this.client.bytesDown += bytes;
+    this.#host.countBytes('downstream', bytes);
+  }
+
+  // ---- between requests ----
+
+  /** Keep-alive: wait for (or parse) the next request. */
+  #next(): void {
+    this.#state = IDLE;
+    this.#reader = null;
+    const now = Date.now();
+    this.client.lastActivity = now;
+    if (this.#paused !== 0) {
+      this.#paused = 0;
+      this.socket.resume();
+    }
+    const idleMs = this.#host.sessionSettings.clientIdleTimeoutMs;
+    this.#setDeadline(idleMs > 0 ? IDLE_TIMEOUT : NONE, idleMs > 0 ? now + idleMs : 0);
+    const stash = this.#stash;
+    if (stash !== null) {
+      this.#stash = null;
+      this.#consume(stash);
+    }
+  }
+
+  /** After the last response: close at once when nothing is left to read or send, else FIN and linger. */
+  #close(): void {
+    this.#state = CLOSING;
+    this.#reader = null;
+    const socket = this.socket;
+    if (socket.writableLength === 0 && this.#requestDone && this.#stash === null) {
+      // Everything was handed to the kernel, which sends it before the FIN: no need to
+      // wait for the client's FIN (one read and one wake-up less per connection).
+      socket.destroy();
+      return;
+    }
+    this.#stash = null;
+    if (this.#paused !== 0) {
+      this.#paused = 0;
+      socket.resume();
+    }
+    socket.end();
+    this.#setDeadline(LINGER, Date.now() + LINGER_MS);
+  }
+
+  /** A head that cannot be served (400 malformed, 408 too slow, 431 too large): answered, then the close. */
+  #rejectHead(status: number): void {
+    this.#host.answered(status);
+    this.#state = CLOSING;
+    this.#stash = null;
+    const socket = this.socket;
+    if (!socket.writable) {
+      socket.destroy();
+      return;
+    }
+    socket.end(errorResponse(status, '', CLOSE_LINES, false), 'latin1');
+    this.#setDeadline(LINGER, Date.now() + LINGER_MS);
+  }
+
+  #handOff(head: RequestHead, rest: Buffer): void {
+    this.#state = HANDED_OFF;
+    const socket = this.socket;
+    // A tunnel reads with 'data' events: shared-buffer reads become copies emitted as such.
+    if (this.#reads !== null) this.#reads.deliver = (chunk) => socket.emit('data', Buffer.from(chunk));
+    socket.off('data', this.#onData);
+    socket.off('end', this.#onEnd);
+    if (this.#drainListened) socket.off('drain', this.#onDrain);
+    const stash = this.#stash;
+    this.#stash = null;
+    this.#host.handOff(this, head, stash === null ? rest : Buffer.concat([rest, stash]));
+  }
+
+  #setDeadline(kind: number, at: number): void {
+    this.#deadlineKind = kind;
+    this.#deadline = at;
+  }
+
+  #pause(reason: number): void {
+    if (this.#paused === 0) this.socket.pause();
+    this.#paused |= reason;
+  }
+
+  #resume(reason: number): void {
+    if (this.#paused === 0) return;
+    this.#paused &= ~reason;
+    if (this.#paused === 0) this.socket.resume();
+  }
+}
+
+/** A client that resets or times out surfaces as 'close'; the error itself needs no handling. */
+function onSocketError(): void {}

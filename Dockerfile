@@ -5,7 +5,9 @@ FROM node:24-bookworm-slim AS build
 WORKDIR /src
 COPY package.json package-lock.json tsconfig.json ./
 # --ignore-scripts: the build below runs tsc itself; koffi ships its prebuilt binaries in the package.
-RUN npm ci --ignore-scripts --no-audit --no-fund
+# npm ci can refuse a lockfile made where only this platform's optional binaries were
+# reachable (npm/cli#9846); npm install keeps the locked versions.
+RUN npm ci --ignore-scripts --no-audit --no-fund || npm install --ignore-scripts --no-audit --no-fund
 COPY src ./src
 RUN npx tsc -p tsconfig.json && npm prune --omit=dev --ignore-scripts
 

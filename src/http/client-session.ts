@@ -1,9 +1,11 @@
 import type net from 'node:net';
+import type { Clock } from '../clock.js';
 import type { ClientReads } from './accept.js';
 import { BODY_ERROR, BODY_MORE, BodyReader, type BodySink } from './body-reader.js';
 import { ClientConnection } from './client.js';
 import type { Exchange, ExchangeClient } from './exchange.js';
 import { HeadError, findHeadEnd, parseRequestHead, skipLeadingCrlf, type RequestHead } from './head-parser.js';
+import { clientAddress } from './headers.js';
 import { errorResponse } from './respond.js';
 
 // One client connection of an HTTP route, on the raw socket: request heads parsed here
@@ -30,6 +32,8 @@ export interface SessionSettings {
 
 export interface SessionHost {
   readonly sessionSettings: SessionSettings;
+  /** The shared coarse clock: deadlines here are good to one tick. */
+  readonly clock: Clock;
   draining(): boolean;
   /** A parsed request: its exchange (not started), or null when the host answered it itself. */
   request(session: ClientSession, head: RequestHead): Exchange | null;
@@ -83,6 +87,7 @@ export class ClientSession implements ExchangeClient, BodySink {
   #deadline = 0;
   #deadlineKind = NONE;
   #paused = 0;
+  #clientIp: string | undefined;
   /** 'drain' is listened to from the first write that filled the socket's buffer. */
   #drainListened = false;
   /** Reads are views of the buffer all client sockets share (accept.ts): anything kept is copied. */
@@ -107,6 +112,11 @@ export class ClientSession implements ExchangeClient, BodySink {
 
   get httpVersion(): '1.0' | '1.1' {
     return this.#httpVersion;
+  }
+
+  /** The client's address as X-Forwarded-For writes it, looked up once per connection. */
+  get clientIp(): string {
+    return (this.#clientIp ??= clientAddress(this.socket.remoteAddress));
   }
 
   get holdsWrites(): boolean {
@@ -166,7 +176,7 @@ export class ClientSession implements ExchangeClient, BodySink {
       if (end === -1) {
         // Part of a head: headersTimeout runs from here (from the accept on a new connection).
         this.#stash = this.#own(data, start, data.length);
-        if (this.#deadlineKind !== HEAD && settings.headersTimeoutMs > 0) this.#setDeadline(HEAD, Date.now() + settings.headersTimeoutMs);
+        if (this.#deadlineKind !== HEAD && settings.headersTimeoutMs > 0) this.#setDeadline(HEAD, this.#host.clock.now() + settings.headersTimeoutMs);
         return;
       }
       head = parseRequestHead(data, start, end);
@@ -350,7 +360,7 @@ export class ClientSession implements ExchangeClient, BodySink {
   #next(): void {
     this.#state = IDLE;
     this.#reader = null;
-    const now = Date.now();
+    const now = this.#host.clock.now();
     this.client.lastActivity = now;
     if (this.#paused !== 0) {
       this.#paused = 0;
@@ -382,7 +392,7 @@ export class ClientSession implements ExchangeClient, BodySink {
       socket.resume();
     }
     socket.end();
-    this.#setDeadline(LINGER, Date.now() + LINGER_MS);
+    this.#setDeadline(LINGER, this.#host.clock.now() + LINGER_MS);
   }
 
   /** A head that cannot be served (400 malformed, 408 too slow, 431 too large): answered, then the close. */
@@ -396,7 +406,7 @@ export class ClientSession implements ExchangeClient, BodySink {
       return;
     }
     socket.end(errorResponse(status, '', CLOSE_LINES, false), 'latin1');
-    this.#setDeadline(LINGER, Date.now() + LINGER_MS);
+    this.#setDeadline(LINGER, this.#host.clock.now() + LINGER_MS);
   }
 
   #handOff(head: RequestHead, rest: Buffer): void {

@@ -4,7 +4,7 @@ import type { EvictionReason } from '../metrics/registry.js';
 import { parseKeepAliveTimeoutMs, type PooledConnection } from '../pool/http-connection.js';
 import type { OriginPool, PoolWaiter } from '../pool/http-pool.js';
 import { BODY_ERROR, BODY_MORE, BodyReader, type BodySink } from './body-reader.js';
-import { HeadError, findHeadEnd, parseResponseHead, type ResponseHead } from './head-parser.js';
+import { HeadError, findHeadEnd, latin1, parseResponseHead, type ResponseHead } from './head-parser.js';
 import { IDEMPOTENT_METHODS } from './headers.js';
 import { dateLine, downstreamResponseHead, interimResponseHead, type DownstreamFraming } from './head-writer.js';
 
@@ -104,7 +104,7 @@ export class Exchange implements PoolWaiter, BodySink {
   #attempts = 0;
   #reused = false;
   /** Body bytes not yet written because no connection was ready. */
-  #queue: Buffer[] = [];
+  #queue: Buffer[] | null = null;
   #queuedBytes = 0;
   /** Body bytes written to the current connection. */
   #bodyWritten = 0;
@@ -147,8 +147,8 @@ export class Exchange implements PoolWaiter, BodySink {
     this.#client = client;
     this.#request = request;
     this.#requestEnded = !request.hasBody;
-    // Only an idempotent request ever replays body bytes.
-    this.#replay = request.retry && IDEMPOTENT_METHODS.has(request.method) ? [] : null;
+    // Only an idempotent request ever replays body bytes (a bodiless one has none to keep).
+    this.#replay = request.retry && request.hasBody && IDEMPOTENT_METHODS.has(request.method) ? [] : null;
   }
 
   /** PoolWaiter: the exchange no longer needs a connection. */
@@ -181,7 +181,7 @@ export class Exchange implements PoolWaiter, BodySink {
     }
     const connection = this.#connection;
     if (connection === null) {
-      this.#queue.push(chunk);
+      (this.#queue ??= []).push(chunk);
       this.#queuedBytes += chunk.length;
       if (this.#queuedBytes > QUEUE_LIMIT) this.#pauseRequest();
       return;
@@ -249,7 +249,7 @@ export class Exchange implements PoolWaiter, BodySink {
     this.#client.noteUpstream(this.#request.origin.describe(), reused);
     const socket = connection.socket;
     const queue = this.#queue;
-    if (queue.length === 0) {
+    if (queue === null) {
       socket.write(this.#request.head, 'latin1');
     } else {
       // Head and queued body in one write.
@@ -260,7 +260,7 @@ export class Exchange implements PoolWaiter, BodySink {
         socket.write(chunk);
       }
       socket.uncork();
-      this.#queue = [];
+      this.#queue = null;
       this.#queuedBytes = 0;
     }
     if (this.#requestPaused && socket.writableLength === 0) this.#resumeRequest();
@@ -424,7 +424,7 @@ export class Exchange implements PoolWaiter, BodySink {
     const head = this.#pendingHead;
     if (head !== null && end - start <= COALESCE_LIMIT) {
       this.#pendingHead = null;
-      flowing = this.#client.writeHead(this.#clientHead(head) + buf.toString('latin1', start, end));
+      flowing = this.#client.writeHead(this.#clientHead(head) + latin1(buf, start, end));
     } else {
       this.#flushPendingHead();
       flowing = this.#client.writeBody(buf.subarray(start, end));

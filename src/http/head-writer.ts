@@ -6,6 +6,7 @@ import {
   FIELD_PROXY_AUTHORIZATION,
   FIELD_X_FORWARDED,
   FIELD_X_FORWARDED_FOR,
+  latin1,
   nameIs,
   type FieldLines,
   type RequestHead,
@@ -53,11 +54,11 @@ function keptLines(head: FieldLines, drop: number): string {
       runEnd = end;
       continue;
     }
-    if (runStart !== -1) text += source.toString('latin1', runStart, runEnd);
+    if (runStart !== -1) text += latin1(source, runStart, runEnd);
     runStart = start;
     runEnd = end;
   }
-  if (runStart !== -1) text += source.toString('latin1', runStart, runEnd);
+  if (runStart !== -1) text += latin1(source, runStart, runEnd);
   return text;
 }
 

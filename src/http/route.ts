@@ -1,4 +1,5 @@
 import type net from 'node:net';
+import type { Clock } from '../clock.js';
 import type { RouteConfig } from '../config/schema.js';
 import type { Side } from '../errors.js';
 import type { Logger } from '../log.js';
@@ -6,7 +7,7 @@ import type { EvictionReason } from '../metrics/registry.js';
 import { formatAddress, listenOn } from '../net/listen.js';
 import { applyKeepalive, applyKeepaliveToListener, readSocketOptions } from '../net/sockopt.js';
 import { dialUpstream, type DialAttempt, type DialTarget } from '../pool/http-dial.js';
-import { HttpPool, type OriginPool, type PoolSettings } from '../pool/http-pool.js';
+import { HttpPool, type PoolSettings } from '../pool/http-pool.js';
 import type { ConnectionInfo, RouteDeps, RouteHandle } from '../route.js';
 import { Session, type HeartbeatResult, type SessionEvents } from '../tcp/session.js';
 import { Allowlist } from './allowlist.js';
@@ -67,8 +68,6 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
   #unsubscribe: (() => void) | null = null;
   #pendingBytesUp = 0;
   #pendingBytesDown = 0;
-  #cachedOrigin: OriginPool | null = null;
-  #cachedOriginPool: HttpPool | null = null;
   #drainWaiters: Array<() => void> = [];
   // Series that move per request or per client connection, bound once (labels() hashes).
   readonly #accepted;
@@ -221,6 +220,10 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
     return this.#deps.log;
   }
 
+  get clock(): Clock {
+    return this.#deps.clock;
+  }
+
   draining(): boolean {
     return this.#draining;
   }
@@ -313,13 +316,13 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
     const text = upstreamRequestHead(head, {
       path,
       authority,
-      forwardedFor: http.xForwarded ? clientAddress(session.socket.remoteAddress) : null,
+      forwardedFor: http.xForwarded ? session.clientIp : null,
       forwardedProto: 'http',
       // Credentials for a proxy are for us (and we take none); never pass them on.
       dropProxyAuthorization: this.#forward,
     });
     return new Exchange(this, session, {
-      origin: this.#forward ? pool.origin(origin) : this.#reverseOrigin(pool, origin),
+      origin: pool.origin(origin),
       method: head.method,
       head: text,
       hasBody: head.body !== 'none',
@@ -362,15 +365,6 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
 
   #clientOf(socket: net.Socket): ClientConnection {
     return this.#sessions.get(socket)!.client;
-  }
-
-  /** The reverse route's one origin, looked up once per pool rather than per request. */
-  #reverseOrigin(pool: HttpPool, target: DialTarget): OriginPool {
-    if (this.#cachedOrigin === null || this.#cachedOriginPool !== pool || this.#cachedOrigin.target !== target) {
-      this.#cachedOrigin = pool.origin(target);
-      this.#cachedOriginPool = pool;
-    }
-    return this.#cachedOrigin;
   }
 
   #refuse(session: ClientSession, head: RequestHead, status: number, detail: string): null {

@@ -83,6 +83,7 @@ export class HttpPool {
   readonly log: Logger | undefined;
   readonly sessions = new TlsSessionCache();
   readonly #origins = new Map<string, OriginPool>();
+  #lastOrigin: OriginPool | null = null;
   #unsubscribe: (() => void) | null;
   #unregisterFlush: (() => void) | null;
   #closing: EvictionReason | null = null;
@@ -120,12 +121,16 @@ export class HttpPool {
 
   /** The pool of one upstream origin (one for a reverse route, one per destination when forwarding). */
   origin(target: DialTarget): OriginPool {
+    // A reverse route asks with the same target object every time: no key to build.
+    const last = this.#lastOrigin;
+    if (last !== null && last.target === target) return last;
     const key = originKey(target);
     let origin = this.#origins.get(key);
     if (!origin) {
       origin = new OriginPool(this, target, key);
       this.#origins.set(key, origin);
     }
+    this.#lastOrigin = origin;
     return origin;
   }
 
@@ -213,7 +218,9 @@ export class HttpPool {
   #tick(now: number): void {
     for (const [key, origin] of this.#origins) {
       origin.evictExpired(now);
-      if (origin.empty) this.#origins.delete(key);
+      if (!origin.empty) continue;
+      this.#origins.delete(key);
+      if (origin === this.#lastOrigin) this.#lastOrigin = null;
     }
     this.#flushGauges();
   }
@@ -309,7 +316,7 @@ export class OriginPool {
   release(connection: PooledConnection): void {
     if (connection.state !== 'busy') return;
     connection.detach();
-    const reason = this.#pool.retireReason(connection, Date.now());
+    const reason = this.#pool.retireReason(connection, this.#pool.clock.now());
     if (reason) {
       connection.close(reason);
       return;
@@ -382,7 +389,7 @@ export class OriginPool {
       let reason: EvictionReason | null = null;
       if (!connection.usable) reason = 'peer_closed';
       else {
-        now ||= Date.now();
+        now ||= this.#pool.clock.now();
         reason = this.#pool.expiryReason(connection, now);
       }
       if (!reason) return connection;
@@ -486,7 +493,7 @@ export class OriginPool {
       this.#busy.delete(connection);
       this.#pool.moved('busy', null);
     }
-    connection.parked(Date.now(), turn);
+    connection.parked(this.#pool.clock.now(), turn);
     this.#idle.push(connection);
     this.#pool.moved(null, 'idle');
   }

@@ -109,7 +109,9 @@ export async function rawRequest(port: number, request: string | Buffer, timeout
   // Not half-open: the server's FIN ends the exchange, as for a legacy client.
   const socket = net.connect({ port, host: '127.0.0.1' });
   socket.on('error', () => {});
-  await once(socket, 'connect', 5_000);
+  // Generous: under the full suite's load on 2 cores a SYN can need a retransmit or two
+  // (1 s, then 3 s): the bound is for a hang, not a speed check.
+  await once(socket, 'connect', 15_000);
   const chunks: Buffer[] = [];
   socket.on('data', (chunk: Buffer) => chunks.push(chunk));
   socket.write(request);

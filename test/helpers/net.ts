@@ -28,14 +28,26 @@ export async function listen0(
   };
 }
 
-/** A free port on 127.0.0.1 (bound, then released): for configs that need a fixed port up front. */
+/**
+ * A free port on 127.0.0.1 (bound, then released): for configs that need a fixed port up
+ * front. Picked below the kernel's ephemeral range (ip_local_port_range starts at 32768),
+ * so no outgoing connection of a parallel test can take it as its source port between
+ * this check and the proxy's bind: a listener on such a port would receive SYNs meant for
+ * that connection's mirror and a client's connect could hang.
+ */
 export async function freePort(host = '127.0.0.1'): Promise<number> {
-  const server = net.createServer();
-  server.listen(0, host);
-  await once(server, 'listening', 5_000);
-  const port = (server.address() as net.AddressInfo).port;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
+  for (let attempt = 0; attempt < 100; attempt++) {
+    const port = 20_000 + Math.floor(Math.random() * 12_000);
+    const server = net.createServer();
+    const bound = await new Promise<boolean>((resolve) => {
+      server.once('error', () => resolve(false));
+      server.listen(port, host, () => resolve(true));
+    });
+    if (!bound) continue;
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+    return port;
+  }
+  throw new Error('no free port found in 20000-31999 after 100 attempts');
 }
 
 /** A client socket; half-open allowed so a test can keep sending after the peer's FIN. */

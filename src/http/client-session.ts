@@ -48,7 +48,11 @@ export interface SessionHost {
 const CLOSE_LINES = 'Connection: close\r\n';
 /** Pipelined bytes held while a response is under way; past this the client is paused. */
 const STASH_LIMIT = 64 * 1024;
-/** How long a closing connection waits for the client's own close once our FIN is out. */
+/**
+ * How long a closing connection waits for the client's own close once our FIN is out, or
+ * for the last response bytes to leave when they stop moving (a client that reads slowly
+ * keeps its connection for as long as it reads).
+ */
 const LINGER_MS = 5_000;
 
 // States.
@@ -87,11 +91,12 @@ export class ClientSession implements ExchangeClient, BodySink {
   #deadline = 0;
   #deadlineKind = NONE;
   #paused = 0;
+  /** Bytes still queued for the client at the last linger check. */
+  #lingerPending = 0;
   #clientIp: string | undefined;
   /** 'drain' is listened to from the first write that filled the socket's buffer. */
   #drainListened = false;
-  /** Reads are views of the buffer all client sockets share (accept.ts): anything kept is copied. */
-  readonly #sharedReads: boolean;
+  /** Non-null: reads are views of the buffer all client sockets share (accept.ts), so anything kept is copied. */
   readonly #reads: ClientReads | null;
 
   /** `reads`: where the socket's reads go when it reads into the shared buffer; null for 'data' events. */
@@ -101,7 +106,6 @@ export class ClientSession implements ExchangeClient, BodySink {
     this.client = new ClientConnection(socket, now);
     const headersTimeoutMs = host.sessionSettings.headersTimeoutMs;
     if (headersTimeoutMs > 0) this.#setDeadline(HEAD, now + headersTimeoutMs);
-    this.#sharedReads = reads !== null;
     this.#reads = reads;
     if (reads !== null) reads.deliver = this.#onData;
     else socket.on('data', this.#onData);
@@ -123,11 +127,6 @@ export class ClientSession implements ExchangeClient, BodySink {
     return this.socket.writableLength > 0;
   }
 
-  /** No request in progress (drain closes these at once). */
-  get idle(): boolean {
-    return this.#state === IDLE;
-  }
-
   /** Shared clock: the exchange's deadline, then the head, idle and linger deadlines. */
   tick(now: number): void {
     this.#exchange?.tick(now);
@@ -137,14 +136,25 @@ export class ClientSession implements ExchangeClient, BodySink {
     if (kind === HEAD && this.#state === IDLE && this.#stash !== null) {
       // Part of a head, and no end to it in time: the slowloris guard.
       this.#rejectHead(408);
+    } else if ((kind === LINGER || kind === IDLE_TIMEOUT) && this.#stillSending()) {
+      // The idle time and the linger start once the last response has left.
+      this.#setDeadline(kind, now + (kind === LINGER ? LINGER_MS : this.#host.sessionSettings.clientIdleTimeoutMs));
     } else if (kind !== NONE) {
       this.socket.destroy();
     }
   }
 
+  /** The last response is still leaving, and moved since the last check. */
+  #stillSending(): boolean {
+    const pending = this.socket.writableLength;
+    const moving = pending > 0 && pending !== this.#lingerPending;
+    this.#lingerPending = pending;
+    return moving;
+  }
+
   /** Drain: an idle connection closes now; a busy one after its response (connectionLines says close). */
   closeIfIdle(): void {
-    if (this.#state === IDLE) this.socket.destroy();
+    if (this.#state === IDLE) this.#close();
   }
 
   // ---- reading ----
@@ -181,8 +191,8 @@ export class ClientSession implements ExchangeClient, BodySink {
       }
       head = parseRequestHead(data, start, end);
     } catch (error) {
-      if (!(error instanceof HeadError)) throw error;
-      this.#rejectHead(error.status);
+      // Whatever a client sends ends in an answer, never in a crash (a non-HeadError would be our bug).
+      this.#rejectHead(error instanceof HeadError ? error.status : 400);
       return;
     }
     this.#begin(head, data, end, settings);
@@ -242,7 +252,7 @@ export class ClientSession implements ExchangeClient, BodySink {
 
   /** buf[start, end) as a Buffer that outlives this read. */
   #own(buf: Buffer, start: number, end: number): Buffer {
-    if (!this.#sharedReads) return start === 0 && end === buf.length ? buf : buf.subarray(start, end);
+    if (this.#reads === null) return start === 0 && end === buf.length ? buf : buf.subarray(start, end);
     const copy = Buffer.allocUnsafe(end - start);
     buf.copy(copy, 0, start, end);
     return copy;

@@ -202,8 +202,8 @@ export class Exchange implements PoolWaiter, BodySink {
   requestFailed(): void {
     if (this.#done) return;
     this.#abandonUpstream('error');
-    if (!this.#client.respondError(400, 'invalid request body')) this.#client.cut();
-    this.#status = 400;
+    if (this.#client.respondError(400, 'invalid request body')) this.#status = 400;
+    else this.#client.cut();
     this.#complete();
   }
 

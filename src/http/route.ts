@@ -126,7 +126,9 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
   async listen(): Promise<void> {
     await listenOn(this.#server, this.#config.listen, this.name);
     this.#listening = true;
-    acceptWithSharedReads(this.#server, (socket, reads) => this.#accept(socket, reads));
+    if (!acceptWithSharedReads(this.#server, (socket, reads) => this.#accept(socket, reads))) {
+      this.#deps.log.debug({ route: this.name }, "accepting through node's 'connection' event (no shared read buffer on this Node)");
+    }
     this.#listenerSetsOptions = applyKeepaliveToListener(this.#server, this.#config.keepalive.client, this.#config.noDelay);
     this.#unsubscribe ??= this.#deps.clock.subscribe((now) => this.#tick(now));
   }

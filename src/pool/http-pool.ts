@@ -17,8 +17,9 @@ import { atNextTurn, currentTurn, markTurn, type NextTurnTask } from './loop-tur
 // client sits underneath: undici's HTTP/1.1 client refuses an `Expect: 100-continue`
 // request and destroys the socket on an interim 100, and hides which request reused
 // which socket and why each socket closed; node:http's ClientRequest is correct but
-// costs more CPU per request than the rest of the proxy (bench/: about 3x HAProxy's per
-// request, most of it in node:http's per-message objects, streams and timers).
+// its per-message objects, streams and timers cost more CPU than the rest of the proxy
+// (measured on this machine: 120-150 us per keep-alive request through node:http on both
+// sides, 20-25 us on the lean path, HAProxy 17-19 us).
 //
 // Defences against the stale-connection race, each one borrowed from a proxy that does it:
 //  - a parked socket is watched: EOF, RST or any byte evicts it at once (nginx, pingora);

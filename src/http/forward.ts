@@ -1,9 +1,8 @@
 import net from 'node:net';
-import { ProxyError } from '../errors.js';
 import { Allowlist, normaliseHost } from './allowlist.js';
 import type { RequestHead } from './head-parser.js';
 import { respondRaw } from './respond.js';
-import type { TunnelHost } from './tunnel.js';
+import { dialForClient, type TunnelHost } from './tunnel.js';
 
 // Forward proxy mode (`protocol: http-forward`), for applications that honour
 // HTTP_PROXY/HTTPS_PROXY: absolute-form requests ("GET http://host/path") go over the
@@ -77,27 +76,10 @@ export function proxyConnect(host: TunnelHost, req: RequestHead, down: net.Socke
     respondRaw(down, 403, `${formatAuthority(destination.host, destination.port)} is not in this proxy's allowlist`);
     return;
   }
-  const attempt = host.dial({ host: destination.host, port: destination.port, tls: null });
-  const onClientGone = (): void => attempt.abort();
-  down.once('close', onClientGone);
-  attempt.done.then(
-    (dialed) => {
-      down.off('close', onClientGone);
-      if (down.destroyed) {
-        dialed.socket.destroy();
-        return;
-      }
-      host.answered(200);
-      down.write('HTTP/1.1 200 Connection Established\r\n\r\n');
-      if (head.length > 0) dialed.socket.write(head);
-      host.startTunnel(down, dialed.socket, { kind: 'connect', tracker: null, heartbeat: null, earlyData: [] });
-    },
-    (error: unknown) => {
-      down.off('close', onClientGone);
-      if (down.destroyed) return;
-      const timeout = error instanceof ProxyError && error.code === 'CONNECT_TIMEOUT';
-      host.answered(timeout ? 504 : 502);
-      respondRaw(down, timeout ? 504 : 502, timeout ? 'the destination did not accept the connection in time' : 'the destination is unreachable');
-    },
-  );
+  dialForClient(host, down, { host: destination.host, port: destination.port, tls: null }, 'the destination', (dialed) => {
+    host.answered(200);
+    down.write('HTTP/1.1 200 Connection Established\r\n\r\n');
+    if (head.length > 0) dialed.socket.write(head);
+    host.startTunnel(down, dialed.socket, { kind: 'connect', tracker: null, heartbeat: null, earlyData: [] });
+  });
 }

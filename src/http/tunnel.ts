@@ -2,7 +2,9 @@ import type net from 'node:net';
 import type tls from 'node:tls';
 import type { HeartbeatConfig } from '../config/schema.js';
 import type { Logger } from '../log.js';
-import type { DialAttempt, DialTarget } from '../pool/http-dial.js';
+import type { DialAttempt, DialTarget, DialedSocket } from '../pool/http-dial.js';
+import { ProxyError } from '../errors.js';
+import { respondRaw } from './respond.js';
 import type { Tracker } from '../protocols/types.js';
 
 // What Upgrade (upgrade.ts) and CONNECT (forward.ts) need from their route: a dial
@@ -42,4 +44,38 @@ export function resettableTls(secure: tls.TLSSocket | net.Socket, raw: net.Socke
     return this;
   };
   return secure;
+}
+
+/**
+ * Dials `target` for a client that waits on `down` (CONNECT, Upgrade): abandons the dial
+ * when the client leaves, drops a socket that arrives after the client left, and answers
+ * 504 (connect timeout) or 502 (any other failure) naming `what` when the dial fails.
+ */
+export function dialForClient(
+  host: TunnelHost,
+  down: net.Socket,
+  target: DialTarget,
+  what: string,
+  onReady: (dialed: DialedSocket) => void,
+): void {
+  const attempt = host.dial(target);
+  const onClientGone = (): void => attempt.abort();
+  down.once('close', onClientGone);
+  attempt.done.then(
+    (dialed) => {
+      down.off('close', onClientGone);
+      if (down.destroyed) {
+        dialed.socket.destroy();
+        return;
+      }
+      onReady(dialed);
+    },
+    (error: unknown) => {
+      down.off('close', onClientGone);
+      if (down.destroyed) return;
+      const timeout = error instanceof ProxyError && error.code === 'CONNECT_TIMEOUT';
+      host.answered(timeout ? 504 : 502);
+      respondRaw(down, timeout ? 504 : 502, timeout ? `${what} did not accept the connection in time` : `${what} is unreachable`);
+    },
+  );
 }

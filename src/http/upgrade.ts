@@ -1,13 +1,12 @@
 import http from 'node:http';
 import type net from 'node:net';
 import type { HeartbeatConfig } from '../config/schema.js';
-import { ProxyError } from '../errors.js';
 import type { DialTarget, DialedSocket } from '../pool/http-dial.js';
 import { WebSocketTracker } from '../protocols/websocket.js';
 import type { RequestHead } from './head-parser.js';
 import { HOP_BY_HOP, endToEnd } from './headers.js';
 import { respondRaw } from './respond.js';
-import { resettableTls, type TunnelHost } from './tunnel.js';
+import { dialForClient, resettableTls, type TunnelHost } from './tunnel.js';
 
 // Upgrade passthrough (WebSocket, or any protocol the upstream agrees to): the handshake
 // goes to the upstream over a fresh connection, its 101 goes back verbatim, and from
@@ -30,26 +29,7 @@ export function proxyUpgrade(host: TunnelHost, req: RequestHead, down: net.Socke
   // The HTTP server let go of the socket: its error handler and reading went with it.
   down.on('error', () => {});
   down.pause();
-  const attempt = host.dial(target.dial);
-  const onClientGone = (): void => attempt.abort();
-  down.once('close', onClientGone);
-  attempt.done.then(
-    (dialed) => {
-      down.off('close', onClientGone);
-      if (down.destroyed) {
-        dialed.socket.destroy();
-        return;
-      }
-      handshake(host, req, down, head, dialed, target);
-    },
-    (error: unknown) => {
-      down.off('close', onClientGone);
-      if (down.destroyed) return;
-      const timeout = error instanceof ProxyError && error.code === 'CONNECT_TIMEOUT';
-      host.answered(timeout ? 504 : 502);
-      respondRaw(down, timeout ? 504 : 502, timeout ? 'the upstream did not accept the connection in time' : 'the upstream is unreachable');
-    },
-  );
+  dialForClient(host, down, target.dial, 'the upstream', (dialed) => handshake(host, req, down, head, dialed, target));
 }
 
 function handshake(host: TunnelHost, req: RequestHead, down: net.Socket, head: Buffer, dialed: DialedSocket, target: UpgradeTarget): void {

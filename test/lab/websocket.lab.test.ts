@@ -21,7 +21,8 @@ if (!isRoot) {
 
 const LB_IDLE_TIMEOUT_MS = 3_000;
 const LB_PORT = 8_000;
-const PROXY_PORT = 15_000;
+/** Each test's proxy listens on its own port, so none can meet the previous test's listener. */
+let proxyPort = 15_000;
 const WS_MODULE = pathToFileURL(join(REPO_ROOT, 'node_modules', 'ws', 'wrapper.mjs')).href;
 
 // A ws client or server driven over JSON lines (see netns.ts nodeInNs).
@@ -118,6 +119,7 @@ describe.skipIf(!isRoot)('middlebox lab: a WebSocket through HAProxy (mode tcp) 
   });
 
   function yaml(heartbeat: string): string {
+    proxyPort += 1;
     return `
 admin:
   listen: {{admin}}
@@ -126,7 +128,7 @@ log:
 shutdownTimeout: 2s
 routes:
   - name: ws
-    listen: 127.0.0.1:${PROXY_PORT}
+    listen: 127.0.0.1:${proxyPort}
     protocol: http
     upstream: http://${ADDRESSES.middleClientSide}:${LB_PORT}
 ${heartbeat}
@@ -134,7 +136,7 @@ ${heartbeat}
   }
 
   async function openAndEcho(): Promise<number> {
-    const { conn } = await wsClient.request({ op: 'connect', url: `ws://127.0.0.1:${PROXY_PORT}/live` });
+    const { conn } = await wsClient.request({ op: 'connect', url: `ws://127.0.0.1:${proxyPort}/live` });
     const since = wsClient.mark();
     await wsClient.request({ op: 'send', conn, data: 'hello' });
     await wsClient.waitFor((e) => e.event === 'message' && e.conn === conn && e.data === 'echo hello', 5_000, since);

@@ -34,6 +34,8 @@ class ProxyApp implements App {
   readonly #routes = new Map<string, RouteHandle>();
   /** Routes removed by a reload whose live connections are still running. */
   readonly #retiring = new Set<RouteHandle>();
+  /** Routes being built (the HTTP code loads on demand): not ready until they listen. */
+  readonly #pending = new Set<string>();
   #admin: AdminServer | null = null;
   #draining = false;
 
@@ -99,7 +101,7 @@ class ProxyApp implements App {
     const admin = new AdminServer(
       {
         metrics: this.metrics,
-        notReady: () => [...this.#routes.values()].filter((r) => !r.listening).map((r) => r.name),
+        notReady: () => [...this.#pending, ...[...this.#routes.values()].filter((r) => !r.listening).map((r) => r.name)],
         connections: () => this.#connections(),
         get draining() {
           return app.#draining;
@@ -117,10 +119,16 @@ class ProxyApp implements App {
 
   async #addRoute(config: RouteConfig): Promise<void> {
     const deps: RouteDeps = { metrics: this.metrics, log: this.#log, clock: this.#clock };
-    const route = HTTP_FAMILY.includes(config.protocol)
-      ? // Loaded on demand: a TCP-only deployment never pays for the HTTP code.
-        (await import('./http/route.js')).createHttpRoute(config, deps)
-      : createTcpRoute(config, deps);
+    this.#pending.add(config.name);
+    let route: RouteHandle;
+    try {
+      route = HTTP_FAMILY.includes(config.protocol)
+        ? // Loaded on demand: a TCP-only deployment never pays for the HTTP code.
+          (await import('./http/route.js')).createHttpRoute(config, deps)
+        : createTcpRoute(config, deps);
+    } finally {
+      this.#pending.delete(config.name);
+    }
     this.#routes.set(config.name, route);
     try {
       await route.listen();

@@ -11,6 +11,7 @@ import { createHttpRoute } from '../../src/http/route.js';
 import { Metrics } from '../../src/metrics/registry.js';
 import type { RouteHandle } from '../../src/route.js';
 import { parseMetrics, sample } from './proxy.js';
+import { connected } from './net.js';
 import { once } from './wait.js';
 
 // HTTP routes built in-process from YAML through the real config loader, and small
@@ -107,7 +108,10 @@ export interface RawResponse {
  */
 export async function rawRequest(port: number, request: string | Buffer, timeoutMs = 10_000): Promise<RawResponse> {
   // Not half-open: the server's FIN ends the exchange, as for a legacy client.
-  const socket = await connectOrRetryRefused(port);
+  const socket = net.connect({ port, host: '127.0.0.1' });
+  // Generous: under the full suite's load on 2 cores a SYN can need a retransmit or two
+  // (1 s, then 3 s): the bound is for a hang, not a speed check.
+  await connected(socket, 15_000);
   const chunks: Buffer[] = [];
   socket.on('data', (chunk: Buffer) => chunks.push(chunk));
   socket.write(request);
@@ -157,28 +161,4 @@ export function request(
     req.setTimeout(15_000, () => req.destroy(new Error('request timed out')));
     req.end(body ?? undefined);
   });
-}
-
-/**
- * KNOWN ISSUE, not a fix: in about one full-suite run in three, a connect to a freshly
- * started HTTP route is refused (ECONNREFUSED) right after /readyz said ready; cause not
- * found yet (see the session's closing note). Up to 3 attempts 200 ms apart, each failure
- * surfaced as its error rather than swallowed.
- */
-async function connectOrRetryRefused(port: number): Promise<net.Socket> {
-  for (let attempt = 1; ; attempt++) {
-    const socket = net.connect({ port, host: '127.0.0.1' });
-    const outcome = await new Promise<Error | null>((resolve) => {
-      const timer = setTimeout(() => resolve(new Error('connect timed out after 15 s')), 15_000);
-      socket.once('connect', () => (clearTimeout(timer), resolve(null)));
-      socket.once('error', (error) => (clearTimeout(timer), resolve(error)));
-    });
-    if (!outcome) {
-      socket.on('error', () => {});
-      return socket;
-    }
-    socket.destroy();
-    if ((outcome as NodeJS.ErrnoException).code !== 'ECONNREFUSED' || attempt >= 3) throw outcome;
-    await new Promise((r) => setTimeout(r, 200));
-  }
 }

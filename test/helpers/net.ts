@@ -28,16 +28,31 @@ export async function listen0(
   };
 }
 
+const PORT_BASE = 20_000;
+const PORT_SPAN = 12_000;
+/** Vitest runs test files in parallel workers (maxForks in vitest.config.ts). */
+const WORKER_SLOTS = 2;
+const RECENT_PORTS = 512;
+const handedOut: number[] = [];
+
 /**
  * A free port on 127.0.0.1 (bound, then released): for configs that need a fixed port up
  * front. Picked below the kernel's ephemeral range (ip_local_port_range starts at 32768),
  * so no outgoing connection of a parallel test can take it as its source port between
  * this check and the proxy's bind: a listener on such a port would receive SYNs meant for
  * that connection's mirror and a client's connect could hang.
+ *
+ * The port is free only at the moment of the check: each parallel worker draws from its
+ * own slice of the range, and a port handed out recently is not handed out again, so two
+ * servers never race for the same port before either has bound it.
  */
 export async function freePort(host = '127.0.0.1'): Promise<number> {
+  const slot = (Number(process.env.VITEST_POOL_ID ?? 1) - 1) % WORKER_SLOTS;
+  const sliceSize = Math.floor(PORT_SPAN / WORKER_SLOTS);
+  const sliceStart = PORT_BASE + slot * sliceSize;
   for (let attempt = 0; attempt < 100; attempt++) {
-    const port = 20_000 + Math.floor(Math.random() * 12_000);
+    const port = sliceStart + Math.floor(Math.random() * sliceSize);
+    if (handedOut.includes(port)) continue;
     const server = net.createServer();
     const bound = await new Promise<boolean>((resolve) => {
       server.once('error', () => resolve(false));
@@ -45,18 +60,42 @@ export async function freePort(host = '127.0.0.1'): Promise<number> {
     });
     if (!bound) continue;
     await new Promise<void>((resolve) => server.close(() => resolve()));
+    handedOut.push(port);
+    if (handedOut.length > RECENT_PORTS) handedOut.shift();
     return port;
   }
-  throw new Error('no free port found in 20000-31999 after 100 attempts');
+  throw new Error(`no free port found in ${sliceStart}-${sliceStart + sliceSize - 1} after 100 attempts`);
 }
 
 /** A client socket; half-open allowed so a test can keep sending after the peer's FIN. */
 export async function connect(port: number, host = '127.0.0.1'): Promise<net.Socket> {
   const socket = net.connect({ port, host, allowHalfOpen: true });
-  // A reset when a test tears the proxy down is expected; tests that care listen themselves.
-  socket.on('error', () => {});
-  await once(socket, 'connect', 5_000);
+  await connected(socket, 5_000);
   return socket;
+}
+
+/**
+ * Resolves when the socket connects; rejects with the connect error (ECONNREFUSED...) or
+ * after timeoutMs. Later errors are ignored: a reset when a test tears the proxy down is
+ * expected, and tests that care listen themselves.
+ */
+export function connected(socket: net.Socket, timeoutMs: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => settle(new Error(`connect timed out after ${timeoutMs} ms`)), timeoutMs);
+    const onConnect = (): void => settle(null);
+    const onError = (error: Error): void => settle(error);
+    function settle(error: Error | null): void {
+      clearTimeout(timer);
+      socket.off('connect', onConnect);
+      socket.off('error', onError);
+      socket.on('error', () => {});
+      if (!error) return resolve();
+      socket.destroy();
+      reject(error);
+    }
+    socket.once('connect', onConnect);
+    socket.once('error', onError);
+  });
 }
 
 /** Reads until the socket ends or `length` bytes arrived, bounded by timeoutMs. */

@@ -79,6 +79,30 @@ routes:
     expect(row.socketOptions.upstream).toMatchObject({ keepalive: true, idleSeconds: 13, intervalSeconds: 3, count: 2, userTimeoutMs: 9000, noDelay: true });
   });
 
+  it('says ready only once every route listens, the HTTP routes (loaded on demand) included', async () => {
+    const [httpPort, tcpPort] = [await freePort(), await freePort()];
+    const proxy = await startProxy({
+      waitReady: false,
+      yaml: `
+admin: { listen: "{{admin}}" }
+routes:
+  - { name: web, protocol: http, listen: "127.0.0.1:${httpPort}", upstream: "http://127.0.0.1:9" }
+  - { name: raw, protocol: tcp, listen: "127.0.0.1:${tcpPort}", upstream: "127.0.0.1:9" }
+`,
+    });
+    cleanups.push(() => proxy.stop('SIGKILL'));
+    // Poll as fast as the admin answers, so a window where /readyz runs ahead of a
+    // listener is found rather than stepped over.
+    let ready = false;
+    for (let attempt = 0; attempt < 5_000 && !ready; attempt++) {
+      ready = await fetch(`${proxy.adminUrl}/readyz`).then((r) => r.ok, () => false);
+      if (!ready) await sleep(1);
+    }
+    expect(ready).toBe(true);
+    expect(await refused(httpPort)).toBe(false);
+    expect(await refused(tcpPort)).toBe(false);
+  });
+
   it('exposes every INTERFACE metric with the counters moving', async () => {
     const upstream = await taggedEcho('m');
     const port = await freePort();

@@ -57,7 +57,7 @@ export class Metrics {
     labelNames: ['route', 'result'] as const,
     registers: [this.registry],
   });
-  readonly upstreamConnectSeconds = new client.Histogram({
+  readonly upstreamConnectSeconds = new FastHistogram({
     name: `${PREFIX}upstream_connect_seconds`,
     help: 'Time to establish an upstream TCP (and TLS) connection.',
     labelNames: ['route'] as const,
@@ -82,7 +82,7 @@ export class Metrics {
     labelNames: ['route', 'result'] as const,
     registers: [this.registry],
   });
-  readonly heartbeatRtt = new client.Histogram({
+  readonly heartbeatRtt = new FastHistogram({
     name: `${PREFIX}heartbeat_rtt_seconds`,
     help: 'Round-trip time of answered application heartbeats.',
     labelNames: ['route'] as const,
@@ -142,7 +142,8 @@ export class Metrics {
     labelNames: ['route', 'code'] as const,
     registers: [this.registry],
   });
-  // Observed once per HTTP request: FastHistogram (same exposition, no per-observation label hashing).
+  // Observed per request, connection or heartbeat: FastHistogram (same exposition as
+  // prom-client's, no label hashing per observation).
   readonly upstreamRequestSeconds = new FastHistogram({
     name: `${PREFIX}upstream_request_duration_seconds`,
     help: 'Time from handing an HTTP request to the upstream pool to the last byte of its response.',

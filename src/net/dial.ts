@@ -1,9 +1,11 @@
 import net from 'node:net';
 import { ProxyError } from '../errors.js';
 import type { HostPort } from '../config/schema.js';
+import { markSharedReads, sharedOnread } from './shared-reads.js';
 
 // Opens an upstream TCP connection. The hostname is resolved at every connect (no
-// caching here), so a DNS change reaches new connections at once.
+// caching here), so a DNS change reaches new connections at once. Its reads go through
+// the process's shared read buffer: readInto() says who gets them.
 
 export interface DialResult {
   readonly socket: net.Socket;
@@ -29,7 +31,9 @@ export function dial(options: DialOptions): DialHandle {
     port: options.target.port,
     noDelay: options.noDelay,
     allowHalfOpen: true,
+    onread: sharedOnread,
   });
+  markSharedReads(socket);
   let settle: { resolve(r: DialResult): void; reject(e: unknown): void } | null = null;
   // A connect timeout is a one-shot per dial; Node's timer lists make it cheap and it
   // is cleared on success, so it costs nothing for the life of the connection.

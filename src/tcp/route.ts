@@ -8,9 +8,14 @@ import type { HeartbeatCodec } from '../protocols/types.js';
 import type { ConnectionInfo, RouteDeps, RouteHandle } from '../route.js';
 import { BurstLog } from '../log.js';
 import { formatAddress, listenOn } from '../net/listen.js';
+import { acceptWith } from '../net/accept.js';
+import { markSharedReads, sharedOnread } from '../net/shared-reads.js';
 import { RouteMetrics } from '../metrics/route-metrics.js';
 import { Session, type HeartbeatResult, type SessionEvents } from './session.js';
 import { UpstreamSource, type Lease } from './upstream.js';
+
+/** Every accepted client socket: half-open allowed, not read until its upstream is ready. */
+const ACCEPTED_SOCKET = { options: { allowHalfOpen: true, pauseOnCreate: true, onread: sharedOnread }, context: null };
 
 // A TCP-family route: accept -> keepalive on the client socket -> lease an upstream
 // (warm pool or fresh dial) -> Session. Owns its listener, its sessions and one
@@ -41,6 +46,8 @@ class TcpRoute implements RouteHandle {
   #unregisterFlush: (() => void) | null = null;
   #pendingBytesUp = 0;
   #pendingBytesDown = 0;
+  /** Answered heartbeats not yet added to the counter (one per connection per interval). */
+  #pendingHeartbeatsOk = 0;
   #drainWaiters: Array<() => void> = [];
   readonly #events: SessionEvents;
   readonly #connectFailures: BurstLog;
@@ -80,9 +87,15 @@ class TcpRoute implements RouteHandle {
   async listen(): Promise<void> {
     await listenOn(this.#server, this.#config.listen, this.name);
     this.#listening = true;
+    // Accepted sockets read through the shared buffer; where node's handle is not what
+    // acceptWith expects they come through 'connection' and read through 'data' events.
+    acceptWith(this.#server, () => ACCEPTED_SOCKET, (socket) => {
+      markSharedReads(socket);
+      this.#accept(socket);
+    });
     this.#listenerSetsOptions = applyKeepaliveToListener(this.#server, this.#config.keepalive.client, this.#config.noDelay);
     this.#unsubscribe = this.#deps.clock.subscribe((now) => this.#tick(now));
-    this.#unregisterFlush = this.#deps.metrics.onScrape(() => this.#flushBytes());
+    this.#unregisterFlush = this.#deps.metrics.onScrape(() => this.#flushCounts());
     this.#upstream.start();
     warnAboutOneWayHeartbeat(this.#config, this.#deps);
   }
@@ -127,7 +140,7 @@ class TcpRoute implements RouteHandle {
       for (const abort of this.#pending.values()) abort();
       for (const session of this.#sessions.keys()) session.destroy(reason);
     }
-    this.#flushBytes();
+    this.#flushCounts();
     this.#unsubscribe?.();
     this.#unsubscribe = null;
     this.#unregisterFlush?.();
@@ -151,15 +164,16 @@ class TcpRoute implements RouteHandle {
     }));
   }
 
-  /** Moves the byte counts gathered since the last tick into Prometheus. */
-  #flushBytes(): void {
+  /** Moves the counts gathered since the last tick (bytes, answered heartbeats) into Prometheus. */
+  #flushCounts(): void {
     if (this.#pendingBytesUp > 0) this.#metrics.bytesUpstream.inc(this.#pendingBytesUp);
     if (this.#pendingBytesDown > 0) this.#metrics.bytesDownstream.inc(this.#pendingBytesDown);
-    this.#pendingBytesUp = this.#pendingBytesDown = 0;
+    if (this.#pendingHeartbeatsOk > 0) this.#metrics.heartbeat('ok').inc(this.#pendingHeartbeatsOk);
+    this.#pendingBytesUp = this.#pendingBytesDown = this.#pendingHeartbeatsOk = 0;
   }
 
   #tick(now: number): void {
-    this.#flushBytes();
+    this.#flushCounts();
     for (const session of this.#sessions.keys()) session.tick(now);
     this.#upstream.tick(now);
   }
@@ -281,9 +295,13 @@ class TcpRoute implements RouteHandle {
   #onHeartbeat(session: Session, result: HeartbeatResult, ms: number, detail?: string): void {
     const { log } = this.#deps;
     const metrics = this.#metrics;
+    if (result === 'ok') {
+      this.#pendingHeartbeatsOk++;
+      metrics.heartbeatRtt.observe(ms / 1000);
+      return;
+    }
     metrics.heartbeat(result).inc();
-    if (result === 'ok') metrics.heartbeatRtt.observe(ms / 1000);
-    else if (result === 'sent') return;
+    if (result === 'sent') return;
     else if (result === 'unsupported') log.info({ route: this.name, id: session.id, why: detail }, 'heartbeats off for this connection (TCP keepalive only)');
     else log.warn({ route: this.name, id: session.id, waitedMs: ms }, 'heartbeat unanswered: upstream considered dead');
   }

@@ -3,6 +3,7 @@ import type { HeartbeatConfig } from '../config/schema.js';
 import type { Side } from '../errors.js';
 import type { EvictionReason } from '../metrics/registry.js';
 import type { Tracker } from '../protocols/types.js';
+import { readInto } from '../net/shared-reads.js';
 
 // One proxied pair: the downstream (client) socket and the upstream socket, spliced
 // both ways with backpressure and half-close, and closed exactly once through
@@ -126,8 +127,8 @@ export class Session {
     // connections, ten closures each are a measurable share of the memory per pair.
     (down as OwnedSocket)[OWNER] = this;
     (up as OwnedSocket)[OWNER] = this;
-    down.on('data', Session.#downData);
-    up.on('data', Session.#upData);
+    readInto(down, Session.#downData);
+    readInto(up, Session.#upData);
     // Backpressure: a full write buffer on one side pauses reading on the other, so
     // the proxy never holds more than the sockets' own buffers.
     up.on('drain', Session.#upDrain);
@@ -144,11 +145,11 @@ export class Session {
   static #of(socket: net.Socket): Session {
     return (socket as OwnedSocket)[OWNER]!;
   }
-  static #downData(this: net.Socket, chunk: Buffer): void {
-    Session.#of(this).#onClientData(chunk);
+  static #downData(socket: net.Socket, chunk: Buffer): void {
+    Session.#of(socket).#onClientData(chunk);
   }
-  static #upData(this: net.Socket, chunk: Buffer): void {
-    Session.#of(this).#onUpstreamData(chunk);
+  static #upData(socket: net.Socket, chunk: Buffer): void {
+    Session.#of(socket).#onUpstreamData(chunk);
   }
   static #upDrain(this: net.Socket): void {
     const session = Session.#of(this);

@@ -2,6 +2,7 @@ import type net from 'node:net';
 import type { RouteConfig } from '../config/schema.js';
 import type { EvictionReason } from '../metrics/registry.js';
 import { dial, describe, type DialHandle } from '../net/dial.js';
+import { readInto } from '../net/shared-reads.js';
 import { applyKeepalive } from '../net/sockopt.js';
 import type { HeartbeatCodec, Tracker } from '../protocols/types.js';
 import type { RouteDeps } from '../route.js';
@@ -215,15 +216,15 @@ export class UpstreamSource {
       lastWireAt: now,
       probeSentAt: 0,
       detach: () => {
-        // Pause first: removing the 'data' listener of a flowing stream would drop bytes.
+        // Paused, so nothing is read until the session takes over the socket.
         socket.pause();
-        socket.off('data', onData);
+        readInto(socket, null);
         socket.off('end', onEnd);
         socket.off('error', onError);
         socket.off('close', onClose);
       },
     };
-    socket.on('data', onData);
+    readInto(socket, (_socket, chunk) => onData(chunk));
     socket.on('end', onEnd);
     socket.on('error', onError);
     socket.on('close', onClose);

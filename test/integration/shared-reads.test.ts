@@ -1,0 +1,82 @@
+import net from 'node:net';
+import { afterEach, describe, expect, it } from 'vitest';
+import { markSharedReads, readInto, sharedOnread } from '../../src/net/shared-reads.js';
+import { connected, listen0 } from '../helpers/net.js';
+import { until } from '../helpers/wait.js';
+
+// The TCP path's reads land in one process-wide buffer: every chunk a reader gets must be
+// its own copy, bytes that came before any reader must reach the first one in order, and
+// a reader handing the socket on mid-way must not lose or repeat a byte.
+
+const cleanups: Array<() => Promise<unknown> | unknown> = [];
+afterEach(async () => {
+  while (cleanups.length) await cleanups.pop()!();
+});
+
+async function pairWithSharedReads(): Promise<{ client: net.Socket; server: net.Socket }> {
+  let accepted: net.Socket | null = null;
+  const upstream = await listen0((socket) => (accepted = socket));
+  cleanups.push(() => upstream.close());
+  const client = net.connect({ port: upstream.port, host: '127.0.0.1', onread: sharedOnread });
+  markSharedReads(client);
+  cleanups.push(() => client.destroy());
+  await connected(client, 5_000);
+  await until(() => accepted !== null, 5_000, 'accepted');
+  return { client, server: accepted! };
+}
+
+describe('shared read buffer', () => {
+  it('keeps bytes that arrive before any reader and hands them over first, in order, as copies', async () => {
+    const { client, server } = await pairWithSharedReads();
+    server.write('greeting-1;');
+    await new Promise((r) => setTimeout(r, 50));
+    server.write('greeting-2;');
+    await new Promise((r) => setTimeout(r, 50));
+    const got: Buffer[] = [];
+    readInto(client, (_socket, chunk) => got.push(chunk));
+    server.write('after;');
+    await until(() => Buffer.concat(got).length === 'greeting-1;greeting-2;after;'.length, 5_000, 'all bytes');
+    expect(Buffer.concat(got).toString()).toBe('greeting-1;greeting-2;after;');
+    // Later reads overwrite the shared buffer: what a reader got earlier must not change.
+    const first = got[0]!.toString();
+    server.write('x'.repeat(4096));
+    await until(() => Buffer.concat(got).length >= 'greeting-1;greeting-2;after;'.length + 4096, 5_000, 'more bytes');
+    expect(got[0]!.toString()).toBe(first);
+  });
+
+  it('passes the rest of the early bytes to the next reader when the first hands the socket on', async () => {
+    const { client, server } = await pairWithSharedReads();
+    for (const part of ['a;', 'b;', 'c;']) {
+      server.write(part);
+      await new Promise((r) => setTimeout(r, 30));
+    }
+    const first: string[] = [];
+    const second: string[] = [];
+    const secondReader = (_socket: net.Socket, chunk: Buffer): void => void second.push(chunk.toString());
+    readInto(client, (socket, chunk) => {
+      first.push(chunk.toString());
+      socket.pause();
+      readInto(socket, null);
+    });
+    expect(first.join('')).not.toBe('');
+    readInto(client, secondReader);
+    client.resume();
+    server.write('d;');
+    await until(() => (first.join('') + second.join('')).length === 8, 5_000, 'all bytes once');
+    expect(first.join('') + second.join('')).toBe('a;b;c;d;');
+  });
+
+  it('reads a socket without the shared buffer through its data events', async () => {
+    let accepted: net.Socket | null = null;
+    const upstream = await listen0((socket) => (accepted = socket));
+    cleanups.push(() => upstream.close());
+    const client = net.connect({ port: upstream.port, host: '127.0.0.1' });
+    cleanups.push(() => client.destroy());
+    await connected(client, 5_000);
+    await until(() => accepted !== null, 5_000, 'accepted');
+    const got: string[] = [];
+    readInto(client, (_socket, chunk) => got.push(chunk.toString()));
+    accepted!.write('plain');
+    await until(() => got.join('') === 'plain', 5_000, 'plain bytes');
+  });
+});

@@ -44,10 +44,6 @@ class TcpRoute implements RouteHandle {
   #listenerSetsOptions = false;
   #unsubscribe: (() => void) | null = null;
   #unregisterFlush: (() => void) | null = null;
-  #pendingBytesUp = 0;
-  #pendingBytesDown = 0;
-  /** Answered heartbeats not yet added to the counter (one per connection per interval). */
-  #pendingHeartbeatsOk = 0;
   #drainWaiters: Array<() => void> = [];
   readonly #events: SessionEvents;
   readonly #connectFailures: BurstLog;
@@ -65,8 +61,8 @@ class TcpRoute implements RouteHandle {
     this.#events = {
       onClosed: (session, reason, side) => this.#onSessionClosed(session, reason, side),
       onBytes: (direction, count) => {
-        if (direction === 'upstream') this.#pendingBytesUp += count;
-        else this.#pendingBytesDown += count;
+        if (direction === 'upstream') this.#metrics.bytesUpstream.inc(count);
+        else this.#metrics.bytesDownstream.inc(count);
       },
       onHeartbeat: (session, result, ms, detail) => this.#onHeartbeat(session, result, ms, detail),
     };
@@ -164,12 +160,9 @@ class TcpRoute implements RouteHandle {
     }));
   }
 
-  /** Moves the counts gathered since the last tick (bytes, answered heartbeats) into Prometheus. */
+  /** Moves the counts gathered since the last tick into Prometheus. */
   #flushCounts(): void {
-    if (this.#pendingBytesUp > 0) this.#metrics.bytesUpstream.inc(this.#pendingBytesUp);
-    if (this.#pendingBytesDown > 0) this.#metrics.bytesDownstream.inc(this.#pendingBytesDown);
-    if (this.#pendingHeartbeatsOk > 0) this.#metrics.heartbeat('ok').inc(this.#pendingHeartbeatsOk);
-    this.#pendingBytesUp = this.#pendingBytesDown = this.#pendingHeartbeatsOk = 0;
+    this.#metrics.flush();
   }
 
   #tick(now: number): void {
@@ -295,13 +288,9 @@ class TcpRoute implements RouteHandle {
   #onHeartbeat(session: Session, result: HeartbeatResult, ms: number, detail?: string): void {
     const { log } = this.#deps;
     const metrics = this.#metrics;
-    if (result === 'ok') {
-      this.#pendingHeartbeatsOk++;
-      metrics.heartbeatRtt.observe(ms / 1000);
-      return;
-    }
     metrics.heartbeat(result).inc();
-    if (result === 'sent') return;
+    if (result === 'ok') metrics.heartbeatRtt.observe(ms / 1000);
+    else if (result === 'sent') return;
     else if (result === 'unsupported') log.info({ route: this.name, id: session.id, why: detail }, 'heartbeats off for this connection (TCP keepalive only)');
     else log.warn({ route: this.name, id: session.id, waitedMs: ms }, 'heartbeat unanswered: upstream considered dead');
   }

@@ -10,31 +10,96 @@ import type net from 'node:net';
 // nothing may point into memory the next read overwrites. Reads run one at a time on
 // the event loop; the callback copies before anything else can run.
 //
+// A socket in full flow (a read of 32 KiB or more: bulk transfer) reads into buffers of
+// its own instead, each handed over whole, with no copy, and replaced; its first small
+// read sends it back to the shared buffer. At most MAX_OWN_BUFFERS sockets do so at a
+// time, so idle sockets never pin 64 KiB each.
+//
 // Each socket has one reader (its session, or the warm pool while it is parked), set by
 // readInto(). Bytes that arrive before any reader is set are kept in order and handed
 // to the first one (a server that speaks first, such as MySQL's greeting).
 
 export type ReadSink = (socket: net.Socket, chunk: Buffer) => void;
 
-const SHARED_READ_SIZE = 64 * 1024;
-const shared = Buffer.allocUnsafe(SHARED_READ_SIZE);
+const READ_SIZE = 64 * 1024;
+const BULK_READ = 32 * 1024;
+const MAX_OWN_BUFFERS = 256;
+const shared = Buffer.allocUnsafe(READ_SIZE);
 
 const SINK = Symbol('keepalive-proxy.read-sink');
 const EARLY = Symbol('keepalive-proxy.early-reads');
 const SHARED = Symbol('keepalive-proxy.shared-reads');
+const OWN = Symbol('keepalive-proxy.own-read-buffer');
+const RELEASES_ON_CLOSE = Symbol('keepalive-proxy.own-buffer-release');
 
-type ReadingSocket = net.Socket & { [SINK]?: ReadSink | null; [EARLY]?: Buffer[]; [SHARED]?: true };
+type ReadingSocket = net.Socket & {
+  [SINK]?: ReadSink | null;
+  [EARLY]?: Buffer[];
+  [SHARED]?: true;
+  [OWN]?: Buffer;
+  [RELEASES_ON_CLOSE]?: true;
+};
+
+let ownBuffers = 0;
+/** The buffer for the next read of the socket whose callback just ran (see nextReadBuffer). */
+let nextBuffer: Buffer = shared;
 
 function onSharedRead(this: ReadingSocket, bytes: number, buffer: Buffer): boolean {
-  const chunk = Buffer.from(buffer.subarray(0, bytes));
-  const sink = this[SINK];
-  if (sink) sink(this, chunk);
-  else (this[EARLY] ??= []).push(chunk);
+  let chunk: Buffer;
+  if (buffer === this[OWN] && bytes >= BULK_READ) {
+    chunk = buffer.subarray(0, bytes);
+    this[OWN] = Buffer.allocUnsafe(READ_SIZE);
+  } else {
+    chunk = Buffer.from(buffer.subarray(0, bytes));
+    if (bytes < BULK_READ) releaseOwnBuffer(this);
+    else if (this[OWN] === undefined && ownBuffers < MAX_OWN_BUFFERS) takeOwnBuffer(this);
+  }
+  try {
+    const sink = this[SINK];
+    if (sink) sink(this, chunk);
+    else (this[EARLY] ??= []).push(chunk);
+  } finally {
+    nextBuffer = this[OWN] ?? shared;
+  }
   return true; // keep reading: backpressure goes through socket.pause()
 }
 
+/**
+ * net calls this right after every read callback of the same socket (and once when the
+ * socket is set up): the buffer that socket's next read goes to.
+ */
+function nextReadBuffer(): Buffer {
+  const buffer = nextBuffer;
+  nextBuffer = shared;
+  return buffer;
+}
+
+function takeOwnBuffer(socket: ReadingSocket): void {
+  ownBuffers++;
+  socket[OWN] = Buffer.allocUnsafe(READ_SIZE);
+  if (!socket[RELEASES_ON_CLOSE]) {
+    socket[RELEASES_ON_CLOSE] = true;
+    socket.once('close', onOwnerClosed);
+  }
+}
+
+function releaseOwnBuffer(socket: ReadingSocket): void {
+  if (socket[OWN] === undefined) return;
+  socket[OWN] = undefined;
+  ownBuffers--;
+}
+
+function onOwnerClosed(this: ReadingSocket): void {
+  releaseOwnBuffer(this);
+}
+
 /** The `onread` option for net.connect() and for sockets built around accepted handles. */
-export const sharedOnread = { buffer: shared, callback: onSharedRead };
+export const sharedOnread = { buffer: nextReadBuffer, callback: onSharedRead };
+
+/** @internal For tests: how many sockets read into buffers of their own now. */
+export function ownReadBuffers(): number {
+  return ownBuffers;
+}
 
 /** Marks a socket built with sharedOnread (net does not say which sockets have `onread`). */
 export function markSharedReads(socket: net.Socket): void {

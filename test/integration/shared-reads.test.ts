@@ -1,6 +1,7 @@
 import net from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { markSharedReads, readInto, sharedOnread } from '../../src/net/shared-reads.js';
+import { createHash, randomBytes } from 'node:crypto';
+import { markSharedReads, ownReadBuffers, readInto, sharedOnread } from '../../src/net/shared-reads.js';
 import { connected, listen0 } from '../helpers/net.js';
 import { until } from '../helpers/wait.js';
 
@@ -64,6 +65,26 @@ describe('shared read buffer', () => {
     server.write('d;');
     await until(() => (first.join('') + second.join('')).length === 8, 5_000, 'all bytes once');
     expect(first.join('') + second.join('')).toBe('a;b;c;d;');
+  });
+
+  it('hands a bulk stream over in buffers of its own, intact, and gives them back on close', async () => {
+    const { client, server } = await pairWithSharedReads();
+    const payload = randomBytes(16 * 1024 * 1024);
+    const got: Buffer[] = [];
+    let received = 0;
+    let mostOwn = 0;
+    readInto(client, (_socket, chunk) => {
+      got.push(chunk); // kept past the callback: later reads must not overwrite it
+      received += chunk.length;
+      mostOwn = Math.max(mostOwn, ownReadBuffers());
+    });
+    server.end(payload);
+    await until(() => received === payload.length, 20_000, 'the whole payload');
+    const digest = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+    expect(digest(Buffer.concat(got))).toBe(digest(payload));
+    expect(mostOwn).toBeGreaterThan(0);
+    client.destroy();
+    await until(() => ownReadBuffers() === 0, 5_000, 'own buffers released');
   });
 
   it('reads a socket without the shared buffer through its data events', async () => {

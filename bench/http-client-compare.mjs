@@ -7,8 +7,8 @@
 // process so it never shares the client's event loop):
 //   node-agent  node:http request() over http.Agent({ keepAlive: true, maxSockets })
 //   undici      undici Pool({ connections }) .request()
-//   kp-pool     keepalive-proxy's own HttpPool (dist/pool/http-pool.js) under node:http's
-//               ClientRequest, when the project is built
+// keepalive-proxy's own pool, which neither of them turned out to be, is measured through
+// the whole proxy by `npm run bench` (workloads http-ka and http-close).
 //
 // Three measurements:
 //   1. throughput and latency: `concurrency` loops of GET / (11-byte body) for `duration` s;
@@ -25,11 +25,8 @@
 import http from 'node:http';
 import net from 'node:net';
 import { spawn } from 'node:child_process';
-import { fileURLToPath, pathToFileURL } from 'node:url';
-import { existsSync } from 'node:fs';
-import { join, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
 
-const HERE = dirname(fileURLToPath(import.meta.url));
 const args = process.argv.slice(2);
 const option = (name, fallback) => {
   const index = args.indexOf(`--${name}`);
@@ -161,37 +158,6 @@ async function contenders(concurrency) {
       };
     },
   });
-  const built = join(HERE, '..', 'dist', 'pool', 'http-pool.js');
-  if (existsSync(built)) {
-    const { HttpPool } = await import(pathToFileURL(built).href);
-    const { Metrics } = await import(pathToFileURL(join(HERE, '..', 'dist', 'metrics', 'registry.js')).href);
-    const { Clock } = await import(pathToFileURL(join(HERE, '..', 'dist', 'clock.js')).href);
-    list.push({
-      name: 'kp-pool',
-      make(port) {
-        const metrics = new Metrics(false);
-        const clock = new Clock(100);
-        const pool = new HttpPool({
-          route: 'bench',
-          settings: {
-            pool: { maxSockets: concurrency, idleTimeoutMs: 60_000, maxAgeMs: 0, maxRequests: 0 },
-            keepalive: { idleMs: 30_000, intervalMs: 5_000, count: 3 },
-            userTimeoutMs: 30_000,
-            connectTimeoutMs: 5_000,
-            noDelay: true,
-          },
-          metrics,
-          clock,
-        });
-        const origin = pool.origin({ host: '127.0.0.1', port, tls: null });
-        return {
-          request: (options) => nodeRequest({ ...options, port, agent: origin }),
-          close: () => pool.close('shutdown'),
-          connections: () => pool.stats().opened,
-        };
-      },
-    });
-  }
   return list;
 }
 

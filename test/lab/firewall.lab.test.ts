@@ -3,7 +3,7 @@ import { until, sleep } from '../helpers/wait.js';
 import { startAgent, type Agent } from './agent.js';
 import { installFirewall, type Firewall } from './firewall.js';
 import { ADDRESSES, createLab, type Lab } from './netns.js';
-import { startProxyInNs, type ProxyInNs } from './proxy-in-ns.js';
+import { reportFailure, startProxyInNs, type ProxyInNs } from './proxy-in-ns.js';
 
 // The middlebox lab, conntrack firewall (issue 2):
 //   client ns (legacy client, keepalive-proxy as sidecar) -- fw ns (nftables + conntrack) -- server ns (echo)
@@ -63,10 +63,7 @@ describe.skipIf(!isRoot)('middlebox lab: stateful firewall with a short conntrac
   });
 
   afterEach(async (context) => {
-    if (context.task.result?.state === 'fail' && proxy) {
-      console.log(`proxy log (last lines):\n${proxy.logText()}`);
-      console.log(`firewall:\n${await firewall.ruleset().catch(String)}`);
-    }
+    await reportFailure(context, proxy, { firewall: () => firewall.ruleset() });
     await proxy?.stop();
     proxy = null;
     await firewall?.blackhole(false);

@@ -6,7 +6,7 @@ import { startAgent, type Agent } from './agent.js';
 import { startDbClient, type DbClient, type DbKind } from './db-client.js';
 import { startLoadBalancer, type LoadBalancer } from './lb.js';
 import { ADDRESSES, createLab, type Lab } from './netns.js';
-import { startProxyInNs, type ProxyInNs } from './proxy-in-ns.js';
+import { reportFailure, startProxyInNs, type ProxyInNs } from './proxy-in-ns.js';
 
 // Application heartbeats through a payload-counting load balancer (issue 3):
 //   client ns: a real client (ioredis / pg / mysql2) and keepalive-proxy as its sidecar
@@ -93,11 +93,10 @@ describe.skipIf(!isRoot)('middlebox lab: heartbeats keep a real client session a
   }, 120_000);
 
   afterEach(async (context) => {
-    if (context.task.result?.state === 'fail') {
-      console.log(`proxy log (last lines):\n${proxy?.logText()}`);
-      console.log(`db client stderr:\n${db?.node.stderr()}`);
-      for (const lb of balancers) console.log(`haproxy output:\n${lb.output()}`);
-    }
+    await reportFailure(context, proxy, {
+      'db client stderr': () => String(db?.node.stderr()),
+      'haproxy output': () => balancers.map((lb) => lb.output()).join('\n'),
+    });
   });
 
   afterAll(async () => {

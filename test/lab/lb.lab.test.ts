@@ -3,7 +3,7 @@ import { sleep } from '../helpers/wait.js';
 import { startAgent, type Agent } from './agent.js';
 import { startLoadBalancer, type LoadBalancer } from './lb.js';
 import { ADDRESSES, createLab, type Lab } from './netns.js';
-import { startProxyInNs, type ProxyInNs } from './proxy-in-ns.js';
+import { reportFailure, startProxyInNs, type ProxyInNs } from './proxy-in-ns.js';
 
 // The middlebox lab, payload-counting load balancer:
 //   client ns (legacy client, keepalive-proxy as sidecar) -- lb ns (HAProxy mode tcp, no forwarding) -- server ns (echo)
@@ -43,10 +43,7 @@ describe.skipIf(!isRoot)('middlebox lab: HAProxy (mode tcp) with a short idle ti
   });
 
   afterEach(async (context) => {
-    if (context.task.result?.state === 'fail') {
-      if (proxy) console.log(`proxy log (last lines):\n${proxy.logText()}`);
-      console.log(`haproxy output:\n${lb.output()}`);
-    }
+    await reportFailure(context, proxy, { 'haproxy output': () => lb.output() });
     await proxy?.stop();
     proxy = null;
   });

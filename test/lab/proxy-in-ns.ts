@@ -66,3 +66,19 @@ export async function startProxyInNs(ns: string, yaml: string, admin: Agent): Pr
     },
   };
 }
+
+/**
+ * For afterEach: when the test failed, prints the proxy's last log lines and the output of
+ * each named middlebox or client, so a failure in CI explains itself.
+ */
+export async function reportFailure(
+  context: { task: { result?: { state?: string } } },
+  proxy: ProxyInNs | null,
+  outputs: Record<string, () => string | Promise<string>> = {},
+): Promise<void> {
+  if (context.task.result?.state !== 'fail') return;
+  if (proxy) console.log(`proxy log (last lines):\n${proxy.logText()}`);
+  for (const [name, read] of Object.entries(outputs)) {
+    console.log(`${name}:\n${await Promise.resolve().then(read).catch(String)}`);
+  }
+}

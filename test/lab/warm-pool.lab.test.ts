@@ -5,7 +5,7 @@ import { sleep, until } from '../helpers/wait.js';
 import { startAgent, type Agent } from './agent.js';
 import { startDbClient, type DbClient } from './db-client.js';
 import { ADDRESSES, createLab, inNs, type Lab } from './netns.js';
-import { startProxyInNs, type ProxyInNs } from './proxy-in-ns.js';
+import { reportFailure, startProxyInNs, type ProxyInNs } from './proxy-in-ns.js';
 
 // The warm pool across the lab (issue 3): a client in the client namespace reaches MariaDB
 // in the server namespace through a router namespace, via keepalive-proxy as its sidecar,
@@ -84,7 +84,7 @@ routes:
   }, 120_000);
 
   afterEach(async (context) => {
-    if (context.task.result?.state === 'fail') console.log(`proxy log (last lines):\n${proxy?.logText()}`);
+    await reportFailure(context, proxy);
   });
 
   afterAll(async () => {

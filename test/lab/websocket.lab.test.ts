@@ -6,7 +6,7 @@ import { sleep } from '../helpers/wait.js';
 import { startAgent, type Agent } from './agent.js';
 import { startLoadBalancer, type LoadBalancer } from './lb.js';
 import { ADDRESSES, createLab, nodeInNs, type Lab, type NsNode } from './netns.js';
-import { startProxyInNs, type ProxyInNs } from './proxy-in-ns.js';
+import { reportFailure, startProxyInNs, type ProxyInNs } from './proxy-in-ns.js';
 
 // A WebSocket across the payload-counting load balancer (HAProxy, mode tcp, 3 s idle
 // timeout), with a real ws client and server in their own namespaces and keepalive-proxy
@@ -102,10 +102,7 @@ describe.skipIf(!isRoot)('middlebox lab: a WebSocket through HAProxy (mode tcp) 
   });
 
   afterEach(async (context) => {
-    if (context.task.result?.state === 'fail') {
-      if (proxy) console.log(`proxy log (last lines):\n${proxy.logText()}`);
-      console.log(`haproxy output:\n${lb.output()}`);
-    }
+    await reportFailure(context, proxy, { 'haproxy output': () => lb.output() });
     await proxy?.stop();
     proxy = null;
   });

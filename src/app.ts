@@ -34,8 +34,6 @@ class ProxyApp implements App {
   readonly #routes = new Map<string, RouteHandle>();
   /** Routes removed by a reload whose live connections are still running. */
   readonly #retiring = new Set<RouteHandle>();
-  /** Routes being built (the HTTP code loads on demand): not ready until they listen. */
-  readonly #pending = new Set<string>();
   #admin: AdminServer | null = null;
   #draining = false;
 
@@ -101,7 +99,8 @@ class ProxyApp implements App {
     const admin = new AdminServer(
       {
         metrics: this.metrics,
-        notReady: () => [...this.#pending, ...[...this.#routes.values()].filter((r) => !r.listening).map((r) => r.name)],
+        // Every configured route, including one still being built (the HTTP code loads on demand).
+        notReady: () => this.#config.routes.filter((r) => !this.#routes.get(r.name)?.listening).map((r) => r.name),
         connections: () => this.#connections(),
         get draining() {
           return app.#draining;
@@ -119,16 +118,10 @@ class ProxyApp implements App {
 
   async #addRoute(config: RouteConfig): Promise<void> {
     const deps: RouteDeps = { metrics: this.metrics, log: this.#log, clock: this.#clock };
-    this.#pending.add(config.name);
-    let route: RouteHandle;
-    try {
-      route = HTTP_FAMILY.includes(config.protocol)
-        ? // Loaded on demand: a TCP-only deployment never pays for the HTTP code.
-          (await import('./http/route.js')).createHttpRoute(config, deps)
-        : createTcpRoute(config, deps);
-    } finally {
-      this.#pending.delete(config.name);
-    }
+    const route = HTTP_FAMILY.includes(config.protocol)
+      ? // Loaded on demand: a TCP-only deployment never pays for the HTTP code.
+        (await import('./http/route.js')).createHttpRoute(config, deps)
+      : createTcpRoute(config, deps);
     this.#routes.set(config.name, route);
     try {
       await route.listen();

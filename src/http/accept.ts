@@ -1,5 +1,6 @@
 import type net from 'node:net';
 import { acceptWith } from '../net/accept.js';
+import { sharedReadBuffer } from '../net/shared-reads.js';
 
 // Accepting client connections whose reads land in one buffer shared by every client
 // socket of the process (net's `onread` option), instead of a fresh Buffer and a stream
@@ -13,9 +14,6 @@ export interface ClientReads {
   deliver: ((chunk: Buffer) => void) | null;
 }
 
-const SHARED_READ_SIZE = 64 * 1024;
-const shared = Buffer.allocUnsafe(SHARED_READ_SIZE);
-
 /**
  * Takes over the accepting of a listening server. Returns false (and leaves the server
  * alone) when its handle does not look like node's TCP handle.
@@ -26,7 +24,7 @@ export function acceptWithSharedReads(server: net.Server, onSocket: (socket: net
     () => {
       const reads: ClientReads = { deliver: null };
       const onread = {
-        buffer: shared,
+        buffer: sharedReadBuffer,
         callback: (bytes: number, buffer: Buffer): boolean => {
           if (reads.deliver !== null) reads.deliver(buffer.subarray(0, bytes));
           return true;

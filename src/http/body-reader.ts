@@ -1,3 +1,5 @@
+import { TCHAR } from './head-parser.js';
+
 // Finds where a message body ends (RFC 9112 6.3, 7.1) as its bytes stream through:
 // Content-Length, chunked, or "until the connection closes". Chunked bodies are checked
 // byte by byte on their framing (sizes, CRLFs, extensions, trailer lines) and skipped in
@@ -44,11 +46,6 @@ for (let c = 0; c < 6; c++) {
   HEX[0x41 + c] = 10 + c;
   HEX[0x61 + c] = 10 + c;
 }
-const TCHAR = new Uint8Array(256);
-for (const c of "!#$%&'*+-.^_`|~") TCHAR[c.charCodeAt(0)] = 1;
-for (let c = 0x30; c <= 0x39; c++) TCHAR[c] = 1;
-for (let c = 0x41; c <= 0x5a; c++) TCHAR[c] = 1;
-for (let c = 0x61; c <= 0x7a; c++) TCHAR[c] = 1;
 
 /** Control characters (other than HTAB) may not appear in extensions or trailer values. */
 function isControl(byte: number): boolean {
@@ -65,8 +62,6 @@ export class BodyReader {
   #digits = 0;
   #extension = 0;
   #trailerBytes = 0;
-  /** Payload bytes seen (chunk framing excluded). */
-  payload = 0;
   /** Why the body was refused (chunked framing), for logs. */
   error: string | null = null;
 
@@ -105,16 +100,12 @@ export class BodyReader {
       const take = Math.min(this.#remaining, buf.length - start);
       if (take > 0) {
         this.#remaining -= take;
-        this.payload += take;
         this.#sink.bodyBytes(buf, start, start + take);
       }
       return this.#remaining === 0 ? start + take : BODY_MORE;
     }
     if (this.#kind === KIND_CLOSE) {
-      if (buf.length > start) {
-        this.payload += buf.length - start;
-        this.#sink.bodyBytes(buf, start, buf.length);
-      }
+      if (buf.length > start) this.#sink.bodyBytes(buf, start, buf.length);
       return BODY_MORE;
     }
     return this.#feedChunked(buf, start);
@@ -130,7 +121,6 @@ export class BodyReader {
         const take = Math.min(this.#remaining, end - at);
         if (decode) this.#sink.bodyBytes(buf, at, at + take);
         this.#remaining -= take;
-        this.payload += take;
         at += take;
         if (this.#remaining === 0) state = DATA_CR;
         continue;

@@ -200,11 +200,7 @@ export class Exchange implements PoolWaiter, BodySink {
 
   /** The client's body framing broke or the client went away mid-body. */
   requestFailed(): void {
-    if (this.#done) return;
-    this.#abandonUpstream('error');
-    if (this.#client.respondError(400, 'invalid request body')) this.#status = 400;
-    else this.#client.cut();
-    this.#complete();
+    this.#answerError(400, 'invalid request body');
   }
 
   /** The client connection closed before the response completed. */

@@ -118,8 +118,8 @@ const SP = 0x20;
 const HTAB = 0x09;
 const COLON = 0x3a;
 
-// tchar (RFC 9110 5.6.2): the characters of methods and field names.
-const TCHAR = new Uint8Array(256);
+// tchar (RFC 9110 5.6.2): the characters of methods, field names and chunk extensions.
+export const TCHAR = new Uint8Array(256);
 for (const c of "!#$%&'*+-.^_`|~") TCHAR[c.charCodeAt(0)] = 1;
 for (let c = 0x30; c <= 0x39; c++) TCHAR[c] = 1;
 for (let c = 0x41; c <= 0x5a; c++) TCHAR[c] = 1;

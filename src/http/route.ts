@@ -7,7 +7,8 @@ import type { EvictionReason } from '../metrics/registry.js';
 import { formatAddress, listenOn } from '../net/listen.js';
 import { applyKeepalive, applyKeepaliveToListener, readSocketOptions } from '../net/sockopt.js';
 import { dialUpstream, type DialAttempt, type DialTarget } from '../pool/http-dial.js';
-import { HttpPool, type PoolSettings } from '../pool/http-pool.js';
+import { countDial, HttpPool, type PoolSettings } from '../pool/http-pool.js';
+import { RouteMetrics } from '../metrics/route-metrics.js';
 import type { ConnectionInfo, RouteDeps, RouteHandle } from '../route.js';
 import { Session, type HeartbeatResult, type SessionEvents } from '../tcp/session.js';
 import { Allowlist } from './allowlist.js';
@@ -66,19 +67,10 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
   /** Accepted sockets inherit keepalive and TCP_NODELAY from the listener (Linux). */
   #listenerSetsOptions = false;
   #unsubscribe: (() => void) | null = null;
-  #pendingBytesUp = 0;
-  #pendingBytesDown = 0;
   #drainWaiters: Array<() => void> = [];
-  // Series that move per request or per client connection, bound once (labels() hashes).
-  readonly #accepted;
-  readonly #active;
-  readonly #upstreamSeconds;
-  readonly #byStatus = new Map<number, { inc(value?: number): void }>();
-  // Counts that move per request or per connection, kept as plain numbers and pushed to
-  // prom-client on scrape and on the clock's tick (labels() and inc() cost about 0.5 us each).
-  /** requests_total by status since the last flush. */
-  readonly #answeredSince = new Map<number, number>();
-  #acceptedSince = 0;
+  /** The route's series, batched (flushed on the clock's tick and on scrape); the pools count into them too. */
+  readonly #metrics: RouteMetrics;
+  /** connections_active as last reported: it follows #sessions.size, which drain clears at once. */
   #activeReported = 0;
   readonly #unregisterFlush: () => void;
 
@@ -89,12 +81,9 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
     this.#forward = config.protocol === 'http-forward';
     this.#reverse = this.#forward ? null : reverseUpstream(config);
     this.#allowlist = new Allowlist(config.allow);
+    this.#metrics = new RouteMetrics(deps.metrics, this.name);
     this.#pool = this.#newPool(config);
     this.#poolKey = poolKey(config);
-    deps.metrics.initRoute(this.name);
-    this.#accepted = deps.metrics.connectionsAccepted.labels(this.name);
-    this.#active = deps.metrics.connectionsActive.labels(this.name);
-    this.#upstreamSeconds = deps.metrics.upstreamRequestSeconds.labels(this.name);
 
     this.sessionSettings = sessionSettings(config.http);
     const server = createProxyServer((socket) => this.#accept(socket, null));
@@ -231,8 +220,8 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
   }
 
   countBytes(direction: 'upstream' | 'downstream', count: number): void {
-    if (direction === 'upstream') this.#pendingBytesUp += count;
-    else this.#pendingBytesDown += count;
+    if (direction === 'upstream') this.#metrics.bytesUpstream.inc(count);
+    else this.#metrics.bytesDownstream.inc(count);
   }
 
   orphaned(exchange: Exchange): void {
@@ -243,31 +232,26 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
     this.#orphans.delete(exchange);
   }
 
-  /** Counted in a plain Map and pushed to prom-client on scrape and on each tick. */
   answered(status: number): void {
-    this.#answeredSince.set(status, (this.#answeredSince.get(status) ?? 0) + 1);
+    this.#metrics.request(status).inc();
   }
 
   observeUpstreamSeconds(seconds: number): void {
-    this.#upstreamSeconds.observe(seconds);
+    this.#metrics.upstreamRequestSeconds.observe(seconds);
   }
 
   retried(reason: string): void {
-    this.#deps.metrics.httpRetries.labels(this.name, reason).inc();
+    this.#metrics.retry(reason).inc();
   }
 
   dial(target: DialTarget): DialAttempt {
     const attempt = dialUpstream(target, this.#pool.settings, this.#pool.sessions);
-    const { metrics } = this.#deps;
+    const metrics = this.#metrics;
     attempt.done.then(
-      (dialed) => {
-        metrics.upstreamConnects.labels(this.name, 'ok').inc();
-        metrics.upstreamConnectSeconds.labels(this.name).observe(dialed.connectMs / 1000);
-        if (dialed.tlsResumed !== null) metrics.tlsHandshakes.labels(this.name, String(dialed.tlsResumed)).inc();
-      },
+      (dialed) => countDial(metrics, dialed),
       (error: { code?: string; side?: Side }) => {
         if (error.side === 'downstream') return; // aborted because the client left
-        metrics.upstreamConnects.labels(this.name, error.code === 'CONNECT_TIMEOUT' ? 'timeout' : 'error').inc();
+        metrics.connect(error.code === 'CONNECT_TIMEOUT' ? 'timeout' : 'error').inc();
       },
     );
     return attempt;
@@ -348,11 +332,11 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
   // ---- client connections ----
 
   #accept(socket: net.Socket, reads: ClientReads | null): void {
-    const { metrics, log } = this.#deps;
+    const { log } = this.#deps;
     const config = this.#config;
-    this.#acceptedSince++;
+    this.#metrics.accepted.inc();
     if (config.maxConnections > 0 && this.#sessions.size >= config.maxConnections) {
-      metrics.evictions.labels(this.name, 'max_connections').inc();
+      this.#metrics.eviction('max_connections').inc();
       log.warn({ route: this.name, client: formatAddress(socket.remoteAddress, socket.remotePort), maxConnections: config.maxConnections }, 'connection refused: maxConnections reached');
       socket.on('error', () => {});
       socket.destroy();
@@ -426,16 +410,16 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
 
   #onTunnelClosed(session: Session, reason: EvictionReason, side: Side): void {
     this.#tunnels.delete(session);
-    this.#deps.metrics.evictions.labels(this.name, reason).inc();
+    this.#metrics.eviction(reason).inc();
     const fields = { route: this.name, id: session.id, reason, side, bytesUpstream: session.bytesUp, bytesDownstream: session.bytesDown };
     if (reason === 'peer_closed' || reason === 'shutdown') this.#deps.log.debug(fields, 'tunnel closed');
     else this.#deps.log.info(fields, 'tunnel evicted');
   }
 
   #onHeartbeat(session: Session, result: HeartbeatResult, ms: number, detail?: string): void {
-    const { metrics, log } = this.#deps;
-    metrics.heartbeats.labels(this.name, result).inc();
-    if (result === 'ok') metrics.heartbeatRtt.labels(this.name).observe(ms / 1000);
+    const { log } = this.#deps;
+    this.#metrics.heartbeat(result).inc();
+    if (result === 'ok') this.#metrics.heartbeatRtt.observe(ms / 1000);
     else if (result === 'sent') return;
     else if (result === 'unsupported') log.info({ route: this.name, id: session.id, why: detail }, 'WebSocket heartbeats off for this tunnel');
     else log.warn({ route: this.name, id: session.id, waitedMs: ms }, 'WebSocket pong missing: closing both sides');
@@ -451,7 +435,7 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
       connectTimeoutMs: config.connectTimeoutMs,
       noDelay: config.noDelay,
     };
-    return new HttpPool({ route: config.name, settings, metrics: this.#deps.metrics, clock: this.#deps.clock, log: this.#deps.log });
+    return new HttpPool({ route: config.name, settings, metrics: this.#metrics, clock: this.#deps.clock, log: this.#deps.log });
   }
 
   #tick(now: number): void {
@@ -467,37 +451,10 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
   }
 
   #flushCounts(): void {
-    this.#flushBytes();
-    this.#flushAnswered();
-    if (this.#acceptedSince > 0) {
-      this.#accepted.inc(this.#acceptedSince);
-      this.#acceptedSince = 0;
-    }
     const active = this.#sessions.size;
-    if (active !== this.#activeReported) {
-      this.#active.inc(active - this.#activeReported);
-      this.#activeReported = active;
-    }
-  }
-
-  #flushAnswered(): void {
-    if (this.#answeredSince.size === 0) return;
-    for (const [status, count] of this.#answeredSince) {
-      let counter = this.#byStatus.get(status);
-      if (!counter) {
-        counter = this.#deps.metrics.httpRequests.labels(this.name, String(status));
-        this.#byStatus.set(status, counter);
-      }
-      counter.inc(count);
-    }
-    this.#answeredSince.clear();
-  }
-
-  #flushBytes(): void {
-    const { bytes } = this.#deps.metrics;
-    if (this.#pendingBytesUp > 0) bytes.labels(this.name, 'upstream').inc(this.#pendingBytesUp);
-    if (this.#pendingBytesDown > 0) bytes.labels(this.name, 'downstream').inc(this.#pendingBytesDown);
-    this.#pendingBytesUp = this.#pendingBytesDown = 0;
+    this.#metrics.active.inc(active - this.#activeReported);
+    this.#activeReported = active;
+    this.#metrics.flush();
   }
 
   #checkDrained(): void {

@@ -1,8 +1,9 @@
 import type { Metrics, EvictionReason } from './registry.js';
 
-// One TCP route's metric series, bound once, and batched: prom-client hashes the label
+// One route's metric series, bound once, and batched: prom-client hashes the label
 // set on every inc() or set() of a child, which the connection path would otherwise pay
-// about ten times per connection (accepted, active, connect, pool gauges, eviction...).
+// about ten times per connection or request (accepted, active, connect, pool gauges,
+// eviction, requests by status...).
 // Here an event adds to a plain number; flush() hands the sums to prom-client. The
 // route calls it on the shared tick and before every scrape, so /metrics is exact.
 
@@ -15,24 +16,30 @@ interface Flushable {
 }
 
 /** A counter whose increments reach prom-client at the next flush. */
-export class BatchedCounter implements Flushable {
+class BatchedCounter implements Flushable {
+  readonly #child: CounterChild;
   #pending = 0;
-  constructor(readonly child: CounterChild) {}
+  constructor(child: CounterChild) {
+    this.#child = child;
+  }
   inc(value = 1): void {
     this.#pending += value;
   }
   flush(): void {
     if (this.#pending === 0) return;
-    this.child.inc(this.#pending);
+    this.#child.inc(this.#pending);
     this.#pending = 0;
   }
 }
 
 /** A gauge moved by inc/dec (a delta) or set (a value), applied at the next flush. */
-export class BatchedGauge implements Flushable {
+class BatchedGauge implements Flushable {
+  readonly #child: GaugeChild;
   #delta = 0;
   #value: number | null = null;
-  constructor(readonly child: GaugeChild) {}
+  constructor(child: GaugeChild) {
+    this.#child = child;
+  }
   inc(value = 1): void {
     this.#delta += value;
   }
@@ -44,8 +51,8 @@ export class BatchedGauge implements Flushable {
     this.#delta = 0;
   }
   flush(): void {
-    if (this.#value !== null) this.child.set(this.#value);
-    if (this.#delta !== 0) this.child.inc(this.#delta);
+    if (this.#value !== null) this.#child.set(this.#value);
+    if (this.#delta !== 0) this.#child.inc(this.#delta);
     this.#value = null;
     this.#delta = 0;
   }
@@ -59,15 +66,21 @@ export class RouteMetrics {
   readonly bytesDownstream: BatchedCounter;
   readonly poolIdle: BatchedGauge;
   readonly poolActive: BatchedGauge;
-  /** Histograms are FastHistogram series: already cheap, not batched. */
+  /** FastHistogram series: already cheap, not batched. */
   readonly connectSeconds: HistogramChild;
   readonly heartbeatRtt: HistogramChild;
+  readonly upstreamRequestSeconds: HistogramChild;
+  /** Observed once per upstream connection, when it closes: not on a hot path. */
+  readonly requestsPerUpstreamConnection: HistogramChild;
   readonly #metrics: Metrics;
   readonly #route: string;
   readonly #batched: Flushable[] = [];
   readonly #connects = new Map<string, BatchedCounter>();
   readonly #evictions = new Map<string, BatchedCounter>();
   readonly #heartbeats = new Map<string, BatchedCounter>();
+  readonly #tlsHandshakes = new Map<string, BatchedCounter>();
+  readonly #retries = new Map<string, BatchedCounter>();
+  readonly #requests = new Map<number, BatchedCounter>();
 
   constructor(metrics: Metrics, route: string) {
     this.#metrics = metrics;
@@ -82,6 +95,8 @@ export class RouteMetrics {
     this.poolActive = this.#batch(new BatchedGauge(metrics.poolActive.labels(route)));
     this.connectSeconds = metrics.upstreamConnectSeconds.labels(route);
     this.heartbeatRtt = metrics.heartbeatRtt.labels(route);
+    this.upstreamRequestSeconds = metrics.upstreamRequestSeconds.labels(route);
+    this.requestsPerUpstreamConnection = metrics.requestsPerUpstreamConnection.labels(route);
   }
 
   get registry(): Metrics {
@@ -98,6 +113,21 @@ export class RouteMetrics {
 
   heartbeat(result: string): BatchedCounter {
     return this.#counter(this.#heartbeats, result, () => this.#metrics.heartbeats.labels(this.#route, result));
+  }
+
+  tlsHandshake(resumed: boolean): BatchedCounter {
+    return this.#counter(this.#tlsHandshakes, String(resumed), () => this.#metrics.tlsHandshakes.labels(this.#route, String(resumed)));
+  }
+
+  retry(reason: string): BatchedCounter {
+    return this.#counter(this.#retries, reason, () => this.#metrics.httpRetries.labels(this.#route, reason));
+  }
+
+  /** HTTP requests answered, by the status sent to the client. */
+  request(status: number): BatchedCounter {
+    let counter = this.#requests.get(status);
+    if (!counter) this.#requests.set(status, (counter = this.#batch(new BatchedCounter(this.#metrics.httpRequests.labels(this.#route, String(status))))));
+    return counter;
   }
 
   /** Hands every pending count to prom-client. */

@@ -26,6 +26,12 @@ const BULK_READ = 32 * 1024;
 const MAX_OWN_BUFFERS = 256;
 const shared = Buffer.allocUnsafe(READ_SIZE);
 
+/**
+ * The process-wide read buffer, also for the HTTP path's client sockets (src/http/accept.ts),
+ * which use it the same way: nothing keeps a view of it past the read's callback.
+ */
+export const sharedReadBuffer: Buffer = shared;
+
 const SINK = Symbol('keepalive-proxy.read-sink');
 const EARLY = Symbol('keepalive-proxy.early-reads');
 const SHARED = Symbol('keepalive-proxy.shared-reads');
@@ -54,13 +60,11 @@ function onSharedRead(this: ReadingSocket, bytes: number, buffer: Buffer): boole
     if (bytes < BULK_READ) releaseOwnBuffer(this);
     else if (this[OWN] === undefined && ownBuffers < MAX_OWN_BUFFERS) takeOwnBuffer(this);
   }
-  try {
-    const sink = this[SINK];
-    if (sink) sink(this, chunk);
-    else (this[EARLY] ??= []).push(chunk);
-  } finally {
-    nextBuffer = this[OWN] ?? shared;
-  }
+  const sink = this[SINK];
+  if (sink) sink(this, chunk);
+  else (this[EARLY] ??= []).push(chunk);
+  // Set after the sink: a socket it creates gets the shared buffer, this one its own.
+  nextBuffer = this[OWN] ?? shared;
   return true; // keep reading: backpressure goes through socket.pause()
 }
 

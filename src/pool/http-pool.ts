@@ -1,9 +1,9 @@
-import type net from 'node:net';
 import type { Clock } from '../clock.js';
 import type { HttpPoolConfig } from '../config/schema.js';
 import { ProxyError } from '../errors.js';
 import type { Logger } from '../log.js';
-import type { EvictionReason, Metrics } from '../metrics/registry.js';
+import type { EvictionReason } from '../metrics/registry.js';
+import type { RouteMetrics } from '../metrics/route-metrics.js';
 import { PooledConnection, type ConnectionState, type ConnectionUser } from './http-connection.js';
 import { dialUpstream, describeTarget, type DialAttempt, type DialSettings, type DialTarget } from './http-dial.js';
 import { TlsSessionCache } from './http-tls-sessions.js';
@@ -34,24 +34,11 @@ export interface PoolSettings extends DialSettings {
   readonly pool: HttpPoolConfig;
 }
 
-export interface PoolStats {
-  /** Upstream connections opened since the pool started. */
-  opened: number;
-  /** Requests handed to a connection that served before. */
-  reused: number;
-  /** Requests handed to a connection. */
-  requests: number;
-  idle: number;
-  busy: number;
-  connecting: number;
-  waiting: number;
-  evictions: Record<string, number>;
-}
-
 export interface HttpPoolOptions {
   readonly route: string;
   readonly settings: PoolSettings;
-  readonly metrics: Metrics;
+  /** The route's batched series: the route flushes them on its tick and on scrape. */
+  readonly metrics: RouteMetrics;
   readonly clock: Clock;
   readonly log?: Logger;
 }
@@ -79,28 +66,14 @@ interface Waiter {
 export class HttpPool {
   readonly route: string;
   readonly settings: PoolSettings;
-  readonly metrics: Metrics;
+  readonly metrics: RouteMetrics;
   readonly clock: Clock;
   readonly log: Logger | undefined;
   readonly sessions = new TlsSessionCache();
   readonly #origins = new Map<string, OriginPool>();
   #lastOrigin: OriginPool | null = null;
   #unsubscribe: (() => void) | null;
-  #unregisterFlush: (() => void) | null;
   #closing: EvictionReason | null = null;
-  readonly #stats: PoolStats = { opened: 0, reused: 0, requests: 0, idle: 0, busy: 0, connecting: 0, waiting: 0, evictions: {} };
-  // The gauges move twice per request and reuse_total once: they are brought up to date on
-  // scrape and on the clock's tick instead (gauges by the difference from what they were
-  // last told, so several pools of one route after a reload still add up).
-  #reportedIdle = 0;
-  #reportedActive = 0;
-  /** reuse_total counts since the last flush. */
-  #reusedSince = 0;
-  readonly #idleGauge;
-  readonly #activeGauge;
-  readonly #reuseCounter;
-  readonly #perConnection;
-  readonly #evictionCounters = new Map<string, { inc(): void }>();
 
   constructor(options: HttpPoolOptions) {
     this.route = options.route;
@@ -108,16 +81,7 @@ export class HttpPool {
     this.metrics = options.metrics;
     this.clock = options.clock;
     this.log = options.log;
-    this.#idleGauge = this.metrics.poolIdle.labels(this.route);
-    this.#activeGauge = this.metrics.poolActive.labels(this.route);
-    this.#reuseCounter = this.metrics.reuse.labels(this.route);
-    this.#perConnection = this.metrics.requestsPerUpstreamConnection.labels(this.route);
     this.#unsubscribe = this.clock.subscribe((now) => this.#tick(now));
-    this.#unregisterFlush = this.metrics.onScrape(() => this.#flushGauges());
-  }
-
-  get closing(): EvictionReason | null {
-    return this.#closing;
   }
 
   /** The pool of one upstream origin (one for a reverse route, one per destination when forwarding). */
@@ -133,10 +97,6 @@ export class HttpPool {
     }
     this.#lastOrigin = origin;
     return origin;
-  }
-
-  stats(): PoolStats {
-    return { ...this.#stats, evictions: { ...this.#stats.evictions } };
   }
 
   /** Stop reusing: idle connections close now with `reason`, busy ones when their exchange ends. */
@@ -155,33 +115,19 @@ export class HttpPool {
 
   // ---- bookkeeping shared by the origins ----
 
-  /** @internal */ registered(): void {
-    this.#stats.opened++;
-  }
-
   /** @internal */ handedOut(reused: boolean): void {
-    this.#stats.requests++;
-    if (!reused) return;
-    this.#stats.reused++;
-    this.#reusedSince++;
+    if (reused) this.metrics.reuse.inc();
   }
 
-  /** @internal Counts by state; the gauges follow on flush. */
+  /** @internal A connection changed state: pool_idle counts idle ones, pool_active busy and connecting ones. */
   moved(from: 'idle' | 'busy' | 'connecting' | null, to: 'idle' | 'busy' | 'connecting' | null): void {
-    if (from) this.#stats[from]--;
-    if (to) this.#stats[to]++;
-  }
-
-  /** @internal */ waiting(delta: number): void {
-    this.#stats.waiting += delta;
+    if (from) (from === 'idle' ? this.metrics.poolIdle : this.metrics.poolActive).dec();
+    if (to) (to === 'idle' ? this.metrics.poolIdle : this.metrics.poolActive).inc();
   }
 
   /** @internal */ evicted(connection: PooledConnection, reason: EvictionReason): void {
-    this.#stats.evictions[reason] = (this.#stats.evictions[reason] ?? 0) + 1;
-    let counter = this.#evictionCounters.get(reason);
-    if (!counter) this.#evictionCounters.set(reason, (counter = this.metrics.evictions.labels(this.route, reason)));
-    counter.inc();
-    this.#perConnection.observe(connection.requests);
+    this.metrics.eviction(reason).inc();
+    this.metrics.requestsPerUpstreamConnection.observe(connection.requests);
     if (this.log?.isLevelEnabled('debug')) {
       this.log.debug({ route: this.route, upstreamConnection: connection.id, reason, requests: connection.requests }, 'upstream connection closed');
     }
@@ -223,35 +169,15 @@ export class HttpPool {
       this.#origins.delete(key);
       if (origin === this.#lastOrigin) this.#lastOrigin = null;
     }
-    this.#flushGauges();
-  }
-
-  /** The per-request counts, into prom-client (on scrape, on the clock's tick, when the pool ends). */
-  #flushGauges(): void {
-    if (this.#reusedSince > 0) {
-      this.#reuseCounter.inc(this.#reusedSince);
-      this.#reusedSince = 0;
-    }
-    const idle = this.#stats.idle;
-    const active = this.#stats.busy + this.#stats.connecting;
-    if (idle !== this.#reportedIdle) {
-      this.#idleGauge.inc(idle - this.#reportedIdle);
-      this.#reportedIdle = idle;
-    }
-    if (active !== this.#reportedActive) {
-      this.#activeGauge.inc(active - this.#reportedActive);
-      this.#reportedActive = active;
-    }
   }
 
   #maybeFinished(): void {
     if (!this.#closing) return;
     for (const origin of this.#origins.values()) if (!origin.empty) return;
-    this.#flushGauges();
+    // The route may have stopped flushing already (a pool retired by drain or reload).
+    this.metrics.flush();
     this.#unsubscribe?.();
     this.#unsubscribe = null;
-    this.#unregisterFlush?.();
-    this.#unregisterFlush = null;
   }
 }
 
@@ -306,7 +232,6 @@ export class OriginPool {
   /** A connection for `waiter`, now or later; `fresh` asks for a new one (a retry). */
   acquire(waiter: PoolWaiter, fresh: boolean): void {
     this.#waiters.push({ waiter, fresh });
-    this.#pool.waiting(1);
     this.#dispatch();
   }
 
@@ -378,7 +303,6 @@ export class OriginPool {
 
   #shiftWaiter(): void {
     this.#waiters.shift();
-    this.#pool.waiting(-1);
   }
 
   /** The most recently parked connection that is still good; expired ones are evicted on the way. */
@@ -425,7 +349,6 @@ export class OriginPool {
     if (!connection.usable) {
       connection.close('peer_closed');
       this.#waiters.unshift(waiter);
-      this.#pool.waiting(1);
       this.#dispatch();
       return;
     }
@@ -448,12 +371,8 @@ export class OriginPool {
       (dialed) => {
         this.#dials.delete(attempt);
         pool.moved('connecting', null);
-        const { metrics, route } = pool;
-        metrics.upstreamConnects.labels(route, 'ok').inc();
-        metrics.upstreamConnectSeconds.labels(route).observe(dialed.connectMs / 1000);
-        if (dialed.tlsResumed !== null) metrics.tlsHandshakes.labels(route, String(dialed.tlsResumed)).inc();
+        countDial(pool.metrics, dialed);
         const connection = new PooledConnection(dialed.socket, dialed.raw, dialed.readBuffer, Date.now(), this.#onClosed);
-        pool.registered();
         this.#busy.add(connection);
         pool.moved(null, 'busy');
         if (!connection.usable) {
@@ -473,7 +392,7 @@ export class OriginPool {
         this.#dials.delete(attempt);
         pool.moved('connecting', null);
         const timeout = error instanceof ProxyError && error.code === 'CONNECT_TIMEOUT';
-        pool.metrics.upstreamConnects.labels(pool.route, timeout ? 'timeout' : 'error').inc();
+        pool.metrics.connect(timeout ? 'timeout' : 'error').inc();
         if (!waiter.waiter.abandoned) waiter.waiter.connectionFailed(error);
         this.#dispatch();
       },
@@ -515,5 +434,9 @@ function originKey(target: DialTarget): string {
   return `${scheme}|${target.host}|${target.port}`;
 }
 
-/** For callers that hold a bare socket (tests, admin): not used on the request path. */
-export type { net };
+/** upstream_connects_total, upstream_connect_seconds and tls_handshakes_total of a connect that succeeded. */
+export function countDial(metrics: RouteMetrics, dialed: { connectMs: number; tlsResumed: boolean | null }): void {
+  metrics.connect('ok').inc();
+  metrics.connectSeconds.observe(dialed.connectMs / 1000);
+  if (dialed.tlsResumed !== null) metrics.tlsHandshake(dialed.tlsResumed).inc();
+}

@@ -91,7 +91,7 @@ class TcpRoute implements RouteHandle {
     });
     this.#listenerSetsOptions = applyKeepaliveToListener(this.#server, this.#config.keepalive.client, this.#config.noDelay);
     this.#unsubscribe = this.#deps.clock.subscribe((now) => this.#tick(now));
-    this.#unregisterFlush = this.#deps.metrics.onScrape(() => this.#flushCounts());
+    this.#unregisterFlush = this.#deps.metrics.onScrape(() => this.#metrics.flush());
     this.#upstream.start();
     warnAboutOneWayHeartbeat(this.#config, this.#deps);
   }
@@ -136,7 +136,7 @@ class TcpRoute implements RouteHandle {
       for (const abort of this.#pending.values()) abort();
       for (const session of this.#sessions.keys()) session.destroy(reason);
     }
-    this.#flushCounts();
+    this.#metrics.flush();
     this.#unsubscribe?.();
     this.#unsubscribe = null;
     this.#unregisterFlush?.();
@@ -160,13 +160,8 @@ class TcpRoute implements RouteHandle {
     }));
   }
 
-  /** Moves the counts gathered since the last tick into Prometheus. */
-  #flushCounts(): void {
-    this.#metrics.flush();
-  }
-
   #tick(now: number): void {
-    this.#flushCounts();
+    this.#metrics.flush();
     for (const session of this.#sessions.keys()) session.tick(now);
     this.#upstream.tick(now);
   }

@@ -196,7 +196,7 @@ export class UpstreamSource {
   #park(socket: net.Socket): void {
     const now = Date.now();
     const tracker = this.#codec?.track(codecOptions(this.#config)) ?? null;
-    const onData = (chunk: Buffer): void => {
+    const onData = (_socket: net.Socket, chunk: Buffer): void => {
       spare.lastWireAt = Date.now();
       const forward = tracker ? tracker.fromServer(chunk) : chunk;
       if (forward.length === 0) return;
@@ -224,7 +224,7 @@ export class UpstreamSource {
         socket.off('close', onClose);
       },
     };
-    readInto(socket, (_socket, chunk) => onData(chunk));
+    readInto(socket, onData);
     socket.on('end', onEnd);
     socket.on('error', onError);
     socket.on('close', onClose);

@@ -55,6 +55,7 @@ describe('a legacy client behind the pool', () => {
     expect(await route.metric('reuse_total', { route: 'web' })).toBeGreaterThanOrEqual(total - 4);
     expect(await route.metric('requests_total', { route: 'web', code: '200' })).toBe(total);
     expect(await route.metric('pool_idle', { route: 'web' })).toBe(upstream.connections());
+    expect(await route.metric('pool_active', { route: 'web' })).toBe(0);
     expect(await route.metric('upstream_request_duration_seconds_count', { route: 'web' })).toBe(total);
     expect(await route.metric('connections_active', { route: 'web' })).toBe(0);
   });

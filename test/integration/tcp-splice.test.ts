@@ -1,7 +1,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { connect, listen0, readBytes } from '../helpers/net.js';
+import { connect, freePort, listen0, readBytes } from '../helpers/net.js';
 import { parseMetrics, sample, startProxy, type RunningProxy } from '../helpers/proxy.js';
 import { once, until } from '../helpers/wait.js';
 
@@ -54,7 +54,6 @@ describe('tcp route data path', () => {
 
   beforeAll(async () => {
     upstream = await listen0((socket) => onUpstream(socket));
-    const { freePort } = await import('../helpers/net.js');
     port = await freePort();
     proxy = await startProxy({
       yaml: `
@@ -168,21 +167,26 @@ routes:
   });
 });
 
+/** A proxy with one route on a free port, given the route's other keys in YAML flow style. */
+async function proxyWithRoute(routeKeys: string): Promise<{ proxy: RunningProxy; port: number }> {
+  const port = await freePort();
+  const proxy = await startProxy({
+    yaml: `
+admin: { listen: "{{admin}}" }
+routes:
+  - { listen: 127.0.0.1:${port}, ${routeKeys} }
+`,
+  });
+  return { proxy, port };
+}
+
 describe('tcp route upstream names', () => {
   it('resolves a hostname upstream at connect time', async () => {
     const upstream = await listen0((socket) => {
       socket.on('data', (c: Buffer) => socket.write(c));
       socket.on('end', () => socket.end());
     });
-    const { freePort } = await import('../helpers/net.js');
-    const port = await freePort();
-    const proxy = await startProxy({
-      yaml: `
-admin: { listen: "{{admin}}" }
-routes:
-  - { name: named, listen: 127.0.0.1:${port}, upstream: "localhost:${upstream.port}" }
-`,
-    });
+    const { proxy, port } = await proxyWithRoute(`name: named, upstream: "localhost:${upstream.port}"`);
     try {
       const client = await connect(port);
       client.write('by-name');
@@ -197,16 +201,8 @@ routes:
 
 describe('tcp route connect failures', () => {
   it('resets the client and counts connect_error when the upstream refuses', async () => {
-    const { freePort } = await import('../helpers/net.js');
     const dead = await freePort(); // nothing listens here
-    const port = await freePort();
-    const proxy = await startProxy({
-      yaml: `
-admin: { listen: "{{admin}}" }
-routes:
-  - { name: refused, listen: 127.0.0.1:${port}, upstream: 127.0.0.1:${dead} }
-`,
-    });
+    const { proxy, port } = await proxyWithRoute(`name: refused, upstream: 127.0.0.1:${dead}`);
     try {
       const client = await connect(port);
       const outcome = await new Promise<string>((resolve) => {
@@ -226,15 +222,7 @@ routes:
 
   it('gives up after connectTimeout when the upstream never answers the SYN', async () => {
     const hole = await startFullBacklogListener();
-    const { freePort } = await import('../helpers/net.js');
-    const port = await freePort();
-    const proxy = await startProxy({
-      yaml: `
-admin: { listen: "{{admin}}" }
-routes:
-  - { name: slow, listen: 127.0.0.1:${port}, upstream: "127.0.0.1:${hole.port}", connectTimeout: 500ms }
-`,
-    });
+    const { proxy, port } = await proxyWithRoute(`name: slow, upstream: "127.0.0.1:${hole.port}", connectTimeout: 500ms`);
     try {
       const client = await connect(port);
       const started = Date.now();

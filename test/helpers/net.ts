@@ -28,8 +28,10 @@ export async function listen0(
   };
 }
 
-const PORT_BASE = 20_000;
-const PORT_SPAN = 12_000;
+// KP_TEST_PORT_BASE / KP_TEST_PORT_SPAN let two suites run side by side on one machine
+// (separate checkouts) without drawing the same ports.
+const PORT_BASE = Number(process.env.KP_TEST_PORT_BASE ?? 20_000);
+const PORT_SPAN = Number(process.env.KP_TEST_PORT_SPAN ?? 12_000);
 /** Vitest runs test files in parallel workers (maxForks in vitest.config.ts). */
 const WORKER_SLOTS = 2;
 const RECENT_PORTS = 512;

@@ -83,6 +83,7 @@ const ROUTE_KEYS: KeyTree = {
     clientMaxRequests: null,
     maxHeaderSize: null,
     headersTimeout: null,
+    bodyTimeout: null,
     responseTimeout: null,
     retry: null,
   },
@@ -721,6 +722,7 @@ class Resolver {
       clientMaxRequests: this.#read(view, at('clientMaxRequests'), integer(0, 1_000_000_000), fallback.clientMaxRequests),
       maxHeaderSize: this.#read(view, at('maxHeaderSize'), integer(1_024, 1_048_576), fallback.maxHeaderSize),
       headersTimeoutMs: this.#read(view, at('headersTimeout'), duration({ min: 1 }), fallback.headersTimeoutMs),
+      bodyTimeoutMs: this.#read(view, at('bodyTimeout'), duration(), fallback.bodyTimeoutMs),
       responseTimeoutMs: this.#read(view, at('responseTimeout'), duration(), fallback.responseTimeoutMs),
       retry: this.#read(view, at('retry'), boolean, fallback.retry),
     };

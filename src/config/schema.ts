@@ -69,6 +69,8 @@ export interface HttpOptions {
   readonly maxHeaderSize: number;
   /** Time allowed to receive a whole request head (slowloris guard). */
   readonly headersTimeoutMs: number;
+  /** Longest pause between request body bytes (408 past it; 0 = none), as nginx's client_body_timeout. */
+  readonly bodyTimeoutMs: number;
   /** Time allowed for the upstream's response head (504 past it; 0 = none). */
   readonly responseTimeoutMs: number;
   /** Retry a request that failed on a reused connection before any response byte. */
@@ -132,6 +134,7 @@ export const DEFAULTS = {
     clientMaxRequests: 0,
     maxHeaderSize: 16_384,
     headersTimeoutMs: 10_000,
+    bodyTimeoutMs: 60_000,
     responseTimeoutMs: 60_000,
     retry: true,
   } as HttpOptions,

@@ -1,5 +1,6 @@
 import type net from 'node:net';
 import type { Clock } from '../clock.js';
+import type { EvictionReason } from '../metrics/registry.js';
 import type { ClientReads } from './accept.js';
 import { BODY_ERROR, BODY_MORE, BodyReader, type BodySink } from './body-reader.js';
 import { ClientConnection } from './client.js';
@@ -12,10 +13,14 @@ import { errorResponse } from './respond.js';
 // (head-parser.ts), request bodies framed as they stream (body-reader.ts) and handed to
 // the request's exchange (exchange.ts), responses written back, then the next request
 // or the close. Requests are served one at a time; a pipelining client's next requests
-// wait, unparsed, until the current response is out.
+// wait, unparsed, until the current response is out and, when the client is slower to
+// read than we are to answer, until its unsent response bytes have drained below the
+// socket's high-water mark (reading stops meanwhile): what a client makes us hold is
+// bounded whatever it sends and however little it reads.
 //
 // Deadlines run on the route's shared clock: headersTimeout from the first byte of a
-// head (408, the slowloris guard), clientIdleTimeout between requests (a silent close).
+// head (408, the slowloris guard), bodyTimeout between request body bytes (408),
+// clientIdleTimeout between requests (a silent close).
 // A connection closes after a response the client asked to be the last (HTTP/1.0
 // without keep-alive, Connection: close), the clientMaxRequests-th, any response while
 // draining, or a response whose end only a close can mark.
@@ -24,6 +29,8 @@ import { errorResponse } from './respond.js';
 export interface SessionSettings {
   readonly maxHeaderSize: number;
   readonly headersTimeoutMs: number;
+  /** Longest wait for the next request body bytes while we are reading; 0 = none. */
+  readonly bodyTimeoutMs: number;
   readonly clientIdleTimeoutMs: number;
   readonly clientMaxRequests: number;
   /** The Connection (and Keep-Alive) lines of a response after which the connection stays. */
@@ -42,6 +49,8 @@ export interface SessionHost {
   /** requests_total{code}. */
   answered(status: number): void;
   countBytes(direction: 'upstream' | 'downstream', count: number): void;
+  /** evictions_total{reason} for a client connection closed on our initiative. */
+  evicted(reason: EvictionReason): void;
   sessionClosed(session: ClientSession): void;
 }
 
@@ -67,10 +76,13 @@ const NONE = 0;
 const HEAD = 1;
 const IDLE_TIMEOUT = 2;
 const LINGER = 3;
+const BODY = 4;
 
 // Why the client socket is paused (reading resumes when none is left).
 const PAUSED_BY_EXCHANGE = 1;
 const PAUSED_BY_STASH = 2;
+/** Responses the client has not read yet are above the socket's high-water mark. */
+const PAUSED_BY_WRITES = 4;
 
 export class ClientSession implements ExchangeClient, BodySink {
   readonly socket: net.Socket;
@@ -136,6 +148,10 @@ export class ClientSession implements ExchangeClient, BodySink {
     if (kind === HEAD && this.#state === IDLE && this.#stash !== null) {
       // Part of a head, and no end to it in time: the slowloris guard.
       this.#rejectHead(408);
+    } else if (kind === BODY && this.#state === ACTIVE && this.#reader !== null) {
+      // Only the client's own silence counts: while we hold its reads back, the wait restarts.
+      if (this.#paused !== 0) this.#armBodyDeadline(now);
+      else this.#bodyTimedOut();
     } else if ((kind === LINGER || kind === IDLE_TIMEOUT) && this.#stillSending()) {
       // The idle time and the linger start once the last response has left.
       this.#setDeadline(kind, now + (kind === LINGER ? LINGER_MS : this.#host.sessionSettings.clientIdleTimeoutMs));
@@ -164,6 +180,11 @@ export class ClientSession implements ExchangeClient, BodySink {
       if (this.#reader !== null) this.#feedRequest(chunk, 0);
       else this.#stashBytes(chunk, 0);
     } else if (this.#state === IDLE) {
+      if ((this.#paused & PAUSED_BY_WRITES) !== 0) {
+        // A read already under way when we paused: it waits with the other pipelined bytes.
+        this.#stashBytes(chunk, 0);
+        return;
+      }
       let data = chunk;
       if (this.#stash !== null) {
         data = Buffer.concat([this.#stash, chunk]);
@@ -221,6 +242,7 @@ export class ClientSession implements ExchangeClient, BodySink {
     this.#exchange = exchange;
     if (!this.#requestDone) {
       this.#reader = head.body === 'length' ? BodyReader.length(head.contentLength, this) : BodyReader.chunked(this, false);
+      this.#armBodyDeadline(this.#host.clock.now());
       if (bodyStart < data.length) {
         this.#feedRequest(data, bodyStart);
         if (this.#exchange !== exchange) return;
@@ -231,8 +253,12 @@ export class ClientSession implements ExchangeClient, BodySink {
 
   #feedRequest(buf: Buffer, from: number): void {
     const end = this.#reader!.feed(buf, from);
-    if (end === BODY_MORE) return;
+    if (end === BODY_MORE) {
+      if (this.#deadlineKind === BODY) this.#armBodyDeadline(this.#host.clock.now());
+      return;
+    }
     this.#reader = null;
+    if (this.#deadlineKind === BODY) this.#setDeadline(NONE, 0);
     const exchange = this.#exchange!;
     if (end === BODY_ERROR) {
       exchange.requestFailed();
@@ -284,6 +310,7 @@ export class ClientSession implements ExchangeClient, BodySink {
 
   readonly #onDrain = (): void => {
     if (this.#state === ACTIVE) this.#exchange?.clientDrained();
+    else if (this.#state === IDLE && (this.#paused & PAUSED_BY_WRITES) !== 0) this.#next();
   };
 
   // ---- ExchangeClient: writing the response ----
@@ -366,18 +393,27 @@ export class ClientSession implements ExchangeClient, BodySink {
 
   // ---- between requests ----
 
-  /** Keep-alive: wait for (or parse) the next request. */
+  /**
+   * Keep-alive: wait for (or parse) the next request, once the client has read enough of
+   * the responses so far (else the next one waits, unread, for the socket's 'drain').
+   */
   #next(): void {
     this.#state = IDLE;
     this.#reader = null;
     const now = this.#host.clock.now();
     this.client.lastActivity = now;
+    const idleMs = this.#host.sessionSettings.clientIdleTimeoutMs;
+    // The idle time counts from the last response's departure (tick: #stillSending).
+    this.#setDeadline(idleMs > 0 ? IDLE_TIMEOUT : NONE, idleMs > 0 ? now + idleMs : 0);
+    if (this.socket.writableNeedDrain) {
+      this.#listenForDrain();
+      this.#pause(PAUSED_BY_WRITES);
+      return;
+    }
     if (this.#paused !== 0) {
       this.#paused = 0;
       this.socket.resume();
     }
-    const idleMs = this.#host.sessionSettings.clientIdleTimeoutMs;
-    this.#setDeadline(idleMs > 0 ? IDLE_TIMEOUT : NONE, idleMs > 0 ? now + idleMs : 0);
     const stash = this.#stash;
     if (stash !== null) {
       this.#stash = null;
@@ -430,6 +466,38 @@ export class ClientSession implements ExchangeClient, BodySink {
     const stash = this.#stash;
     this.#stash = null;
     this.#host.handOff(this, head, stash === null ? rest : Buffer.concat([rest, stash]));
+  }
+
+  /**
+   * The upstream declined the Upgrade: the connection comes back to this session, which
+   * reads again (dropping what comes, so a FIN or a reset is seen at once) and closes it
+   * when the returned call says the answer is written.
+   */
+  reclaim(): () => void {
+    if (this.#state !== HANDED_OFF) return () => {};
+    this.#state = CLOSING;
+    this.#requestDone = true;
+    const socket = this.socket;
+    if (this.#reads !== null) this.#reads.deliver = this.#onData;
+    else socket.on('data', this.#onData);
+    socket.on('end', this.#onEnd);
+    this.#paused = 0;
+    socket.resume();
+    return () => {
+      if (this.#state === CLOSING && this.#deadlineKind !== LINGER) this.#close();
+    };
+  }
+
+  #armBodyDeadline(now: number): void {
+    const bodyTimeoutMs = this.#host.sessionSettings.bodyTimeoutMs;
+    if (bodyTimeoutMs > 0) this.#setDeadline(BODY, now + bodyTimeoutMs);
+  }
+
+  /** No body bytes for bodyTimeout: the exchange answers 408 (or cuts a response under way) and the connection closes. */
+  #bodyTimedOut(): void {
+    this.#host.evicted('body_timeout');
+    this.#keepAlive = false;
+    this.#exchange!.requestTimedOut();
   }
 
   #setDeadline(kind: number, at: number): void {

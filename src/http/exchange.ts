@@ -11,7 +11,10 @@ import { dateLine, downstreamResponseHead, interimResponseHead, type DownstreamF
 // One client request carried to the upstream over a pooled connection, and its response
 // carried back, on raw sockets: the request head as rewritten (head-writer.ts), the body
 // bytes as framed, the response head parsed (head-parser.ts) and its body framed by
-// body-reader.ts. Bodies stream both ways with backpressure, never buffered whole;
+// body-reader.ts. A small request body (up to REPLAY_LIMIT) is read whole before a pooled
+// connection is taken, as nginx's request buffering does, so a client that sends it
+// slowly costs only its own socket, never a pool slot; larger bodies and responses
+// stream both ways with backpressure, never buffered whole;
 // trailers travel inside the chunked framing; 1xx go to HTTP/1.1 clients. A request that
 // died on a reused connection before any response byte is retried once on a fresh
 // connection when that cannot run it twice:
@@ -85,6 +88,10 @@ export interface ExchangeRequest {
   readonly head: string;
   /** The request carries a body (Content-Length > 0 or chunked). */
   readonly hasBody: boolean;
+  /** Content-Length of the body, or null when chunked (or none). */
+  readonly bodyLength: number | null;
+  /** Expect: 100-continue: the client waits for the upstream's go-ahead before its body (never buffered first). */
+  readonly expectContinue: boolean;
   readonly retry: boolean;
   readonly responseTimeoutMs: number;
 }
@@ -112,6 +119,9 @@ export class Exchange implements PoolWaiter, BodySink {
   #replay: Buffer[] | null;
   #replayBytes = 0;
   #requestEnded: boolean;
+  /** The body is being read whole before a connection is asked for. */
+  #buffering: boolean;
+  #started = false;
   /** The client is paused on our account (queue full or the upstream's buffer full). */
   #requestPaused = false;
   #state = WAITING;
@@ -147,6 +157,7 @@ export class Exchange implements PoolWaiter, BodySink {
     this.#client = client;
     this.#request = request;
     this.#requestEnded = !request.hasBody;
+    this.#buffering = request.hasBody && !request.expectContinue && (request.bodyLength === null || request.bodyLength <= REPLAY_LIMIT);
     // Only an idempotent request ever replays body bytes (a bodiless one has none to keep).
     this.#replay = request.retry && request.hasBody && IDEMPOTENT_METHODS.has(request.method) ? [] : null;
   }
@@ -157,8 +168,16 @@ export class Exchange implements PoolWaiter, BodySink {
   }
 
   start(): void {
+    this.#started = true;
     if (this.#requestEnded) this.#armDeadline();
-    this.#attempt(false);
+    if (!this.#buffering) this.#attempt(false);
+  }
+
+  /** The buffered body is whole (or outgrew the buffer): now the request needs its connection. */
+  #stopBuffering(): void {
+    if (!this.#buffering) return;
+    this.#buffering = false;
+    if (this.#started && !this.#done) this.#attempt(false);
   }
 
   #attempt(fresh: boolean): void {
@@ -183,6 +202,8 @@ export class Exchange implements PoolWaiter, BodySink {
     if (connection === null) {
       (this.#queue ??= []).push(chunk);
       this.#queuedBytes += chunk.length;
+      // A chunked body turned out larger than the buffer: it streams from here.
+      if (this.#buffering && this.#queuedBytes > REPLAY_LIMIT) this.#stopBuffering();
       if (this.#queuedBytes > QUEUE_LIMIT) this.#pauseRequest();
       return;
     }
@@ -196,6 +217,17 @@ export class Exchange implements PoolWaiter, BodySink {
     if (this.#done) return;
     // The deadline for the response head runs from the end of the request.
     if (this.#state <= HEAD) this.#armDeadline();
+    this.#stopBuffering();
+  }
+
+  /**
+   * The client stopped sending its body for bodyTimeout: 408 (or a cut once a response
+   * started). The upstream connection got part of a request and cannot be reused.
+   */
+  requestTimedOut(): void {
+    if (this.#done) return;
+    this.#abandonUpstream('client_aborted');
+    this.#answerError(408, 'the request body did not arrive in time');
   }
 
   /** The client's body framing broke or the client went away mid-body. */

@@ -2,7 +2,7 @@ import net from 'node:net';
 import { Allowlist, normaliseHost } from './allowlist.js';
 import type { RequestHead } from './head-parser.js';
 import { respondRaw } from './respond.js';
-import { dialForClient, type TunnelHost } from './tunnel.js';
+import { ClientWatch, dialForClient, type TunnelHost } from './tunnel.js';
 
 // Forward proxy mode (`protocol: http-forward`), for applications that honour
 // HTTP_PROXY/HTTPS_PROXY: absolute-form requests ("GET http://host/path") go over the
@@ -63,7 +63,7 @@ export function formatAuthority(host: string, port: number): string {
 /** CONNECT host:port: a checked destination, a fresh upstream connection, then a tunnel. */
 export function proxyConnect(host: TunnelHost, req: RequestHead, down: net.Socket, head: Buffer, allowlist: Allowlist): void {
   down.on('error', () => {});
-  down.pause();
+  const watch = new ClientWatch(down);
   const destination = parseConnectAuthority(req.url);
   if (!destination) {
     host.answered(400);
@@ -79,7 +79,9 @@ export function proxyConnect(host: TunnelHost, req: RequestHead, down: net.Socke
   dialForClient(host, down, { host: destination.host, port: destination.port, tls: null }, 'the destination', (dialed) => {
     host.answered(200);
     down.write('HTTP/1.1 200 Connection Established\r\n\r\n');
+    const early = watch.take();
     if (head.length > 0) dialed.socket.write(head);
+    if (early.length > 0) dialed.socket.write(early);
     host.startTunnel(down, dialed.socket, { kind: 'connect', tracker: null, heartbeat: null, earlyData: [] });
   });
 }

@@ -312,6 +312,8 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
       method: head.method,
       head: text,
       hasBody: head.body !== 'none',
+      bodyLength: head.body === 'length' ? head.contentLength : null,
+      expectContinue: head.expectContinue,
       retry: http.retry,
       responseTimeoutMs: http.responseTimeoutMs,
     });
@@ -322,6 +324,17 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
     const socket = session.socket;
     if (head.method === 'CONNECT') this.#onConnect(head, socket, rest);
     else this.#onUpgrade(head, socket, rest);
+  }
+
+  evicted(reason: EvictionReason): void {
+    this.#metrics.eviction(reason).inc();
+  }
+
+  reclaim(down: net.Socket): () => void {
+    const session = this.#sessions.get(down);
+    if (session !== undefined) return session.reclaim();
+    // Drain already let go of it: nothing is left to answer.
+    return () => down.destroy();
   }
 
   sessionClosed(session: ClientSession): void {

@@ -21,6 +21,7 @@ export function sessionSettings(options: HttpOptions): SessionSettings {
   return {
     maxHeaderSize: options.maxHeaderSize,
     headersTimeoutMs: options.headersTimeoutMs,
+    bodyTimeoutMs: options.bodyTimeoutMs,
     clientIdleTimeoutMs: options.clientIdleTimeoutMs,
     clientMaxRequests: options.clientMaxRequests,
     // As node's server said it: clients (node's agent among them) stop reusing a

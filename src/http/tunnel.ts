@@ -28,6 +28,12 @@ export interface TunnelHost {
   dial(target: DialTarget): DialAttempt;
   /** requests_total for an Upgrade or CONNECT, with the status the client got. */
   answered(status: number): void;
+  /**
+   * The upstream declined an Upgrade: the client connection returns to its HTTP session,
+   * which watches it again (FIN, reset) and closes it when the returned call says the
+   * relayed answer is written.
+   */
+  reclaim(down: net.Socket): () => void;
   /** From here on the session owns both sockets. */
   startTunnel(down: net.Socket, up: net.Socket, options: TunnelOptions): void;
 }
@@ -44,6 +50,51 @@ export function resettableTls(secure: tls.TLSSocket | net.Socket, raw: net.Socke
     return this;
   };
   return secure;
+}
+
+/** Client bytes held while a tunnel is set up; past this, reading pauses until the tunnel starts. */
+const EARLY_LIMIT = 64 * 1024;
+
+/**
+ * Watches a client while its tunnel is being set up (dial, handshake). Its socket keeps
+ * reading instead of being paused, because a paused socket never sees the client's FIN
+ * or reset: a client that leaves is let go at once (its 'close' abandons the dial or
+ * handshake). What it sends meanwhile is held, up to EARLY_LIMIT, for take().
+ */
+export class ClientWatch {
+  readonly #down: net.Socket;
+  #held: Buffer[] = [];
+  #heldBytes = 0;
+
+  constructor(down: net.Socket) {
+    this.#down = down;
+    down.on('data', this.#onData);
+    down.on('end', this.#onEnd);
+    down.resume();
+  }
+
+  /** Stops watching (the socket is left paused for its next owner); returns the bytes held, in order. */
+  take(): Buffer {
+    const down = this.#down;
+    down.off('data', this.#onData);
+    down.off('end', this.#onEnd);
+    down.pause();
+    const held = this.#held.length === 1 ? this.#held[0]! : Buffer.concat(this.#held);
+    this.#held = [];
+    this.#heldBytes = 0;
+    return held;
+  }
+
+  readonly #onData = (chunk: Buffer): void => {
+    this.#held.push(chunk);
+    this.#heldBytes += chunk.length;
+    if (this.#heldBytes > EARLY_LIMIT) this.#down.pause();
+  };
+
+  /** A client that stops sending before its tunnel exists has left (as the HTTP session treats a FIN). */
+  readonly #onEnd = (): void => {
+    this.#down.destroy();
+  };
 }
 
 /**

@@ -6,12 +6,14 @@ import { WebSocketTracker } from '../protocols/websocket.js';
 import type { RequestHead } from './head-parser.js';
 import { HOP_BY_HOP, endToEnd } from './headers.js';
 import { respondRaw } from './respond.js';
-import { dialForClient, resettableTls, type TunnelHost } from './tunnel.js';
+import { ClientWatch, dialForClient, resettableTls, type TunnelHost } from './tunnel.js';
 
 // Upgrade passthrough (WebSocket, or any protocol the upstream agrees to): the handshake
 // goes to the upstream over a fresh connection, its 101 goes back verbatim, and from
 // then on the two sockets are one tunnel. With a heartbeat configured and a WebSocket
-// agreed, the tunnel pings the upstream when silent and expects the pong.
+// agreed, the tunnel pings the upstream when silent and expects the pong. An upstream
+// that declines (any answer but 101) has its answer relayed, and the client connection
+// goes back to its HTTP session to be closed (it asked for Connection: close).
 
 export interface UpgradeTarget {
   readonly dial: DialTarget;
@@ -28,11 +30,11 @@ const SAFE_EXTENSIONS: ReadonlySet<string> = new Set(['permessage-deflate']);
 export function proxyUpgrade(host: TunnelHost, req: RequestHead, down: net.Socket, head: Buffer, target: UpgradeTarget): void {
   // The HTTP server let go of the socket: its error handler and reading went with it.
   down.on('error', () => {});
-  down.pause();
-  dialForClient(host, down, target.dial, 'the upstream', (dialed) => handshake(host, req, down, head, dialed, target));
+  const watch = new ClientWatch(down);
+  dialForClient(host, down, target.dial, 'the upstream', (dialed) => handshake(host, req, down, watch, head, dialed, target));
 }
 
-function handshake(host: TunnelHost, req: RequestHead, down: net.Socket, head: Buffer, dialed: DialedSocket, target: UpgradeTarget): void {
+function handshake(host: TunnelHost, req: RequestHead, down: net.Socket, watch: ClientWatch, head: Buffer, dialed: DialedSocket, target: UpgradeTarget): void {
   let settled = false;
   const ureq = http.request({
     createConnection: () => dialed.socket,
@@ -85,16 +87,18 @@ function handshake(host: TunnelHost, req: RequestHead, down: net.Socket, head: B
     host.answered(ures.statusCode ?? 101);
 
     const tracker = heartbeatTracker(target.heartbeat, ures);
-    if (head.length > 0) {
-      tracker?.fromClient(head);
-      up.write(head);
+    const early = watch.take();
+    for (const chunk of [head, early]) {
+      if (chunk.length === 0) continue;
+      tracker?.fromClient(chunk);
+      up.write(chunk);
     }
-    const early = upstreamHead.length > 0 ? [tracker ? tracker.fromServer(upstreamHead) : upstreamHead] : [];
+    const fromUpstream = upstreamHead.length > 0 ? [tracker ? tracker.fromServer(upstreamHead) : upstreamHead] : [];
     host.startTunnel(down, resettableTls(up, dialed.raw), {
       kind: 'upgrade',
       tracker,
       heartbeat: tracker ? target.heartbeat : null,
-      earlyData: early.filter((chunk) => chunk.length > 0),
+      earlyData: fromUpstream.filter((chunk) => chunk.length > 0),
     });
   });
   ureq.on('response', (ures: http.IncomingMessage) => {
@@ -107,6 +111,9 @@ function handshake(host: TunnelHost, req: RequestHead, down: net.Socket, head: B
     settled = true;
     if (timer) clearTimeout(timer);
     down.off('close', onClientGone);
+    // The session watches the client again while the answer is relayed, then closes it.
+    watch.take();
+    const closeClient = host.reclaim(down);
     const status = ures.statusCode ?? 502;
     host.answered(status);
     const lines = [`HTTP/1.1 ${status} ${ures.statusMessage ?? ''}`];
@@ -121,7 +128,7 @@ function handshake(host: TunnelHost, req: RequestHead, down: net.Socket, head: B
       }
     });
     ures.on('end', () => {
-      down.end();
+      closeClient();
       dialed.socket.destroy();
     });
     ures.on('error', () => {

@@ -27,7 +27,9 @@ export type EvictionReason =
   | 'client_aborted'
   | 'response_timeout'
   | 'replaced'
-  | 'reload';
+  | 'reload'
+  // HTTP client side (issue 8): a request body that stalled past http.bodyTimeout.
+  | 'body_timeout';
 
 export class Metrics {
   readonly registry = new client.Registry();

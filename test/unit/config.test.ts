@@ -211,6 +211,17 @@ describe('a valid config', () => {
     expect(out!.upstream).toBeNull();
   });
 
+  it('reads http.bodyTimeout: 60s by default, inherited from defaults, 0 for off, a bare number refused', () => {
+    const route = (http: string): string[] => ['  - name: web', '    listen: 127.0.0.1:10001', '    protocol: http', '    upstream: http://127.0.0.1:20001', ...(http ? [`    http: ${http}`] : [])];
+    const timeouts = parseConfigText(
+      yaml('defaults:', '  http: { bodyTimeout: 15s }', 'routes:', ...route(''), ...route('{ bodyTimeout: 0 }').map((line) => line.replace('web', 'off').replace('10001', '10002'))),
+      'test.yaml',
+    ).routes.map((r) => r.http.bodyTimeoutMs);
+    expect(timeouts).toEqual([15_000, 0]);
+    expect(parseConfigText(yaml('routes:', ...route('')), 'test.yaml').routes[0]!.http.bodyTimeoutMs).toBe(60_000);
+    expect(issuesOf(yaml('routes:', ...route('{ bodyTimeout: 20 }')))).toHaveLength(1);
+  });
+
   it('ignores an inherited heartbeat without send on a plain tcp route', () => {
     const config = parseConfigText(
       yaml('defaults:', '  heartbeat: { every: 20s, timeout: 5s }', 'routes:', ...ROUTE),

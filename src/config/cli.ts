@@ -1,7 +1,7 @@
-import { existsSync, readFileSync } from 'node:fs';
-import { dirname, resolve as resolvePath } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { existsSync } from 'node:fs';
+import { resolve as resolvePath } from 'node:path';
 import { parseArgs } from 'node:util';
+import { buildInfo, PACKAGE_ROOT } from '../build-info.js';
 import { ConfigError, formatPath, type ConfigIssue } from './issues.js';
 import { loadConfigFile, type ConfigOverrides } from './load.js';
 import { resolveConfig, type Locate } from './resolve.js';
@@ -41,7 +41,6 @@ export type CliCommand =
   | { readonly kind: 'help'; readonly text: string }
   | { readonly kind: 'error'; readonly message: string };
 
-const PACKAGE_ROOT = resolvePath(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const CONFIG_FILE = 'config/keepalive-proxy.yaml';
 const COMMAND_LINE = '(command line)';
 
@@ -58,11 +57,30 @@ const OPTIONS = {
   'heartbeat-every': { type: 'string' },
   'heartbeat-timeout': { type: 'string' },
   'idle-timeout': { type: 'string' },
+  'keepalive-client': { type: 'string' },
+  'keepalive-upstream': { type: 'string' },
+  'user-timeout': { type: 'string' },
   allow: { type: 'string', multiple: true },
 } as const;
 
 /** Flags that describe the one route of a run without a file. */
-const ROUTE_FLAGS = ['listen', 'upstream', 'protocol', 'name', 'heartbeat-every', 'heartbeat-timeout', 'idle-timeout', 'allow'] as const;
+const ROUTE_FLAGS = [
+  'listen',
+  'upstream',
+  'protocol',
+  'name',
+  'heartbeat-every',
+  'heartbeat-timeout',
+  'idle-timeout',
+  'keepalive-client',
+  'keepalive-upstream',
+  'user-timeout',
+  'allow',
+] as const;
+
+/** The keepalive flags, each the three keys of one `keepalive.<side>` section. */
+const KEEPALIVE_FLAGS = { 'keepalive-client': 'client', 'keepalive-upstream': 'upstream' } as const;
+const KEEPALIVE_FORMAT = 'IDLE,INTERVAL,COUNT (e.g. 30s,5s,3)';
 
 /** The route name when --name is not given. */
 const FLAGS_ROUTE_NAME = 'default';
@@ -93,6 +111,14 @@ One route without a file (cannot be combined with --config):
       --heartbeat-every D      application heartbeat after D of silence (redis, postgres, mysql,
       --heartbeat-timeout D      http WebSocket pings); the reply is awaited for the timeout
       --idle-timeout D         close a connection silent for D (default 0: never)
+      --keepalive-upstream IDLE,INTERVAL,COUNT
+                               kernel TCP keepalive on upstream sockets: first probe after IDLE
+                               of silence, then every INTERVAL, dead after COUNT unanswered
+                               (whole seconds; default 30s,5s,3)
+      --keepalive-client IDLE,INTERVAL,COUNT
+                               the same on accepted client sockets (default 60s,10s,6)
+      --user-timeout D         TCP_USER_TIMEOUT on upstream sockets: unacknowledged data for D
+                               closes it (default 30s; 0 = kernel default)
       --allow HOST:PORT        http-forward destination pattern, * wildcards; repeat for more
 
 Durations are strings with a unit: 250ms, 20s, 5m, 2h, 1h30m; 0 means off.
@@ -109,7 +135,7 @@ export function parseCli(argv: readonly string[], options: { cwd?: string } = {}
   }
   const { values, positionals } = parsed;
   if (values.help) return { kind: 'help', text: HELP_TEXT };
-  if (values.version) return { kind: 'version', version: packageVersion() };
+  if (values.version) return { kind: 'version', version: buildInfo().version };
 
   const [command, ...extra] = positionals;
   if (command !== undefined && command !== 'check') {
@@ -119,6 +145,10 @@ export function parseCli(argv: readonly string[], options: { cwd?: string } = {}
   if (extra.length > 0) return { kind: 'error', message: `unexpected argument "${extra[0]}"` };
 
   const routeFlags = ROUTE_FLAGS.filter((flag) => values[flag] !== undefined);
+  for (const flag of Object.keys(KEEPALIVE_FLAGS) as Array<keyof typeof KEEPALIVE_FLAGS>) {
+    const value = values[flag];
+    if (value !== undefined && keepaliveParts(value) === null) return { kind: 'error', message: `--${flag} takes ${KEEPALIVE_FORMAT}, not "${value}"` };
+  }
   const overrides: ConfigOverrides = {
     ...(values.admin !== undefined ? { admin: values.admin } : {}),
     ...(values['log-level'] !== undefined ? { logLevel: values['log-level'] } : {}),
@@ -162,6 +192,13 @@ function flagsToRaw(values: Values): Record<string, unknown> {
   if (values.upstream !== undefined) route['upstream'] = values.upstream;
   if (values.protocol !== undefined) route['protocol'] = values.protocol;
   if (values['idle-timeout'] !== undefined) route['idleTimeout'] = values['idle-timeout'];
+  if (values['user-timeout'] !== undefined) route['userTimeout'] = values['user-timeout'];
+  for (const [flag, side] of Object.entries(KEEPALIVE_FLAGS) as Array<[keyof typeof KEEPALIVE_FLAGS, string]>) {
+    const parts = values[flag] === undefined ? null : keepaliveParts(values[flag]);
+    if (parts === null) continue;
+    const keepalive = (route['keepalive'] ??= {}) as Record<string, unknown>;
+    keepalive[side] = { idle: parts[0], interval: parts[1], count: /^\d+$/.test(parts[2]) ? Number(parts[2]) : parts[2] };
+  }
   if (values.allow !== undefined) route['allow'] = values.allow;
   if (values['heartbeat-every'] !== undefined || values['heartbeat-timeout'] !== undefined) {
     route['heartbeat'] = {
@@ -175,11 +212,20 @@ function flagsToRaw(values: Values): Record<string, unknown> {
   return raw;
 }
 
+/** IDLE,INTERVAL,COUNT split in three non-empty parts, or null; the validator judges each part. */
+function keepaliveParts(value: string): [string, string, string] | null {
+  const parts = value.split(',').map((part) => part.trim());
+  return parts.length === 3 && parts.every((part) => part !== '') ? (parts as [string, string, string]) : null;
+}
+
 /** Key path -> the flag that set it; the longest matching prefix wins. */
 const FLAG_OF_PATH: ReadonlyArray<readonly [string, string]> = [
   ['routes[0].heartbeat.timeout', '--heartbeat-timeout'],
   ['routes[0].heartbeat', '--heartbeat-every'],
   ['routes[0].idleTimeout', '--idle-timeout'],
+  ['routes[0].userTimeout', '--user-timeout'],
+  ['routes[0].keepalive.client', '--keepalive-client'],
+  ['routes[0].keepalive.upstream', '--keepalive-upstream'],
   ['routes[0].upstream', '--upstream'],
   ['routes[0].protocol', '--protocol'],
   ['routes[0].listen', '--listen'],
@@ -218,17 +264,11 @@ function usageMessage(error: unknown): string {
     return `unknown option ${option}${guess ? `; did you mean ${guess}?` : ''}`;
   }
   if (code === 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE' && option) {
-    return message.includes('argument missing') ? `${option} needs a value` : `${option} takes no value`;
+    if (message.includes('argument missing')) return `${option} needs a value`;
+    // "--idle-timeout -1s": parseArgs will not take a value that looks like an option.
+    if (message.includes('ambiguous')) return `${option} needs a value; write one that starts with "-" as ${option}=-VALUE`;
+    return `${option} takes no value`;
   }
   if (code === 'ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL') return message;
   return message;
-}
-
-function packageVersion(): string {
-  try {
-    const manifest = JSON.parse(readFileSync(resolvePath(PACKAGE_ROOT, 'package.json'), 'utf8')) as { version?: string };
-    return manifest.version ?? 'unknown';
-  } catch {
-    return 'unknown';
-  }
 }

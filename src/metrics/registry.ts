@@ -1,4 +1,5 @@
 import client from 'prom-client';
+import { buildInfo } from '../build-info.js';
 import { FastHistogram } from './fast-histogram.js';
 
 // Every metric of INTERFACE.md, with its help text, in one table. One registry per
@@ -31,6 +32,9 @@ export type EvictionReason =
   // HTTP client side (issue 8): a request body that stalled past http.bodyTimeout.
   | 'body_timeout';
 
+/** prom-client default metrics left out of /metrics, and why: see the constructor. */
+const DEFAULT_METRICS_DROPPED = ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total'];
+
 export class Metrics {
   readonly registry = new client.Registry();
   /** Hot-path counts are kept in plain numbers by their owners and pushed here on scrape. */
@@ -61,7 +65,7 @@ export class Metrics {
   });
   readonly upstreamConnectSeconds = new FastHistogram({
     name: `${PREFIX}upstream_connect_seconds`,
-    help: 'Time to establish an upstream TCP (and TLS) connection.',
+    help: 'Time to establish an upstream connection, TLS handshake included.',
     labelNames: ['route'] as const,
     buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
     registers: [this.registry],
@@ -80,7 +84,7 @@ export class Metrics {
   });
   readonly heartbeats = new client.Counter({
     name: `${PREFIX}heartbeats_total`,
-    help: 'Application heartbeats by result (ok, timeout, unsupported).',
+    help: 'Application heartbeats by result (ok, timeout, unsupported, sent).',
     labelNames: ['route', 'result'] as const,
     registers: [this.registry],
   });
@@ -93,7 +97,7 @@ export class Metrics {
   });
   readonly bytes = new client.Counter({
     name: `${PREFIX}bytes_total`,
-    help: 'Payload bytes forwarded: upstream = client to upstream, downstream = upstream to client.',
+    help: 'Payload bytes forwarded by direction (upstream, downstream): upstream = client to upstream, downstream = upstream to client.',
     labelNames: ['route', 'direction'] as const,
     registers: [this.registry],
   });
@@ -116,8 +120,22 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly buildInfo = new client.Gauge({
+    name: `${PREFIX}build_info`,
+    help: 'Always 1; its labels version, node and commit say what is running.',
+    labelNames: ['version', 'node', 'commit'] as const,
+    registers: [this.registry],
+  });
+
   constructor(collectDefaults = true) {
-    if (collectDefaults) client.collectDefaultMetrics({ register: this.registry, prefix: PREFIX });
+    const { version, node, commit } = buildInfo();
+    this.buildInfo.labels(version, node, commit).set(1);
+    if (collectDefaults) {
+      client.collectDefaultMetrics({ register: this.registry, prefix: PREFIX });
+      // Gauges named like counters fail `promtool check metrics`; each is the sum of the
+      // per-type gauge of the same name without _total (sum() gives it back).
+      for (const name of DEFAULT_METRICS_DROPPED) this.registry.removeSingleMetric(`${PREFIX}${name}`);
+    }
   }
 
   /** Registers a flush of counts gathered outside prom-client; returns its removal. */

@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { connect, freePort, listen0, readBytes } from '../helpers/net.js';
 import { MAIN, REPO_ROOT, startProxy } from '../helpers/proxy.js';
+import { until } from '../helpers/wait.js';
 
 // The binary as a user runs it: check, version, help, a flags-only route, the shipped config.
 
@@ -68,6 +69,31 @@ describe('keepalive-proxy command line', () => {
       expect((await readBytes(client, 5)).toString()).toBe('flags');
       client.end();
       expect(await proxy.metrics()).toContain('keepalive_proxy_connections_accepted_total{route="default"} 1');
+    } finally {
+      expect(await proxy.stop()).toBe(0);
+      await upstream.close();
+    }
+  });
+
+  it('applies the keepalive flags to both sockets of a proxied connection', async () => {
+    // Ends its side when the client does, so the pair closes and the proxy drains at once.
+    const upstream = await listen0((s) => s.on('end', () => s.end()));
+    const port = await freePort();
+    const proxy = await startProxy({
+      args: ['--listen', `127.0.0.1:${port}`, '--upstream', `127.0.0.1:${upstream.port}`, '--keepalive-upstream', '7s,3s,4', '--keepalive-client', '11s,2s,5', '--user-timeout', '13s'],
+    });
+    try {
+      const client = await connect(port);
+      const [connection] = await until(async () => {
+        const list = await proxy.connections();
+        return list.length === 1 ? list : null;
+      }, 10_000, 'the connection in /connections');
+      // Read back from the kernel with getsockopt by the proxy.
+      expect(connection!['socketOptions']).toMatchObject({
+        client: { keepalive: true, idleSeconds: 11, intervalSeconds: 2, count: 5 },
+        upstream: { keepalive: true, idleSeconds: 7, intervalSeconds: 3, count: 4, userTimeoutMs: 13_000 },
+      });
+      client.destroy();
     } finally {
       expect(await proxy.stop()).toBe(0);
       await upstream.close();

@@ -34,7 +34,7 @@ describe('parseCli: help, version, usage errors', () => {
       const command = parseCli(argv);
       expect(command.kind).toBe('help');
       const text = (command as { text: string }).text;
-      for (const flag of ['--config', '-c', 'check', '--admin', '--log-level', '--version', '--listen', '--upstream', '--protocol', '--name', '--heartbeat-every', '--heartbeat-timeout', '--idle-timeout', '--allow']) {
+      for (const flag of ['--config', '-c', 'check', '--admin', '--log-level', '--version', '--listen', '--upstream', '--protocol', '--name', '--heartbeat-every', '--heartbeat-timeout', '--idle-timeout', '--allow', '--keepalive-upstream', '--keepalive-client', '--user-timeout']) {
         expect(text).toContain(flag);
       }
     }
@@ -175,6 +175,74 @@ describe('parseCli: one route from flags', () => {
       heartbeat: { everyMs: 20_000, timeoutMs: 5_000, jitter: DEFAULTS.heartbeatJitter },
       idleTimeoutMs: 3_600_000,
     });
+  });
+
+  it('asks for --flag=-VALUE, not "takes no value", when any flag with a value gets one starting with "-"', () => {
+    const withValue = ['--config', '--admin', '--log-level', '--listen', '--upstream', '--protocol', '--name', '--heartbeat-every', '--heartbeat-timeout', '--idle-timeout', '--keepalive-upstream', '--keepalive-client', '--user-timeout', '--allow'];
+    for (const flag of withValue) {
+      for (const value of ['-1s', '-x,1s,3', '--x']) {
+        expect(parseCli([flag, value])).toEqual({ kind: 'error', message: `${flag} needs a value; write one that starts with "-" as ${flag}=-VALUE` });
+      }
+    }
+  });
+
+  it('sets TCP keepalive on both sides and TCP_USER_TIMEOUT from flags', () => {
+    const route = loaded(
+      parseCli([
+        '--listen', '127.0.0.1:15432',
+        '--upstream', 'db:5432',
+        '--keepalive-upstream', '20s,4s,3',
+        '--keepalive-client', '2m, 15s, 8',
+        '--user-timeout', '25s',
+      ]),
+    ).routes[0]!;
+    expect(route.keepalive).toEqual({
+      upstream: { idleMs: 20_000, intervalMs: 4_000, count: 3 },
+      client: { idleMs: 120_000, intervalMs: 15_000, count: 8 },
+    });
+    expect(route.userTimeoutMs).toBe(25_000);
+    // One side alone keeps the other side's defaults.
+    expect(loaded(parseCli(['--listen', '127.0.0.1:1', '--upstream', 'db:1', '--keepalive-upstream', '10s,1s,2'])).routes[0]!.keepalive.client).toEqual(
+      DEFAULTS.keepaliveClient,
+    );
+  });
+
+  it('gives every keepalive flag value a config, a usage error or an issue naming the flag, never a throw', () => {
+    // Generated values: every mix of good and bad parts, with wrong part counts.
+    const parts = ['30s', '1s', '0', '30', '1.5s', '-1s', '5m', 'x', '', ' ', '3', '127', '128', '0x10', '3.5', '1e3', '2h', 'NaN'];
+    const values: string[] = [];
+    for (const a of parts) for (const b of parts.slice(0, 8)) for (const c of parts) values.push(`${a},${b},${c}`);
+    for (const a of parts) values.push(a, `${a},${a}`, `${a},${a},${a},${a}`);
+    let configs = 0;
+    for (const flag of ['--keepalive-upstream', '--keepalive-client'] as const) {
+      for (const value of values) {
+        const command = parseCli(['--listen', '127.0.0.1:1', '--upstream', 'db:1', flag, value]);
+        if (command.kind === 'error' && value.startsWith('-')) {
+          expect(command.message).toBe(`${flag} needs a value; write one that starts with "-" as ${flag}=-VALUE`);
+          continue;
+        }
+        if (command.kind === 'error') {
+          expect(command.message).toBe(`${flag} takes IDLE,INTERVAL,COUNT (e.g. 30s,5s,3), not "${value}"`);
+          expect(value.split(',').filter((part) => part.trim() !== '').length).not.toBe(3);
+          continue;
+        }
+        let config: ProxyConfig;
+        try {
+          config = loaded(command);
+        } catch (error) {
+          if (!(error instanceof ConfigError)) throw error;
+          for (const line of formatIssues(error.issues).split('\n')) expect(line.startsWith(`${flag}: `), line).toBe(true);
+          continue;
+        }
+        configs++;
+        const [idle, interval, count] = value.split(',').map((part) => part.trim());
+        const side = config.routes[0]!.keepalive[flag === '--keepalive-upstream' ? 'upstream' : 'client'];
+        expect(side.count).toBe(Number(count));
+        expect([side.idleMs % 1000, side.intervalMs % 1000]).toEqual([0, 0]);
+        expect(`${idle},${interval}`).toMatch(/^\d+[smh],\d+[smh]$/);
+      }
+    }
+    expect(configs).toBeGreaterThan(10);
   });
 
   it('runs an http route and a forward proxy with repeated --allow', () => {

@@ -107,6 +107,12 @@ export class Metrics {
     labelNames: ['route'] as const,
     registers: [this.registry],
   });
+  readonly acceptErrors = new client.Counter({
+    name: `${PREFIX}accept_errors_total`,
+    help: 'Connections the listener failed to accept, by error code (EMFILE, ENFILE, ECONNABORTED, ...).',
+    labelNames: ['route', 'code'] as const,
+    registers: [this.registry],
+  });
   readonly configReloads = new client.Counter({
     name: `${PREFIX}config_reloads_total`,
     help: 'SIGHUP reloads by result (ok, error).',

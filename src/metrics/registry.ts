@@ -109,7 +109,7 @@ export class Metrics {
   });
   readonly acceptErrors = new client.Counter({
     name: `${PREFIX}accept_errors_total`,
-    help: 'Connections the listener failed to accept, by error code (EMFILE, ENFILE, ECONNABORTED, ...).',
+    help: 'Client connections a route could not take, by error code: failed accepts, and (tcp routes) clients accepted when no descriptor was left for their upstream (EMFILE, ENFILE).',
     labelNames: ['route', 'code'] as const,
     registers: [this.registry],
   });

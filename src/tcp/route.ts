@@ -233,6 +233,9 @@ class TcpRoute implements RouteHandle {
           return;
         }
         const timeout = error instanceof ProxyError && error.code === 'CONNECT_TIMEOUT';
+        // Out of descriptors: the client was taken but cannot be served, as a failed accept.
+        const fdLimit = outOfDescriptors(error);
+        if (fdLimit) this.#metrics.acceptError(fdLimit).inc();
         this.#connectFailures.note({ route: this.name, client: formatAddress(down.remoteAddress, down.remotePort), err: String((error as Error).message ?? error) });
         down.on('error', () => {});
         // A reset tells the client at once that nothing is behind this connection.
@@ -306,6 +309,12 @@ class TcpRoute implements RouteHandle {
     this.#drainWaiters = [];
     for (const resolve of waiters) resolve();
   }
+}
+
+/** EMFILE or ENFILE when a dial failed for want of a file descriptor, else null. */
+function outOfDescriptors(error: unknown): string | null {
+  const code = ((error as Error).cause as NodeJS.ErrnoException | undefined)?.code;
+  return code === 'EMFILE' || code === 'ENFILE' ? code : null;
 }
 
 function heartbeatCodec(config: RouteConfig): HeartbeatCodec | null {

@@ -4,10 +4,11 @@ import type { RouteConfig } from '../config/schema.js';
 import type { Side } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { EvictionReason } from '../metrics/registry.js';
-import { formatAddress, listenOn } from '../net/listen.js';
+import { formatAddress, listenOn, watchListenerErrors } from '../net/listen.js';
 import { applyKeepalive, applyKeepaliveToListener, readSocketOptions } from '../net/sockopt.js';
-import { dialUpstream, type DialAttempt, type DialTarget } from '../pool/http-dial.js';
-import { countDial, HttpPool, type PoolSettings } from '../pool/http-pool.js';
+import { describeTarget, dialUpstream, type DialAttempt, type DialTarget } from '../pool/http-dial.js';
+import { countDial, countDialFailure, HttpPool, type PoolSettings } from '../pool/http-pool.js';
+import { BurstLog } from '../log-burst.js';
 import { RouteMetrics } from '../metrics/route-metrics.js';
 import type { ConnectionInfo, RouteDeps, RouteHandle } from '../route.js';
 import { Session, type HeartbeatResult, type SessionEvents } from '../tcp/session.js';
@@ -73,6 +74,11 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
   /** connections_active as last reported: it follows #sessions.size, which drain clears at once. */
   #activeReported = 0;
   readonly #unregisterFlush: () => void;
+  /** Failed upstream connects (requests answered 502/504, tunnels refused), folded. */
+  readonly #connectFailures: BurstLog;
+  /** Tunnels the proxy evicted: a mass eviction is one line and per-second counts by reason. */
+  readonly #evictions: BurstLog;
+  readonly #acceptErrors: BurstLog;
 
   constructor(config: RouteConfig, deps: RouteDeps) {
     this.name = config.name;
@@ -82,13 +88,15 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
     this.#reverse = this.#forward ? null : reverseUpstream(config);
     this.#allowlist = new Allowlist(config.allow);
     this.#metrics = new RouteMetrics(deps.metrics, this.name);
+    this.#connectFailures = new BurstLog(deps.log, deps.clock, { level: 'warn', msg: 'upstream connect failed; answering 502/504', countBy: 'results' });
+    this.#evictions = new BurstLog(deps.log, deps.clock, { level: 'info', msg: 'tunnel evicted', countBy: 'reasons' });
     this.#pool = this.#newPool(config);
     this.#poolKey = poolKey(config);
 
     this.sessionSettings = sessionSettings(config.http);
     const server = createProxyServer((socket) => this.#accept(socket, null));
     this.#server = server;
-    server.on('error', (error) => deps.log.error({ route: this.name, err: error }, 'listener error'));
+    this.#acceptErrors = watchListenerErrors(server, this.name, this.#metrics, deps);
     this.#unregisterFlush = deps.metrics.onScrape(() => this.#flushCounts());
 
     this.#sessionEvents = {
@@ -174,6 +182,7 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
       this.#pool.close(reason);
     }
     this.#flushCounts();
+    for (const burst of [this.#connectFailures, this.#evictions, this.#acceptErrors]) burst.flush();
     this.#unsubscribe?.();
     this.#unsubscribe = null;
     this.#unregisterFlush();
@@ -251,7 +260,7 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
       (dialed) => countDial(metrics, dialed),
       (error: { code?: string; side?: Side }) => {
         if (error.side === 'downstream') return; // aborted because the client left
-        metrics.connect(error.code === 'CONNECT_TIMEOUT' ? 'timeout' : 'error').inc();
+        countDialFailure(metrics, this.#connectFailures, { route: this.name, upstream: describeTarget(target) }, error);
       },
     );
     return attempt;
@@ -426,7 +435,7 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
     this.#metrics.eviction(reason).inc();
     const fields = { route: this.name, id: session.id, reason, side, bytesUpstream: session.bytesUp, bytesDownstream: session.bytesDown };
     if (reason === 'peer_closed' || reason === 'shutdown') this.#deps.log.debug(fields, 'tunnel closed');
-    else this.#deps.log.info(fields, 'tunnel evicted');
+    else this.#evictions.note(fields, reason);
   }
 
   #onHeartbeat(session: Session, result: HeartbeatResult, ms: number, detail?: string): void {
@@ -448,7 +457,7 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
       connectTimeoutMs: config.connectTimeoutMs,
       noDelay: config.noDelay,
     };
-    return new HttpPool({ route: config.name, settings, metrics: this.#metrics, clock: this.#deps.clock, log: this.#deps.log });
+    return new HttpPool({ route: config.name, settings, metrics: this.#metrics, clock: this.#deps.clock, log: this.#deps.log, connectFailures: this.#connectFailures });
   }
 
   #tick(now: number): void {

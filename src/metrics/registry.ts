@@ -113,6 +113,12 @@ export class Metrics {
     labelNames: ['route'] as const,
     registers: [this.registry],
   });
+  readonly acceptErrors = new client.Counter({
+    name: `${PREFIX}accept_errors_total`,
+    help: 'Client connections a route could not take, by error code: failed accepts, and (tcp routes) clients accepted when no descriptor was left for their upstream (EMFILE, ENFILE).',
+    labelNames: ['route', 'code'] as const,
+    registers: [this.registry],
+  });
   readonly configReloads = new client.Counter({
     name: `${PREFIX}config_reloads_total`,
     help: 'SIGHUP reloads by result (ok, error).',

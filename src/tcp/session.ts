@@ -4,6 +4,7 @@ import type { Side } from '../errors.js';
 import type { EvictionReason } from '../metrics/registry.js';
 import type { Tracker } from '../protocols/types.js';
 import { readInto } from '../net/shared-reads.js';
+import { readOnAfterWriteError } from '../net/last-reads.js';
 
 // One proxied pair: the downstream (client) socket and the upstream socket, spliced
 // both ways with backpressure and half-close, and closed exactly once through
@@ -59,6 +60,16 @@ type OwnedSocket = net.Socket & { [OWNER]?: Session };
 /** Reasons that end a pair with FIN after a flush; every other reason resets both sides. */
 const CLEAN_REASONS: ReadonlySet<EvictionReason> = new Set(['peer_closed', 'shutdown', 'idle_timeout', 'route_removed']);
 const CLEAN_CLOSE_GRACE_MS = 5_000;
+/** How long a socket whose write failed may go on reading the peer's last bytes. */
+const LAST_READS_GRACE_MS = 1_000;
+
+/** A write failed on one side: the close waits until that side's last bytes are read. */
+interface PendingFailure {
+  readonly reason: EvictionReason;
+  readonly side: Side;
+  readonly error: NodeJS.ErrnoException;
+  readonly at: number;
+}
 
 export class Session {
   readonly id: string;
@@ -92,6 +103,7 @@ export class Session {
   #closedAt = 0;
   #closeReason: EvictionReason | null = null;
   #closeSide: Side = 'proxy';
+  #pendingFailure: PendingFailure | null = null;
 
   constructor(down: net.Socket, up: net.Socket, events: SessionEvents, options: SessionOptions) {
     this.id = options.id;
@@ -129,6 +141,8 @@ export class Session {
     (up as OwnedSocket)[OWNER] = this;
     readInto(down, Session.#downData);
     readInto(up, Session.#upData);
+    readOnAfterWriteError(down, Session.#writeFailed);
+    readOnAfterWriteError(up, Session.#writeFailed);
     // Backpressure: a full write buffer on one side pauses reading on the other, so
     // the proxy never holds more than the sockets' own buffers.
     up.on('drain', Session.#upDrain);
@@ -164,11 +178,13 @@ export class Session {
   static #downEnd(this: net.Socket): void {
     const session = Session.#of(this);
     session.#downEnded = true;
+    if (session.#closeIfFailed('downstream')) return;
     if (session.#held.length === 0) session.up.end();
   }
   static #upEnd(this: net.Socket): void {
     const session = Session.#of(this);
     session.#upEnded = true;
+    if (session.#closeIfFailed('upstream')) return;
     session.down.end();
   }
   static #downError(this: net.Socket, error: NodeJS.ErrnoException): void {
@@ -177,11 +193,36 @@ export class Session {
   static #upError(this: net.Socket, error: NodeJS.ErrnoException): void {
     Session.#of(this).close(reasonForError(error), 'upstream', error);
   }
+  static #writeFailed(socket: net.Socket, error: NodeJS.ErrnoException): void {
+    const session = Session.#of(socket);
+    const side: Side = socket === session.down ? 'downstream' : 'upstream';
+    if (session.#closed) {
+      resetOrDestroy(socket);
+      return;
+    }
+    if (session.#pendingFailure) {
+      session.close(reasonForError(error), side, error);
+      return;
+    }
+    // The peer is gone, but what it sent before going is still to be read: stop feeding
+    // it (the other side pauses) and let its reads run to their end (see net/last-reads.ts).
+    session.#pendingFailure = { reason: reasonForError(error), side, error, at: Date.now() };
+    (side === 'upstream' ? session.down : session.up).pause();
+    socket.resume();
+  }
   static #downClose(this: net.Socket): void {
     Session.#of(this).#onSocketClosed('downstream');
   }
   static #upClose(this: net.Socket): void {
     Session.#of(this).#onSocketClosed('upstream');
+  }
+
+  /** The side whose write failed has read to its end: the pair closes as that failure. */
+  #closeIfFailed(side: Side): boolean {
+    const failure = this.#pendingFailure;
+    if (failure?.side !== side) return false;
+    this.close(failure.reason, failure.side, failure.error);
+    return true;
   }
 
   #onClientData(chunk: Buffer): void {
@@ -256,6 +297,11 @@ export class Session {
       if (now - this.#closedAt >= CLEAN_CLOSE_GRACE_MS) this.destroy(this.#closeReason ?? 'peer_closed');
       return;
     }
+    const failure = this.#pendingFailure;
+    if (failure && now - failure.at >= LAST_READS_GRACE_MS) {
+      this.#closeIfFailed(failure.side);
+      return;
+    }
     if (this.#idleTimeoutMs > 0 && now - this.lastPayloadAt >= this.#idleTimeoutMs) {
       this.close('idle_timeout', 'proxy');
       return;
@@ -293,6 +339,7 @@ export class Session {
       if (this.#closedSockets === 2) this.#finish();
       return;
     }
+    if (this.#closeIfFailed(side)) return;
     // One socket closed without an error event: either the normal end of a half-closed
     // pair (both FINs seen), or a destroy we did not cause. Either way the pair is over.
     const bothEnded = this.#downEnded && this.#upEnded;
@@ -301,7 +348,10 @@ export class Session {
 
   /**
    * Ends the pair once. Resets (RST) the other side when the peer reset or died, so the
-   * client's pool drops the connection at once; a clean end lets queued bytes flush.
+   * client's pool drops the connection at once, but only after the bytes already read
+   * from the failed peer have been handed to it, as a direct connection would have shown
+   * them (the peer's last words: an error reply before its reset). A clean end lets
+   * queued bytes flush.
    */
   close(reason: EvictionReason, side: Side, error?: NodeJS.ErrnoException): void {
     if (this.#closed) return;
@@ -309,12 +359,16 @@ export class Session {
     this.#closedAt = Date.now();
     this.#closeReason = reason;
     this.#closeSide = side;
-    this.#held = [];
     void error;
     const abrupt = !CLEAN_REASONS.has(reason);
+    // Client bytes held behind a probe were read before the client went: they are its last words.
+    if (abrupt && side === 'downstream' && !this.up.destroyed) for (const chunk of this.#held) this.up.write(chunk);
+    this.#held = [];
     for (const socket of [this.down, this.up]) {
       if (socket.destroyed) continue;
-      if (abrupt) resetOrDestroy(socket);
+      const survivor = (side === 'upstream' && socket === this.down) || (side === 'downstream' && socket === this.up);
+      if (abrupt && survivor) resetAfterFlush(socket);
+      else if (abrupt) resetOrDestroy(socket);
       else {
         // Clean close: flush what is queued, send FIN, and make sure the socket goes away
         // even if the peer never reads (destroySoon ends then destroys after the flush).
@@ -336,8 +390,17 @@ export class Session {
   }
 }
 
+/** RST once every byte queued in node for the socket has reached the kernel (bounded by the close grace). */
+function resetAfterFlush(socket: net.Socket): void {
+  if (socket.writableLength === 0) resetOrDestroy(socket);
+  else if (socket.writableEnded) socket.once('finish', () => resetOrDestroy(socket));
+  else socket.write(EMPTY, () => resetOrDestroy(socket));
+}
+const EMPTY = Buffer.alloc(0);
+
 /** RST where the socket allows it (a TLS socket or one still connecting throws), else a plain destroy. */
 function resetOrDestroy(socket: net.Socket): void {
+  if (socket.destroyed) return;
   try {
     if (!socket.connecting) {
       socket.resetAndDestroy();

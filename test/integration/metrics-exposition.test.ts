@@ -95,7 +95,7 @@ describe('/metrics exposition', () => {
       const row = documented.get(name);
       if (!row) continue; // the test above names it
       const readmeValues = [...row.labels.values()].flat();
-      const helpValues = family.help.match(/\(([a-z0-9_]+(?:, [a-z0-9_]+)+)\)/)?.[1]?.split(', ') ?? [];
+      const helpValues = family.help.match(/\(([A-Za-z0-9_]+(?:, [A-Za-z0-9_]+)+)\)/)?.[1]?.split(', ') ?? [];
       if (!sameSet(readmeValues, helpValues)) mismatches.push(`${name}: README lists [${readmeValues}], HELP "${family.help}"`);
     }
     expect(mismatches).toEqual([]);

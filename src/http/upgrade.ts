@@ -24,6 +24,9 @@ export interface UpgradeTarget {
   readonly responseTimeoutMs: number;
 }
 
+/** Fields the declined answer states from node's parse instead of copying. */
+const FRAMING: ReadonlySet<string> = new Set(['content-length', 'transfer-encoding']);
+
 /** Extensions known to leave control frames alone (RFC 7692 compresses data frames only). */
 const SAFE_EXTENSIONS: ReadonlySet<string> = new Set(['permessage-deflate']);
 
@@ -76,11 +79,13 @@ function handshake(host: TunnelHost, req: RequestHead, down: net.Socket, watch: 
       up.destroy();
       return;
     }
-    // The 101 goes back as the upstream wrote it, minus fields that describe our hop only.
+    // The 101 goes back as the upstream wrote it, minus fields that describe our hop only
+    // and minus Content-Length (a 1xx has no body: RFC 9110 8.6).
     const lines = [`HTTP/1.1 ${ures.statusCode} ${ures.statusMessage ?? ''}`];
     const raw = ures.rawHeaders;
     for (let i = 0; i < raw.length; i += 2) {
       const name = raw[i]!.toLowerCase();
+      if (name === 'content-length') continue;
       if (name === 'connection' || name === 'upgrade' || !HOP_BY_HOP.has(name)) lines.push(`${raw[i]}: ${raw[i + 1]}`);
     }
     down.write(`${lines.join('\r\n')}\r\n\r\n`);
@@ -117,8 +122,12 @@ function handshake(host: TunnelHost, req: RequestHead, down: net.Socket, watch: 
     const status = ures.statusCode ?? 502;
     host.answered(status);
     const lines = [`HTTP/1.1 ${status} ${ures.statusMessage ?? ''}`];
-    const kept = endToEnd(ures.rawHeaders);
+    const kept = endToEnd(ures.rawHeaders, FRAMING);
     for (let i = 0; i < kept.length; i += 2) lines.push(`${kept[i]}: ${kept[i + 1]}`);
+    // Framing from node's parse, never from the upstream's field lines: its length when it
+    // framed the body by one; otherwise (chunked, decoded by node) the close ends the body.
+    const length = ures.headers['content-length'];
+    if (length !== undefined && ures.headers['transfer-encoding'] === undefined && status !== 204) lines.push(`Content-Length: ${length}`);
     lines.push('Connection: close');
     down.write(`${lines.join('\r\n')}\r\n\r\n`);
     ures.on('data', (chunk: Buffer) => {

@@ -37,6 +37,14 @@ describe('hop-by-hop headers', () => {
     expect(upstreamRequestHeaders(incoming('GET', ['Host', 'a']), { host: 'u', forwarded: null })).toEqual(['Host', 'u']);
   });
 
+  it('writes the framing of the Upgrade request from the parse: a Connection option cannot remove Content-Length or Host', () => {
+    const req = incoming('POST', ['Host', 'a', 'Connection', 'Upgrade, Content-Length, Host, X-Hop', 'Content-Length', '5', 'X-Hop', '1', 'Upgrade', 'websocket']);
+    expect([...connectionNominated(req.rawHeaders)]).toEqual(['upgrade', 'x-hop']);
+    expect(upstreamRequestHeaders(req, { host: 'u', forwarded: null, upgrade: 'websocket' })).toEqual([
+      'Host', 'u', 'Connection', 'Upgrade', 'Upgrade', 'websocket', 'Content-Length', '5',
+    ]);
+  });
+
   it('keeps Upgrade for a WebSocket handshake and drops Proxy-Authorization when asked', () => {
     const req = incoming('GET', ['Host', 'a', 'Connection', 'Upgrade', 'Upgrade', 'websocket', 'Proxy-Authorization', 'Basic eA==', 'Sec-WebSocket-Key', 'k']);
     expect(upstreamRequestHeaders(req, { host: 'u', forwarded: null, upgrade: 'websocket', drop: ['proxy-authorization'] })).toEqual([

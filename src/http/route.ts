@@ -88,7 +88,10 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
     this.sessionSettings = sessionSettings(config.http);
     const server = createProxyServer((socket) => this.#accept(socket, null));
     this.#server = server;
-    server.on('error', (error) => deps.log.error({ route: this.name, err: error }, 'listener error'));
+    // A bind failure is listen()'s to report (once); this logs what comes after (accept errors).
+    server.on('error', (error) => {
+      if (this.#listening) deps.log.error({ route: this.name, err: error }, 'listener error');
+    });
     this.#unregisterFlush = deps.metrics.onScrape(() => this.#flushCounts());
 
     this.#sessionEvents = {

@@ -57,7 +57,10 @@ class TcpRoute implements RouteHandle {
     this.#connectFailures = new BurstLog(deps.log, 'upstream connect failed; closing client');
     this.#upstream = new UpstreamSource(config, this.#codec, deps, this.#metrics);
     this.#server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, (socket) => this.#accept(socket));
-    this.#server.on('error', (error) => deps.log.error({ route: this.name, err: error }, 'listener error'));
+    // A bind failure is listen()'s to report (once); this logs what comes after (accept errors).
+    this.#server.on('error', (error) => {
+      if (this.#listening) deps.log.error({ route: this.name, err: error }, 'listener error');
+    });
     this.#events = {
       onClosed: (session, reason, side) => this.#onSessionClosed(session, reason, side),
       onBytes: (direction, count) => {

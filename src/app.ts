@@ -163,8 +163,14 @@ class ProxyApp implements App {
     return [...this.#routes.values(), ...this.#retiring].flatMap((r) => r.connections());
   }
 
+  /** Bound addresses of the admin listener and of every route, retiring ones included. */
+  #ownListeners(): Array<{ host: string; port: number }> {
+    const handles = [...this.#routes.values(), ...this.#retiring];
+    return [this.#admin?.address() ?? null, ...handles.map((r) => r.address())].filter((a) => a !== null);
+  }
+
   async #buildRoute(config: RouteConfig): Promise<RouteHandle> {
-    const deps: RouteDeps = { metrics: this.metrics, log: this.#log, clock: this.clock };
+    const deps: RouteDeps = { metrics: this.metrics, log: this.#log, clock: this.clock, ownListeners: () => this.#ownListeners() };
     return HTTP_FAMILY.includes(config.protocol)
       ? // Loaded on demand: a TCP-only deployment never pays for the HTTP code.
         (await import('./http/route.js')).createHttpRoute(config, deps)

@@ -391,8 +391,10 @@ export class OriginPool {
       (error: unknown) => {
         this.#dials.delete(attempt);
         pool.moved('connecting', null);
+        // A destination the guard refused was never dialled: no connect to count.
+        const refused = error instanceof ProxyError && error.code === 'DESTINATION_REFUSED';
         const timeout = error instanceof ProxyError && error.code === 'CONNECT_TIMEOUT';
-        pool.metrics.connect(timeout ? 'timeout' : 'error').inc();
+        if (!refused) pool.metrics.connect(timeout ? 'timeout' : 'error').inc();
         if (!waiter.waiter.abandoned) waiter.waiter.connectionFailed(error);
         this.#dispatch();
       },

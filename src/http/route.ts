@@ -13,11 +13,12 @@ import { RouteMetrics } from '../metrics/route-metrics.js';
 import type { ConnectionInfo, RouteDeps, RouteHandle } from '../route.js';
 import { Session, type HeartbeatResult, type SessionEvents } from '../tcp/session.js';
 import { Allowlist } from './allowlist.js';
+import { DestinationGuard } from './destination-guard.js';
 import { acceptWithSharedReads, type ClientReads } from './accept.js';
 import type { ClientConnection } from './client.js';
 import { ClientSession, type SessionHost, type SessionSettings } from './client-session.js';
 import { Exchange, type ExchangeHost } from './exchange.js';
-import { proxyConnect, resolveForwardRequest } from './forward.js';
+import { proxyConnect, resolveForwardRequest, type ForwardDestination, type ForwardPolicy } from './forward.js';
 import { rawHeaders, type RequestHead } from './head-parser.js';
 import { upstreamRequestHead } from './head-writer.js';
 import { clientAddress, upstreamRequestHeaders } from './headers.js';
@@ -57,7 +58,8 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
   #pool: HttpPool;
   #poolKey: string;
   #reverse: ReverseUpstream | null;
-  #allowlist: Allowlist;
+  /** The allowlist and the guard that judges where names resolve (one guard for the route's life). */
+  #policy: ForwardPolicy;
   readonly #sessions = new Map<net.Socket, ClientSession>();
   /** Exchanges still reading a response whose client left (they go back to the pool after). */
   readonly #orphans = new Set<Exchange>();
@@ -86,7 +88,8 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
     this.#deps = deps;
     this.#forward = config.protocol === 'http-forward';
     this.#reverse = this.#forward ? null : reverseUpstream(config);
-    this.#allowlist = new Allowlist(config.allow);
+    const allowlist = new Allowlist(config.allow);
+    this.#policy = { allowlist, guard: new DestinationGuard(allowlist, deps.ownListeners, (fields) => deps.log.info({ route: this.name, ...fields }, 'forward destination refused after resolution')) };
     this.#metrics = new RouteMetrics(deps.metrics, this.name);
     this.#connectFailures = new BurstLog(deps.log, deps.clock, { level: 'warn', msg: 'upstream connect failed; answering 502/504', countBy: 'results' });
     this.#evictions = new BurstLog(deps.log, deps.clock, { level: 'info', msg: 'tunnel evicted', countBy: 'reasons' });
@@ -141,7 +144,9 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
     this.#forward = config.protocol === 'http-forward';
     this.sessionSettings = sessionSettings(config.http);
     if (this.#listening) this.#listenerSetsOptions = applyKeepaliveToListener(this.#server, config.keepalive.client, config.noDelay);
-    this.#allowlist = new Allowlist(config.allow);
+    const allowlist = new Allowlist(config.allow);
+    this.#policy.guard.update(allowlist);
+    this.#policy = { allowlist, guard: this.#policy.guard };
     this.#reverse = this.#forward ? null : reverseUpstream(config);
     const key = poolKey(config);
     if (key !== this.#poolKey) {
@@ -290,10 +295,10 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
     let path: string;
     let authority: string;
     if (this.#forward) {
-      const destination = resolveForwardRequest(head.url, this.#allowlist);
+      const destination = resolveForwardRequest(head.url, this.#policy);
       if (!destination.ok) return this.#refuse(session, head, destination.status, destination.detail);
       const { value } = destination;
-      origin = { host: value.host, port: value.port, tls: value.scheme === 'https' ? { rejectUnauthorized: true } : null };
+      origin = this.#forwardTarget(value);
       path = value.path;
       authority = value.authority;
     } else {
@@ -371,6 +376,16 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
     this.#sessions.set(socket, new ClientSession(socket, this, Date.now(), reads));
   }
 
+  /** A forward destination's dial: its name resolved once, through the guard. */
+  #forwardTarget(destination: ForwardDestination): DialTarget {
+    return {
+      host: destination.host,
+      port: destination.port,
+      tls: destination.scheme === 'https' ? { rejectUnauthorized: true } : null,
+      lookup: this.#policy.guard.lookupFor(destination.port),
+    };
+  }
+
   #clientOf(socket: net.Socket): ClientConnection {
     return this.#sessions.get(socket)!.client;
   }
@@ -388,14 +403,14 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
     let path: string;
     let authority: string;
     if (this.#forward) {
-      const destination = resolveForwardRequest(req.url, this.#allowlist);
+      const destination = resolveForwardRequest(req.url, this.#policy);
       if (!destination.ok) {
         this.answered(destination.status);
         respondRaw(socket, destination.status, destination.detail);
         return;
       }
       const { value } = destination;
-      dial = { host: value.host, port: value.port, tls: value.scheme === 'https' ? { rejectUnauthorized: true } : null };
+      dial = this.#forwardTarget(value);
       path = value.path;
       authority = value.authority;
     } else {
@@ -425,7 +440,7 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
       respondRaw(socket, 405, 'this route is a reverse proxy; CONNECT is for http-forward routes', 'Allow: GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH\r\n');
       return;
     }
-    proxyConnect(this, req, socket, head, this.#allowlist);
+    proxyConnect(this, req, socket, head, this.#policy);
   }
 
   // ---- tunnels ----
@@ -525,6 +540,8 @@ function poolKey(config: RouteConfig): string {
   const tls = config.tls;
   return JSON.stringify({
     upstream: config.upstreamUrl?.href ?? null,
+    // A forward route's pooled connections were judged by the allowlist they were dialled under.
+    allow: config.allow,
     pool: config.httpPool,
     keepalive: config.keepalive.upstream,
     userTimeoutMs: config.userTimeoutMs,

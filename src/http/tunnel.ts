@@ -3,7 +3,7 @@ import type tls from 'node:tls';
 import type { HeartbeatConfig } from '../config/schema.js';
 import type { Logger } from '../log.js';
 import type { DialAttempt, DialTarget, DialedSocket } from '../pool/http-dial.js';
-import { ProxyError } from '../errors.js';
+import { dialFailureStatus } from '../errors.js';
 import { respondRaw } from './respond.js';
 import type { Tracker } from '../protocols/types.js';
 
@@ -124,9 +124,10 @@ export function dialForClient(
     (error: unknown) => {
       down.off('close', onClientGone);
       if (down.destroyed) return;
-      const timeout = error instanceof ProxyError && error.code === 'CONNECT_TIMEOUT';
-      host.answered(timeout ? 504 : 502);
-      respondRaw(down, timeout ? 504 : 502, timeout ? `${what} did not accept the connection in time` : `${what} is unreachable`);
+      const status = dialFailureStatus(error);
+      host.answered(status);
+      const detail = status === 403 ? (error as Error).message : status === 504 ? `${what} did not accept the connection in time` : `${what} is unreachable`;
+      respondRaw(down, status, detail);
     },
   );
 }

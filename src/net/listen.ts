@@ -37,6 +37,8 @@ export function formatAddress(host: string | undefined, port: number | undefined
 export function watchListenerErrors(server: net.Server, route: string, metrics: RouteMetrics, deps: RouteDeps): BurstLog {
   const acceptErrors = new BurstLog(deps.log, deps.clock, { level: 'warn', msg: 'accept failed; the listener goes on', countBy: 'codes' });
   server.on('error', (error: NodeJS.ErrnoException) => {
+    // A bind failure is listen()'s to report, once (fatal at start, an error on reload).
+    if (error.syscall === 'listen' || error.syscall === 'bind') return;
     if (error.syscall !== 'accept') {
       deps.log.error({ route, err: error }, 'listener error');
       return;

@@ -24,6 +24,8 @@ export interface DialTarget {
   readonly host: string;
   readonly port: number;
   readonly tls: UpstreamTls | null;
+  /** Resolves a name for this dial (a forward route's guard judges the addresses); dns.lookup when absent. */
+  readonly lookup?: net.LookupFunction;
 }
 
 export interface DialSettings {
@@ -64,7 +66,13 @@ export function dialUpstream(target: DialTarget, settings: DialSettings, session
   const where = describeTarget(target);
   // TLS reads come from the TLS socket's stream; a plain socket reads into a reused buffer.
   const readBuffer = pooled && !target.tls ? new ReadBuffer() : null;
-  const raw = net.connect({ host: target.host, port: target.port, noDelay: settings.noDelay, ...(readBuffer ? { onread: readBuffer.onread } : {}) });
+  const raw = net.connect({
+    host: target.host,
+    port: target.port,
+    noDelay: settings.noDelay,
+    ...(target.lookup ? { lookup: target.lookup } : {}),
+    ...(readBuffer ? { onread: readBuffer.onread } : {}),
+  });
   let secure: tls.TLSSocket | null = null;
   let settle: { resolve(d: DialedSocket): void; reject(e: unknown): void } | null = null;
   const done = new Promise<DialedSocket>((resolve, reject) => (settle = { resolve, reject }));
@@ -91,7 +99,9 @@ export function dialUpstream(target: DialTarget, settings: DialSettings, session
     s.resolve({ socket, raw, connectMs: performance.now() - started, tlsResumed, readBuffer });
   }
   function onError(error: NodeJS.ErrnoException): void {
-    fail(new ProxyError('CONNECT_FAILED', 'upstream', `${where}: ${error.code ?? error.message}`, { cause: error }));
+    // The lookup's own verdict (DESTINATION_REFUSED) reaches the client as it is.
+    if (error instanceof ProxyError) fail(error);
+    else fail(new ProxyError('CONNECT_FAILED', 'upstream', `${where}: ${error.code ?? error.message}`, { cause: error }));
   }
 
   // These listeners stay for the socket's life and turn into no-ops once settled, so an

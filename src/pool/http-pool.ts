@@ -443,6 +443,8 @@ function originKey(target: DialTarget): string {
  * 504), and the route's folded log line: an outage is one line and per-second counts.
  */
 export function countDialFailure(metrics: RouteMetrics, failures: BurstLog | undefined, fields: { route: string; upstream: string }, error: unknown): void {
+  // A destination the forward guard refused was never dialled: no connect to count (forward.ts logs the refusal).
+  if (error instanceof ProxyError && error.code === 'DESTINATION_REFUSED') return;
   const result = error instanceof ProxyError && error.code === 'CONNECT_TIMEOUT' ? 'timeout' : 'error';
   metrics.connect(result).inc();
   failures?.note({ ...fields, result, err: error instanceof Error ? error.message : String(error) }, result);

@@ -1,6 +1,7 @@
 import type http from 'node:http';
 import { describe, expect, it } from 'vitest';
 import { Allowlist, normaliseHost } from '../../src/http/allowlist.js';
+import { DestinationGuard } from '../../src/http/destination-guard.js';
 import { parseConnectAuthority, resolveForwardRequest } from '../../src/http/forward.js';
 import { connectionNominated, endToEnd, upstreamRequestHeaders } from '../../src/http/headers.js';
 import { parseKeepAliveTimeoutMs } from '../../src/pool/http-connection.js';
@@ -100,7 +101,8 @@ describe('the forward allowlist', () => {
 });
 
 describe('forward targets', () => {
-  const list = new Allowlist(['origin.test:*', '[::1]:443']);
+  const allowlist = new Allowlist(['origin.test:*', '[::1]:443']);
+  const list = { allowlist, guard: new DestinationGuard(allowlist, () => [], () => {}) };
 
   it('resolves absolute-form requests and refuses the rest', () => {
     expect(resolveForwardRequest('http://origin.test:8080/a?b=1', list)).toEqual({

@@ -20,6 +20,8 @@ const IDLE_CONNS = 1000;
 const CONCURRENCY = { http: 4, churn: 4, connect: 4 };
 /** Growth that counts: the last third's mean above the first third's by this fraction AND this much. */
 const GROWTH = { rss: { fraction: 0.1, absolute: 8 * 1024 }, fds: { fraction: 0.1, absolute: 32 } };
+/** Two samples per third at least: one sample per third is just wherever the GC sawtooth happened to be. */
+const MIN_STEADY_SAMPLES = 6;
 
 function soakYaml() {
   const echo = `127.0.0.1:${ORIGIN_PORTS.echo}`;
@@ -61,12 +63,12 @@ const mean = (values) => values.reduce((sum, v) => sum + v, 0) / values.length;
 /**
  * "flat" or "growing" for one series: samples before `warmupS` are dropped (pools fill, V8 tiers up),
  * the rest are cut in thirds, and the series grows when the last third's mean exceeds the first
- * third's by more than both the fraction and the absolute amount in GROWTH. Fewer than 3 samples
- * after warm-up give "too short".
+ * third's by more than both the fraction and the absolute amount in GROWTH. Fewer than
+ * MIN_STEADY_SAMPLES after warm-up (runs under about 4 minutes) give "too short".
  */
 export function verdict(samples, key, warmupS, growth) {
   const steady = samples.filter((s) => s.t >= warmupS && s[key] !== null).map((s) => s[key]);
-  if (steady.length < 3) return { verdict: 'too short', first: null, last: null };
+  if (steady.length < MIN_STEADY_SAMPLES) return { verdict: 'too short', first: null, last: null };
   const third = Math.floor(steady.length / 3);
   const first = mean(steady.slice(0, third));
   const last = mean(steady.slice(-third));
@@ -155,8 +157,8 @@ function describeLoad({ name, result, exit }) {
 function soakReport({ minutes, warmupS, samples, rss, fds, results, idleStatus, held }) {
   const mib = (kib) => (kib / 1024).toFixed(1);
   const rows = samples.map((s) => `| ${s.t} | ${mib(s.rssKiB)} | ${s.fds} | ${s.accepted ?? '?'} | ${s.heartbeats ?? '?'} |`);
-  const line = (what, v, unit, scale) =>
-    v.first === null ? `- ${what}: too few samples after warm-up` : `- ${what}: **${v.verdict}** (first third ${scale(v.first)} ${unit}, last third ${scale(v.last)} ${unit})`;
+  const line = (what, v, scale) =>
+    v.first === null ? `- ${what}: too short (fewer than ${MIN_STEADY_SAMPLES} samples after warm-up)` : `- ${what}: **${v.verdict}** (first third ${scale(v.first)}, last third ${scale(v.last)})`;
   return [
     `## Soak: ${minutes} min`,
     '',
@@ -170,8 +172,8 @@ function soakReport({ minutes, warmupS, samples, rss, fds, results, idleStatus, 
     '',
     `Verdict (samples before ${warmupS} s dropped; the last third's mean against the first third's; growing means more than ` +
       `+${GROWTH.rss.fraction * 100}% and +${GROWTH.rss.absolute / 1024} MiB for RSS, +${GROWTH.fds.fraction * 100}% and +${GROWTH.fds.absolute} for fds):`,
-    line('RSS', rss, 'MiB', mib),
-    line('open fds', fds, '', (v) => v.toFixed(0)),
+    line('RSS', rss, (v) => `${mib(v)} MiB`),
+    line('open fds', fds, (v) => v.toFixed(0)),
     '',
     'Load:',
     ...results.map(describeLoad),

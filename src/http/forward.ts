@@ -1,5 +1,6 @@
 import net from 'node:net';
 import { Allowlist, normaliseHost } from './allowlist.js';
+import type { ClientSession } from './client-session.js';
 import type { RequestHead } from './head-parser.js';
 import { respondRaw } from './respond.js';
 import { ClientWatch, dialForClient, type TunnelHost } from './tunnel.js';
@@ -61,27 +62,27 @@ export function formatAuthority(host: string, port: number): string {
 }
 
 /** CONNECT host:port: a checked destination, a fresh upstream connection, then a tunnel. */
-export function proxyConnect(host: TunnelHost, req: RequestHead, down: net.Socket, head: Buffer, allowlist: Allowlist): void {
-  down.on('error', () => {});
-  const watch = new ClientWatch(down);
+export function proxyConnect(host: TunnelHost, req: RequestHead, client: ClientSession, head: Buffer, allowlist: Allowlist): void {
+  const down = client.socket;
+  const watch = new ClientWatch(client);
   const destination = parseConnectAuthority(req.url);
   if (!destination) {
     host.answered(400);
-    respondRaw(down, 400, 'CONNECT needs host:port');
+    respondRaw(client, 400, 'bad_request', 'CONNECT needs host:port');
     return;
   }
   if (!allowlist.allows(destination.host, destination.port)) {
     host.answered(403);
     host.log.info({ route: host.route, destination: formatAuthority(destination.host, destination.port) }, 'CONNECT denied by the allowlist');
-    respondRaw(down, 403, `${formatAuthority(destination.host, destination.port)} is not in this proxy's allowlist`);
+    respondRaw(client, 403, 'forbidden', `${formatAuthority(destination.host, destination.port)} is not in this proxy's allowlist`);
     return;
   }
-  dialForClient(host, down, { host: destination.host, port: destination.port, tls: null }, 'the destination', (dialed) => {
+  dialForClient(host, client, { host: destination.host, port: destination.port, tls: null }, 'the destination', (dialed) => {
     host.answered(200);
     down.write('HTTP/1.1 200 Connection Established\r\n\r\n');
     const early = watch.take();
     if (head.length > 0) dialed.socket.write(head);
     if (early.length > 0) dialed.socket.write(early);
-    host.startTunnel(down, dialed.socket, { kind: 'connect', tracker: null, heartbeat: null, earlyData: [] });
+    host.startTunnel(client, dialed.socket, { kind: 'connect', tracker: null, heartbeat: null, earlyData: [] });
   });
 }

@@ -29,7 +29,20 @@ export type EvictionReason =
   | 'replaced'
   | 'reload'
   // HTTP client side (issue 8): a request body that stalled past http.bodyTimeout.
-  | 'body_timeout';
+  | 'body_timeout'
+  // HTTP client side (issue 9): each end of a client connection of an HTTP route. Words the
+  // upstream pool also uses carry a client_ prefix, so the two sides never add up in one series.
+  | 'client_closed'
+  | 'client_reset'
+  | 'client_idle_timeout'
+  | 'client_max_requests'
+  | 'client_shutdown'
+  | 'client_error'
+  | 'headers_timeout'
+  | 'bad_request'
+  | 'forbidden'
+  | 'upgrade_declined'
+  | 'response_close';
 
 export class Metrics {
   readonly registry = new client.Registry();

@@ -47,6 +47,7 @@ class TcpRoute implements RouteHandle {
   #drainWaiters: Array<() => void> = [];
   readonly #events: SessionEvents;
   readonly #connectFailures: BurstLog;
+  readonly #refusedHeartbeats: BurstLog;
 
   constructor(config: RouteConfig, deps: RouteDeps) {
     this.name = config.name;
@@ -55,6 +56,11 @@ class TcpRoute implements RouteHandle {
     this.#codec = heartbeatCodec(config);
     this.#metrics = new RouteMetrics(deps.metrics, this.name);
     this.#connectFailures = new BurstLog(deps.log, 'upstream connect failed; closing client');
+    this.#refusedHeartbeats = new BurstLog(
+      deps.log,
+      'heartbeat answered with an error: the upstream is alive but refuses the probe (e.g. a Redis ACL user without +ping)',
+      60_000,
+    );
     this.#upstream = new UpstreamSource(config, this.#codec, deps, this.#metrics);
     this.#server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, (socket) => this.#accept(socket));
     this.#server.on('error', (error) => deps.log.error({ route: this.name, err: error }, 'listener error'));
@@ -249,6 +255,7 @@ class TcpRoute implements RouteHandle {
       idleTimeoutMs: config.idleTimeoutMs,
       heartbeat: config.heartbeat,
       tracker: lease.tracker,
+      responseTimeoutMs: config.responseTimeoutMs,
       reused: lease.reused,
       earlyData: lease.earlyData,
       now: Date.now(),
@@ -286,6 +293,7 @@ class TcpRoute implements RouteHandle {
     metrics.heartbeat(result).inc();
     if (result === 'ok') metrics.heartbeatRtt.observe(ms / 1000);
     else if (result === 'sent') return;
+    else if (result === 'error') this.#refusedHeartbeats.warn({ route: this.name, id: session.id });
     else if (result === 'unsupported') log.info({ route: this.name, id: session.id, why: detail }, 'heartbeats off for this connection (TCP keepalive only)');
     else log.warn({ route: this.name, id: session.id, waitedMs: ms }, 'heartbeat unanswered: upstream considered dead');
   }
@@ -298,9 +306,10 @@ class TcpRoute implements RouteHandle {
   }
 }
 
+/** The codec that follows the route's protocol: for its heartbeats, and for responseTimeout's notion of a request. */
 function heartbeatCodec(config: RouteConfig): HeartbeatCodec | null {
-  if (!config.heartbeat) return null;
-  return codecFor(config.protocol, { send: config.heartbeat.send, expect: config.heartbeat.expect });
+  if (!config.heartbeat && config.responseTimeoutMs === 0) return null;
+  return codecFor(config.protocol, { send: config.heartbeat?.send, expect: config.heartbeat?.expect });
 }
 
 function warnAboutOneWayHeartbeat(config: RouteConfig, deps: RouteDeps): void {

@@ -168,6 +168,8 @@ export class Session {
   static #downDrain(this: net.Socket): void {
     const session = Session.#of(this);
     session.#upBlocked = false;
+    // The server was not read while the client caught up: its reply deadline starts over.
+    if (session.#replyOwedSince !== 0) session.#replyOwedSince = nowCoarse();
     session.up.resume();
   }
   static #downEnd(this: net.Socket): void {
@@ -267,7 +269,8 @@ export class Session {
 
   /** The owed reply is later than responseTimeout (plus a blocking command's own timeout). */
   #replyOverdue(now: number): boolean {
-    if (this.#replyOwedSince === 0) return false;
+    // Paused because the client reads slowly: the silence is ours, not the server's.
+    if (this.#replyOwedSince === 0 || this.#upBlocked) return false;
     const tracker = this.#tracker;
     if (tracker && !tracker.awaitingReply) return false;
     return now - this.#replyOwedSince >= this.#responseTimeoutMs + (tracker?.replyGraceMs ?? 0);

@@ -87,6 +87,25 @@ describe('responseTimeout on redis', () => {
     expect(await evictions(proxy, 'response_timeout')).toBe(0);
   });
 
+  it('does not blame the server for a client that reads slowly (backpressure pauses the upstream)', async () => {
+    const { proxy, port } = await proxyFor('redis', redis.port, `    responseTimeout: ${RESPONSE_TIMEOUT_MS}ms`);
+    const setter = await connect(port);
+    cleanups.push(() => setter.destroy());
+    const size = 32 * 1024 * 1024;
+    setter.write(Buffer.concat([Buffer.from(`*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n$${size}\r\n`), Buffer.alloc(size, 0x61), Buffer.from('\r\n')]));
+    expect((await readBytes(setter, 5, 20_000)).toString()).toBe('+OK\r\n');
+    const reader = await connect(port);
+    cleanups.push(() => reader.destroy());
+    reader.pause();
+    reader.write('*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n');
+    await sleep(RESPONSE_TIMEOUT_MS + SLACK_MS);
+    reader.resume();
+    const header = `$${size}\r\n`;
+    const reply = await readBytes(reader, header.length + size + 2, 30_000);
+    expect(reply.length).toBe(header.length + size + 2);
+    expect(await evictions(proxy, 'response_timeout')).toBe(0);
+  });
+
   it('never cuts BLPOP k 0 (block for ever) nor SUBSCRIBE', async () => {
     const { proxy, port } = await proxyFor('redis', redis.port, `    responseTimeout: ${RESPONSE_TIMEOUT_MS}ms`);
     const blocked = await connect(port);

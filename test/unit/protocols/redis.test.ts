@@ -294,6 +294,37 @@ describe('redis codec', () => {
     }
   });
 
+  it('generated pipelines, cut at random offsets: the grace is always the oldest unanswered command\'s', () => {
+    const kinds: Array<[Buffer, number, Buffer]> = [
+      [command('GET', 'k'), 0, bytes('$-1\r\n')],
+      [command('BLPOP', 'a', 'b', '2'), 2_000, bytes('*-1\r\n')],
+      [command('BZPOPMAX', 'z', '0'), Infinity, bytes('*-1\r\n')],
+      [command('WAIT', '0', '75'), 75, bytes(':0\r\n')],
+      [command('XREAD', 'BLOCK', '30', 'STREAMS', 's', '$'), 30, bytes('*-1\r\n')],
+      [command('XREAD', 'COUNT', '2', 'STREAMS', 'block', '0'), 0, bytes('*-1\r\n')],
+      [bytes('BLPOP k 9\r\n'), 9_000, bytes('*-1\r\n')],
+      [command('SET', 'k', 'x'.repeat(40)), 0, bytes('+OK\r\n')],
+    ];
+    let seed = 12345;
+    const random = (n: number): number => {
+      seed = (seed * 1103515245 + 12345) % 2147483648;
+      return seed % n;
+    };
+    for (let round = 0; round < 300; round++) {
+      const picked = Array.from({ length: 1 + random(6) }, () => kinds[random(kinds.length)]!);
+      const stream = Buffer.concat(picked.map(([data]) => data));
+      const t = fresh();
+      const cuts = Array.from({ length: random(4) }, () => random(stream.length + 1)).sort((a, b) => a - b);
+      clientSplit(t, stream, cuts);
+      for (const [data, grace, reply] of picked) {
+        const label = `round ${round}: ${data.toString('latin1').replace(/\r\n/g, ' ')}`;
+        expect([t.awaitingReply, t.replyGraceMs], label).toEqual([true, grace]);
+        expect(t.fromServer(reply).toString('latin1')).toBe(reply.toString('latin1'));
+      }
+      expect([t.awaitingReply, t.state]).toEqual([false, 'quiet']);
+    }
+  });
+
   it('a blocking command inside MULTI only queues; the grace follows the oldest unanswered command', () => {
     run(fresh(), [
       { client: Buffer.concat([command('MULTI'), command('BLPOP', 'k', '0')]) },

@@ -63,8 +63,8 @@ export interface ExchangeClient {
   readonly holdsWrites: boolean;
   /** The connection lines of the response head; decides whether the client connection persists. */
   connectionLines(closeDelimited: boolean): string;
-  /** latin1 text. */
-  writeInterim(head: string): void;
+  /** An interim (1xx) head, latin1 text; false when the client's buffer is full (wait for clientDrained). */
+  writeInterim(head: string): boolean;
   /** The response head (and maybe the first body bytes), latin1 text; false when the client's buffer is full (wait for clientDrained). */
   writeHead(head: string): boolean;
   writeBody(chunk: Buffer): boolean;
@@ -385,7 +385,10 @@ export class Exchange implements PoolWaiter, BodySink {
     if (head.status === 100) this.#continued = true;
     if (this.#deadline !== 0) this.#armDeadline();
     // RFC 9110 15.2: a proxy never sends a 1xx to an HTTP/1.0 client.
-    if (!this.#discarding && this.#client.httpVersion === '1.1') this.#client.writeInterim(interimResponseHead(head));
+    if (!this.#discarding && this.#client.httpVersion === '1.1' && !this.#client.writeInterim(interimResponseHead(head))) {
+      // An upstream may send any number of 1xx: like body bytes, they wait for the client.
+      this.#pauseResponse();
+    }
     return true;
   }
 
@@ -462,11 +465,14 @@ export class Exchange implements PoolWaiter, BodySink {
     if (connection === null) return;
     // The client's socket still holds (a view of) this chunk: the next read needs a new buffer.
     if (this.#client.holdsWrites) connection.retainChunk();
-    if (!flowing && !this.#responsePaused) {
-      // Backpressure: read no more from the upstream until the client drains.
-      this.#responsePaused = true;
-      connection.socket.pause();
-    }
+    if (!flowing) this.#pauseResponse();
+  }
+
+  /** Backpressure: read no more from the upstream until the client drains. */
+  #pauseResponse(): void {
+    if (this.#responsePaused || this.#connection === null) return;
+    this.#responsePaused = true;
+    this.#connection.socket.pause();
   }
 
   #flushPendingHead(): void {

@@ -240,8 +240,10 @@ export class Exchange implements PoolWaiter, BodySink {
     if (this.#done) return;
     if (this.#status === 0) this.#status = 499; // nginx's "client closed request"
     // A request the upstream has whole can still complete on its connection, which then
-    // stays pooled; a half-sent one cannot: close it.
-    if (this.#connection !== null && this.#requestEnded && this.#state !== COMPLETE) this.#startDiscarding();
+    // stays pooled; a half-sent one cannot, nor one whose response leaves nothing to pool
+    // (read until the close, or the upstream said close): close it now.
+    const poolable = this.#state !== BODY || this.#upstreamKeepAlive;
+    if (this.#connection !== null && this.#requestEnded && this.#state !== COMPLETE && poolable) this.#startDiscarding();
     else this.#abandonUpstream('client_aborted');
     this.#complete();
   }
@@ -335,6 +337,7 @@ export class Exchange implements PoolWaiter, BodySink {
       }
       if (head.status >= 200) {
         this.#responseHead(head);
+        if (this.#connection === null) return;
         break;
       }
       if (!this.#interimHead(head)) return;
@@ -409,6 +412,11 @@ export class Exchange implements PoolWaiter, BodySink {
     else framing = 'close';
     if (!this.#requestEnded && this.#request.hasBody && !this.#continued && this.#interimExpected()) this.#clientReusable = false;
     if (this.#discarding) {
+      // Nobody reads this response, and its connection cannot be pooled after it.
+      if (!this.#upstreamKeepAlive) {
+        this.#abandonUpstream('client_aborted');
+        return;
+      }
       this.#reader = framing === 'none' ? null : this.#bodyReader(head, true);
     } else {
       this.#connectionLines = this.#client.connectionLines(framing === 'close' || !this.#clientReusable);

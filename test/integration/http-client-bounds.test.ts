@@ -283,3 +283,51 @@ describe('interim (1xx) responses to a client that does not read', () => {
   }, 60_000);
 });
 
+
+describe('a client that leaves during a response its upstream connection cannot outlive', () => {
+  // Read until the close, a final coding other than chunked, or the upstream said close:
+  // nothing is left to pool after such a response, so reading it on for nobody would only
+  // hold a pool slot from every other client.
+  const heads: Array<[string, string]> = [
+    ['close-delimited', 'HTTP/1.1 200 OK\r\n\r\n'],
+    ['a final coding other than chunked', 'HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n'],
+    ['chunked twice', 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n'],
+    ['Connection: close with a length', 'HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 10000000\r\n\r\n'],
+    ['HTTP/1.0 with a length', 'HTTP/1.0 200 OK\r\nContent-Length: 10000000\r\n\r\n'],
+    ['chunked, Connection: close', 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n'],
+  ];
+  for (const when of ['mid-body', 'before the head'] as const) {
+    it.each(heads)(`${when}, %s: the upstream connection closes at once and the next client is served`, async (_name, head) => {
+      let clientGone = (): void => {};
+      const gone = new Promise<void>((resolve) => (clientGone = resolve));
+      let upstreamClosed = false;
+      const origin = await listen0((socket) => {
+        socket.on('data', (chunk: Buffer) => {
+          if (!chunk.toString('latin1').startsWith('GET /stream')) {
+            socket.write('HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext');
+            return;
+          }
+          socket.on('close', () => (upstreamClosed = true));
+          // The response never ends by itself: a byte now and then, until the proxy closes.
+          const trickle = setInterval(() => socket.write(head.includes('chunked') ? '1\r\nx\r\n' : 'x'), 100);
+          socket.on('close', () => clearInterval(trickle));
+          if (when === 'mid-body') socket.write(head);
+          else void gone.then(() => socket.write(head));
+        });
+      });
+      cleanups.push(() => origin.close());
+      const route = await routeOf(`protocol: http\nupstream: http://127.0.0.1:${origin.port}\npool: { maxSockets: 1 }\nhttp: { responseTimeout: 60s }`);
+      const socket = await clientSocket(route.port);
+      socket.write('GET /stream HTTP/1.1\r\nHost: x\r\n\r\n');
+      if (when === 'mid-body') await once(socket, 'data', 5_000);
+      else await until(() => origin.sockets.size === 1, 5_000);
+      socket.destroy();
+      clientGone();
+
+      // Well inside the 60 s a dropped response may otherwise be read for.
+      await until(() => upstreamClosed, 10_000);
+      const next = await rawRequest(route.port, 'GET /next HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n', 10_000);
+      expect([next.status, next.body.toString()]).toEqual([200, 'next']);
+    }, 30_000);
+  }
+});

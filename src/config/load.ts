@@ -155,8 +155,10 @@ function checkTree(doc: Document): SyntaxIssue[] {
       if (isAlias(node)) {
         const target = anchors.get(node.source);
         const offset = node.range?.[0] ?? 0;
-        // The parser has reported an unknown anchor already; this is for a copied document.
-        if (!target) return visit.REMOVE;
+        if (!target) {
+          issues.push({ offset, message: `unknown alias *${node.source} (its anchor &${node.source} must come before it)` });
+          return visit.SKIP;
+        }
         const [start = 0, , end = 0] = target.range ?? [];
         if (start <= offset && offset < end) {
           issues.push({ offset, message: `the alias *${node.source} is inside its own anchor, an endless value` });

@@ -1,6 +1,6 @@
 import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 import { dirname, resolve as resolvePath } from 'node:path';
-import { isAlias, isMap, isScalar, isSeq, LineCounter, parseDocument, visit, type Document, type Node, type Pair, type YAMLMap } from 'yaml';
+import { CST, isAlias, isMap, isScalar, isSeq, Lexer, LineCounter, parseDocument, visit, type Document, type Node, type Pair, type YAMLMap } from 'yaml';
 import { ConfigError, formatPath, MAX_REPORTED_ISSUES, type ConfigIssue, type ConfigPath } from './issues.js';
 import { resolveConfig, type Locate, type Place } from './resolve.js';
 import type { ProxyConfig } from './schema.js';
@@ -14,7 +14,9 @@ import type { ProxyConfig } from './schema.js';
 //   loadConfigFile(path, overrides?): ProxyConfig           throws ConfigError (an unreadable file too, at 1:1)
 //   parseConfigText(text, file, overrides?): ProxyConfig    throws ConfigError; `file` names the text in issues and resolves tls paths
 //   ConfigOverrides                                         --admin / --log-level given with --config
-//   ConfigError, ConfigIssue, formatIssue, formatIssues     (from issues.ts)
+//   ConfigError, ConfigIssue, formatIssue, formatIssues,
+//   reportLines                                             (from issues.ts)
+//   MAX_CONFIG_BYTES, MAX_YAML_VALUES, MAX_ALIAS_EXPANSION   the limits that keep loading a hostile file bounded
 
 export { ConfigError, formatIssue, formatIssues, reportLines, type ConfigIssue } from './issues.js';
 
@@ -28,6 +30,12 @@ export interface ConfigOverrides {
 
 /** Largest config file accepted, checked before it is read or parsed (a config is a few KB). */
 export const MAX_CONFIG_BYTES = 4 * 1024 * 1024;
+/**
+ * Values (scalars, flow collections, aliases) a file may hold. The parsed document costs
+ * about 500 bytes of heap per value, so a 4 MiB file of `a: 1` lines would need more than
+ * half a GB; a real config has a few hundred values, a generated one some thousands.
+ */
+export const MAX_YAML_VALUES = 200_000;
 /** Nodes that aliases may add to the document by repeating their anchors' contents. */
 export const MAX_ALIAS_EXPANSION = 10_000;
 
@@ -71,6 +79,10 @@ export function parseConfigText(text: string, file: string, overrides: ConfigOve
   // Characters never outnumber UTF-8 bytes, so a file within the limit always passes here.
   if (text.length > MAX_CONFIG_BYTES) {
     throw new ConfigError([{ file, line: 1, col: 1, path: '(root)', message: tooLarge(`${text.length} characters`) }]);
+  }
+  if (countValues(text, MAX_YAML_VALUES + 1) > MAX_YAML_VALUES) {
+    const message = `invalid YAML: more than ${MAX_YAML_VALUES} values (keys, items, scalars); refusing to load it`;
+    throw new ConfigError([{ file, line: 1, col: 1, path: '(root)', message }]);
   }
   const lineCounter = new LineCounter();
   // uniqueKeys is checked below in one pass: the library compares each key with every
@@ -131,6 +143,19 @@ function applyOverrides(raw: unknown, overrides: ConfigOverrides): unknown {
   if (overrides.admin !== undefined) copy['admin'] = { ...section('admin'), listen: overrides.admin };
   if (overrides.logLevel !== undefined) copy['log'] = { ...section('log'), level: overrides.logLevel };
   return copy;
+}
+
+// ---- before parsing: the number of values ----
+
+const VALUE_TOKENS = new Set(['scalar', 'single-quoted-scalar', 'double-quoted-scalar', 'block-scalar-header', 'flow-map-start', 'flow-seq-start', 'alias']);
+
+/** Values in `text`, counting no further than `limit`: the lexer alone, which builds no nodes. */
+function countValues(text: string, limit: number): number {
+  let count = 0;
+  for (const token of new Lexer().lex(text)) {
+    if (VALUE_TOKENS.has(CST.tokenType(token) ?? '') && ++count >= limit) break;
+  }
+  return count;
 }
 
 // ---- one pass over the tree: duplicate keys, aliases ----

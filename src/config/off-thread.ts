@@ -28,17 +28,20 @@ export function loadConfigFileOffThread(path: string, overrides: ConfigOverrides
       workerData: { path, overrides },
       resourceLimits: { maxOldGenerationSizeMb: WORKER_HEAP_MB },
     });
-    // The reload waiting on it owns it; it must never keep the process alive.
-    worker.unref();
+    // Owned by this promise: the thread ends by itself once it has posted its one reply.
     let settled = false;
     worker.once('message', (reply: WorkerReply) => {
       settled = true;
       if (reply.ok) resolve(decodeConfig(reply.config) as ProxyConfig);
       else reject(new ConfigError(reply.issues, reply.omitted));
     });
-    worker.once('error', (error) => {
+    worker.once('error', (error: NodeJS.ErrnoException) => {
       settled = true;
-      reject(new Error(`loading the config failed: ${error.message}`));
+      if (error.code !== 'ERR_WORKER_OUT_OF_MEMORY') reject(new Error(`loading the config failed: ${error.message}`));
+      else {
+        const message = `loading the config needs more than ${WORKER_HEAP_MB} MB of memory; refusing it`;
+        reject(new ConfigError([{ file: path, line: 1, col: 1, path: '(root)', message }]));
+      }
     });
     worker.once('exit', (code) => {
       if (!settled) reject(new Error(`loading the config failed: the loader thread exited with code ${code}`));

@@ -115,6 +115,8 @@ const WARM_POOL_KEYS = ['warm', 'maxIdle'];
 const HTTP_POOL_KEYS = ['maxSockets', 'idleTimeout', 'maxAge', 'maxRequests'];
 const CUSTOM_HEARTBEAT_KEYS = ['send', 'sendHex', 'expect', 'expectHex'];
 const ROUTE_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
+/** Routes a config may hold: each is a listening socket. */
+const MAX_ROUTES = 10_000;
 
 // ---- value parsers: each throws RangeError with the message the user sees ----
 
@@ -426,6 +428,11 @@ class Resolver {
     }
     if (list.length === 0) {
       this.#report(['routes'], 'value', 'needs at least one route');
+      return { routes, identities };
+    }
+    if (list.length > MAX_ROUTES) {
+      // Not resolved one by one: each costs a few KB, and this many is a generated mistake.
+      this.#report(['routes'], 'value', `${list.length} routes; at most ${MAX_ROUTES} (each is a listener)`);
       return { routes, identities };
     }
     list.forEach((item: unknown, index) => {

@@ -83,6 +83,22 @@ describe('many errors', () => {
   });
 });
 
+describe('values and routes', () => {
+  it('refuses a file of more than 200,000 values before building its document (which would need GBs)', () => {
+    for (const text of ['routes:\n' + '- {}\n'.repeat(200_001), lines(100_001, (i) => `${i.toString(36)}: 1\n`), `k: [${'1,'.repeat(200_001)}]\n`]) {
+      const { error, cpuMs } = rejected(text);
+      expect(cpuMs).toBeLessThan(CPU_BOUND_MS);
+      expect(reportLines(error)).toEqual(['big.yaml:1:1 (root): invalid YAML: more than 200000 values (keys, items, scalars); refusing to load it']);
+    }
+  });
+
+  it('refuses more than 10,000 routes without resolving each', () => {
+    const { error, cpuMs } = rejected('routes:\n' + '- {}\n'.repeat(10_001));
+    expect(cpuMs).toBeLessThan(CPU_BOUND_MS);
+    expect(reportLines(error)).toEqual(['big.yaml:2:1 routes: 10001 routes; at most 10000 (each is a listener)']);
+  });
+});
+
 describe('aliases', () => {
   it('refuses a "billion laughs" alias bomb quickly, naming where', () => {
     let bomb = 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n';

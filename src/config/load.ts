@@ -89,22 +89,24 @@ export function parseConfigText(text: string, file: string, overrides: ConfigOve
   // earlier one of its map, quadratic in a map's size.
   const doc = parseDocument(text, { lineCounter, prettyErrors: false, uniqueKeys: false });
   const at = (offset: number): { line: number; col: number } => lineCounter.linePos(offset);
-  const syntaxError = (offset: number, message: string): SyntaxIssue => ({ offset, message: `invalid YAML: ${message}` });
 
   // A document that does not parse has no reliable shape: report the syntax and stop.
-  const syntax = [...doc.errors, ...doc.warnings].map((error) =>
-    syntaxError(
-      error.pos[0],
-      error.code === 'MULTIPLE_DOCS'
-        ? 'the file holds more than one YAML document (a second "---"); keep one'
-        : (error.message.split('\n')[0] ?? error.message),
-    ),
+  const parseErrors = [...doc.errors, ...doc.warnings].map(
+    (error): SyntaxIssue => ({
+      offset: error.pos[0],
+      message:
+        error.code === 'MULTIPLE_DOCS'
+          ? 'the file holds more than one YAML document (a second "---"); keep one'
+          : (error.message.split('\n')[0] ?? error.message),
+    }),
   );
-  if (syntax.length === 0) syntax.push(...checkTree(doc).map(({ offset, message }) => syntaxError(offset, message)));
+  const syntax = parseErrors.length > 0 ? parseErrors : checkTree(doc);
   if (syntax.length > 0) {
     // Only the reported issues are located (each costs a walk from the root).
     const sorted = syntax.sort((a, b) => a.offset - b.offset).slice(0, MAX_REPORTED_ISSUES);
-    const issues = sorted.map(({ offset, message }): ConfigIssue => ({ file, ...at(offset), path: formatPath(pathAtOffset(doc, offset)), message }));
+    const issues = sorted.map(
+      ({ offset, message }): ConfigIssue => ({ file, ...at(offset), path: formatPath(pathAtOffset(doc, offset)), message: `invalid YAML: ${message}` }),
+    );
     throw new ConfigError(issues, syntax.length - issues.length);
   }
 
@@ -119,9 +121,8 @@ export function parseConfigText(text: string, file: string, overrides: ConfigOve
 
   const fileLocate = yamlLocator(doc, file, at);
   const flagged: Array<[string, string]> = [];
-  let overridden = raw;
   if (overrides.admin !== undefined || overrides.logLevel !== undefined) {
-    overridden = applyOverrides(raw, overrides);
+    raw = applyOverrides(raw, overrides);
     if (overrides.admin !== undefined) flagged.push(['admin.listen', '--admin']);
     if (overrides.logLevel !== undefined) flagged.push(['log.level', '--log-level']);
   }
@@ -130,7 +131,7 @@ export function parseConfigText(text: string, file: string, overrides: ConfigOve
     const flag = flagged.find(([prefix]) => text === prefix)?.[1];
     return flag ? { file: '(command line)', line: 0, col: 0, flag } : fileLocate(path, where);
   };
-  return resolveConfig(overridden, { source: resolvePath(file), baseDir: dirname(resolvePath(file)), locate });
+  return resolveConfig(raw, { source: resolvePath(file), baseDir: dirname(resolvePath(file)), locate });
 }
 
 function applyOverrides(raw: unknown, overrides: ConfigOverrides): unknown {

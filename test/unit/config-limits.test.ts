@@ -92,6 +92,13 @@ describe('values and routes', () => {
     }
   });
 
+  it('reports 150,000 duplicate keys (one value each) as a capped error, not a crash', () => {
+    const { error, cpuMs } = rejected(lines(150_000, () => 'again:\n'));
+    expect(cpuMs).toBeLessThan(CPU_BOUND_MS);
+    expect(reportLines(error)[0]).toBe('big.yaml:2:1 again: invalid YAML: Map keys must be unique');
+    expect(reportLines(error)[50]).toBe('... and 149949 more errors');
+  });
+
   it('refuses more than 10,000 routes without resolving each', () => {
     const { error, cpuMs } = rejected('routes:\n' + '- {}\n'.repeat(10_001));
     expect(cpuMs).toBeLessThan(CPU_BOUND_MS);

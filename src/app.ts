@@ -18,6 +18,8 @@ export interface App {
   /** Stops accepting, drains live connections up to shutdownTimeout, then closes the rest. */
   close(): Promise<void>;
   readonly metrics: Metrics;
+  /** The process's shared ticker (process-wide checks subscribe to it too). */
+  readonly clock: Clock;
   routes(): RouteHandle[];
   adminAddress(): { host: string; port: number } | null;
 }
@@ -30,7 +32,7 @@ class ProxyApp implements App {
   readonly metrics: Metrics;
   #config: ProxyConfig;
   readonly #log: Logger;
-  readonly #clock = new Clock(250);
+  readonly clock = new Clock(250);
   readonly #routes = new Map<string, RouteHandle>();
   /** Routes removed by a reload whose live connections are still running. */
   readonly #retiring = new Set<RouteHandle>();
@@ -53,32 +55,76 @@ class ProxyApp implements App {
 
   async start(): Promise<void> {
     warnIfUnsupported(this.#log);
-    await this.#startAdmin(this.#config);
-    for (const route of this.#config.routes) await this.#addRoute(route);
+    try {
+      this.#admin = await this.#bindAdmin(this.#config);
+      for (const config of this.#config.routes) {
+        const route = await this.#buildRoute(config);
+        this.#routes.set(config.name, route);
+        await route.listen();
+        this.#log.info(summary(config), 'route listening');
+      }
+    } catch (error) {
+      // A listener that cannot bind is fatal at start (as in HAProxy): nothing stays
+      // bound, and the caller reports the one error and exits non-zero.
+      await Promise.all([...this.#routes.values()].map((r) => r.drain(0, 'shutdown')));
+      this.#routes.clear();
+      await this.#admin?.close();
+      this.#admin = null;
+      throw error;
+    }
     this.#log.info({ routes: this.#config.routes.map(summary), source: this.#config.source }, 'keepalive-proxy ready');
   }
 
+  /**
+   * All or nothing: every new listener is bound before anything running changes, so a
+   * listener that cannot bind rejects the reload (the caller counts and logs it) and the
+   * old routes, listeners and settings all stay as they were.
+   */
   async reload(next: ProxyConfig): Promise<void> {
-    const previous = this.#config;
+    const wanted = new Map(next.routes.map((r) => [r.name, r]));
+    const leaving = [...this.#routes.values()].filter((route) => {
+      const target = wanted.get(route.name);
+      return !target || needsNewListener(route.config, target);
+    });
+    const entering = next.routes.filter((r) => !this.#routes.has(r.name) || leaving.some((old) => old.name === r.name));
+    // An address that moves between routes (or changes kind) is still held by its old
+    // listener: those are bound last, after the old one lets go.
+    const heldBy = (config: RouteConfig): RouteHandle | undefined =>
+      config.listen.port === 0 ? undefined : leaving.find((old) => old.listening && sameAddress(old.config.listen, config.listen));
+    const ordered = [...entering.filter((r) => !heldBy(r)), ...entering.filter((r) => heldBy(r))];
+    const bound = new Map<string, RouteHandle>();
+    let admin: AdminServer | null = null;
+    const adminMoves = !sameAddress(this.#config.admin.listen, next.admin.listen);
+    try {
+      if (adminMoves) admin = await this.#bindAdmin(next);
+      for (const config of ordered) {
+        const route = await this.#buildRoute(config);
+        bound.set(config.name, route);
+        await heldBy(config)?.stopAccepting();
+        await route.listen();
+      }
+    } catch (error) {
+      await Promise.all([...bound.values()].map((r) => r.drain(0, 'shutdown')));
+      await admin?.close();
+      throw error;
+    }
+    // Commit: nothing below can fail to bind.
     this.#config = next;
     this.#log.level = next.log.level;
-    const wanted = new Map(next.routes.map((r) => [r.name, r]));
-    // Retire first, so an address moved from one route to another is free to bind.
-    for (const [name, route] of this.#routes) {
-      const target = wanted.get(name);
-      if (target && !needsNewListener(route.config, target)) continue;
-      this.#routes.delete(name);
+    for (const route of leaving) {
+      this.#routes.delete(route.name);
       this.#retire(route);
     }
-    for (const target of next.routes) {
-      const existing = this.#routes.get(target.name);
-      if (existing) existing.update(target);
-      else await this.#addRoute(target);
+    for (const config of next.routes) {
+      const fresh = bound.get(config.name);
+      if (fresh) {
+        this.#routes.set(config.name, fresh);
+        this.#log.info(summary(config), 'route listening');
+      } else this.#routes.get(config.name)!.update(config);
     }
-    if (!sameAddress(previous.admin.listen, next.admin.listen)) {
+    if (adminMoves) {
       await this.#admin?.close();
-      this.#admin = null;
-      await this.#startAdmin(next);
+      this.#admin = admin;
     }
     this.#log.info({ routes: next.routes.map(summary) }, 'configuration reloaded');
   }
@@ -93,8 +139,9 @@ class ProxyApp implements App {
     this.#log.info('shutdown complete');
   }
 
-  async #startAdmin(config: ProxyConfig): Promise<void> {
-    if (!config.admin.listen) return;
+  /** The admin listener of `config`, bound; null when the config turns it off. */
+  async #bindAdmin(config: ProxyConfig): Promise<AdminServer | null> {
+    if (!config.admin.listen) return null;
     const app = this;
     const admin = new AdminServer(
       {
@@ -109,27 +156,25 @@ class ProxyApp implements App {
       this.#log,
     );
     await admin.listen(config.admin.listen);
-    this.#admin = admin;
+    return admin;
   }
 
   #connections(): ConnectionInfo[] {
     return [...this.#routes.values(), ...this.#retiring].flatMap((r) => r.connections());
   }
 
-  async #addRoute(config: RouteConfig): Promise<void> {
-    const deps: RouteDeps = { metrics: this.metrics, log: this.#log, clock: this.#clock };
-    const route = HTTP_FAMILY.includes(config.protocol)
+  /** Bound addresses of the admin listener and of every route, retiring ones included. */
+  #ownListeners(): Array<{ host: string; port: number }> {
+    const handles = [...this.#routes.values(), ...this.#retiring];
+    return [this.#admin?.address() ?? null, ...handles.map((r) => r.address())].filter((a) => a !== null);
+  }
+
+  async #buildRoute(config: RouteConfig): Promise<RouteHandle> {
+    const deps: RouteDeps = { metrics: this.metrics, log: this.#log, clock: this.clock, ownListeners: () => this.#ownListeners() };
+    return HTTP_FAMILY.includes(config.protocol)
       ? // Loaded on demand: a TCP-only deployment never pays for the HTTP code.
         (await import('./http/route.js')).createHttpRoute(config, deps)
       : createTcpRoute(config, deps);
-    this.#routes.set(config.name, route);
-    try {
-      await route.listen();
-      this.#log.info(summary(config), 'route listening');
-    } catch (error) {
-      // The route stays registered but not ready: /readyz says which one.
-      this.#log.error({ route: config.name, err: (error as Error).message }, 'route could not listen');
-    }
   }
 
   #retire(route: RouteHandle): void {

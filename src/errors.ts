@@ -7,6 +7,7 @@ export const ERROR_CODES = {
   CONNECT_TIMEOUT: 'the upstream did not accept the connection in time',
   CONNECT_FAILED: 'the upstream refused or could not be reached',
   TLS_FAILED: 'the TLS handshake failed',
+  DESTINATION_REFUSED: 'the destination is not one this proxy connects to',
   SOCKOPT_UNSUPPORTED: 'socket options cannot be set on this platform',
 } as const;
 
@@ -22,4 +23,11 @@ export class ProxyError extends Error {
     this.code = code;
     this.side = side;
   }
+}
+
+/** The HTTP status a client gets when its upstream could not be dialled. */
+export function dialFailureStatus(error: unknown): 403 | 502 | 504 {
+  if (!(error instanceof ProxyError)) return 502;
+  if (error.code === 'DESTINATION_REFUSED') return 403;
+  return error.code === 'CONNECT_TIMEOUT' ? 504 : 502;
 }

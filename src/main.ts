@@ -6,6 +6,7 @@ import { createApp, type App } from './app.js';
 import { parseCli } from './config/cli.js';
 import { ConfigError, formatIssues, loadConfigFile } from './config/load.js';
 import type { ProxyConfig } from './config/schema.js';
+import { watchLauncher } from './launcher-watch.js';
 import { createRootLogger, type Logger } from './log.js';
 
 // argv -> config -> app.start(); signals. Nothing else lives here.
@@ -45,7 +46,8 @@ async function main(argv: string[]): Promise<number> {
       try {
         await app.start();
       } catch (error) {
-        log.fatal({ err: error }, 'start failed');
+        // One line that names what failed (e.g. the route, address and errno of a bind).
+        log.fatal({ err: error }, `not started: ${(error as Error).message}`);
         return 1;
       }
       handleSignals(app, log, command.reloadable ? () => command.load() : null);
@@ -94,7 +96,7 @@ function handleSignals(app: App, log: Logger, reload: (() => ProxyConfig) | null
       app.metrics.configReloads.labels('ok').inc();
     }).catch((error: unknown) => {
       app.metrics.configReloads.labels('error').inc();
-      log.error({ err: error }, 'reload failed');
+      log.error({ err: error }, `reload failed, keeping the running configuration: ${(error as Error).message}`);
     });
   });
   const stop = (signal: NodeJS.Signals): void => {
@@ -114,6 +116,10 @@ function handleSignals(app: App, log: Logger, reload: (() => ProxyConfig) | null
   };
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);
+  watchLauncher(app.clock, () => {
+    log.info('the npm process that started keepalive-proxy is gone');
+    stop('SIGTERM');
+  });
 }
 
 main(process.argv.slice(2)).then(

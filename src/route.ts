@@ -12,6 +12,8 @@ export interface RouteDeps {
   readonly metrics: Metrics;
   readonly log: Logger;
   readonly clock: Clock;
+  /** Every address this process listens on (admin and routes): a forward route never dials them. */
+  readonly ownListeners: () => ReadonlyArray<{ readonly host: string; readonly port: number }>;
 }
 
 /** One row of the admin /connections listing. */

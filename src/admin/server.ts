@@ -32,6 +32,8 @@ export class AdminServer {
         else res.destroy();
       });
     });
+    // A failed accept (EMFILE at the fd limit) must not end the process: the listener goes on.
+    this.#server.on('error', (error: NodeJS.ErrnoException) => log.warn({ code: error.code, err: error.message }, 'admin listener error'));
     this.#server.keepAliveTimeout = 5_000;
     this.#server.headersTimeout = 10_000;
     this.#server.requestTimeout = 30_000;

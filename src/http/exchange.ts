@@ -1,4 +1,4 @@
-import { ProxyError } from '../errors.js';
+import { dialFailureStatus } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { EvictionReason } from '../metrics/registry.js';
 import { parseKeepAliveTimeoutMs, type PooledConnection } from '../pool/http-connection.js';
@@ -296,9 +296,10 @@ export class Exchange implements PoolWaiter, BodySink {
 
   connectionFailed(error: unknown): void {
     if (this.#done) return;
-    const timeout = error instanceof ProxyError && error.code === 'CONNECT_TIMEOUT';
     if (this.#host.log.isLevelEnabled('debug')) this.#host.log.debug({ route: this.#host.route, err: String(error) }, 'upstream connect failed');
-    if (timeout) this.#answerError(504, 'the upstream did not accept the connection in time');
+    const status = dialFailureStatus(error);
+    if (status === 403) this.#answerError(403, (error as Error).message);
+    else if (status === 504) this.#answerError(504, 'the upstream did not accept the connection in time');
     else this.#answerError(502, 'the upstream is unreachable');
   }
 

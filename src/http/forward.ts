@@ -1,5 +1,8 @@
 import net from 'node:net';
-import { Allowlist, normaliseHost } from './allowlist.js';
+import type { Allowlist } from './allowlist.js';
+import { normaliseHost } from './allowlist.js';
+import type { ClientSession } from './client-session.js';
+import type { DestinationGuard } from './destination-guard.js';
 import type { RequestHead } from './head-parser.js';
 import { respondRaw } from './respond.js';
 import { ClientWatch, dialForClient, type TunnelHost } from './tunnel.js';
@@ -7,8 +10,15 @@ import { ClientWatch, dialForClient, type TunnelHost } from './tunnel.js';
 // Forward proxy mode (`protocol: http-forward`), for applications that honour
 // HTTP_PROXY/HTTPS_PROXY: absolute-form requests ("GET http://host/path") go over the
 // route's pool, one pool per destination; CONNECT opens a byte tunnel (TLS end to end
-// between the client and the destination). Every destination must match the allowlist;
-// everything else gets 403: never an open proxy.
+// between the client and the destination). Every destination must match the allowlist,
+// and the address it resolves to must pass the destination guard; everything else gets
+// 403: never an open proxy.
+
+/** What decides where a forward route may go. */
+export interface ForwardPolicy {
+  readonly allowlist: Allowlist;
+  readonly guard: DestinationGuard;
+}
 
 export interface ForwardDestination {
   readonly scheme: 'http' | 'https';
@@ -24,7 +34,7 @@ export interface ForwardDestination {
 export type Resolution<T> = { readonly ok: true; readonly value: T } | { readonly ok: false; readonly status: number; readonly detail: string };
 
 /** Where an absolute-form request goes, if it may go anywhere. */
-export function resolveForwardRequest(url: string | undefined, allowlist: Allowlist): Resolution<ForwardDestination> {
+export function resolveForwardRequest(url: string | undefined, policy: ForwardPolicy): Resolution<ForwardDestination> {
   let parsed: URL;
   try {
     if (!url || !/^[a-z][a-z0-9+.-]*:\/\//i.test(url)) throw new TypeError('not absolute-form');
@@ -39,8 +49,18 @@ export function resolveForwardRequest(url: string | undefined, allowlist: Allowl
   const host = normaliseHost(parsed.hostname);
   const port = parsed.port ? Number(parsed.port) : scheme === 'https' ? 443 : 80;
   if (!host) return { ok: false, status: 400, detail: 'invalid destination host' };
-  if (!allowlist.allows(host, port)) return { ok: false, status: 403, detail: `${formatAuthority(host, port)} is not in this proxy's allowlist` };
+  const refused = refusal(policy, host, port);
+  if (refused) return { ok: false, status: 403, detail: refused };
   return { ok: true, value: { scheme, host, port, path: `${parsed.pathname}${parsed.search}`, authority: parsed.host } };
+}
+
+/**
+ * Why host:port is refused before any dial: not in the allowlist, or an IP literal the
+ * guard refuses (a literal is never looked up, so the dial's own check never sees it).
+ */
+function refusal(policy: ForwardPolicy, host: string, port: number): string | null {
+  if (!policy.allowlist.allows(host, port)) return `${formatAuthority(host, port)} is not in this proxy's allowlist`;
+  return net.isIP(host) ? policy.guard.refusal(host, port) : null;
 }
 
 /** "host:port" of a CONNECT request (RFC 9110 9.3.6: authority-form, the port is required). */
@@ -61,27 +81,29 @@ export function formatAuthority(host: string, port: number): string {
 }
 
 /** CONNECT host:port: a checked destination, a fresh upstream connection, then a tunnel. */
-export function proxyConnect(host: TunnelHost, req: RequestHead, down: net.Socket, head: Buffer, allowlist: Allowlist): void {
-  down.on('error', () => {});
-  const watch = new ClientWatch(down);
+export function proxyConnect(host: TunnelHost, req: RequestHead, client: ClientSession, head: Buffer, policy: ForwardPolicy): void {
+  const down = client.socket;
+  const watch = new ClientWatch(client);
   const destination = parseConnectAuthority(req.url);
   if (!destination) {
     host.answered(400);
-    respondRaw(down, 400, 'CONNECT needs host:port');
+    respondRaw(client, 400, 'bad_request', 'CONNECT needs host:port');
     return;
   }
-  if (!allowlist.allows(destination.host, destination.port)) {
+  const refused = refusal(policy, destination.host, destination.port);
+  if (refused) {
     host.answered(403);
-    host.log.info({ route: host.route, destination: formatAuthority(destination.host, destination.port) }, 'CONNECT denied by the allowlist');
-    respondRaw(down, 403, `${formatAuthority(destination.host, destination.port)} is not in this proxy's allowlist`);
+    host.log.info({ route: host.route, destination: formatAuthority(destination.host, destination.port), why: refused }, 'CONNECT denied');
+    respondRaw(client, 403, 'forbidden', refused);
     return;
   }
-  dialForClient(host, down, { host: destination.host, port: destination.port, tls: null }, 'the destination', (dialed) => {
+  const target = { host: destination.host, port: destination.port, tls: null, lookup: policy.guard.lookupFor(destination.port) };
+  dialForClient(host, client, target, 'the destination', (dialed) => {
     host.answered(200);
     down.write('HTTP/1.1 200 Connection Established\r\n\r\n');
     const early = watch.take();
     if (head.length > 0) dialed.socket.write(head);
     if (early.length > 0) dialed.socket.write(early);
-    host.startTunnel(down, dialed.socket, { kind: 'connect', tracker: null, heartbeat: null, earlyData: [] });
+    host.startTunnel(client, dialed.socket, { kind: 'connect', tracker: null, heartbeat: null, earlyData: [] });
   });
 }

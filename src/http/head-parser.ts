@@ -1,3 +1,5 @@
+import { NEVER_NOMINATED } from './headers.js';
+
 // A small, strict HTTP/1.1 message-head parser (RFC 9112 sections 2-6) for the lean data
 // path: request heads from clients, response heads from upstreams. node's llhttp is
 // internal to node:http, and node:http's per-message machinery costs more than the
@@ -30,7 +32,10 @@ export interface FieldLines {
   readonly source: Buffer;
   /** [start, colon, end, kind] per field line: name at [start, colon), line ends (CR) at end. */
   readonly lines: number[];
-  /** Connection options other than close, keep-alive and upgrade, lower case: more hop-by-hop fields. */
+  /**
+   * Connection options other than close, keep-alive and upgrade, lower case: more hop-by-hop
+   * fields. Never a framing or routing field (headers.ts NEVER_NOMINATED says why).
+   */
   readonly nominated: string[] | null;
 }
 
@@ -442,7 +447,7 @@ function readConnectionOptions(buf: Buffer, colon: number, end: number, fields: 
     if (option === 'close') fields.close = true;
     else if (option === 'keep-alive') fields.keepAlive = true;
     else if (option === 'upgrade') fields.connectionUpgrade = true;
-    else (fields.nominated ??= []).push(option);
+    else if (!NEVER_NOMINATED.has(option)) (fields.nominated ??= []).push(option);
   }
 }
 

@@ -1,6 +1,7 @@
 import { STATUS_CODES } from 'node:http';
 import { BODYLESS_BY_DEFAULT } from './headers.js';
 import {
+  FIELD_CONTENT_LENGTH,
   FIELD_HOP,
   FIELD_HOST,
   FIELD_PROXY_AUTHORIZATION,
@@ -21,6 +22,13 @@ import {
 // writes a short string from a stack buffer, so no Buffer is allocated per head.
 // Hop-by-hop fields never cross (RFC 9110 7.6.1): Connection and the fields it names,
 // Keep-Alive, Proxy-Connection, TE, Trailer, Transfer-Encoding, Upgrade.
+//
+// The framing rule: Content-Length and Transfer-Encoding (and Host, upstream-bound) are
+// never copied from the peer's field lines; each head states them from what the parser
+// decided (body kind and length). What survives hop-by-hop stripping therefore never
+// decides how the next hop reads the message: a `Connection: Content-Length` cannot
+// leave a body unframed on a pooled connection (request smuggling) or a response
+// unframed on a kept-alive client connection.
 
 export interface UpstreamHeadOptions {
   /** The request target on the upstream hop (origin-form). */
@@ -34,9 +42,9 @@ export interface UpstreamHeadOptions {
   readonly dropProxyAuthorization: boolean;
 }
 
-/** Bit per FIELD_* kind that does not cross to the next hop. */
-const DROP_FOR_CLIENT = 1 << FIELD_HOP;
-const DROP_FOR_UPSTREAM = (1 << FIELD_HOP) | (1 << FIELD_HOST);
+/** Bit per FIELD_* kind that does not cross to the next hop (framing is written from the parse). */
+const DROP_FOR_CLIENT = (1 << FIELD_HOP) | (1 << FIELD_CONTENT_LENGTH);
+const DROP_FOR_UPSTREAM = (1 << FIELD_HOP) | (1 << FIELD_HOST) | (1 << FIELD_CONTENT_LENGTH);
 const DROP_FORWARDED = (1 << FIELD_X_FORWARDED) | (1 << FIELD_X_FORWARDED_FOR);
 const DROP_PROXY_AUTHORIZATION = 1 << FIELD_PROXY_AUTHORIZATION;
 
@@ -81,7 +89,9 @@ export function upstreamRequestHead(head: RequestHead, options: UpstreamHeadOpti
   if (head.body === 'chunked') {
     // Our hop carries the body as framed; codings applied before chunked stay applied.
     text += `Transfer-Encoding: ${head.headers['transfer-encoding']}\r\n`;
-  } else if (head.headers['content-length'] === undefined && !BODYLESS_BY_DEFAULT.has(head.method)) {
+  } else if (head.body === 'length') {
+    text += `Content-Length: ${head.contentLength}\r\n`;
+  } else if (head.headers['content-length'] !== undefined || !BODYLESS_BY_DEFAULT.has(head.method)) {
     // No body (RFC 9112 6.3); said explicitly, as some upstreams answer 411 otherwise.
     text += 'Content-Length: 0\r\n';
   }
@@ -104,6 +114,11 @@ function statusLine(head: ResponseHead): string {
 export function downstreamResponseHead(head: ResponseHead, framing: DownstreamFraming, connection: string, date: string): string {
   let text = statusLine(head) + keptLines(head, DROP_FOR_CLIENT);
   if (framing === 'chunked') text += `Transfer-Encoding: ${head.transferEncoding ?? 'chunked'}\r\n`;
+  else if (framing === 'length' || (framing === 'none' && head.body === 'length' && head.status !== 204)) {
+    // Without a body (HEAD, 304) the length still describes the representation (RFC 9110
+    // 8.6); a 204 never carries one.
+    text += `Content-Length: ${head.contentLength}\r\n`;
+  }
   if (!head.hasDate) text += date;
   return `${text}${connection}\r\n`;
 }

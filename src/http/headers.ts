@@ -24,20 +24,32 @@ export const HOP_BY_HOP: ReadonlySet<string> = new Set([
   'upgrade',
 ]);
 
+/**
+ * Fields a Connection option can never make hop-by-hop: the framing of the message
+ * (Content-Length, Transfer-Encoding) and its target (Host). RFC 9110 7.6.1 forbids a
+ * sender to nominate a field meant for all recipients, yet tells an intermediary to drop
+ * what is nominated; honouring `Connection: Content-Length` is exactly how a body gets
+ * forwarded unframed (request smuggling). The option is ignored rather than refused: the
+ * proxy writes these fields from its own parse on every hop (head-writer.ts), so the
+ * output is framed correctly either way, and nginx and HAProxy likewise never let
+ * Connection options touch the framing they write themselves.
+ */
+export const NEVER_NOMINATED: ReadonlySet<string> = new Set(['content-length', 'transfer-encoding', 'host']);
+
 /** Methods whose repetition has the effect of one request (RFC 9110 9.2.2): safe to retry. */
 export const IDEMPOTENT_METHODS: ReadonlySet<string> = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE']);
 
 /** Methods node's client frames as "no body" unless told otherwise. */
 export const BODYLESS_BY_DEFAULT: ReadonlySet<string> = new Set(['GET', 'HEAD', 'DELETE', 'OPTIONS', 'TRACE', 'CONNECT']);
 
-/** The field names a Connection header nominates as hop-by-hop, lower-cased. */
+/** The field names a Connection header nominates as hop-by-hop, lower-cased (never a NEVER_NOMINATED one). */
 export function connectionNominated(rawHeaders: readonly string[]): Set<string> {
   const named = new Set<string>();
   for (let i = 0; i < rawHeaders.length; i += 2) {
     if (rawHeaders[i]!.toLowerCase() !== 'connection') continue;
     for (const token of rawHeaders[i + 1]!.split(',')) {
       const field = token.trim().toLowerCase();
-      if (field) named.add(field);
+      if (field && !NEVER_NOMINATED.has(field)) named.add(field);
     }
   }
   return named;
@@ -96,11 +108,12 @@ export interface RequestHeaderOptions {
 
 /**
  * The header list for the upstream request: end-to-end fields of the client's request,
- * our Host, X-Forwarded-*, and the framing of our hop (chunked when the client sent a
- * body of unknown length, Content-Length: 0 where node would otherwise chunk an empty body).
+ * our Host, X-Forwarded-*, and the framing of our hop, written from the parsed request
+ * (`req.headers`: the one validated Content-Length or Transfer-Encoding), never copied
+ * from its field lines; Content-Length: 0 where node would otherwise chunk an empty body.
  */
 export function upstreamRequestHeaders(req: RequestFields, options: RequestHeaderOptions): string[] {
-  const drop = new Set(['host', ...(options.drop ?? [])]);
+  const drop = new Set(['host', 'content-length', ...(options.drop ?? [])]);
   if (options.forwarded) for (const name of ['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host']) drop.add(name);
   const raw = req.rawHeaders;
   const headers = ['Host', options.host, ...endToEnd(raw, drop)];
@@ -113,10 +126,13 @@ export function upstreamRequestHeaders(req: RequestFields, options: RequestHeade
   }
   if (options.upgrade) headers.push('Connection', 'Upgrade', 'Upgrade', options.upgrade);
   const transferEncoding = req.headers['transfer-encoding'];
+  const contentLength = req.headers['content-length'];
   if (transferEncoding !== undefined) {
     // Our hop re-frames the body as chunked; codings applied before chunked stay applied.
     headers.push('Transfer-Encoding', transferEncoding);
-  } else if (req.headers['content-length'] === undefined && !BODYLESS_BY_DEFAULT.has(req.method ?? 'GET')) {
+  } else if (contentLength !== undefined) {
+    headers.push('Content-Length', contentLength);
+  } else if (!BODYLESS_BY_DEFAULT.has(req.method ?? 'GET')) {
     // No body (RFC 9112 6.3): say so, or node would send an empty chunked one.
     headers.push('Content-Length', '0');
   }

@@ -4,22 +4,23 @@ import type { RouteConfig } from '../config/schema.js';
 import type { Side } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { EvictionReason } from '../metrics/registry.js';
-import { formatAddress, listenOn } from '../net/listen.js';
+import { formatAddress, listenOn, watchListenerErrors } from '../net/listen.js';
 import { applyKeepalive, applyKeepaliveToListener, readSocketOptions } from '../net/sockopt.js';
-import { dialUpstream, type DialAttempt, type DialTarget } from '../pool/http-dial.js';
-import { countDial, HttpPool, type PoolSettings } from '../pool/http-pool.js';
+import { describeTarget, dialUpstream, type DialAttempt, type DialTarget } from '../pool/http-dial.js';
+import { countDial, countDialFailure, HttpPool, type PoolSettings } from '../pool/http-pool.js';
+import { BurstLog } from '../log-burst.js';
 import { RouteMetrics } from '../metrics/route-metrics.js';
 import type { ConnectionInfo, RouteDeps, RouteHandle } from '../route.js';
 import { Session, type HeartbeatResult, type SessionEvents } from '../tcp/session.js';
 import { Allowlist } from './allowlist.js';
+import { DestinationGuard } from './destination-guard.js';
 import { acceptWithSharedReads, type ClientReads } from './accept.js';
-import type { ClientConnection } from './client.js';
-import { ClientSession, type SessionHost, type SessionSettings } from './client-session.js';
+import { ClientSession, type ClientEndReason, type SessionHost, type SessionSettings } from './client-session.js';
 import { Exchange, type ExchangeHost } from './exchange.js';
-import { proxyConnect, resolveForwardRequest } from './forward.js';
+import { proxyConnect, resolveForwardRequest, type ForwardDestination, type ForwardPolicy } from './forward.js';
 import { rawHeaders, type RequestHead } from './head-parser.js';
 import { upstreamRequestHead } from './head-writer.js';
-import { clientAddress, upstreamRequestHeaders } from './headers.js';
+import { upstreamRequestHeaders } from './headers.js';
 import { respondRaw } from './respond.js';
 import { createProxyServer, sessionSettings } from './server.js';
 import type { TunnelHost, TunnelOptions } from './tunnel.js';
@@ -56,7 +57,8 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
   #pool: HttpPool;
   #poolKey: string;
   #reverse: ReverseUpstream | null;
-  #allowlist: Allowlist;
+  /** The allowlist and the guard that judges where names resolve (one guard for the route's life). */
+  #policy: ForwardPolicy;
   readonly #sessions = new Map<net.Socket, ClientSession>();
   /** Exchanges still reading a response whose client left (they go back to the pool after). */
   readonly #orphans = new Set<Exchange>();
@@ -73,6 +75,11 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
   /** connections_active as last reported: it follows #sessions.size, which drain clears at once. */
   #activeReported = 0;
   readonly #unregisterFlush: () => void;
+  /** Failed upstream connects (requests answered 502/504, tunnels refused), folded. */
+  readonly #connectFailures: BurstLog;
+  /** Tunnels the proxy evicted: a mass eviction is one line and per-second counts by reason. */
+  readonly #evictions: BurstLog;
+  readonly #acceptErrors: BurstLog;
 
   constructor(config: RouteConfig, deps: RouteDeps) {
     this.name = config.name;
@@ -80,15 +87,18 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
     this.#deps = deps;
     this.#forward = config.protocol === 'http-forward';
     this.#reverse = this.#forward ? null : reverseUpstream(config);
-    this.#allowlist = new Allowlist(config.allow);
+    const allowlist = new Allowlist(config.allow);
+    this.#policy = { allowlist, guard: new DestinationGuard(allowlist, deps.ownListeners, (fields) => deps.log.info({ route: this.name, ...fields }, 'forward destination refused after resolution')) };
     this.#metrics = new RouteMetrics(deps.metrics, this.name);
+    this.#connectFailures = new BurstLog(deps.log, deps.clock, { level: 'warn', msg: 'upstream connect failed; answering 502/504', countBy: 'results' });
+    this.#evictions = new BurstLog(deps.log, deps.clock, { level: 'info', msg: 'tunnel evicted', countBy: 'reasons' });
     this.#pool = this.#newPool(config);
     this.#poolKey = poolKey(config);
 
     this.sessionSettings = sessionSettings(config.http);
     const server = createProxyServer((socket) => this.#accept(socket, null));
     this.#server = server;
-    server.on('error', (error) => deps.log.error({ route: this.name, err: error }, 'listener error'));
+    this.#acceptErrors = watchListenerErrors(server, this.name, this.#metrics, deps);
     this.#unregisterFlush = deps.metrics.onScrape(() => this.#flushCounts());
 
     this.#sessionEvents = {
@@ -133,7 +143,9 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
     this.#forward = config.protocol === 'http-forward';
     this.sessionSettings = sessionSettings(config.http);
     if (this.#listening) this.#listenerSetsOptions = applyKeepaliveToListener(this.#server, config.keepalive.client, config.noDelay);
-    this.#allowlist = new Allowlist(config.allow);
+    const allowlist = new Allowlist(config.allow);
+    this.#policy.guard.update(allowlist);
+    this.#policy = { allowlist, guard: this.#policy.guard };
     this.#reverse = this.#forward ? null : reverseUpstream(config);
     const key = poolKey(config);
     if (key !== this.#poolKey) {
@@ -166,7 +178,8 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
       await Promise.race([drained, deadline]);
       clearTimeout(timer);
       for (const session of [...this.#tunnels]) session.destroy(reason);
-      for (const socket of [...this.#sessions.keys()]) socket.destroy();
+      // Past the deadline a response still under way is cut: reset, so it cannot pass for complete.
+      for (const session of [...this.#sessions.values()]) session.close('client_shutdown', 'reset');
       // Their 'close' events come later, after the last flush below.
       this.#sessions.clear();
       this.#pool.destroy(reason);
@@ -174,6 +187,7 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
       this.#pool.close(reason);
     }
     this.#flushCounts();
+    for (const burst of [this.#connectFailures, this.#evictions, this.#acceptErrors]) burst.flush();
     this.#unsubscribe?.();
     this.#unsubscribe = null;
     this.#unregisterFlush();
@@ -251,14 +265,16 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
       (dialed) => countDial(metrics, dialed),
       (error: { code?: string; side?: Side }) => {
         if (error.side === 'downstream') return; // aborted because the client left
-        metrics.connect(error.code === 'CONNECT_TIMEOUT' ? 'timeout' : 'error').inc();
+        countDialFailure(metrics, this.#connectFailures, { route: this.name, upstream: describeTarget(target) }, error);
       },
     );
     return attempt;
   }
 
-  startTunnel(down: net.Socket, up: net.Socket, options: TunnelOptions): void {
-    const client = this.#clientOf(down);
+  startTunnel(clientSession: ClientSession, up: net.Socket, options: TunnelOptions): void {
+    clientSession.tunnelled();
+    const client = clientSession.client;
+    const down = clientSession.socket;
     const session = new Session(down, up, this.#sessionEvents, {
       id: client.id,
       idleTimeoutMs: this.#config.idleTimeoutMs,
@@ -281,10 +297,10 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
     let path: string;
     let authority: string;
     if (this.#forward) {
-      const destination = resolveForwardRequest(head.url, this.#allowlist);
+      const destination = resolveForwardRequest(head.url, this.#policy);
       if (!destination.ok) return this.#refuse(session, head, destination.status, destination.detail);
       const { value } = destination;
-      origin = { host: value.host, port: value.port, tls: value.scheme === 'https' ? { rejectUnauthorized: true } : null };
+      origin = this.#forwardTarget(value);
       path = value.path;
       authority = value.authority;
     } else {
@@ -321,20 +337,14 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
 
   /** Upgrade or CONNECT: the client socket leaves HTTP and becomes a tunnel (or gets a raw refusal). */
   handOff(session: ClientSession, head: RequestHead, rest: Buffer): void {
-    const socket = session.socket;
-    if (head.method === 'CONNECT') this.#onConnect(head, socket, rest);
-    else this.#onUpgrade(head, socket, rest);
+    if (head.method === 'CONNECT') this.#onConnect(head, session, rest);
+    else this.#onUpgrade(head, session, rest);
   }
 
-  evicted(reason: EvictionReason): void {
+  clientEnded(session: ClientSession, reason: ClientEndReason, side: Side): void {
     this.#metrics.eviction(reason).inc();
-  }
-
-  reclaim(down: net.Socket): () => void {
-    const session = this.#sessions.get(down);
-    if (session !== undefined) return session.reclaim();
-    // Drain already let go of it: nothing is left to answer.
-    return () => down.destroy();
+    const { log } = this.#deps;
+    if (log.isLevelEnabled('debug')) log.debug({ route: this.name, id: session.client.id, reason, side, requests: session.client.requests }, 'client connection closed');
   }
 
   sessionClosed(session: ClientSession): void {
@@ -362,8 +372,14 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
     this.#sessions.set(socket, new ClientSession(socket, this, Date.now(), reads));
   }
 
-  #clientOf(socket: net.Socket): ClientConnection {
-    return this.#sessions.get(socket)!.client;
+  /** A forward destination's dial: its name resolved once, through the guard. */
+  #forwardTarget(destination: ForwardDestination): DialTarget {
+    return {
+      host: destination.host,
+      port: destination.port,
+      tls: destination.scheme === 'https' ? { rejectUnauthorized: true } : null,
+      lookup: this.#policy.guard.lookupFor(destination.port),
+    };
   }
 
   #refuse(session: ClientSession, head: RequestHead, status: number, detail: string): null {
@@ -373,20 +389,20 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
     return null;
   }
 
-  #onUpgrade(req: RequestHead, socket: net.Socket, head: Buffer): void {
+  #onUpgrade(req: RequestHead, client: ClientSession, head: Buffer): void {
     const config = this.#config;
     let dial: DialTarget;
     let path: string;
     let authority: string;
     if (this.#forward) {
-      const destination = resolveForwardRequest(req.url, this.#allowlist);
+      const destination = resolveForwardRequest(req.url, this.#policy);
       if (!destination.ok) {
         this.answered(destination.status);
-        respondRaw(socket, destination.status, destination.detail);
+        respondRaw(client, destination.status, destination.status === 403 ? 'forbidden' : 'bad_request', destination.detail);
         return;
       }
       const { value } = destination;
-      dial = { host: value.host, port: value.port, tls: value.scheme === 'https' ? { rejectUnauthorized: true } : null };
+      dial = this.#forwardTarget(value);
       path = value.path;
       authority = value.authority;
     } else {
@@ -394,7 +410,7 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
       const reversed = reversePath(reverse.basePath, req.url);
       if (reversed === null) {
         this.answered(400);
-        respondRaw(socket, 400, 'invalid request target');
+        respondRaw(client, 400, 'bad_request', 'invalid request target');
         return;
       }
       dial = reverse.dial;
@@ -403,20 +419,20 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
     }
     const headers = upstreamRequestHeaders({ method: req.method, rawHeaders: rawHeaders(req), headers: req.headers }, {
       host: authority,
-      forwarded: config.http.xForwarded ? { clientIp: clientAddress(socket.remoteAddress), proto: 'http', host: req.headers.host } : null,
+      forwarded: config.http.xForwarded ? { clientIp: client.clientIp, proto: 'http', host: req.headers.host } : null,
       drop: this.#forward ? ['proxy-authorization'] : [],
       upgrade: req.headers.upgrade ?? 'websocket',
     });
-    proxyUpgrade(this, req, socket, head, { dial, path, headers, heartbeat: config.heartbeat, responseTimeoutMs: config.http.responseTimeoutMs });
+    proxyUpgrade(this, req, client, head, { dial, path, headers, heartbeat: config.heartbeat, responseTimeoutMs: config.http.responseTimeoutMs });
   }
 
-  #onConnect(req: RequestHead, socket: net.Socket, head: Buffer): void {
+  #onConnect(req: RequestHead, client: ClientSession, head: Buffer): void {
     if (!this.#forward) {
       this.answered(405);
-      respondRaw(socket, 405, 'this route is a reverse proxy; CONNECT is for http-forward routes', 'Allow: GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH\r\n');
+      respondRaw(client, 405, 'bad_request', 'this route is a reverse proxy; CONNECT is for http-forward routes', 'Allow: GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH\r\n');
       return;
     }
-    proxyConnect(this, req, socket, head, this.#allowlist);
+    proxyConnect(this, req, client, head, this.#policy);
   }
 
   // ---- tunnels ----
@@ -426,7 +442,7 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
     this.#metrics.eviction(reason).inc();
     const fields = { route: this.name, id: session.id, reason, side, bytesUpstream: session.bytesUp, bytesDownstream: session.bytesDown };
     if (reason === 'peer_closed' || reason === 'shutdown') this.#deps.log.debug(fields, 'tunnel closed');
-    else this.#deps.log.info(fields, 'tunnel evicted');
+    else this.#evictions.note(fields, reason);
   }
 
   #onHeartbeat(session: Session, result: HeartbeatResult, ms: number, detail?: string): void {
@@ -448,7 +464,7 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
       connectTimeoutMs: config.connectTimeoutMs,
       noDelay: config.noDelay,
     };
-    return new HttpPool({ route: config.name, settings, metrics: this.#metrics, clock: this.#deps.clock, log: this.#deps.log });
+    return new HttpPool({ route: config.name, settings, metrics: this.#metrics, clock: this.#deps.clock, log: this.#deps.log, connectFailures: this.#connectFailures });
   }
 
   #tick(now: number): void {
@@ -516,6 +532,8 @@ function poolKey(config: RouteConfig): string {
   const tls = config.tls;
   return JSON.stringify({
     upstream: config.upstreamUrl?.href ?? null,
+    // A forward route's pooled connections were judged by the allowlist they were dialled under.
+    allow: config.allow,
     pool: config.httpPool,
     keepalive: config.keepalive.upstream,
     userTimeoutMs: config.userTimeoutMs,

@@ -2,7 +2,8 @@ import type net from 'node:net';
 import type { HeartbeatConfig } from '../config/schema.js';
 import type { Logger } from '../log.js';
 import type { DialAttempt, DialTarget, DialedSocket } from '../pool/http-dial.js';
-import { ProxyError } from '../errors.js';
+import { dialFailureStatus } from '../errors.js';
+import type { ClientSession } from './client-session.js';
 import { respondRaw } from './respond.js';
 import type { Tracker } from '../protocols/types.js';
 
@@ -27,14 +28,8 @@ export interface TunnelHost {
   dial(target: DialTarget): DialAttempt;
   /** requests_total for an Upgrade or CONNECT, with the status the client got. */
   answered(status: number): void;
-  /**
-   * The upstream declined an Upgrade: the client connection returns to its HTTP session,
-   * which watches it again (FIN, reset) and closes it when the returned call says the
-   * relayed answer is written.
-   */
-  reclaim(down: net.Socket): () => void;
-  /** From here on the session owns both sockets. */
-  startTunnel(down: net.Socket, up: net.Socket, options: TunnelOptions): void;
+  /** From here on the tunnel's session owns both sockets (and their close). */
+  startTunnel(client: ClientSession, up: net.Socket, options: TunnelOptions): void;
 }
 
 /** Client bytes held while a tunnel is set up; past this, reading pauses until the tunnel starts. */
@@ -47,11 +42,14 @@ const EARLY_LIMIT = 64 * 1024;
  * handshake). What it sends meanwhile is held, up to EARLY_LIMIT, for take().
  */
 export class ClientWatch {
+  readonly #client: ClientSession;
   readonly #down: net.Socket;
   #held: Buffer[] = [];
   #heldBytes = 0;
 
-  constructor(down: net.Socket) {
+  constructor(client: ClientSession) {
+    this.#client = client;
+    const down = client.socket;
     this.#down = down;
     down.on('data', this.#onData);
     down.on('end', this.#onEnd);
@@ -78,7 +76,7 @@ export class ClientWatch {
 
   /** A client that stops sending before its tunnel exists has left (as the HTTP session treats a FIN). */
   readonly #onEnd = (): void => {
-    this.#down.destroy();
+    this.#client.close('client_closed', 'destroy');
   };
 }
 
@@ -89,11 +87,12 @@ export class ClientWatch {
  */
 export function dialForClient(
   host: TunnelHost,
-  down: net.Socket,
+  client: ClientSession,
   target: DialTarget,
   what: string,
   onReady: (dialed: DialedSocket) => void,
 ): void {
+  const down = client.socket;
   const attempt = host.dial(target);
   const onClientGone = (): void => attempt.abort();
   down.once('close', onClientGone);
@@ -109,9 +108,10 @@ export function dialForClient(
     (error: unknown) => {
       down.off('close', onClientGone);
       if (down.destroyed) return;
-      const timeout = error instanceof ProxyError && error.code === 'CONNECT_TIMEOUT';
-      host.answered(timeout ? 504 : 502);
-      respondRaw(down, timeout ? 504 : 502, timeout ? `${what} did not accept the connection in time` : `${what} is unreachable`);
+      const status = dialFailureStatus(error);
+      host.answered(status);
+      const detail = status === 403 ? (error as Error).message : status === 504 ? `${what} did not accept the connection in time` : `${what} is unreachable`;
+      respondRaw(client, status, status === 403 ? 'forbidden' : 'connect_error', detail);
     },
   );
 }

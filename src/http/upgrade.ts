@@ -3,6 +3,7 @@ import type net from 'node:net';
 import type { HeartbeatConfig } from '../config/schema.js';
 import type { DialTarget, DialedSocket } from '../pool/http-dial.js';
 import { WebSocketTracker } from '../protocols/websocket.js';
+import type { ClientSession } from './client-session.js';
 import type { RequestHead } from './head-parser.js';
 import { HOP_BY_HOP, endToEnd } from './headers.js';
 import { respondRaw } from './respond.js';
@@ -25,17 +26,19 @@ export interface UpgradeTarget {
   readonly responseTimeoutMs: number;
 }
 
+/** Fields the declined answer states from node's parse instead of copying. */
+const FRAMING: ReadonlySet<string> = new Set(['content-length', 'transfer-encoding']);
+
 /** Extensions known to leave control frames alone (RFC 7692 compresses data frames only). */
 const SAFE_EXTENSIONS: ReadonlySet<string> = new Set(['permessage-deflate']);
 
-export function proxyUpgrade(host: TunnelHost, req: RequestHead, down: net.Socket, head: Buffer, target: UpgradeTarget): void {
-  // The HTTP server let go of the socket: its error handler and reading went with it.
-  down.on('error', () => {});
-  const watch = new ClientWatch(down);
-  dialForClient(host, down, target.dial, 'the upstream', (dialed) => handshake(host, req, down, watch, head, dialed, target));
+export function proxyUpgrade(host: TunnelHost, req: RequestHead, client: ClientSession, head: Buffer, target: UpgradeTarget): void {
+  const watch = new ClientWatch(client);
+  dialForClient(host, client, target.dial, 'the upstream', (dialed) => handshake(host, req, client, watch, head, dialed, target));
 }
 
-function handshake(host: TunnelHost, req: RequestHead, down: net.Socket, watch: ClientWatch, head: Buffer, dialed: DialedSocket, target: UpgradeTarget): void {
+function handshake(host: TunnelHost, req: RequestHead, client: ClientSession, watch: ClientWatch, head: Buffer, dialed: DialedSocket, target: UpgradeTarget): void {
+  const down = client.socket;
   let settled = false;
   const ureq = http.request({
     createConnection: () => dialed.socket,
@@ -60,7 +63,7 @@ function handshake(host: TunnelHost, req: RequestHead, down: net.Socket, watch: 
     dialed.socket.destroy();
     if (status > 0 && !down.destroyed) {
       host.answered(status);
-      respondRaw(down, status, detail);
+      respondRaw(client, status, 'client_error', detail);
     }
   }
 
@@ -77,11 +80,13 @@ function handshake(host: TunnelHost, req: RequestHead, down: net.Socket, watch: 
       up.destroy();
       return;
     }
-    // The 101 goes back as the upstream wrote it, minus fields that describe our hop only.
+    // The 101 goes back as the upstream wrote it, minus fields that describe our hop only
+    // and minus Content-Length (a 1xx has no body: RFC 9110 8.6).
     const lines = [`HTTP/1.1 ${ures.statusCode} ${ures.statusMessage ?? ''}`];
     const raw = ures.rawHeaders;
     for (let i = 0; i < raw.length; i += 2) {
       const name = raw[i]!.toLowerCase();
+      if (name === 'content-length') continue;
       if (name === 'connection' || name === 'upgrade' || !HOP_BY_HOP.has(name)) lines.push(`${raw[i]}: ${raw[i + 1]}`);
     }
     down.write(`${lines.join('\r\n')}\r\n\r\n`);
@@ -95,7 +100,7 @@ function handshake(host: TunnelHost, req: RequestHead, down: net.Socket, watch: 
       up.write(chunk);
     }
     const fromUpstream = upstreamHead.length > 0 ? [tracker ? tracker.fromServer(upstreamHead) : upstreamHead] : [];
-    host.startTunnel(down, resettableTls(up, dialed.raw), {
+    host.startTunnel(client, resettableTls(up, dialed.raw), {
       kind: 'upgrade',
       tracker,
       heartbeat: tracker ? target.heartbeat : null,
@@ -114,12 +119,16 @@ function handshake(host: TunnelHost, req: RequestHead, down: net.Socket, watch: 
     down.off('close', onClientGone);
     // The session watches the client again while the answer is relayed, then closes it.
     watch.take();
-    const closeClient = host.reclaim(down);
+    const closeClient = client.reclaim();
     const status = ures.statusCode ?? 502;
     host.answered(status);
     const lines = [`HTTP/1.1 ${status} ${ures.statusMessage ?? ''}`];
-    const kept = endToEnd(ures.rawHeaders);
+    const kept = endToEnd(ures.rawHeaders, FRAMING);
     for (let i = 0; i < kept.length; i += 2) lines.push(`${kept[i]}: ${kept[i + 1]}`);
+    // Framing from node's parse, never from the upstream's field lines: its length when it
+    // framed the body by one; otherwise (chunked, decoded by node) the close ends the body.
+    const length = ures.headers['content-length'];
+    if (length !== undefined && ures.headers['transfer-encoding'] === undefined && status !== 204) lines.push(`Content-Length: ${length}`);
     lines.push('Connection: close');
     down.write(`${lines.join('\r\n')}\r\n\r\n`);
     ures.on('data', (chunk: Buffer) => {
@@ -133,7 +142,8 @@ function handshake(host: TunnelHost, req: RequestHead, down: net.Socket, watch: 
       dialed.socket.destroy();
     });
     ures.on('error', () => {
-      down.destroy();
+      // The relayed answer broke off: a reset, so the client cannot take it for complete.
+      client.close('client_error', 'reset');
       dialed.socket.destroy();
     });
     down.once('close', () => dialed.socket.destroy());

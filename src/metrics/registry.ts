@@ -31,6 +31,19 @@ export type EvictionReason =
   | 'reload'
   // HTTP client side (issue 8): a request body that stalled past http.bodyTimeout.
   | 'body_timeout'
+  // HTTP client side (issue 9): each end of a client connection of an HTTP route. Words the
+  // upstream pool also uses carry a client_ prefix, so the two sides never add up in one series.
+  | 'client_closed'
+  | 'client_reset'
+  | 'client_idle_timeout'
+  | 'client_max_requests'
+  | 'client_shutdown'
+  | 'client_error'
+  | 'headers_timeout'
+  | 'bad_request'
+  | 'forbidden'
+  | 'upgrade_declined'
+  | 'response_close'
   // TLS to a database (issue 10): an upstream TLS handshake or verification failed, or a
   // client's own TLS handshake (clientTls) failed or timed out.
   | 'tls_error';
@@ -87,7 +100,7 @@ export class Metrics {
   });
   readonly heartbeats = new client.Counter({
     name: `${PREFIX}heartbeats_total`,
-    help: 'Application heartbeats by result (ok, timeout, unsupported, sent).',
+    help: 'Application heartbeats by result (ok, error, timeout, unsupported, sent).',
     labelNames: ['route', 'result'] as const,
     registers: [this.registry],
   });
@@ -114,6 +127,12 @@ export class Metrics {
     name: `${PREFIX}pool_active`,
     help: 'Upstream connections from the pool serving a client or request now.',
     labelNames: ['route'] as const,
+    registers: [this.registry],
+  });
+  readonly acceptErrors = new client.Counter({
+    name: `${PREFIX}accept_errors_total`,
+    help: 'Client connections a route could not take, by error code: failed accepts, and (tcp routes) clients accepted when no descriptor was left for their upstream (EMFILE, ENFILE).',
+    labelNames: ['route', 'code'] as const,
     registers: [this.registry],
   });
   readonly configReloads = new client.Counter({

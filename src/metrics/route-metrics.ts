@@ -80,6 +80,7 @@ export class RouteMetrics {
   readonly #heartbeats = new Map<string, BatchedCounter>();
   readonly #tlsHandshakes = new Map<string, BatchedCounter>();
   readonly #retries = new Map<string, BatchedCounter>();
+  readonly #acceptErrors = new Map<string, BatchedCounter>();
   readonly #requests = new Map<number, BatchedCounter>();
 
   constructor(metrics: Metrics, route: string) {
@@ -122,6 +123,10 @@ export class RouteMetrics {
 
   retry(reason: string): BatchedCounter {
     return this.#counter(this.#retries, reason, () => this.#metrics.httpRetries.labels(this.#route, reason));
+  }
+
+  acceptError(code: string): BatchedCounter {
+    return this.#counter(this.#acceptErrors, code, () => this.#metrics.acceptErrors.labels(this.#route, code));
   }
 
   /** HTTP requests answered, by the status sent to the client. */

@@ -32,7 +32,7 @@ export function acceptWith<T>(
   handle.onconnection = (error: number, clientHandle: unknown): void => {
     if (error) {
       // As node's own accept does (EMFILE and the like): the server's 'error'.
-      server.emit('error', Object.assign(new Error(`accept: ${getSystemErrorName(error)}`), { code: getSystemErrorName(error) }));
+      server.emit('error', Object.assign(new Error(`accept: ${getSystemErrorName(error)}`), { code: getSystemErrorName(error), syscall: 'accept' }));
       return;
     }
     const { options, context } = build();

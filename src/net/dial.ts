@@ -59,6 +59,8 @@ export interface DialOptions {
    * 'data' events. A TLS socket is always read through 'data' events.
    */
   readonly reads?: 'shared' | 'events' | net.OnReadOpts;
+  /** Resolves the name for this dial (a forward route's guard judges the addresses); dns.lookup when absent. */
+  readonly lookup?: net.LookupFunction;
 }
 
 export interface DialResult {
@@ -91,6 +93,7 @@ export function dial(options: DialOptions): DialHandle {
     port: target.port,
     noDelay: options.noDelay,
     allowHalfOpen: options.halfOpen ?? true,
+    ...(options.lookup ? { lookup: options.lookup } : {}),
     ...(reads === 'shared' ? { onread: sharedOnread } : typeof reads === 'object' ? { onread: reads } : {}),
   });
   if (reads === 'shared') markSharedReads(raw);
@@ -121,7 +124,9 @@ export function dial(options: DialOptions): DialHandle {
     s.resolve({ socket, raw, connectMs: performance.now() - started, tls: tlsSummary(socket), earlyData, keepaliveApplied });
   }
   function onError(error: NodeJS.ErrnoException): void {
-    fail(new ProxyError('CONNECT_FAILED', 'upstream', `${where}: ${error.code ?? error.message}`, { cause: error }));
+    // The lookup's own verdict (DESTINATION_REFUSED) reaches the caller as it is.
+    if (error instanceof ProxyError) fail(error);
+    else fail(new ProxyError('CONNECT_FAILED', 'upstream', `${where}: ${error.code ?? error.message}`, { cause: error }));
   }
   function onTlsError(error: NodeJS.ErrnoException): void {
     fail(new ProxyError('TLS_FAILED', 'upstream', `${where}: ${tlsFailureCause(error)}`, { cause: error }));

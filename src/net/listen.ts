@@ -1,6 +1,9 @@
 import type net from 'node:net';
 import type { HostPort } from '../config/schema.js';
 import { ProxyError } from '../errors.js';
+import { BurstLog } from '../log-burst.js';
+import type { RouteMetrics } from '../metrics/route-metrics.js';
+import type { RouteDeps } from '../route.js';
 
 /** Binds a server; rejects with LISTEN_FAILED naming the route and address. */
 export function listenOn(server: net.Server, address: HostPort, owner: string): Promise<void> {
@@ -23,4 +26,26 @@ export function listenOn(server: net.Server, address: HostPort, owner: string): 
 export function formatAddress(host: string | undefined, port: number | undefined): string {
   if (!host) return 'unknown';
   return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
+}
+
+/**
+ * A route listener's errors once it is bound. A failed accept (EMFILE or ENFILE at the fd
+ * limit, ECONNABORTED) is counted in accept_errors_total and logged folded; the listener
+ * goes on (libuv drops that connection and keeps polling), so the route serves again as
+ * soon as descriptors free up. Returns the burst log, for the route to flush when it stops.
+ */
+export function watchListenerErrors(server: net.Server, route: string, metrics: RouteMetrics, deps: RouteDeps): BurstLog {
+  const acceptErrors = new BurstLog(deps.log, deps.clock, { level: 'warn', msg: 'accept failed; the listener goes on', countBy: 'codes' });
+  server.on('error', (error: NodeJS.ErrnoException) => {
+    // A bind failure is listen()'s to report, once (fatal at start, an error on reload).
+    if (error.syscall === 'listen' || error.syscall === 'bind') return;
+    if (error.syscall !== 'accept') {
+      deps.log.error({ route, err: error }, 'listener error');
+      return;
+    }
+    const code = error.code ?? 'unknown';
+    metrics.acceptError(code).inc();
+    acceptErrors.note({ route, code }, code);
+  });
+  return acceptErrors;
 }

@@ -22,6 +22,8 @@ export interface DialTarget {
   readonly host: string;
   readonly port: number;
   readonly tls: UpstreamTls | null;
+  /** Resolves a name for this dial (a forward route's guard judges the addresses); dns.lookup when absent. */
+  readonly lookup?: net.LookupFunction;
 }
 
 export interface DialSettings {
@@ -79,6 +81,7 @@ export function dialUpstream(target: DialTarget, settings: DialSettings, session
       : null,
     sessions,
     reads: readBuffer ? readBuffer.onread : 'events',
+    lookup: target.lookup,
   });
   return {
     done: handle.done.then(({ socket, raw, connectMs, tls }) => ({ socket, raw, connectMs, tlsResumed: tls?.resumed ?? null, readBuffer })),

@@ -2,6 +2,7 @@ import type { Clock } from '../clock.js';
 import type { HttpPoolConfig } from '../config/schema.js';
 import { ProxyError } from '../errors.js';
 import type { Logger } from '../log.js';
+import type { BurstLog } from '../log-burst.js';
 import type { EvictionReason } from '../metrics/registry.js';
 import type { RouteMetrics } from '../metrics/route-metrics.js';
 import { PooledConnection, type ConnectionState, type ConnectionUser } from './http-connection.js';
@@ -41,6 +42,8 @@ export interface HttpPoolOptions {
   readonly metrics: RouteMetrics;
   readonly clock: Clock;
   readonly log?: Logger;
+  /** The route's folded log of failed upstream connects (shared with its tunnels). */
+  readonly connectFailures?: BurstLog;
 }
 
 /** Who asked for a connection: an exchange, which then uses it (its events go to it). */
@@ -69,6 +72,7 @@ export class HttpPool {
   readonly metrics: RouteMetrics;
   readonly clock: Clock;
   readonly log: Logger | undefined;
+  readonly connectFailures: BurstLog | undefined;
   readonly sessions = new TlsSessionCache();
   readonly #origins = new Map<string, OriginPool>();
   #lastOrigin: OriginPool | null = null;
@@ -81,6 +85,7 @@ export class HttpPool {
     this.metrics = options.metrics;
     this.clock = options.clock;
     this.log = options.log;
+    this.connectFailures = options.connectFailures;
     this.#unsubscribe = this.clock.subscribe((now) => this.#tick(now));
   }
 
@@ -391,8 +396,7 @@ export class OriginPool {
       (error: unknown) => {
         this.#dials.delete(attempt);
         pool.moved('connecting', null);
-        const timeout = error instanceof ProxyError && error.code === 'CONNECT_TIMEOUT';
-        pool.metrics.connect(timeout ? 'timeout' : 'error').inc();
+        countDialFailure(pool.metrics, pool.connectFailures, { route: pool.route, upstream: this.#description }, error);
         if (!waiter.waiter.abandoned) waiter.waiter.connectionFailed(error);
         this.#dispatch();
       },
@@ -432,6 +436,18 @@ export class OriginPool {
 function originKey(target: DialTarget): string {
   const scheme = target.tls ? `https|${target.tls.servername ?? ''}` : 'http';
   return `${scheme}|${target.host}|${target.port}`;
+}
+
+/**
+ * upstream_connects_total{result} of a connect that failed (its client is answered 502 or
+ * 504), and the route's folded log line: an outage is one line and per-second counts.
+ */
+export function countDialFailure(metrics: RouteMetrics, failures: BurstLog | undefined, fields: { route: string; upstream: string }, error: unknown): void {
+  // A destination the forward guard refused was never dialled: no connect to count (forward.ts logs the refusal).
+  if (error instanceof ProxyError && error.code === 'DESTINATION_REFUSED') return;
+  const result = error instanceof ProxyError && error.code === 'CONNECT_TIMEOUT' ? 'timeout' : 'error';
+  metrics.connect(result).inc();
+  failures?.note({ ...fields, result, err: error instanceof Error ? error.message : String(error) }, result);
 }
 
 /** upstream_connects_total, upstream_connect_seconds and tls_handshakes_total of a connect that succeeded. */

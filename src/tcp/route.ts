@@ -6,8 +6,8 @@ import { applyKeepalive, applyKeepaliveToListener, readSocketOptions } from '../
 import { codecFor } from '../protocols/registry.js';
 import type { HeartbeatCodec } from '../protocols/types.js';
 import type { ConnectionInfo, RouteDeps, RouteHandle } from '../route.js';
-import { BurstLog } from '../log.js';
-import { formatAddress, listenOn } from '../net/listen.js';
+import { BurstLog } from '../log-burst.js';
+import { formatAddress, listenOn, watchListenerErrors } from '../net/listen.js';
 import { acceptWith } from '../net/accept.js';
 import { markSharedReads, sharedOnread } from '../net/shared-reads.js';
 import { RouteMetrics } from '../metrics/route-metrics.js';
@@ -53,6 +53,10 @@ class TcpRoute implements RouteHandle {
   readonly #events: SessionEvents;
   readonly #connectFailures: BurstLog;
   readonly #clientTlsFailures: BurstLog;
+  /** Evictions the proxy decided: a mass eviction is one line and per-second counts by reason. */
+  readonly #evictions: BurstLog;
+  readonly #acceptErrors: BurstLog;
+  readonly #refusedHeartbeats: BurstLog;
 
   constructor(config: RouteConfig, deps: RouteDeps) {
     this.name = config.name;
@@ -61,11 +65,17 @@ class TcpRoute implements RouteHandle {
     this.#codec = heartbeatCodec(config);
     this.#clientContext = clientSecureContext(config);
     this.#metrics = new RouteMetrics(deps.metrics, this.name);
-    this.#connectFailures = new BurstLog(deps.log, 'upstream connect failed; closing client');
-    this.#clientTlsFailures = new BurstLog(deps.log, 'client TLS failed; closing client');
+    this.#connectFailures = new BurstLog(deps.log, deps.clock, { level: 'warn', msg: 'upstream connect failed; closing client' });
+    this.#evictions = new BurstLog(deps.log, deps.clock, { level: 'info', msg: 'connection evicted', countBy: 'reasons' });
+    this.#refusedHeartbeats = new BurstLog(deps.log, deps.clock, {
+      level: 'warn',
+      msg: 'heartbeat answered with an error: the upstream is alive but refuses the probe (e.g. a Redis ACL user without +ping)',
+      intervalMs: 60_000,
+    });
+    this.#clientTlsFailures = new BurstLog(deps.log, deps.clock, { level: 'warn', msg: 'client TLS failed; closing client' });
     this.#upstream = new UpstreamSource(config, this.#codec, deps, this.#metrics);
     this.#server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, (socket) => this.#accept(socket));
-    this.#server.on('error', (error) => deps.log.error({ route: this.name, err: error }, 'listener error'));
+    this.#acceptErrors = watchListenerErrors(this.#server, this.name, this.#metrics, deps);
     this.#events = {
       onClosed: (session, reason, side) => this.#onSessionClosed(session, reason, side),
       onBytes: (direction, count) => {
@@ -117,22 +127,27 @@ class TcpRoute implements RouteHandle {
     // A changed upstream or pool gets a fresh source; the old one's idle sockets go.
     const old = this.#upstream;
     this.#upstream = new UpstreamSource(config, this.#codec, this.#deps, this.#metrics);
-    old.close('route_removed');
+    old.close('reload');
     if (this.#listening) this.#upstream.start();
     warnAboutOneWayHeartbeat(config, this.#deps);
   }
 
   async stopAccepting(): Promise<void> {
+    await this.#stopAccepting('shutdown');
+  }
+
+  async #stopAccepting(sparesReason: EvictionReason): Promise<void> {
     if (!this.#listening) return;
     this.#listening = false;
-    this.#upstream.close('shutdown');
+    this.#upstream.close(sparesReason);
     // The listening socket closes at once; close()'s callback would wait for every
     // accepted connection to end, which is drain's job, not this one's.
     this.#server.close();
   }
 
   async drain(deadlineMs: number, reason: EvictionReason): Promise<void> {
-    await this.stopAccepting();
+    // A route retired by a reload drops its spares for the reload; live clients go on.
+    await this.#stopAccepting(reason === 'route_removed' ? 'reload' : reason);
     if (this.activeCount > 0) {
       const drained = new Promise<void>((resolve) => this.#drainWaiters.push(resolve));
       // An infinite deadline (a route retired by reload) waits for the clients to finish.
@@ -146,6 +161,7 @@ class TcpRoute implements RouteHandle {
       for (const session of this.#sessions.keys()) session.destroy(reason);
     }
     this.#metrics.flush();
+    for (const burst of [this.#connectFailures, this.#evictions, this.#acceptErrors]) burst.flush();
     this.#unsubscribe?.();
     this.#unsubscribe = null;
     this.#unregisterFlush?.();
@@ -241,13 +257,16 @@ class TcpRoute implements RouteHandle {
         const timeout = error instanceof ProxyError && error.code === 'CONNECT_TIMEOUT';
         if (error instanceof ProxyError && error.code === 'TLS_FAILED') {
           // The upstream's failure was logged by the source; the client's own is logged here.
-          if (error.side === 'downstream') this.#clientTlsFailures.warn({ route: this.name, client, reason: 'tls_error', cause: tlsFailureCause(error.cause ?? error) });
+          if (error.side === 'downstream') this.#clientTlsFailures.note({ route: this.name, client, reason: 'tls_error', cause: tlsFailureCause(error.cause ?? error) });
           down.on('error', () => {});
           if (!down.destroyed) down.resetAndDestroy();
           this.#endBeforeSession(down, 'tls_error', error.side);
           return;
         }
-        this.#connectFailures.warn({ route: this.name, client: formatAddress(down.remoteAddress, down.remotePort), err: String((error as Error).message ?? error) });
+        // Out of descriptors: the client was taken but cannot be served, as a failed accept.
+        const fdLimit = outOfDescriptors(error);
+        if (fdLimit) this.#metrics.acceptError(fdLimit).inc();
+        this.#connectFailures.note({ route: this.name, client: formatAddress(down.remoteAddress, down.remotePort), err: String((error as Error).message ?? error) });
         down.on('error', () => {});
         // A reset tells the client at once that nothing is behind this connection.
         if (!down.destroyed) down.resetAndDestroy();
@@ -274,6 +293,7 @@ class TcpRoute implements RouteHandle {
       idleTimeoutMs: config.idleTimeoutMs,
       heartbeat: config.heartbeat,
       tracker: lease.tracker,
+      responseTimeoutMs: config.responseTimeoutMs,
       reused: lease.reused,
       earlyData: lease.earlyData,
       clientEarlyData,
@@ -302,7 +322,7 @@ class TcpRoute implements RouteHandle {
     };
     // Evictions the proxy decided (a dead peer, a timeout) are news; ordinary ends are not.
     if (reason === 'peer_closed' || reason === 'shutdown') log.debug(fields, 'connection closed');
-    else log.info(fields, 'connection evicted');
+    else this.#evictions.note(fields, reason);
     this.#checkDrained();
   }
 
@@ -312,6 +332,7 @@ class TcpRoute implements RouteHandle {
     metrics.heartbeat(result).inc();
     if (result === 'ok') metrics.heartbeatRtt.observe(ms / 1000);
     else if (result === 'sent') return;
+    else if (result === 'error') this.#refusedHeartbeats.note({ route: this.name, id: session.id });
     else if (result === 'unsupported') log.info({ route: this.name, id: session.id, why: detail }, 'heartbeats off for this connection (TCP keepalive only)');
     else log.warn({ route: this.name, id: session.id, waitedMs: ms }, 'heartbeat unanswered: upstream considered dead');
   }
@@ -324,9 +345,16 @@ class TcpRoute implements RouteHandle {
   }
 }
 
+/** EMFILE or ENFILE when a dial failed for want of a file descriptor, else null. */
+function outOfDescriptors(error: unknown): string | null {
+  const code = ((error as Error).cause as NodeJS.ErrnoException | undefined)?.code;
+  return code === 'EMFILE' || code === 'ENFILE' ? code : null;
+}
+
+/** The codec that follows the route's protocol: for its heartbeats, and for responseTimeout's notion of a request. */
 function heartbeatCodec(config: RouteConfig): HeartbeatCodec | null {
-  if (!config.heartbeat) return null;
-  return codecFor(config.protocol, { send: config.heartbeat.send, expect: config.heartbeat.expect });
+  if (!config.heartbeat && config.responseTimeoutMs === 0) return null;
+  return codecFor(config.protocol, { send: config.heartbeat?.send, expect: config.heartbeat?.expect });
 }
 
 function warnAboutOneWayHeartbeat(config: RouteConfig, deps: RouteDeps): void {

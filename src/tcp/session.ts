@@ -4,6 +4,7 @@ import type { Side } from '../errors.js';
 import type { EvictionReason } from '../metrics/registry.js';
 import type { Tracker } from '../protocols/types.js';
 import { readInto } from '../net/shared-reads.js';
+import { readOnAfterWriteError } from '../net/last-reads.js';
 
 // One proxied pair: the downstream (client) socket and the upstream socket, spliced
 // both ways with backpressure and half-close, and closed exactly once through
@@ -13,8 +14,8 @@ import { readInto } from '../net/shared-reads.js';
 // outstanding the client's bytes are held back (bounded by the socket's own buffer:
 // the client socket is paused) and released, in order, right after the reply.
 
-/** ok: answered; timeout: unanswered (dead); unsupported: stream opaque; sent: one-way probe. */
-export type HeartbeatResult = 'ok' | 'timeout' | 'unsupported' | 'sent';
+/** ok: answered; error: answered with an error (alive, probe refused); timeout: unanswered (dead); unsupported: stream opaque; sent: one-way probe. */
+export type HeartbeatResult = 'ok' | 'error' | 'timeout' | 'unsupported' | 'sent';
 
 export interface SessionEvents {
   /** Called once, after both sockets are destroyed. */
@@ -29,6 +30,8 @@ export interface SessionOptions {
   readonly idleTimeoutMs: number;
   readonly heartbeat: HeartbeatConfig | null;
   readonly tracker: Tracker | null;
+  /** TCP family: a reply owed this long with no byte from the server closes the pair (0 = never). */
+  readonly responseTimeoutMs?: number;
   readonly reused: boolean;
   /** Bytes the upstream sent before the client arrived (a warm socket's greeting). */
   readonly earlyData: readonly Buffer[];
@@ -61,6 +64,16 @@ type OwnedSocket = net.Socket & { [OWNER]?: Session };
 /** Reasons that end a pair with FIN after a flush; every other reason resets both sides. */
 const CLEAN_REASONS: ReadonlySet<EvictionReason> = new Set(['peer_closed', 'shutdown', 'idle_timeout', 'route_removed']);
 const CLEAN_CLOSE_GRACE_MS = 5_000;
+/** How long a socket whose write failed may go on reading the peer's last bytes. */
+const LAST_READS_GRACE_MS = 1_000;
+
+/** A write failed on one side: the close waits until that side's last bytes are read. */
+interface PendingFailure {
+  readonly reason: EvictionReason;
+  readonly side: Side;
+  readonly error: NodeJS.ErrnoException;
+  readonly at: number;
+}
 
 export class Session {
   readonly id: string;
@@ -81,6 +94,11 @@ export class Session {
   readonly #tracker: Tracker | null;
   /** Fixed per session so that many sessions started together do not probe in lockstep. */
   readonly #heartbeatDueAfterMs: number;
+  readonly #responseTimeoutMs: number;
+  /** When the oldest unanswered request went out, or the server's last byte since (0: nothing owed). */
+  #replyOwedSince = 0;
+  /** Last byte from the client (heartbeat.maxIdle). */
+  #lastClientAt: number;
   #probeSentAt = 0;
   #probeSentPrecise = 0;
   #held: Buffer[] = [];
@@ -94,6 +112,7 @@ export class Session {
   #closedAt = 0;
   #closeReason: EvictionReason | null = null;
   #closeSide: Side = 'proxy';
+  #pendingFailure: PendingFailure | null = null;
 
   constructor(down: net.Socket, up: net.Socket, events: SessionEvents, options: SessionOptions) {
     this.id = options.id;
@@ -107,6 +126,8 @@ export class Session {
     this.#idleTimeoutMs = options.idleTimeoutMs;
     this.#heartbeat = options.heartbeat;
     this.#tracker = options.tracker;
+    this.#responseTimeoutMs = options.responseTimeoutMs ?? 0;
+    this.#lastClientAt = options.now;
     const spread = options.heartbeat ? options.heartbeat.everyMs * options.heartbeat.jitter : 0;
     this.#heartbeatDueAfterMs = options.heartbeat ? options.heartbeat.everyMs + spread * (Math.random() * 2 - 1) : 0;
 
@@ -132,6 +153,8 @@ export class Session {
     (up as OwnedSocket)[OWNER] = this;
     readInto(down, Session.#downData);
     readInto(up, Session.#upData);
+    readOnAfterWriteError(down, Session.#writeFailed);
+    readOnAfterWriteError(up, Session.#writeFailed);
     // Backpressure: a full write buffer on one side pauses reading on the other, so
     // the proxy never holds more than the sockets' own buffers.
     up.on('drain', Session.#upDrain);
@@ -162,16 +185,20 @@ export class Session {
   static #downDrain(this: net.Socket): void {
     const session = Session.#of(this);
     session.#upBlocked = false;
+    // The server was not read while the client caught up: its reply deadline starts over.
+    if (session.#replyOwedSince !== 0) session.#replyOwedSince = nowCoarse();
     session.up.resume();
   }
   static #downEnd(this: net.Socket): void {
     const session = Session.#of(this);
     session.#downEnded = true;
+    if (session.#closeIfFailed('downstream')) return;
     if (session.#held.length === 0) session.up.end();
   }
   static #upEnd(this: net.Socket): void {
     const session = Session.#of(this);
     session.#upEnded = true;
+    if (session.#closeIfFailed('upstream')) return;
     session.down.end();
   }
   static #downError(this: net.Socket, error: NodeJS.ErrnoException): void {
@@ -180,6 +207,23 @@ export class Session {
   static #upError(this: net.Socket, error: NodeJS.ErrnoException): void {
     Session.#of(this).close(reasonForError(error), 'upstream', error);
   }
+  static #writeFailed(socket: net.Socket, error: NodeJS.ErrnoException): void {
+    const session = Session.#of(socket);
+    const side: Side = socket === session.down ? 'downstream' : 'upstream';
+    if (session.#closed) {
+      resetOrDestroy(socket);
+      return;
+    }
+    if (session.#pendingFailure) {
+      session.close(reasonForError(error), side, error);
+      return;
+    }
+    // The peer is gone, but what it sent before going is still to be read: stop feeding
+    // it (the other side pauses) and let its reads run to their end (see net/last-reads.ts).
+    session.#pendingFailure = { reason: reasonForError(error), side, error, at: Date.now() };
+    (side === 'upstream' ? session.down : session.up).pause();
+    socket.resume();
+  }
   static #downClose(this: net.Socket): void {
     Session.#of(this).#onSocketClosed('downstream');
   }
@@ -187,8 +231,16 @@ export class Session {
     Session.#of(this).#onSocketClosed('upstream');
   }
 
+  /** The side whose write failed has read to its end: the pair closes as that failure. */
+  #closeIfFailed(side: Side): boolean {
+    const failure = this.#pendingFailure;
+    if (failure?.side !== side) return false;
+    this.close(failure.reason, failure.side, failure.error);
+    return true;
+  }
+
   #onClientData(chunk: Buffer): void {
-    this.lastPayloadAt = this.lastWireAt = nowCoarse();
+    this.lastPayloadAt = this.lastWireAt = this.#lastClientAt = nowCoarse();
     this.bytesUp += chunk.length;
     this.#events.onBytes('upstream', chunk.length);
     if (this.#tracker) {
@@ -200,6 +252,7 @@ export class Session {
       }
       this.#tracker.fromClient(chunk);
     }
+    this.#armReplyDeadline(this.lastWireAt);
     if (!this.up.write(chunk)) {
       this.#downBlocked = true;
       this.down.pause();
@@ -210,12 +263,15 @@ export class Session {
     this.lastWireAt = nowCoarse();
     const tracker = this.#tracker;
     if (!tracker) {
+      this.#replyOwedSince = 0;
       this.lastPayloadAt = this.lastWireAt;
       this.#forwardDownstream(chunk);
       return;
     }
     const wasProbing = tracker.probing;
     const forward = tracker.fromServer(chunk);
+    // Any byte from the server restarts the reply deadline.
+    if (this.#replyOwedSince !== 0) this.#replyOwedSince = tracker.awaitingReply ? this.lastWireAt : 0;
     if (forward.length > 0) {
       this.lastPayloadAt = this.lastWireAt;
       this.#forwardDownstream(forward);
@@ -235,16 +291,33 @@ export class Session {
   #onProbeAnswered(): void {
     // A tracker that lost the thread while a probe was out forwarded what came and went
     // off: that is no proof of life, and it is counted as unsupported at the next tick.
-    if (this.#tracker!.state !== 'off') this.#events.onHeartbeat(this, 'ok', performance.now() - this.#probeSentPrecise);
+    const tracker = this.#tracker!;
+    if (tracker.state !== 'off') this.#events.onHeartbeat(this, tracker.probeRefused ? 'error' : 'ok', performance.now() - this.#probeSentPrecise);
     const held = this.#held;
     if (held.length === 0) return;
     this.#held = [];
     for (const chunk of held) {
-      this.#tracker!.fromClient(chunk);
+      tracker.fromClient(chunk);
       if (!this.up.write(chunk)) this.#downBlocked = true;
     }
+    this.#armReplyDeadline(nowCoarse());
     if (this.#downEnded) this.up.end();
     this.#resumeDown();
+  }
+
+  /** A request now awaits its reply (a raw stream: any client byte does): start its deadline. */
+  #armReplyDeadline(now: number): void {
+    if (this.#responseTimeoutMs === 0 || this.#replyOwedSince !== 0) return;
+    if (this.#tracker ? this.#tracker.awaitingReply : true) this.#replyOwedSince = now;
+  }
+
+  /** The owed reply is later than responseTimeout (plus a blocking command's own timeout). */
+  #replyOverdue(now: number): boolean {
+    // Paused because the client reads slowly: the silence is ours, not the server's.
+    if (this.#replyOwedSince === 0 || this.#upBlocked) return false;
+    const tracker = this.#tracker;
+    if (tracker && !tracker.awaitingReply) return false;
+    return now - this.#replyOwedSince >= this.#responseTimeoutMs + (tracker?.replyGraceMs ?? 0);
   }
 
   #resumeDown(): void {
@@ -259,8 +332,17 @@ export class Session {
       if (now - this.#closedAt >= CLEAN_CLOSE_GRACE_MS) this.destroy(this.#closeReason ?? 'peer_closed');
       return;
     }
+    const failure = this.#pendingFailure;
+    if (failure && now - failure.at >= LAST_READS_GRACE_MS) {
+      this.#closeIfFailed(failure.side);
+      return;
+    }
     if (this.#idleTimeoutMs > 0 && now - this.lastPayloadAt >= this.#idleTimeoutMs) {
       this.close('idle_timeout', 'proxy');
+      return;
+    }
+    if (this.#replyOverdue(now)) {
+      this.close('response_timeout', 'upstream');
       return;
     }
     const tracker = this.#tracker;
@@ -281,6 +363,9 @@ export class Session {
       return;
     }
     if (tracker.state !== 'quiet' || this.#upEnded || this.#downEnded) return;
+    // Leave the server's own guards to fire: idle-in-transaction, and idle timeouts set above maxIdle.
+    if (tracker.inTransaction && !heartbeat.inTransaction) return;
+    if (heartbeat.maxIdleMs > 0 && now - this.#lastClientAt >= heartbeat.maxIdleMs) return;
     if (now - this.lastWireAt < this.#heartbeatDueAfterMs) return;
     this.#probeSentAt = now;
     this.#probeSentPrecise = performance.now();
@@ -296,6 +381,7 @@ export class Session {
       if (this.#closedSockets === 2) this.#finish();
       return;
     }
+    if (this.#closeIfFailed(side)) return;
     // One socket closed without an error event: either the normal end of a half-closed
     // pair (both FINs seen), or a destroy we did not cause. Either way the pair is over.
     const bothEnded = this.#downEnded && this.#upEnded;
@@ -304,7 +390,10 @@ export class Session {
 
   /**
    * Ends the pair once. Resets (RST) the other side when the peer reset or died, so the
-   * client's pool drops the connection at once; a clean end lets queued bytes flush.
+   * client's pool drops the connection at once, but only after the bytes already read
+   * from the failed peer have been handed to it, as a direct connection would have shown
+   * them (the peer's last words: an error reply before its reset). A clean end lets
+   * queued bytes flush.
    */
   close(reason: EvictionReason, side: Side, error?: NodeJS.ErrnoException): void {
     if (this.#closed) return;
@@ -312,12 +401,16 @@ export class Session {
     this.#closedAt = Date.now();
     this.#closeReason = reason;
     this.#closeSide = side;
-    this.#held = [];
     void error;
     const abrupt = !CLEAN_REASONS.has(reason);
+    // Client bytes held behind a probe were read before the client went: they are its last words.
+    if (abrupt && side === 'downstream' && !this.up.destroyed) for (const chunk of this.#held) this.up.write(chunk);
+    this.#held = [];
     for (const socket of [this.down, this.up]) {
       if (socket.destroyed) continue;
-      if (abrupt) resetOrDestroy(socket);
+      const survivor = (side === 'upstream' && socket === this.down) || (side === 'downstream' && socket === this.up);
+      if (abrupt && survivor) resetAfterFlush(socket);
+      else if (abrupt) resetOrDestroy(socket);
       else {
         // Clean close: flush what is queued, send FIN, and make sure the socket goes away
         // even if the peer never reads (destroySoon ends then destroys after the flush).
@@ -339,8 +432,17 @@ export class Session {
   }
 }
 
+/** RST once every byte queued in node for the socket has reached the kernel (bounded by the close grace). */
+function resetAfterFlush(socket: net.Socket): void {
+  if (socket.writableLength === 0) resetOrDestroy(socket);
+  else if (socket.writableEnded) socket.once('finish', () => resetOrDestroy(socket));
+  else socket.write(EMPTY, () => resetOrDestroy(socket));
+}
+const EMPTY = Buffer.alloc(0);
+
 /** RST where the socket allows it (a TLS socket or one still connecting throws), else a plain destroy. */
 function resetOrDestroy(socket: net.Socket): void {
+  if (socket.destroyed) return;
   try {
     if (!socket.connecting) {
       socket.resetAndDestroy();

@@ -11,7 +11,7 @@ import type { HeartbeatCodec, Tracker } from '../protocols/types.js';
 import type { RouteDeps } from '../route.js';
 import type { RouteMetrics } from '../metrics/route-metrics.js';
 import { ProxyError } from '../errors.js';
-import { BurstLog } from '../log.js';
+import { BurstLog } from '../log-burst.js';
 import { reasonForError } from './session.js';
 
 // Where a TCP route's upstream sockets come from: a warm pool of pre-dialled,
@@ -70,6 +70,8 @@ export class UpstreamSource {
   readonly #tlsSessions = new TlsSessionCache();
   #sockoptWarned = false;
   readonly #tlsFailures: BurstLog;
+  readonly #refillFailures: BurstLog;
+  readonly #evictions: BurstLog;
 
   constructor(config: RouteConfig, codec: HeartbeatCodec | null, deps: RouteDeps, metrics: RouteMetrics) {
     this.#metrics = metrics;
@@ -77,7 +79,9 @@ export class UpstreamSource {
     this.#codec = codec;
     this.#deps = deps;
     this.#warm = config.warmPool?.warm ?? 0;
-    this.#tlsFailures = new BurstLog(deps.log, 'upstream TLS failed; closing the connection');
+    this.#refillFailures = new BurstLog(deps.log, deps.clock, { level: 'warn', msg: 'warm pool refill failed; retrying with backoff', countBy: 'results' });
+    this.#evictions = new BurstLog(deps.log, deps.clock, { level: 'info', msg: 'pooled upstream connection evicted', countBy: 'reasons' });
+    this.#tlsFailures = new BurstLog(deps.log, deps.clock, { level: 'warn', msg: 'upstream TLS failed; closing the connection' });
   }
 
   start(): void {
@@ -152,6 +156,9 @@ export class UpstreamSource {
     this.#dialing.clear();
     for (const spare of [...this.#spares]) this.#evict(spare, reason);
     this.#updateGauges();
+    this.#refillFailures.flush();
+    this.#evictions.flush();
+    this.#tlsFailures.flush();
   }
 
   #dial(): { done: Promise<{ socket: net.Socket; earlyData: readonly Buffer[] }>; abort(): void } {
@@ -190,7 +197,7 @@ export class UpstreamSource {
           metrics.connect(timeout ? 'timeout' : 'error').inc();
           // A certificate or TLS refusal is a configuration matter: say it, whoever was waiting.
           if (error instanceof ProxyError && error.code === 'TLS_FAILED') {
-            this.#tlsFailures.warn({ route: config.name, upstream: describe(target), reason: 'tls_error', cause: tlsFailureCause(error.cause ?? error), err: error.message });
+            this.#tlsFailures.note({ route: config.name, upstream: describe(target), reason: 'tls_error', cause: tlsFailureCause(error.cause ?? error), err: error.message });
           }
           log.debug({ route: config.name, upstream: describe(target), err: (error as Error).message }, 'upstream connect failed');
         }
@@ -210,10 +217,14 @@ export class UpstreamSource {
           if (this.#closed) socket.destroy();
           else this.#park(socket, earlyData);
         },
-        () => {
+        (error: unknown) => {
           // The upstream is down: back off exponentially, retried from the shared tick.
           this.#backoffMs = Math.min(BACKOFF_MAX_MS, Math.max(BACKOFF_MIN_MS, this.#backoffMs * 2));
           this.#nextRefillAt = Date.now() + this.#backoffMs;
+          if (this.#closed) return;
+          const result = error instanceof ProxyError && error.code === 'CONNECT_TIMEOUT' ? 'timeout' : 'error';
+          const fields = { route: this.#config.name, upstream: describe(this.#config.upstream!), result, err: (error as Error).message, retryInMs: this.#backoffMs };
+          this.#refillFailures.note(fields, result);
         },
       );
     }
@@ -304,8 +315,8 @@ export class UpstreamSource {
     spare.socket.on('error', () => {});
     spare.socket.destroy();
     this.#metrics.eviction(reason).inc();
-    if (reason !== 'shutdown' && reason !== 'route_removed') {
-      this.#deps.log.info({ route: this.#config.name, reason, pooledMs: Date.now() - spare.parkedAt }, 'pooled upstream connection evicted');
+    if (reason !== 'shutdown' && reason !== 'reload') {
+      this.#evictions.note({ route: this.#config.name, reason, pooledMs: Date.now() - spare.parkedAt }, reason);
     }
     this.#updateGauges();
     if (!this.#closed) this.#nextRefillAt = Math.max(this.#nextRefillAt, Date.now());

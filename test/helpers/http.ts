@@ -45,7 +45,9 @@ export interface RunningRoute {
 export async function startRoute(config: RouteConfig): Promise<RunningRoute> {
   const metrics = new Metrics(false);
   const clock = new Clock(100);
-  const route = createHttpRoute(config, { metrics, log: pino({ level: 'silent' }), clock });
+  // The route's own listener is the one address of "this proxy" here.
+  const ownListeners = (): Array<{ host: string; port: number }> => (route.address() ? [route.address()!] : []);
+  const route = createHttpRoute(config, { metrics, log: pino({ level: 'silent' }), clock, ownListeners });
   await route.listen();
   return {
     route,

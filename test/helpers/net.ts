@@ -69,6 +69,18 @@ export async function freePort(host = '127.0.0.1'): Promise<number> {
   throw new Error(`no free port found in ${sliceStart}-${sliceStart + sliceSize - 1} after 100 attempts`);
 }
 
+/** True when nothing listens on host:port (the connect is refused). */
+export function refused(port: number, host = '127.0.0.1'): Promise<boolean> {
+  const probe = net.connect(port, host);
+  return new Promise<boolean>((resolve) => {
+    probe.on('error', () => resolve(true));
+    probe.on('connect', () => {
+      probe.destroy();
+      resolve(false);
+    });
+  });
+}
+
 /** A client socket; half-open allowed so a test can keep sending after the peer's FIN. */
 export async function connect(port: number, host = '127.0.0.1'): Promise<net.Socket> {
   const socket = net.connect({ port, host, allowHalfOpen: true });

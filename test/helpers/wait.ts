@@ -45,3 +45,13 @@ export function once<T = unknown>(
     emitter.once(event, onEvent);
   });
 }
+
+/** Whether a process with this PID exists (signal 0 checks without sending anything). */
+export function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}

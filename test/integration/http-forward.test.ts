@@ -9,6 +9,8 @@ import { promisify } from 'node:util';
 import { ProxyAgent, fetch } from 'undici';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { httpRouteConfig, request, startRoute, startUpstream, type RunningRoute, type Upstream } from '../helpers/http.js';
+import { freePort } from '../helpers/net.js';
+import { startProxy } from '../helpers/proxy.js';
 import { once, until } from '../helpers/wait.js';
 
 // Forward proxy mode with real clients: curl -x and undici's ProxyAgent, absolute-form
@@ -68,7 +70,8 @@ describe('forward proxy', () => {
   it('takes absolute-form requests from curl -x to allowlisted destinations, one pool per destination', async () => {
     const a = await upstreamNamed('A');
     const b = await upstreamNamed('B');
-    const proxy = await forwardProxy([`127.0.0.1:${a.port}`, `localhost:${b.port}`], 'pool: { maxSockets: 2 }');
+    // localhost resolves to loopback: the address has to be spelled out as well.
+    const proxy = await forwardProxy([`127.0.0.1:${a.port}`, `localhost:${b.port}`, `127.0.0.1:${b.port}`], 'pool: { maxSockets: 2 }');
     const proxyUrl = `http://127.0.0.1:${proxy.port}`;
     for (let i = 0; i < 5; i++) {
       expect(await curl(['--proxy', proxyUrl, `http://127.0.0.1:${a.port}/a${i}`])).toEqual({ status: 200, body: `A /a${i}` });
@@ -98,6 +101,54 @@ describe('forward proxy', () => {
     expect(await proxy.metric('requests_total', { route: 'web', code: '403' })).toBe(3);
   });
 
+  it('never matches an IP-shaped pattern against a name: 10.0.0.evil is not 10.0.0.*', async () => {
+    const proxy = await forwardProxy(['10.0.0.*:*', '169.254.*:*']);
+    const proxyUrl = `http://127.0.0.1:${proxy.port}`;
+    for (const name of ['10.0.0.evil', '10.0.0.localhost', '169.254.metadata', '169.254.1.evil']) {
+      expect((await curl(['--proxy', proxyUrl, `http://${name}/`])).status, name).toBe(403);
+      expect((await curl(['--proxy', proxyUrl, '-p', `http://${name}:80/`])).status, `CONNECT ${name}`).toBe(403);
+    }
+    expect(await proxy.metric('upstream_connects_total', { route: 'web', result: 'error' })).toBe(0);
+  });
+
+  it('refuses a name that resolves to loopback, for absolute-form and CONNECT, unless the address is spelled out', async () => {
+    const a = await upstreamNamed('A');
+    for (const allow of [['*:*'], [`localhost:${a.port}`], ['*:*', '127.0.0.*:*']]) {
+      const proxy = await forwardProxy(allow);
+      const proxyUrl = `http://127.0.0.1:${proxy.port}`;
+      expect((await curl(['--proxy', proxyUrl, `http://localhost:${a.port}/`])).status, allow.join()).toBe(403);
+      expect((await curl(['--proxy', proxyUrl, '-p', `http://localhost:${a.port}/`])).status, allow.join()).toBe(403);
+      // IP literals in any spelling, IPv4-mapped IPv6 included.
+      for (const host of ['127.0.0.1', '2130706433', '0x7f.0.0.1', '[::ffff:127.0.0.1]', '[::1]']) {
+        expect((await curl(['--proxy', proxyUrl, `http://${host}:${a.port}/`])).status, `${host} under ${allow.join()}`).toBe(403);
+      }
+      await proxy.close();
+    }
+    expect(a.connections()).toBe(0);
+    // Spelled out, the same name goes through (to that address only).
+    const proxy = await forwardProxy([`localhost:${a.port}`, `127.0.0.1:${a.port}`]);
+    expect(await curl(['--proxy', `http://127.0.0.1:${proxy.port}`, `http://localhost:${a.port}/ok`])).toEqual({ status: 200, body: 'A /ok' });
+  });
+
+  it("never reaches the proxy's own listeners, even with loopback opened by a literal pattern", async () => {
+    const listen = await freePort();
+    const proxy = await startProxy({
+      yaml: `
+admin: { listen: "{{admin}}" }
+routes:
+  - { name: fwd, protocol: http-forward, listen: 127.0.0.1:${listen}, allow: ["127.0.0.1:*", "localhost:*", "*:*"] }
+`,
+    });
+    cleanups.push(async () => void (await proxy.stop('SIGKILL')));
+    const admin = new URL(proxy.adminUrl).port;
+    const proxyUrl = `http://127.0.0.1:${listen}`;
+    for (const target of [`127.0.0.1:${admin}`, `localhost:${admin}`, `127.0.0.1:${listen}`, `[::ffff:127.0.0.1]:${admin}`]) {
+      expect((await curl(['--proxy', proxyUrl, `http://${target}/metrics`])).status, target).toBe(403);
+      expect((await curl(['--proxy', proxyUrl, '-p', `http://${target}/metrics`])).status, `CONNECT ${target}`).toBe(403);
+    }
+    expect(proxy.logs.some((l) => l.msg === 'forward destination refused after resolution')).toBe(true);
+  });
+
   it('drops Proxy-Authorization and Proxy-Connection before the destination', async () => {
     const a = await upstreamNamed('A');
     const proxy = await forwardProxy([`127.0.0.1:${a.port}`]);
@@ -121,7 +172,7 @@ describe('forward proxy', () => {
       await new Promise<void>((resolve) => secure.close(() => resolve()));
     });
     const securePort = (secure.address() as net.AddressInfo).port;
-    const proxy = await forwardProxy([`127.0.0.1:${a.port}`, `localhost:${securePort}`]);
+    const proxy = await forwardProxy([`127.0.0.1:${a.port}`, `localhost:${securePort}`, `127.0.0.1:${securePort}`]);
     const proxyUrl = `http://127.0.0.1:${proxy.port}`;
 
     const dispatcher = new ProxyAgent(proxyUrl);

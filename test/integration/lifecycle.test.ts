@@ -1,6 +1,6 @@
 import net from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { connect, freePort, listen0, readBytes } from '../helpers/net.js';
+import { connect, freePort, listen0, readBytes, refused } from '../helpers/net.js';
 import { parseMetrics, sample, startProxy, type RunningProxy } from '../helpers/proxy.js';
 import { sleep, until } from '../helpers/wait.js';
 
@@ -28,17 +28,6 @@ async function run(yaml: string): Promise<RunningProxy> {
   return proxy;
 }
 
-/** True when nothing listens on the port any more. */
-function refused(port: number): Promise<boolean> {
-  const probe = net.connect(port, '127.0.0.1');
-  return new Promise<boolean>((resolve) => {
-    probe.on('error', () => resolve(true));
-    probe.on('connect', () => {
-      probe.destroy();
-      resolve(false);
-    });
-  });
-}
 
 async function ask(socket: net.Socket, text: string, expectLength?: number): Promise<string> {
   socket.write(text);

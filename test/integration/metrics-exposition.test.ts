@@ -95,7 +95,7 @@ describe('/metrics exposition', () => {
       const row = documented.get(name);
       if (!row) continue; // the test above names it
       const readmeValues = [...row.labels.values()].flat();
-      const helpValues = family.help.match(/\(([a-z0-9_]+(?:, [a-z0-9_]+)+)\)/)?.[1]?.split(', ') ?? [];
+      const helpValues = family.help.match(/\(([A-Za-z0-9_]+(?:, [A-Za-z0-9_]+)+)\)/)?.[1]?.split(', ') ?? [];
       if (!sameSet(readmeValues, helpValues)) mismatches.push(`${name}: README lists [${readmeValues}], HELP "${family.help}"`);
     }
     expect(mismatches).toEqual([]);
@@ -114,8 +114,12 @@ function readmeMetrics(): Map<string, ReadmeRow> {
   const start = readme.indexOf('\n## Metrics reference');
   const section = readme.slice(start, readme.indexOf('\n## ', start + 1));
   const rows = new Map<string, ReadmeRow>();
+  // Only the tables headed "| name | type | labels |": the section also holds other tables (eviction reasons).
+  let inMetricsTable = false;
   for (const line of section.split('\n')) {
-    if (!line.startsWith('| `')) continue;
+    if (line.startsWith('| name | type |')) inMetricsTable = true;
+    else if (!line.startsWith('|')) inMetricsTable = false;
+    if (!inMetricsTable || !line.startsWith('| `')) continue;
     const [names = '', type = '', labels = ''] = line.split(' | ').map((cell) => cell.replace(/^\|\s*/, '').trim());
     const row: ReadmeRow = { type, labels: parseLabels(labels) };
     for (const [, name] of names.matchAll(/`([a-z0-9_]+)`/g)) rows.set(`${PREFIX}${name}`, row);

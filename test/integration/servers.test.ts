@@ -3,23 +3,16 @@ import { existsSync } from 'node:fs';
 import { Redis } from 'ioredis';
 import pg from 'pg';
 import mysql from 'mysql2/promise';
+import { processAlive } from '../helpers/wait.js';
 import { MARIADB_USER, startMariadb, startPostgres, startRedis, type RunningServer } from '../helpers/servers.js';
 
 // The private server launchers: each starts on its own port and data dir, answers a real
 // client, and stop() leaves neither process nor directory behind.
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 async function expectGone(server: RunningServer): Promise<void> {
   await server.stop();
-  expect(alive(server.pid)).toBe(false);
+  expect(processAlive(server.pid)).toBe(false);
   expect(existsSync(server.dataDir)).toBe(false);
 }
 

@@ -1,6 +1,7 @@
 import type http from 'node:http';
 import { describe, expect, it } from 'vitest';
 import { Allowlist, normaliseHost } from '../../src/http/allowlist.js';
+import { DestinationGuard } from '../../src/http/destination-guard.js';
 import { parseConnectAuthority, resolveForwardRequest } from '../../src/http/forward.js';
 import { connectionNominated, endToEnd, upstreamRequestHeaders } from '../../src/http/headers.js';
 import { parseKeepAliveTimeoutMs } from '../../src/pool/http-connection.js';
@@ -35,6 +36,14 @@ describe('hop-by-hop headers', () => {
   it('says Content-Length: 0 for a bodiless POST, nothing for a GET', () => {
     expect(upstreamRequestHeaders(incoming('POST', ['Host', 'a']), { host: 'u', forwarded: null })).toEqual(['Host', 'u', 'Content-Length', '0']);
     expect(upstreamRequestHeaders(incoming('GET', ['Host', 'a']), { host: 'u', forwarded: null })).toEqual(['Host', 'u']);
+  });
+
+  it('writes the framing of the Upgrade request from the parse: a Connection option cannot remove Content-Length or Host', () => {
+    const req = incoming('POST', ['Host', 'a', 'Connection', 'Upgrade, Content-Length, Host, X-Hop', 'Content-Length', '5', 'X-Hop', '1', 'Upgrade', 'websocket']);
+    expect([...connectionNominated(req.rawHeaders)]).toEqual(['upgrade', 'x-hop']);
+    expect(upstreamRequestHeaders(req, { host: 'u', forwarded: null, upgrade: 'websocket' })).toEqual([
+      'Host', 'u', 'Connection', 'Upgrade', 'Upgrade', 'websocket', 'Content-Length', '5',
+    ]);
   });
 
   it('keeps Upgrade for a WebSocket handshake and drops Proxy-Authorization when asked', () => {
@@ -92,7 +101,8 @@ describe('the forward allowlist', () => {
 });
 
 describe('forward targets', () => {
-  const list = new Allowlist(['origin.test:*', '[::1]:443']);
+  const allowlist = new Allowlist(['origin.test:*', '[::1]:443']);
+  const list = { allowlist, guard: new DestinationGuard(allowlist, () => [], () => {}) };
 
   it('resolves absolute-form requests and refuses the rest', () => {
     expect(resolveForwardRequest('http://origin.test:8080/a?b=1', list)).toEqual({

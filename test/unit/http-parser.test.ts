@@ -133,6 +133,16 @@ describe('rewritten heads', () => {
     );
   });
 
+  it('states the framing from the parse in both directions: Connection options cannot remove it', () => {
+    const head = request('POST /p HTTP/1.1\r\nHost: h\r\nConnection: close, Content-Length, Host\r\nContent-Length: 03\r\n\r\n');
+    expect(head.nominated).toBeNull();
+    expect(upstreamRequestHead(head, { path: '/p', authority: 'api', forwardedFor: null, forwardedProto: 'http', dropProxyAuthorization: false })).toBe(
+      'POST /p HTTP/1.1\r\nHost: api\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\n',
+    );
+    const answer = response('HTTP/1.1 200 OK\r\nConnection: Content-Length, X-Up\r\nX-Up: 1\r\nContent-Length: 5\r\n\r\n');
+    expect(downstreamResponseHead(answer, 'length', 'Connection: keep-alive\r\n', '')).toBe('HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive\r\n\r\n');
+  });
+
   it("the client's response: the upstream's end-to-end lines, our framing, Connection and Date", () => {
     const head = response('HTTP/1.1 200 OK\r\nServer: s\r\nConnection: X-Up\r\nX-Up: 1\r\nTransfer-Encoding: chunked\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n\r\n');
     expect(downstreamResponseHead(head, 'chunked', 'Connection: close\r\n', 'Date: D\r\n')).toBe(

@@ -6,6 +6,7 @@ import { createApp, type App } from './app.js';
 import { parseCli } from './config/cli.js';
 import { ConfigError, formatIssues, loadConfigFile } from './config/load.js';
 import type { ProxyConfig } from './config/schema.js';
+import { runDiscover } from './discover/run.js';
 import { watchLauncher } from './launcher-watch.js';
 import { createRootLogger, type Logger } from './log.js';
 
@@ -23,6 +24,8 @@ async function main(argv: string[]): Promise<number> {
     case 'error':
       process.stderr.write(`keepalive-proxy: ${command.message}\nTry 'keepalive-proxy --help'.\n`);
       return 2;
+    case 'discover':
+      return runDiscover(command.options, { out: (text) => process.stdout.write(text), err: (text) => process.stderr.write(text) });
     case 'check': {
       const loaded = tryLoad(() => command.load());
       if (loaded instanceof ConfigError) {

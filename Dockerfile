@@ -5,9 +5,9 @@ FROM node:24-bookworm-slim AS build
 WORKDIR /src
 COPY package.json package-lock.json tsconfig.json ./
 # --ignore-scripts: the build below runs tsc itself; koffi ships its prebuilt binaries in the package.
-# npm ci can refuse a lockfile made where only this platform's optional binaries were
-# reachable (npm/cli#9846); npm install keeps the locked versions.
-RUN npm ci --ignore-scripts --no-audit --no-fund || npm install --ignore-scripts --no-audit --no-fund
+# npm ci only: the lockfile lists every platform's optional binaries, and an image built from
+# anything but the locked tree must fail the build, not fall back to an unlocked install.
+RUN npm ci --ignore-scripts --no-audit --no-fund
 COPY src ./src
 RUN npx tsc -p tsconfig.json && npm prune --omit=dev --ignore-scripts
 
@@ -18,7 +18,9 @@ COPY --from=build /src/package.json ./
 COPY --from=build /src/node_modules ./node_modules
 COPY --from=build /src/dist ./dist
 COPY config /etc/keepalive-proxy
-USER node
+# Numeric, so Kubernetes runAsNonRoot can verify it without reading /etc/passwd: 1000:1000 is the
+# node image's own `node` user and group.
+USER 1000:1000
 # The admin listener binds 127.0.0.1:9901 by default; the healthcheck runs inside the
 # container's network namespace, so loopback reaches it.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \

@@ -6,6 +6,7 @@
 //
 // Options: --quick | --rounds N | --seconds S | --only id,id | --targets id,id | --no-profile |
 //          --profile | --no-footprint | --no-nice | --help
+//          --soak [--soak-minutes N]: instead, the soak (bench/lib/soak.mjs), 10 min by default
 
 import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync, readFileSync, existsSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
@@ -21,6 +22,7 @@ import { runSuite, aggregate } from './lib/suite.mjs';
 import { measureShippedStartup, measureIdle } from './lib/footprint.mjs';
 import { profilePingPong, syscallsPerRoundTrip } from './lib/profile.mjs';
 import { sampleBackground, startTally, describeShare } from './lib/noise.mjs';
+import { runSoak } from './lib/soak.mjs';
 import { machineSection, throughputTable, footprintTable, heartbeatSection, targetsTable, profileSection } from './lib/report.mjs';
 
 const BENCH_DIR = path.dirname(new URL(import.meta.url).pathname);
@@ -29,11 +31,13 @@ const RESULTS_DIR = path.join(BENCH_DIR, 'results');
 const BUILD_DIR = path.join(BENCH_DIR, 'build');
 
 function parseArgs(argv) {
-  const opts = { quick: false, rounds: null, seconds: null, only: null, targets: null, profile: null, footprint: true, nice: -10 };
+  const opts = { soak: false, soakMinutes: 10, quick: false, rounds: null, seconds: null, only: null, targets: null, profile: null, footprint: true, nice: -10 };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const next = () => argv[++i];
     if (a === '--quick') opts.quick = true;
+    else if (a === '--soak') opts.soak = true;
+    else if (a === '--soak-minutes') opts.soakMinutes = Number(next());
     else if (a === '--rounds') opts.rounds = Number(next());
     else if (a === '--seconds') opts.seconds = Number(next());
     else if (a === '--only') opts.only = next().split(',');
@@ -43,13 +47,17 @@ function parseArgs(argv) {
     else if (a === '--no-footprint') opts.footprint = false;
     else if (a === '--no-nice') opts.nice = 0;
     else if (a === '--help' || a === '-h') {
-      console.log(readFileSync(SCRIPT, 'utf8').split('\n').slice(1, 9).map((l) => l.replace(/^\/\/ ?/, '')).join('\n'));
+      console.log(readFileSync(SCRIPT, 'utf8').split('\n').slice(1, 10).map((l) => l.replace(/^\/\/ ?/, '')).join('\n'));
       console.log(`\nworkloads: ${WORKLOADS.map((w) => w.id).join(', ')}, idle (footprint)\ntargets: ${TARGETS.map((t) => t.id).join(', ')}`);
       process.exit(0);
     } else {
       console.error(`bench: unknown option ${a} (try --help)`);
       process.exit(2);
     }
+  }
+  if (opts.soak && !(opts.soakMinutes > 0 && opts.soakMinutes <= 60)) {
+    console.error('bench: --soak-minutes takes a number of minutes from 0 to 60');
+    process.exit(2);
   }
   const mode = opts.quick ? { rounds: 3, seconds: 1, warmup: 0.3, idleWindow: 1, hbWindow: 4 } : { rounds: 5, seconds: 2, warmup: 0.5, idleWindow: 3, hbWindow: 10 };
   return {
@@ -94,7 +102,7 @@ async function main() {
       ? `none: only ${CORES} CPU, so proxy and load share it`
       : `the proxy under test runs on core ${PROXY_CORE} (taskset -c ${PROXY_CORE}); load generators, origins and this script run on core ${LOAD_CORE} (taskset -c ${LOAD_CORE})`;
   const niceness = os.getPriority();
-  log(`bench: ${opts.mode} mode, ${opts.rounds} rounds x ${opts.seconds} s; private network namespace; ${pinning}; nice ${niceness}`);
+  log(`bench: ${opts.soak ? `soak, ${opts.soakMinutes} min` : `${opts.mode} mode, ${opts.rounds} rounds x ${opts.seconds} s`}; private network namespace; ${pinning}; nice ${niceness}`);
 
   const backgroundAtStart = await sampleBackground(1000);
   log(`bench: other processes keep ${describeShare(backgroundAtStart)} busy before the start`);
@@ -117,9 +125,16 @@ async function main() {
   }
 
   try {
-    const tools = findTools(log);
     const bin = { echo: compile(BENCH_DIR, BUILD_DIR, 'echo'), tcpload: compile(BENCH_DIR, BUILD_DIR, 'tcpload') };
     ensureDist(log);
+    if (opts.soak) {
+      const md = await runSoak({ minutes: opts.soakMinutes, env: { bin, workDir, resultsDir: RESULTS_DIR }, log });
+      const backgroundDuring = tally.finish();
+      console.log(`\n${md}\nBackground: ${describeShare(backgroundAtStart)} before the start; on average ${describeShare(backgroundDuring.other)} during the soak (CPU time of processes other than the bench's).`);
+      console.log(`bench: wrote ${path.relative(REPO_DIR, path.join(RESULTS_DIR, 'soak.md'))}`);
+      return;
+    }
+    const tools = findTools(log);
     const targetIds = opts.targets ?? TARGETS.map((t) => t.id);
     const workloads = WORKLOADS.filter((w) => !opts.only || opts.only.includes(w.id));
     const wantFootprint = opts.footprint && (!opts.only || opts.only.includes('idle'));

@@ -14,7 +14,7 @@ const SHIPPED_CONFIG = path.join(REPO_DIR, 'config', 'keepalive-proxy.yaml');
 let nextPort = 30000;
 
 /** Waits for a stdout line of `proc` that parses as JSON and satisfies `test`, bounded. */
-async function jsonLine(proc, test, timeoutMs) {
+export async function jsonLine(proc, test, timeoutMs) {
   const deadline = Date.now() + timeoutMs;
   for (let i = 0; i < 100_000 && Date.now() < deadline; i++) {
     for (const line of proc.stdout.split('\n').reverse()) {
@@ -33,7 +33,7 @@ async function jsonLine(proc, test, timeoutMs) {
 }
 
 /** Sum of a Prometheus counter across its label sets, from the admin /metrics, or null. */
-async function counterSum(adminPort, name) {
+export async function counterSum(adminPort, name) {
   const r = await httpGet(adminPort, '/metrics', { timeoutMs: 3000 });
   if (!r || r.status !== 200) return null;
   let sum = 0;

@@ -74,7 +74,8 @@ const ROUTE_KEYS: KeyTree = {
   idleTimeout: null,
   maxConnections: null,
   noDelay: null,
-  heartbeat: { every: null, timeout: null, jitter: null, send: null, sendHex: null, expect: null, expectHex: null },
+  responseTimeout: null,
+  heartbeat: { every: null, timeout: null, jitter: null, inTransaction: null, maxIdle: null, send: null, sendHex: null, expect: null, expectHex: null },
   pool: { warm: null, maxIdle: null, maxSockets: null, idleTimeout: null, maxAge: null, maxRequests: null },
   tls: { ca: null, cert: null, key: null, servername: null, rejectUnauthorized: null },
   http: {
@@ -520,6 +521,9 @@ class Resolver {
         }
       }
     }
+    if (Object.hasOwn(own, 'responseTimeout') && !tcpFamily) {
+      this.#report([...view.path, 'responseTimeout'], 'key', `${notFor}: http routes take http.responseTimeout`);
+    }
     if (Object.hasOwn(own, 'http') && tcpFamily) {
       this.#report([...view.path, 'http'], 'key', `${notFor}: the http section is for http and http-forward routes`);
     }
@@ -556,6 +560,7 @@ class Resolver {
       maxConnections: this.#read(view, ['maxConnections'], integer(0, 1_000_000), DEFAULTS.maxConnections),
       noDelay: this.#read(view, ['noDelay'], boolean, DEFAULTS.noDelay),
       heartbeat: this.#heartbeat(context),
+      responseTimeoutMs: tcpFamily ? this.#read(view, ['responseTimeout'], duration(), DEFAULTS.responseTimeoutMs[protocol] ?? 0) : 0,
       warmPool: tcpFamily ? this.#warmPool(view) : null,
       // Copies: the result is frozen, and DEFAULTS is not ours to freeze.
       httpPool: httpFamily ? this.#httpPool(view) : { ...DEFAULTS.httpPool },
@@ -587,6 +592,8 @@ class Resolver {
     const timeoutFound = view.get(['heartbeat', 'timeout']);
     const timeoutMs = timeoutFound ? this.#parse(timeoutFound, duration({ min: 1 }), null) : null;
     const jitter = this.#read(view, ['heartbeat', 'jitter'], fraction(0, 0.5), DEFAULTS.heartbeatJitter);
+    const inTransaction = this.#read(view, ['heartbeat', 'inTransaction'], boolean, DEFAULTS.heartbeatInTransaction);
+    const maxIdleMs = this.#read(view, ['heartbeat', 'maxIdle'], duration(), DEFAULTS.heartbeatMaxIdleMs);
     if (everyMs === 0) return null; // `every: 0` turns an inherited heartbeat off
     if (!timeoutFound && everyFound && !virtual) {
       this.#report([...sectionPath, 'timeout'], 'key', 'required key is missing: how long to wait for the heartbeat reply (e.g. "5s")');
@@ -623,7 +630,7 @@ class Resolver {
       }
     }
     if (everyMs === null || timeoutMs === null) return null;
-    return { everyMs, timeoutMs, jitter, ...(send ? { send } : {}), ...(expect !== undefined ? { expect } : {}) };
+    return { everyMs, timeoutMs, jitter, inTransaction, maxIdleMs, ...(send ? { send } : {}), ...(expect !== undefined ? { expect } : {}) };
   }
 
   /** heartbeat.send/sendHex (or expect/expectHex) from the first level that has either; both at one level is an error. */

@@ -26,6 +26,10 @@ export interface HeartbeatConfig {
   readonly timeoutMs: number;
   /** Fraction of `everyMs` by which each probe may move, to spread probes of many connections (0..0.5). */
   readonly jitter: number;
+  /** Probe a session inside a transaction block too (restarting the server's idle-in-transaction guard). */
+  readonly inTransaction: boolean;
+  /** Stop probing a connection whose client has sent nothing for this long; 0 = no limit. */
+  readonly maxIdleMs: number;
   /** Custom probe for protocol tcp (send/sendHex resolved to bytes). */
   readonly send?: Buffer;
   /** Custom expected reply for protocol tcp (expect/expectHex resolved to bytes). */
@@ -95,6 +99,8 @@ export interface RouteConfig {
   readonly maxConnections: number;
   readonly noDelay: boolean;
   readonly heartbeat: HeartbeatConfig | null;
+  /** TCP family: close both sides when a reply has been owed this long with no byte from the server; 0 = never. */
+  readonly responseTimeoutMs: number;
   readonly warmPool: WarmPoolConfig | null;
   readonly httpPool: HttpPoolConfig;
   readonly tls: TlsConfig | null;
@@ -126,6 +132,12 @@ export const DEFAULTS = {
   maxConnections: 0,
   noDelay: true,
   heartbeatJitter: 0.1,
+  heartbeatInTransaction: false,
+  heartbeatMaxIdleMs: 0,
+  // Off where a long reply is normal: a raw stream may be server-push or upload-only, and
+  // SQL queries run as long as they need. Redis runs commands one at a time, so a reply
+  // owed for 60 s (blocking commands aside) means every client of that server is stuck.
+  responseTimeoutMs: { tcp: 0, redis: 60_000, postgres: 0, mysql: 0 } as Readonly<Partial<Record<Protocol, number>>>,
   warmPool: { warm: 0, maxIdleMs: 300_000 } as WarmPoolConfig,
   httpPool: { maxSockets: 32, idleTimeoutMs: 50_000, maxAgeMs: 600_000, maxRequests: 1000 } as HttpPoolConfig,
   http: {

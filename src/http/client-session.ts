@@ -1,5 +1,6 @@
 import type net from 'node:net';
 import type { Clock } from '../clock.js';
+import type { Side } from '../errors.js';
 import type { EvictionReason } from '../metrics/registry.js';
 import type { ClientReads } from './accept.js';
 import { BODY_ERROR, BODY_MORE, BodyReader, type BodySink } from './body-reader.js';
@@ -24,6 +25,11 @@ import { errorResponse } from './respond.js';
 // A connection closes after a response the client asked to be the last (HTTP/1.0
 // without keep-alive, Connection: close), the clientMaxRequests-th, any response while
 // draining, or a response whose end only a close can mark.
+//
+// Every end of the client socket, whoever causes it, goes through close(reason, how):
+// the first call names the reason (counted in evictions_total and logged at debug, once),
+// and #endSocket is the only code that ends the socket. Once a tunnel owns the socket
+// (tcp/session.ts), the tunnel's own close does both.
 
 /** The settings a request reads when it starts (a reload reaches live connections at their next request). */
 export interface SessionSettings {
@@ -49,10 +55,54 @@ export interface SessionHost {
   /** requests_total{code}. */
   answered(status: number): void;
   countBytes(direction: 'upstream' | 'downstream', count: number): void;
-  /** evictions_total{reason} for a client connection closed on our initiative. */
-  evicted(reason: EvictionReason): void;
+  /** evictions_total{reason} and the debug line of a client connection's end (once per connection). */
+  clientEnded(session: ClientSession, reason: ClientEndReason, side: Side): void;
   sessionClosed(session: ClientSession): void;
 }
+
+/** Why a client connection of an HTTP route ended (README: eviction reasons, client side). */
+export type ClientEndReason = Extract<
+  EvictionReason,
+  | 'client_closed'
+  | 'client_reset'
+  | 'keepalive_timeout'
+  | 'client_idle_timeout'
+  | 'client_max_requests'
+  | 'client_shutdown'
+  | 'client_error'
+  | 'headers_timeout'
+  | 'body_timeout'
+  | 'bad_request'
+  | 'forbidden'
+  | 'connect_error'
+  | 'upgrade_declined'
+  | 'response_close'
+>;
+
+/** Who ended it, for the log: the client, the upstream (its answer or failure), or our own limits. */
+const END_SIDE: Readonly<Record<ClientEndReason, Side>> = {
+  client_closed: 'downstream',
+  client_reset: 'downstream',
+  keepalive_timeout: 'downstream',
+  client_idle_timeout: 'proxy',
+  client_max_requests: 'proxy',
+  client_shutdown: 'proxy',
+  client_error: 'upstream',
+  headers_timeout: 'downstream',
+  body_timeout: 'downstream',
+  bad_request: 'downstream',
+  forbidden: 'proxy',
+  connect_error: 'upstream',
+  upgrade_declined: 'upstream',
+  response_close: 'upstream',
+};
+
+/**
+ * How the socket ends: 'flush' sends what is queued, then FIN, and waits (LINGER_MS) for
+ * the client's own close; 'destroy' closes now (the client left, or stopped reading);
+ * 'reset' sends RST, so a client whose response was cut cannot take it for complete.
+ */
+export type CloseHow = 'flush' | 'destroy' | 'reset';
 
 const CLOSE_LINES = 'Connection: close\r\n';
 /** Pipelined bytes held while a response is under way; past this the client is paused. */
@@ -70,6 +120,8 @@ const ACTIVE = 1;
 const CLOSING = 2;
 const HANDED_OFF = 3;
 const CLOSED = 4;
+/** A tunnel (tcp/session.ts) owns the socket and its close. */
+const TUNNELLED = 5;
 
 // Deadline kinds.
 const NONE = 0;
@@ -98,7 +150,10 @@ export class ClientSession implements ExchangeClient, BodySink {
   #method = 'GET';
   #httpVersion: '1.0' | '1.1' = '1.1';
   #requestDone = true;
-  #keepAlive = false;
+  /** Why the connection closes after the current response; null: it stays (keep-alive). */
+  #closeAfter: ClientEndReason | null = null;
+  /** Set by the first close(): the reason this connection ended with. */
+  #endReason: ClientEndReason | null = null;
   #headSent = false;
   #deadline = 0;
   #deadlineKind = NONE;
@@ -122,7 +177,7 @@ export class ClientSession implements ExchangeClient, BodySink {
     if (reads !== null) reads.deliver = this.#onData;
     else socket.on('data', this.#onData);
     socket.on('end', this.#onEnd);
-    socket.on('error', onSocketError);
+    socket.on('error', this.#onError);
     socket.on('close', this.#onClose);
   }
 
@@ -155,8 +210,12 @@ export class ClientSession implements ExchangeClient, BodySink {
     } else if ((kind === LINGER || kind === IDLE_TIMEOUT) && this.#stillSending()) {
       // The idle time and the linger start once the last response has left.
       this.#setDeadline(kind, now + (kind === LINGER ? LINGER_MS : this.#host.sessionSettings.clientIdleTimeoutMs));
+    } else if (kind === LINGER) {
+      // The end was counted when the close began; the client never closed its side.
+      this.#endSocket('destroy');
     } else if (kind !== NONE) {
-      this.socket.destroy();
+      // Silent past a deadline (a head never started, a client that stopped reading): no answer.
+      this.close(kind === IDLE_TIMEOUT ? 'client_idle_timeout' : kind === HEAD ? 'headers_timeout' : 'body_timeout', 'destroy');
     }
   }
 
@@ -170,7 +229,65 @@ export class ClientSession implements ExchangeClient, BodySink {
 
   /** Drain: an idle connection closes now; a busy one after its response (connectionLines says close). */
   closeIfIdle(): void {
-    if (this.#state === IDLE) this.#close();
+    if (this.#state === IDLE) this.close('client_shutdown', 'flush');
+  }
+
+  /**
+   * The one way this client connection ends. The first call names the reason (counted and
+   * logged once); a later call only ends the socket more abruptly (a drain deadline
+   * cutting a linger short). A tunnel's socket is the tunnel's to close.
+   */
+  close(reason: ClientEndReason, how: CloseHow): void {
+    if (this.#state === TUNNELLED) return;
+    if (this.#endReason === null) {
+      this.#endReason = reason;
+      this.#host.clientEnded(this, reason, END_SIDE[reason]);
+    }
+    const exchange = this.#state === ACTIVE ? this.#exchange : null;
+    this.#state = how === 'flush' && !this.socket.destroyed ? CLOSING : CLOSED;
+    this.#exchange = null;
+    this.#reader = null;
+    this.#endSocket(how);
+    // A response under way that will never reach the client (its 'close' may come later).
+    exchange?.clientClosed();
+  }
+
+  /** The only code that ends the client socket (test/unit/http-close-path.test.ts holds src/http/ to it). */
+  #endSocket(how: CloseHow): void {
+    const socket = this.socket;
+    if (socket.destroyed) return;
+    if (how === 'reset') {
+      // RST needs node's TCP handle: anything else (never the case for an accepted socket) is destroyed.
+      try {
+        socket.resetAndDestroy();
+        return;
+      } catch {
+        socket.destroy();
+        return;
+      }
+    }
+    if (how === 'destroy' || !socket.writable || this.#nothingLeft()) {
+      // Nothing left to send or to read: the kernel sends what it holds before the FIN, so
+      // there is no need to wait for the client's (one read and one wake-up less).
+      socket.destroy();
+      return;
+    }
+    this.#stash = null;
+    if (this.#paused !== 0) {
+      this.#paused = 0;
+      socket.resume();
+    }
+    socket.end();
+    this.#setDeadline(LINGER, this.#host.clock.now() + LINGER_MS);
+  }
+
+  /**
+   * Everything was handed to the kernel and nothing the client sent is left unread. A
+   * refused head or tunnel may have more of its bytes on the way: those wait for the
+   * client's FIN (a close with unread bytes resets, and the client might lose the answer).
+   */
+  #nothingLeft(): boolean {
+    return this.socket.writableLength === 0 && this.#requestDone && this.#stash === null && this.#state !== HANDED_OFF;
   }
 
   // ---- reading ----
@@ -228,7 +345,13 @@ export class ClientSession implements ExchangeClient, BodySink {
       return;
     }
     const max = settings.clientMaxRequests;
-    this.#keepAlive = head.keepAlive && !(max > 0 && client.requests >= max) && !this.#host.draining();
+    this.#closeAfter = !head.keepAlive
+      ? 'client_closed'
+      : max > 0 && client.requests >= max
+        ? 'client_max_requests'
+        : this.#host.draining()
+          ? 'client_shutdown'
+          : null;
     this.#method = head.method;
     this.#httpVersion = head.httpVersion;
     this.#headSent = false;
@@ -296,15 +419,17 @@ export class ClientSession implements ExchangeClient, BodySink {
    * and dropped to keep the upstream connection), and the connection closes.
    */
   readonly #onEnd = (): void => {
-    this.socket.destroy();
+    this.close('client_closed', 'destroy');
   };
 
-  readonly #onClose = (): void => {
-    const exchange = this.#state === ACTIVE ? this.#exchange : null;
-    this.#state = CLOSED;
-    this.#exchange = null;
-    this.#reader = null;
-    exchange?.clientClosed();
+  /** A reset, or the kernel giving up on the client (keepalive probes, TCP_USER_TIMEOUT). */
+  readonly #onError = (error: NodeJS.ErrnoException): void => {
+    this.close(error.code === 'ETIMEDOUT' || error.code === 'EHOSTUNREACH' || error.code === 'ENETUNREACH' ? 'keepalive_timeout' : 'client_reset', 'destroy');
+  };
+
+  /** The socket is gone; an end nobody announced (no FIN or error seen first) is the client's. */
+  readonly #onClose = (hadError: boolean): void => {
+    this.close(hadError ? 'client_reset' : 'client_closed', 'destroy');
     this.#host.sessionClosed(this);
   };
 
@@ -316,8 +441,9 @@ export class ClientSession implements ExchangeClient, BodySink {
   // ---- ExchangeClient: writing the response ----
 
   connectionLines(closeDelimited: boolean): string {
-    this.#keepAlive = this.#keepAlive && !closeDelimited && !this.#host.draining();
-    return this.#keepAlive ? this.#host.sessionSettings.keepAliveLines : CLOSE_LINES;
+    if (closeDelimited) this.#closeAfter ??= 'response_close';
+    else if (this.#host.draining()) this.#closeAfter ??= 'client_shutdown';
+    return this.#closeAfter === null ? this.#host.sessionSettings.keepAliveLines : CLOSE_LINES;
   }
 
   writeInterim(head: string): void {
@@ -349,8 +475,9 @@ export class ClientSession implements ExchangeClient, BodySink {
   responseDone(reusable: boolean): void {
     if (this.#state !== ACTIVE) return;
     this.#exchange = null;
-    if (!reusable || !this.#keepAlive) {
-      this.#close();
+    if (!reusable) this.#closeAfter ??= 'response_close';
+    if (this.#closeAfter !== null) {
+      this.close(this.#closeAfter, 'flush');
       return;
     }
     this.#next();
@@ -358,15 +485,15 @@ export class ClientSession implements ExchangeClient, BodySink {
 
   cut(): void {
     this.#exchange = null;
-    this.#state = CLOSED;
-    this.socket.destroy();
+    this.close(this.#closeAfter === 'body_timeout' ? 'body_timeout' : 'client_error', 'reset');
   }
 
   respondError(status: number, detail: string): boolean {
     if (this.#state !== ACTIVE || this.#headSent || this.socket.destroyed) return false;
     // A client still sending a body we will not read is told to go (no keep-alive).
-    const keep = this.#keepAlive && this.#requestDone && !this.#host.draining();
-    this.#keepAlive = keep;
+    if (!this.#requestDone) this.#closeAfter ??= status === 400 ? 'bad_request' : 'client_error';
+    else if (this.#host.draining()) this.#closeAfter ??= 'client_shutdown';
+    const keep = this.#closeAfter === null;
     this.#headSent = true;
     this.socket.write(errorResponse(status, detail, keep ? this.#host.sessionSettings.keepAliveLines : CLOSE_LINES, this.#method === 'HEAD'), 'latin1');
     this.responseDone(keep);
@@ -421,38 +548,14 @@ export class ClientSession implements ExchangeClient, BodySink {
     }
   }
 
-  /** After the last response: close at once when nothing is left to read or send, else FIN and linger. */
-  #close(): void {
-    this.#state = CLOSING;
-    this.#reader = null;
-    const socket = this.socket;
-    if (socket.writableLength === 0 && this.#requestDone && this.#stash === null) {
-      // Everything was handed to the kernel, which sends it before the FIN: no need to
-      // wait for the client's FIN (one read and one wake-up less per connection).
-      socket.destroy();
-      return;
-    }
-    this.#stash = null;
-    if (this.#paused !== 0) {
-      this.#paused = 0;
-      socket.resume();
-    }
-    socket.end();
-    this.#setDeadline(LINGER, this.#host.clock.now() + LINGER_MS);
-  }
-
   /** A head that cannot be served (400 malformed, 408 too slow, 431 too large): answered, then the close. */
   #rejectHead(status: number): void {
     this.#host.answered(status);
-    this.#state = CLOSING;
     this.#stash = null;
-    const socket = this.socket;
-    if (!socket.writable) {
-      socket.destroy();
-      return;
-    }
-    socket.end(errorResponse(status, '', CLOSE_LINES, false), 'latin1');
-    this.#setDeadline(LINGER, this.#host.clock.now() + LINGER_MS);
+    // The rest of what it sent is unread: the close waits for the client's FIN.
+    this.#requestDone = false;
+    if (this.socket.writable) this.socket.write(errorResponse(status, '', CLOSE_LINES, false), 'latin1');
+    this.close(status === 408 ? 'headers_timeout' : 'bad_request', 'flush');
   }
 
   #handOff(head: RequestHead, rest: Buffer): void {
@@ -484,8 +587,14 @@ export class ClientSession implements ExchangeClient, BodySink {
     this.#paused = 0;
     socket.resume();
     return () => {
-      if (this.#state === CLOSING && this.#deadlineKind !== LINGER) this.#close();
+      if (this.#state === CLOSING && this.#deadlineKind !== LINGER) this.close('upgrade_declined', 'flush');
     };
+  }
+
+  /** A tunnel (tcp/session.ts) took the socket: from here its close is the tunnel's. */
+  tunnelled(): void {
+    this.#state = TUNNELLED;
+    this.#setDeadline(NONE, 0);
   }
 
   #armBodyDeadline(now: number): void {
@@ -495,8 +604,7 @@ export class ClientSession implements ExchangeClient, BodySink {
 
   /** No body bytes for bodyTimeout: the exchange answers 408 (or cuts a response under way) and the connection closes. */
   #bodyTimedOut(): void {
-    this.#host.evicted('body_timeout');
-    this.#keepAlive = false;
+    this.#closeAfter = 'body_timeout';
     this.#exchange!.requestTimedOut();
   }
 
@@ -516,6 +624,3 @@ export class ClientSession implements ExchangeClient, BodySink {
     if (this.#paused === 0) this.socket.resume();
   }
 }
-
-/** A client that resets or times out surfaces as 'close'; the error itself needs no handling. */
-function onSocketError(): void {}

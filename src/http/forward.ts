@@ -1,6 +1,7 @@
 import net from 'node:net';
 import type { Allowlist } from './allowlist.js';
 import { normaliseHost } from './allowlist.js';
+import type { ClientSession } from './client-session.js';
 import type { DestinationGuard } from './destination-guard.js';
 import type { RequestHead } from './head-parser.js';
 import { respondRaw } from './respond.js';
@@ -80,29 +81,29 @@ export function formatAuthority(host: string, port: number): string {
 }
 
 /** CONNECT host:port: a checked destination, a fresh upstream connection, then a tunnel. */
-export function proxyConnect(host: TunnelHost, req: RequestHead, down: net.Socket, head: Buffer, policy: ForwardPolicy): void {
-  down.on('error', () => {});
-  const watch = new ClientWatch(down);
+export function proxyConnect(host: TunnelHost, req: RequestHead, client: ClientSession, head: Buffer, policy: ForwardPolicy): void {
+  const down = client.socket;
+  const watch = new ClientWatch(client);
   const destination = parseConnectAuthority(req.url);
   if (!destination) {
     host.answered(400);
-    respondRaw(down, 400, 'CONNECT needs host:port');
+    respondRaw(client, 400, 'bad_request', 'CONNECT needs host:port');
     return;
   }
   const refused = refusal(policy, destination.host, destination.port);
   if (refused) {
     host.answered(403);
     host.log.info({ route: host.route, destination: formatAuthority(destination.host, destination.port), why: refused }, 'CONNECT denied');
-    respondRaw(down, 403, refused);
+    respondRaw(client, 403, 'forbidden', refused);
     return;
   }
   const target = { host: destination.host, port: destination.port, tls: null, lookup: policy.guard.lookupFor(destination.port) };
-  dialForClient(host, down, target, 'the destination', (dialed) => {
+  dialForClient(host, client, target, 'the destination', (dialed) => {
     host.answered(200);
     down.write('HTTP/1.1 200 Connection Established\r\n\r\n');
     const early = watch.take();
     if (head.length > 0) dialed.socket.write(head);
     if (early.length > 0) dialed.socket.write(early);
-    host.startTunnel(down, dialed.socket, { kind: 'connect', tracker: null, heartbeat: null, earlyData: [] });
+    host.startTunnel(client, dialed.socket, { kind: 'connect', tracker: null, heartbeat: null, earlyData: [] });
   });
 }

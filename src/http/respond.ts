@@ -1,4 +1,4 @@
-import type net from 'node:net';
+import type { ClientEndReason, ClientSession } from './client-session.js';
 
 // The proxy's own answers: a status and one short line of text, never a stack or an
 // upstream's internals. Written by the client session (keep-alive or close) and raw on a
@@ -28,13 +28,11 @@ export function errorResponse(status: number, detail: string, connection: string
   );
 }
 
-/** Answer raw on a socket that left HTTP, then close it once flushed. */
-export function respondRaw(socket: net.Socket, status: number, detail?: string, extraHeaders = ''): void {
+/** Answer raw on a connection that left HTTP, then close it (`reason`) once flushed. */
+export function respondRaw(client: ClientSession, status: number, reason: ClientEndReason, detail?: string, extraHeaders = ''): void {
+  const socket = client.socket;
+  // Already gone: its own close named the reason.
   if (socket.destroyed) return;
-  if (!socket.writable) {
-    socket.destroy();
-    return;
-  }
-  socket.write(errorResponse(status, detail ?? '', 'Connection: close\r\n', false, extraHeaders));
-  socket.destroySoon();
+  if (socket.writable) socket.write(errorResponse(status, detail ?? '', 'Connection: close\r\n', false, extraHeaders));
+  client.close(reason, 'flush');
 }

@@ -15,13 +15,12 @@ import { Session, type HeartbeatResult, type SessionEvents } from '../tcp/sessio
 import { Allowlist } from './allowlist.js';
 import { DestinationGuard } from './destination-guard.js';
 import { acceptWithSharedReads, type ClientReads } from './accept.js';
-import type { ClientConnection } from './client.js';
-import { ClientSession, type SessionHost, type SessionSettings } from './client-session.js';
+import { ClientSession, type ClientEndReason, type SessionHost, type SessionSettings } from './client-session.js';
 import { Exchange, type ExchangeHost } from './exchange.js';
 import { proxyConnect, resolveForwardRequest, type ForwardDestination, type ForwardPolicy } from './forward.js';
 import { rawHeaders, type RequestHead } from './head-parser.js';
 import { upstreamRequestHead } from './head-writer.js';
-import { clientAddress, upstreamRequestHeaders } from './headers.js';
+import { upstreamRequestHeaders } from './headers.js';
 import { respondRaw } from './respond.js';
 import { createProxyServer, sessionSettings } from './server.js';
 import type { TunnelHost, TunnelOptions } from './tunnel.js';
@@ -179,7 +178,8 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
       await Promise.race([drained, deadline]);
       clearTimeout(timer);
       for (const session of [...this.#tunnels]) session.destroy(reason);
-      for (const socket of [...this.#sessions.keys()]) socket.destroy();
+      // Past the deadline a response still under way is cut: reset, so it cannot pass for complete.
+      for (const session of [...this.#sessions.values()]) session.close('client_shutdown', 'reset');
       // Their 'close' events come later, after the last flush below.
       this.#sessions.clear();
       this.#pool.destroy(reason);
@@ -271,8 +271,10 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
     return attempt;
   }
 
-  startTunnel(down: net.Socket, up: net.Socket, options: TunnelOptions): void {
-    const client = this.#clientOf(down);
+  startTunnel(clientSession: ClientSession, up: net.Socket, options: TunnelOptions): void {
+    clientSession.tunnelled();
+    const client = clientSession.client;
+    const down = clientSession.socket;
     const session = new Session(down, up, this.#sessionEvents, {
       id: client.id,
       idleTimeoutMs: this.#config.idleTimeoutMs,
@@ -335,20 +337,14 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
 
   /** Upgrade or CONNECT: the client socket leaves HTTP and becomes a tunnel (or gets a raw refusal). */
   handOff(session: ClientSession, head: RequestHead, rest: Buffer): void {
-    const socket = session.socket;
-    if (head.method === 'CONNECT') this.#onConnect(head, socket, rest);
-    else this.#onUpgrade(head, socket, rest);
+    if (head.method === 'CONNECT') this.#onConnect(head, session, rest);
+    else this.#onUpgrade(head, session, rest);
   }
 
-  evicted(reason: EvictionReason): void {
+  clientEnded(session: ClientSession, reason: ClientEndReason, side: Side): void {
     this.#metrics.eviction(reason).inc();
-  }
-
-  reclaim(down: net.Socket): () => void {
-    const session = this.#sessions.get(down);
-    if (session !== undefined) return session.reclaim();
-    // Drain already let go of it: nothing is left to answer.
-    return () => down.destroy();
+    const { log } = this.#deps;
+    if (log.isLevelEnabled('debug')) log.debug({ route: this.name, id: session.client.id, reason, side, requests: session.client.requests }, 'client connection closed');
   }
 
   sessionClosed(session: ClientSession): void {
@@ -386,10 +382,6 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
     };
   }
 
-  #clientOf(socket: net.Socket): ClientConnection {
-    return this.#sessions.get(socket)!.client;
-  }
-
   #refuse(session: ClientSession, head: RequestHead, status: number, detail: string): null {
     this.answered(status);
     if (status === 403) this.#deps.log.info({ route: this.name, target: head.url }, 'request denied by the allowlist');
@@ -397,7 +389,7 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
     return null;
   }
 
-  #onUpgrade(req: RequestHead, socket: net.Socket, head: Buffer): void {
+  #onUpgrade(req: RequestHead, client: ClientSession, head: Buffer): void {
     const config = this.#config;
     let dial: DialTarget;
     let path: string;
@@ -406,7 +398,7 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
       const destination = resolveForwardRequest(req.url, this.#policy);
       if (!destination.ok) {
         this.answered(destination.status);
-        respondRaw(socket, destination.status, destination.detail);
+        respondRaw(client, destination.status, destination.status === 403 ? 'forbidden' : 'bad_request', destination.detail);
         return;
       }
       const { value } = destination;
@@ -418,7 +410,7 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
       const reversed = reversePath(reverse.basePath, req.url);
       if (reversed === null) {
         this.answered(400);
-        respondRaw(socket, 400, 'invalid request target');
+        respondRaw(client, 400, 'bad_request', 'invalid request target');
         return;
       }
       dial = reverse.dial;
@@ -427,20 +419,20 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
     }
     const headers = upstreamRequestHeaders({ method: req.method, rawHeaders: rawHeaders(req), headers: req.headers }, {
       host: authority,
-      forwarded: config.http.xForwarded ? { clientIp: clientAddress(socket.remoteAddress), proto: 'http', host: req.headers.host } : null,
+      forwarded: config.http.xForwarded ? { clientIp: client.clientIp, proto: 'http', host: req.headers.host } : null,
       drop: this.#forward ? ['proxy-authorization'] : [],
       upgrade: req.headers.upgrade ?? 'websocket',
     });
-    proxyUpgrade(this, req, socket, head, { dial, path, headers, heartbeat: config.heartbeat, responseTimeoutMs: config.http.responseTimeoutMs });
+    proxyUpgrade(this, req, client, head, { dial, path, headers, heartbeat: config.heartbeat, responseTimeoutMs: config.http.responseTimeoutMs });
   }
 
-  #onConnect(req: RequestHead, socket: net.Socket, head: Buffer): void {
+  #onConnect(req: RequestHead, client: ClientSession, head: Buffer): void {
     if (!this.#forward) {
       this.answered(405);
-      respondRaw(socket, 405, 'this route is a reverse proxy; CONNECT is for http-forward routes', 'Allow: GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH\r\n');
+      respondRaw(client, 405, 'bad_request', 'this route is a reverse proxy; CONNECT is for http-forward routes', 'Allow: GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH\r\n');
       return;
     }
-    proxyConnect(this, req, socket, head, this.#policy);
+    proxyConnect(this, req, client, head, this.#policy);
   }
 
   // ---- tunnels ----

@@ -4,6 +4,7 @@ import type { HeartbeatConfig } from '../config/schema.js';
 import type { Logger } from '../log.js';
 import type { DialAttempt, DialTarget, DialedSocket } from '../pool/http-dial.js';
 import { dialFailureStatus } from '../errors.js';
+import type { ClientSession } from './client-session.js';
 import { respondRaw } from './respond.js';
 import type { Tracker } from '../protocols/types.js';
 
@@ -28,14 +29,8 @@ export interface TunnelHost {
   dial(target: DialTarget): DialAttempt;
   /** requests_total for an Upgrade or CONNECT, with the status the client got. */
   answered(status: number): void;
-  /**
-   * The upstream declined an Upgrade: the client connection returns to its HTTP session,
-   * which watches it again (FIN, reset) and closes it when the returned call says the
-   * relayed answer is written.
-   */
-  reclaim(down: net.Socket): () => void;
-  /** From here on the session owns both sockets. */
-  startTunnel(down: net.Socket, up: net.Socket, options: TunnelOptions): void;
+  /** From here on the tunnel's session owns both sockets (and their close). */
+  startTunnel(client: ClientSession, up: net.Socket, options: TunnelOptions): void;
 }
 
 /**
@@ -62,11 +57,14 @@ const EARLY_LIMIT = 64 * 1024;
  * handshake). What it sends meanwhile is held, up to EARLY_LIMIT, for take().
  */
 export class ClientWatch {
+  readonly #client: ClientSession;
   readonly #down: net.Socket;
   #held: Buffer[] = [];
   #heldBytes = 0;
 
-  constructor(down: net.Socket) {
+  constructor(client: ClientSession) {
+    this.#client = client;
+    const down = client.socket;
     this.#down = down;
     down.on('data', this.#onData);
     down.on('end', this.#onEnd);
@@ -93,7 +91,7 @@ export class ClientWatch {
 
   /** A client that stops sending before its tunnel exists has left (as the HTTP session treats a FIN). */
   readonly #onEnd = (): void => {
-    this.#down.destroy();
+    this.#client.close('client_closed', 'destroy');
   };
 }
 
@@ -104,11 +102,12 @@ export class ClientWatch {
  */
 export function dialForClient(
   host: TunnelHost,
-  down: net.Socket,
+  client: ClientSession,
   target: DialTarget,
   what: string,
   onReady: (dialed: DialedSocket) => void,
 ): void {
+  const down = client.socket;
   const attempt = host.dial(target);
   const onClientGone = (): void => attempt.abort();
   down.once('close', onClientGone);
@@ -127,7 +126,7 @@ export function dialForClient(
       const status = dialFailureStatus(error);
       host.answered(status);
       const detail = status === 403 ? (error as Error).message : status === 504 ? `${what} did not accept the connection in time` : `${what} is unreachable`;
-      respondRaw(down, status, detail);
+      respondRaw(client, status, status === 403 ? 'forbidden' : 'connect_error', detail);
     },
   );
 }

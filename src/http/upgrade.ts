@@ -3,6 +3,7 @@ import type net from 'node:net';
 import type { HeartbeatConfig } from '../config/schema.js';
 import type { DialTarget, DialedSocket } from '../pool/http-dial.js';
 import { WebSocketTracker } from '../protocols/websocket.js';
+import type { ClientSession } from './client-session.js';
 import type { RequestHead } from './head-parser.js';
 import { HOP_BY_HOP, endToEnd } from './headers.js';
 import { respondRaw } from './respond.js';
@@ -30,14 +31,13 @@ const FRAMING: ReadonlySet<string> = new Set(['content-length', 'transfer-encodi
 /** Extensions known to leave control frames alone (RFC 7692 compresses data frames only). */
 const SAFE_EXTENSIONS: ReadonlySet<string> = new Set(['permessage-deflate']);
 
-export function proxyUpgrade(host: TunnelHost, req: RequestHead, down: net.Socket, head: Buffer, target: UpgradeTarget): void {
-  // The HTTP server let go of the socket: its error handler and reading went with it.
-  down.on('error', () => {});
-  const watch = new ClientWatch(down);
-  dialForClient(host, down, target.dial, 'the upstream', (dialed) => handshake(host, req, down, watch, head, dialed, target));
+export function proxyUpgrade(host: TunnelHost, req: RequestHead, client: ClientSession, head: Buffer, target: UpgradeTarget): void {
+  const watch = new ClientWatch(client);
+  dialForClient(host, client, target.dial, 'the upstream', (dialed) => handshake(host, req, client, watch, head, dialed, target));
 }
 
-function handshake(host: TunnelHost, req: RequestHead, down: net.Socket, watch: ClientWatch, head: Buffer, dialed: DialedSocket, target: UpgradeTarget): void {
+function handshake(host: TunnelHost, req: RequestHead, client: ClientSession, watch: ClientWatch, head: Buffer, dialed: DialedSocket, target: UpgradeTarget): void {
+  const down = client.socket;
   let settled = false;
   const ureq = http.request({
     createConnection: () => dialed.socket,
@@ -62,7 +62,7 @@ function handshake(host: TunnelHost, req: RequestHead, down: net.Socket, watch: 
     dialed.socket.destroy();
     if (status > 0 && !down.destroyed) {
       host.answered(status);
-      respondRaw(down, status, detail);
+      respondRaw(client, status, 'client_error', detail);
     }
   }
 
@@ -99,7 +99,7 @@ function handshake(host: TunnelHost, req: RequestHead, down: net.Socket, watch: 
       up.write(chunk);
     }
     const fromUpstream = upstreamHead.length > 0 ? [tracker ? tracker.fromServer(upstreamHead) : upstreamHead] : [];
-    host.startTunnel(down, resettableTls(up, dialed.raw), {
+    host.startTunnel(client, resettableTls(up, dialed.raw), {
       kind: 'upgrade',
       tracker,
       heartbeat: tracker ? target.heartbeat : null,
@@ -118,7 +118,7 @@ function handshake(host: TunnelHost, req: RequestHead, down: net.Socket, watch: 
     down.off('close', onClientGone);
     // The session watches the client again while the answer is relayed, then closes it.
     watch.take();
-    const closeClient = host.reclaim(down);
+    const closeClient = client.reclaim();
     const status = ures.statusCode ?? 502;
     host.answered(status);
     const lines = [`HTTP/1.1 ${status} ${ures.statusMessage ?? ''}`];
@@ -141,7 +141,8 @@ function handshake(host: TunnelHost, req: RequestHead, down: net.Socket, watch: 
       dialed.socket.destroy();
     });
     ures.on('error', () => {
-      down.destroy();
+      // The relayed answer broke off: a reset, so the client cannot take it for complete.
+      client.close('client_error', 'reset');
       dialed.socket.destroy();
     });
     down.once('close', () => dialed.socket.destroy());

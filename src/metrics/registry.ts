@@ -30,7 +30,20 @@ export type EvictionReason =
   | 'replaced'
   | 'reload'
   // HTTP client side (issue 8): a request body that stalled past http.bodyTimeout.
-  | 'body_timeout';
+  | 'body_timeout'
+  // HTTP client side (issue 9): each end of a client connection of an HTTP route. Words the
+  // upstream pool also uses carry a client_ prefix, so the two sides never add up in one series.
+  | 'client_closed'
+  | 'client_reset'
+  | 'client_idle_timeout'
+  | 'client_max_requests'
+  | 'client_shutdown'
+  | 'client_error'
+  | 'headers_timeout'
+  | 'bad_request'
+  | 'forbidden'
+  | 'upgrade_declined'
+  | 'response_close';
 
 /** prom-client default metrics left out of /metrics, and why: see the constructor. */
 const DEFAULT_METRICS_DROPPED = ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total'];

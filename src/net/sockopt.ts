@@ -1,12 +1,15 @@
 import { createRequire } from 'node:module';
 import { constants as osConstants } from 'node:os';
-import type { Server, Socket } from 'node:net';
+import { Socket, type Server } from 'node:net';
 import type { KeepaliveSide } from '../config/schema.js';
 
-// Full control of TCP keepalive on one socket. Node's socket.setKeepAlive sets only
-// TCP_KEEPIDLE (libuv then forces a 1 s interval and 10 probes) and has no
-// TCP_USER_TIMEOUT, so on Linux we call setsockopt(2)/getsockopt(2) on the socket's fd
-// through koffi. Anywhere else (or when koffi cannot load) we fall back to setKeepAlive.
+// Full control of TCP keepalive on one socket. Up to Node 24.21 socket.setKeepAlive sets
+// only TCP_KEEPIDLE (libuv then forces a 1 s interval and 10 probes); Node 24.22+ and 26
+// also take the interval and count (nodejs/node#63825). No Node sets TCP_USER_TIMEOUT,
+// reads options back, or sets them on a listening socket, so on Linux we call
+// setsockopt(2)/getsockopt(2) on the socket's fd through koffi, and let Node's own call do
+// a socket's keepalive only where it does exactly the same: all four keepalive options and
+// no user timeout. Anywhere else (or when koffi cannot load) setKeepAlive is the fallback.
 //
 // The fd is `socket._handle.fd`: present at once on an accepted socket, only after
 // 'connect' on an outgoing one (it is -1 while connecting), gone (null handle) once
@@ -56,6 +59,12 @@ interface NativeCalls {
   readonly getsockopt: (fd: number, level: number, name: number, value: Int32Array, length: Uint32Array) => number;
   readonly errno: () => number;
 }
+
+/** setKeepAlive(enable, initialDelayMs, intervalMs, count): Node 24.22+ and 26 (nodejs/node#63825); older types declare two arguments. */
+type NodeSetKeepAlive = (enable: boolean, initialDelayMs: number, intervalMs: number, count: number) => Socket;
+
+/** Feature test, not a version test: the four-argument setKeepAlive declares four parameters. */
+export const NODE_SETS_INTERVAL_AND_COUNT = Socket.prototype.setKeepAlive.length >= 4;
 
 const INT_SIZE = 4;
 const intValue = new Int32Array(1);
@@ -125,19 +134,22 @@ export const sockoptSupport: SockoptSupport = {
 
 /**
  * SO_KEEPALIVE on, TCP_KEEPIDLE/INTVL (seconds, rounded up, min 1), TCP_KEEPCNT; TCP_USER_TIMEOUT (ms)
- * when userTimeoutMs > 0. Falls back to socket.setKeepAlive(true, idleMs) when not native.
+ * when userTimeoutMs > 0. Without koffi it falls back to socket.setKeepAlive, which sets the
+ * interval and count too on Node 24.22+ / 26 but never the user timeout.
  * Never throws for a socket already closed (returns false). Returns false too for an outgoing socket
  * still connecting (no fd yet): call it from 'connect'. lastSockoptError() says why it returned false.
  */
 export function applyKeepalive(socket: Socket, keepalive: KeepaliveSide, userTimeoutMs: number): boolean {
   lastError = null;
   const native = nativeCalls();
-  if (!native) return applyFallback(socket, keepalive);
+  if (!native) return applyThroughNode(socket, keepalive);
   const fd = fdOf(socket);
   if (fd === null) return false;
+  // Without a user timeout Node's own call sets exactly our four options: one call instead of four through FFI.
+  if (userTimeoutMs <= 0 && NODE_SETS_INTERVAL_AND_COUNT) return applyThroughNode(socket, keepalive);
   const result = applyToFd(native, fd, keepalive, userTimeoutMs);
   // A live socket whose kernel refused a keepalive option still gets libuv's keepalive.
-  if (result === 'keepalive-refused' && !socket.destroyed) applyFallback(socket, keepalive);
+  if (result === 'keepalive-refused' && !socket.destroyed) applyThroughNode(socket, keepalive);
   return result === 'ok';
 }
 
@@ -156,13 +168,20 @@ export function applyKeepaliveToListener(server: Server, keepalive: KeepaliveSid
   return applyToFd(native, fd, keepalive, 0) === 'ok' && setInt(native, fd, IPPROTO_TCP, TCP_NODELAY, noDelay ? 1 : 0, 'TCP_NODELAY');
 }
 
+/** The kernel's units and bounds, shared by the setsockopt and the Node path so both set the same values. */
+function kernelKeepalive(keepalive: KeepaliveSide): { idleSeconds: number; intervalSeconds: number; count: number } {
+  return {
+    // KEEPIDLE and KEEPINTVL are whole seconds, so milliseconds round up (a configured
+    // 1500 ms never probes earlier than asked) with a floor of 1 s (0 is EINVAL).
+    idleSeconds: clamp(Math.ceil(keepalive.idleMs / 1000), 1, KEEPALIVE_LIMITS.maxIdleSeconds),
+    intervalSeconds: clamp(Math.ceil(keepalive.intervalMs / 1000), 1, KEEPALIVE_LIMITS.maxIntervalSeconds),
+    // KEEPCNT is a plain count of unanswered probes.
+    count: clamp(Math.round(keepalive.count), 1, KEEPALIVE_LIMITS.maxCount),
+  };
+}
+
 function applyToFd(native: NativeCalls, fd: number, keepalive: KeepaliveSide, userTimeoutMs: number): 'ok' | 'keepalive-refused' | 'user-timeout-refused' {
-  // Kernel units: KEEPIDLE and KEEPINTVL are whole seconds, so milliseconds round up (a
-  // configured 1500 ms never probes earlier than asked) with a floor of 1 s (0 is EINVAL).
-  const idleSeconds = clamp(Math.ceil(keepalive.idleMs / 1000), 1, KEEPALIVE_LIMITS.maxIdleSeconds);
-  const intervalSeconds = clamp(Math.ceil(keepalive.intervalMs / 1000), 1, KEEPALIVE_LIMITS.maxIntervalSeconds);
-  // KEEPCNT is a plain count of unanswered probes.
-  const count = clamp(Math.round(keepalive.count), 1, KEEPALIVE_LIMITS.maxCount);
+  const { idleSeconds, intervalSeconds, count } = kernelKeepalive(keepalive);
   const keepaliveSet =
     setInt(native, fd, SOL_SOCKET, SO_KEEPALIVE, 1, 'SO_KEEPALIVE') &&
     setInt(native, fd, IPPROTO_TCP, TCP_KEEPIDLE, idleSeconds, 'TCP_KEEPIDLE') &&
@@ -229,7 +248,9 @@ export function warnIfUnsupported(log: { warn(obj: object, msg: string): void })
   warned = true;
   log.warn(
     { reason: sockoptSupport.reason },
-    'TCP keepalive falls back to socket.setKeepAlive: only the idle time is applied (interval and count are libuv defaults) and TCP_USER_TIMEOUT is not set',
+    NODE_SETS_INTERVAL_AND_COUNT
+      ? 'TCP keepalive falls back to socket.setKeepAlive: idle time, interval and count are applied but TCP_USER_TIMEOUT is not set'
+      : 'TCP keepalive falls back to socket.setKeepAlive: only the idle time is applied (interval and count are libuv defaults) and TCP_USER_TIMEOUT is not set',
   );
 }
 
@@ -243,13 +264,16 @@ export function forceFallbackForTesting(forced: boolean): void {
   forcedFallback = forced;
 }
 
-function applyFallback(socket: Socket, keepalive: KeepaliveSide): boolean {
+/** socket.setKeepAlive with the kernel's units: the fallback, and on newer Node the path for sockets without a user timeout. */
+function applyThroughNode(socket: Socket, keepalive: KeepaliveSide): boolean {
   if (socket.destroyed) {
     lastError = 'socket is closed';
     return false;
   }
-  // setKeepAlive takes milliseconds; libuv rounds them down to seconds itself.
-  socket.setKeepAlive(true, keepalive.idleMs);
+  const { idleSeconds, intervalSeconds, count } = kernelKeepalive(keepalive);
+  // setKeepAlive takes milliseconds and rounds them down to seconds; whole seconds pass unchanged.
+  // An older Node ignores the interval and count arguments.
+  (socket.setKeepAlive as NodeSetKeepAlive)(true, idleSeconds * 1000, intervalSeconds * 1000, count);
   return true;
 }
 

@@ -33,6 +33,7 @@ class CustomTracker implements Tracker {
   #probing = false;
   /** How many bytes of `expect` have arrived since the probe. */
   #matched = 0;
+  #clientSpoke = false;
 
   constructor(send: Buffer, expect: Buffer) {
     this.#send = send;
@@ -52,17 +53,29 @@ class CustomTracker implements Tracker {
     return this.#probing;
   }
 
+  /** Client bytes not yet followed by a server byte: the only notion of "a reply is owed" a raw stream has. */
+  get awaitingReply(): boolean {
+    return this.#clientSpoke && this.#off === null;
+  }
+
+  // Only the exact expected bytes are taken as the reply; no transactions on a raw stream.
+  readonly probeRefused = false;
+  readonly replyGraceMs = 0;
+  readonly inTransaction = false;
+
   probe(): Buffer {
     this.#probing = this.#expect.length > 0;
     this.#matched = 0;
     return this.#send;
   }
 
-  fromClient(_chunk: Buffer): void {
-    // No framing to follow.
+  fromClient(chunk: Buffer): void {
+    // No framing to follow: only that the client spoke.
+    if (chunk.length > 0) this.#clientSpoke = true;
   }
 
   fromServer(chunk: Buffer): Buffer {
+    if (chunk.length > 0) this.#clientSpoke = false;
     if (!this.#probing) return chunk;
     const expect = this.#expect;
     const heldBefore = this.#matched;

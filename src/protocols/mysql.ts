@@ -30,6 +30,11 @@ import type { CodecOptions, HeartbeatCodec, Tracker, TrackerState } from './type
 // Cursors (COM_STMT_EXECUTE with a cursor flag, COM_STMT_FETCH), replication commands,
 // MySQL's optional result set metadata: off. MariaDB progress reports (ERR 0xFFFF) are
 // skipped. When in doubt: off('desync').
+//
+// A reply is owed (responseTimeout) while any response is queued. The status flags of the
+// last OK/EOF say whether a transaction is open (SERVER_STATUS_IN_TRANS): a COM_PING
+// there would restart wait_timeout and hold the transaction's locks for ever, so the
+// session does not probe unless the route opts in (heartbeat.inTransaction).
 
 const COM_PING = Buffer.from([0x01, 0x00, 0x00, 0x00, 0x0e]);
 
@@ -46,6 +51,7 @@ const CLIENT_ZSTD_COMPRESSION = 1 << 26;
 // MariaDB extended capabilities (bits 32.. of the 64-bit set; here relative to bit 32).
 const MARIADB_CLIENT_CACHE_METADATA = 1 << 4;
 
+const SERVER_STATUS_IN_TRANS = 0x0001;
 const SERVER_MORE_RESULTS_EXISTS = 0x0008;
 const PROGRESS_REPORT = 0xffff;
 
@@ -208,6 +214,9 @@ class MysqlTracker implements Tracker {
   #resultStep = RS_FIRST;
   #packetsLeft = 0;
   #prepareOkSeen = false;
+  /** Status flags of the server's last OK or EOF packet. */
+  #serverStatus = 0;
+  #probeRefused = false;
 
   readonly #client: Framer;
   readonly #server: Framer;
@@ -263,9 +272,25 @@ class MysqlTracker implements Tracker {
     return this.#probing;
   }
 
+  get probeRefused(): boolean {
+    return this.#probeRefused;
+  }
+
+  get awaitingReply(): boolean {
+    return this.#off === null && !this.#probing && this.#head < this.#queue.length;
+  }
+
+  /** Nothing in the protocol states how long a command may run (SLEEP(), locks): no grace. */
+  readonly replyGraceMs = 0;
+
+  get inTransaction(): boolean {
+    return (this.#serverStatus & SERVER_STATUS_IN_TRANS) !== 0;
+  }
+
   probe(): Buffer {
     this.#enqueue(R_PROBE, 1);
     this.#probing = true;
+    this.#probeRefused = false;
     this.#server.stopAtEnd = true;
     return COM_PING;
   }
@@ -436,8 +461,11 @@ class MysqlTracker implements Tracker {
     const first = captured > 0 ? capture[0]! : -1;
     if (this.#phase === P_GREETING) return this.#greeting(capture, captured);
     this.#headStarted = true;
-    switch (this.#headKind()) {
+    const kind = this.#headKind();
+    if (first === OK && (kind === R_PROBE || kind === R_SINGLE || kind === R_AUTH)) this.#serverStatus = this.#okStatus(capture, captured);
+    switch (kind) {
       case R_PROBE:
+        this.#probeRefused = first === ERR;
         this.#cutting = false;
         this.#probing = false;
         this.#server.stopAtEnd = false;
@@ -537,6 +565,7 @@ class MysqlTracker implements Tracker {
 
   /** A result ended with status flags `status`: another result may follow. */
   #resultEnd(status: number): void {
+    this.#serverStatus = status;
     if (status & SERVER_MORE_RESULTS_EXISTS) {
       this.#resultStep = RS_FIRST;
       this.#packetsLeft = 0;

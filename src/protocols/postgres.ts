@@ -26,6 +26,11 @@ import type { CodecOptions, HeartbeatCodec, Tracker, TrackerState } from './type
 // direct TLS ClientHello), COPY (CopyIn/CopyOut/CopyBoth responses), replication
 // connections (startup parameter replication other than false). A CancelRequest
 // connection is left busy: the server closes it at once.
+//
+// A reply is owed (responseTimeout) while a ReadyForQuery is. The transaction status byte
+// of the last ReadyForQuery says whether the session is inside a block (T, or E when it
+// failed): a Sync there resets idle_in_transaction_session_timeout, so the session does
+// not probe unless the route opts in (heartbeat.inTransaction).
 
 const SYNC = Buffer.from([0x53, 0x00, 0x00, 0x00, 0x04]);
 
@@ -129,6 +134,21 @@ class PostgresTracker implements Tracker {
 
   get probing(): boolean {
     return this.#probing;
+  }
+
+  /** A Query, Sync or FunctionCall (or the startup) awaits its ReadyForQuery. */
+  get awaitingReply(): boolean {
+    return this.#off === null && this.#owedReady > 0;
+  }
+
+  // A Sync is always answered by ReadyForQuery (an ErrorResponse before it is the
+  // client's business); nothing blocks for a known time.
+  readonly probeRefused = false;
+  readonly replyGraceMs = 0;
+
+  /** Inside BEGIN (T) or a failed block (E): idle_in_transaction_session_timeout's domain. */
+  get inTransaction(): boolean {
+    return this.#transactionStatus === 0x54 || this.#transactionStatus === 0x45;
   }
 
   /** I, T or E from the last ReadyForQuery (0 before the first). */

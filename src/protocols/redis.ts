@@ -22,6 +22,13 @@ import type { CodecOptions, HeartbeatCodec, Tracker, TrackerState } from './type
 // those literals (at most 22 bytes); anything else is forwarded and the tracker goes off.
 // A RESP3 attribute arriving in the probe reply's place is taken as part of it (cut).
 //
+// Reply deadline (the route's responseTimeout): a reply is owed while any expectation is
+// queued. A blocking command adds its own timeout as grace (BLPOP k 5: 5 s; the seconds
+// or milliseconds argument each command takes), and one that may block for ever (timeout
+// 0, SUBSCRIBE confirmations, an argument we could not read) gets Infinity: exempt.
+// MONITOR and the other 'off' streams have no deadline at all. Inside MULTI a blocking
+// command does not block.
+//
 // Not handled: CLIENT PAUSE ALL delays our PING like any command, so a pause longer than
 // the heartbeat timeout reads as a dead upstream; a QUIT makes the tracker busy for good.
 
@@ -84,7 +91,30 @@ const W = {
   sync: word('sync'),
   psync: word('psync'),
   quit: word('quit'),
+  block: word('block'),
 };
+
+// Blocking commands, by where their timeout argument is.
+const BLOCK_NONE = 0;
+/** BLPOP, BRPOP, BRPOPLPUSH, BLMOVE, BZPOPMIN, BZPOPMAX: the last argument, seconds. */
+const BLOCK_LAST_SECONDS = 1;
+/** BLMPOP, BZMPOP: the first argument, seconds. */
+const BLOCK_FIRST_SECONDS = 2;
+/** WAIT numreplicas timeout: milliseconds. */
+const BLOCK_WAIT = 3;
+/** WAITAOF numlocal numreplicas timeout: milliseconds. */
+const BLOCK_WAITAOF = 4;
+/** XREAD, XREADGROUP: the value after a BLOCK option, milliseconds; no BLOCK: not blocking. */
+const BLOCK_OPTION = 5;
+const BLOCKING: ReadonlyMap<string, number> = new Map([
+  ...['blpop', 'brpop', 'brpoplpush', 'blmove', 'bzpopmin', 'bzpopmax'].map((name) => [name, BLOCK_LAST_SECONDS] as const),
+  ['blmpop', BLOCK_FIRST_SECONDS],
+  ['bzmpop', BLOCK_FIRST_SECONDS],
+  ['wait', BLOCK_WAIT],
+  ['waitaof', BLOCK_WAITAOF],
+  ['xread', BLOCK_OPTION],
+  ['xreadgroup', BLOCK_OPTION],
+]);
 
 const FAMILY_CLASSIC = 1;
 const FAMILY_SHARD = 2;
@@ -114,7 +144,10 @@ class RedisTracker implements Tracker {
   // The expectation FIFO, run-length encoded: kinds[i] repeated counts[i] times (SUB: confirmations left).
   #kinds: number[] = [];
   #counts: number[] = [];
+  /** Per entry: the reply deadline's grace (a blocking command's own timeout), ms. */
+  #graces: number[] = [];
   #head = 0;
+  #probeRefused = false;
 
   // Client parser.
   #cState = C_START;
@@ -127,6 +160,15 @@ class RedisTracker implements Tracker {
   #args = Buffer.alloc(3 * CAPTURE);
   #argLengths = [0, 0, 0];
   #inlineInToken = false;
+  #inline = false;
+  /** The first CAPTURE bytes of the latest argument past the third, and its real length. */
+  #tail = Buffer.alloc(CAPTURE);
+  #tailLength = 0;
+  /** Blocking kind of the command being read (from its name, once read). */
+  #blocking = BLOCK_NONE;
+  /** XREAD(GROUP): the index of the argument after BLOCK, and its value in ms (NaN: no BLOCK). */
+  #blockValueAt = -1;
+  #blockMs = NaN;
 
   // Server parser.
   #sState = S_TYPE;
@@ -188,9 +230,24 @@ class RedisTracker implements Tracker {
     return this.#probing;
   }
 
+  get probeRefused(): boolean {
+    return this.#probeRefused;
+  }
+
+  get awaitingReply(): boolean {
+    return this.#off === null && !this.#probing && this.#head < this.#kinds.length;
+  }
+
+  get replyGraceMs(): number {
+    return this.#head < this.#kinds.length ? this.#graces[this.#head]! : 0;
+  }
+
+  readonly inTransaction = false; // MULTI only queues: nothing is locked until EXEC runs
+
   probe(): Buffer {
     this.#expect(EXPECT_PROBE, 1);
     this.#probing = true;
+    this.#probeRefused = false;
     return PING;
   }
 
@@ -204,15 +261,20 @@ class RedisTracker implements Tracker {
       switch (this.#cState) {
         case C_START: {
           const byte = chunk[i]!;
+          this.#blocking = BLOCK_NONE;
+          this.#blockValueAt = -1;
+          this.#blockMs = NaN;
           if (byte === 0x2a /* * */) {
             this.#cState = C_COUNT;
             this.#cNumber = 0;
             this.#cNegative = false;
+            this.#inline = false;
             i++;
           } else {
             this.#cState = C_INLINE;
             this.#argc = 0;
             this.#inlineInToken = false;
+            this.#inline = true;
           }
           break;
         }
@@ -232,15 +294,20 @@ class RedisTracker implements Tracker {
         case C_ARG_BODY: {
           const take = Math.min(this.#argLeft, length - i);
           // argLeft counts the payload and its CRLF; capture the first bytes of the payload.
+          const payloadLeft = this.#argLeft - 2;
           if (this.#argIndex < 3) {
-            const payloadLeft = this.#argLeft - 2;
             const offset = this.#argLengths[this.#argIndex]! - payloadLeft;
             const end = Math.min(take, payloadLeft, CAPTURE - offset);
             for (let k = 0; k < end; k++) this.#args[this.#argIndex * CAPTURE + offset + k] = lower(chunk[i + k]!);
+          } else if (this.#blocking !== BLOCK_NONE) {
+            const offset = this.#tailLength - payloadLeft;
+            const end = Math.min(take, payloadLeft, CAPTURE - offset);
+            for (let k = 0; k < end; k++) this.#tail[offset + k] = lower(chunk[i + k]!);
           }
           this.#argLeft -= take;
           i += take;
           if (this.#argLeft === 0) {
+            this.#argEnded();
             this.#argIndex++;
             if (this.#argIndex === this.#argc) this.#commandDone();
             else this.#cState = C_ARG_HEADER;
@@ -284,6 +351,7 @@ class RedisTracker implements Tracker {
             return i;
           }
           if (this.#argIndex < 3) this.#argLengths[this.#argIndex] = value;
+          else this.#tailLength = value;
           this.#argLeft = value + 2;
           this.#cState = C_ARG_BODY;
         }
@@ -330,6 +398,53 @@ class RedisTracker implements Tracker {
     return i;
   }
 
+  /** The captured text of argument `index` (past the third: only the latest one), or null when longer than we capture. */
+  #argText(index: number): Buffer | null {
+    if (index < 3) {
+      const length = this.#argLengths[index]!;
+      return length <= CAPTURE ? this.#args.subarray(index * CAPTURE, index * CAPTURE + length) : null;
+    }
+    return this.#tailLength <= CAPTURE ? this.#tail.subarray(0, this.#tailLength) : null;
+  }
+
+  /** A multibulk argument was read whole: learn the blocking kind from the name, XREAD's BLOCK value. */
+  #argEnded(): void {
+    const index = this.#argIndex;
+    if (index === 0) {
+      const name = this.#argText(0);
+      this.#blocking = name ? (BLOCKING.get(name.toString('latin1')) ?? BLOCK_NONE) : BLOCK_NONE;
+      return;
+    }
+    if (this.#blocking !== BLOCK_OPTION) return;
+    if (index === this.#blockValueAt) this.#blockMs = timeoutMs(this.#argText(index), 1);
+    else if (this.#argText(index)?.equals(W.block)) this.#blockValueAt = index + 1;
+  }
+
+  /** The reply deadline's grace for the command just read: its own timeout if it blocks. */
+  #commandGraceMs(): number {
+    if (this.#inMulti) return 0;
+    const argc = this.#argc;
+    // An inline command's arguments past the third are not captured: exempt what might block.
+    const name = this.#argText(0);
+    const kind = this.#inline ? (name ? (BLOCKING.get(name.toString('latin1')) ?? BLOCK_NONE) : BLOCK_NONE) : this.#blocking;
+    const known = (index: number): Buffer | null => (index < argc && (index < 3 || (!this.#inline && index === argc - 1)) ? this.#argText(index) : null);
+    switch (kind) {
+      case BLOCK_LAST_SECONDS:
+        return timeoutMs(known(argc - 1), 1000);
+      case BLOCK_FIRST_SECONDS:
+        return timeoutMs(known(1), 1000);
+      case BLOCK_WAIT:
+        return timeoutMs(known(2), 1);
+      case BLOCK_WAITAOF:
+        return timeoutMs(known(3), 1);
+      case BLOCK_OPTION:
+        if (this.#inline) return Infinity;
+        return Number.isNaN(this.#blockMs) ? 0 : this.#blockMs;
+      default:
+        return 0;
+    }
+  }
+
   #argIs(index: number, expected: Buffer): boolean {
     if (this.#argLengths[index] !== expected.length || index >= this.#argc) return false;
     const offset = index * CAPTURE;
@@ -368,20 +483,22 @@ class RedisTracker implements Tracker {
       this.#goOff('replication');
     } else {
       if (this.#argIs(0, W.quit)) this.#quitting = true;
-      this.#expect(EXPECT_REPLY, 1);
+      this.#expect(EXPECT_REPLY, 1, this.#commandGraceMs());
     }
   }
 
   // ---- expectation FIFO ----
 
-  #expect(kind: number, count: number): void {
+  #expect(kind: number, count: number, graceMs = 0): void {
     const last = this.#kinds.length - 1;
-    if (kind === EXPECT_REPLY && last >= this.#head && this.#kinds[last] === EXPECT_REPLY) {
+    if (kind === EXPECT_REPLY && graceMs === 0 && last >= this.#head && this.#kinds[last] === EXPECT_REPLY && this.#graces[last] === 0) {
       this.#counts[last]! += count;
       return;
     }
     this.#kinds.push(kind);
     this.#counts.push(count);
+    // Subscription confirmations may take as long as they like: SUBSCRIBE modes are exempt.
+    this.#graces.push(kind === EXPECT_SUB ? Infinity : graceMs);
   }
 
   #headKind(): number {
@@ -399,10 +516,12 @@ class RedisTracker implements Tracker {
     if (this.#head === this.#kinds.length) {
       this.#kinds.length = 0;
       this.#counts.length = 0;
+      this.#graces.length = 0;
       this.#head = 0;
     } else if (this.#head > 64) {
       this.#kinds.splice(0, this.#head);
       this.#counts.splice(0, this.#head);
+      this.#graces.splice(0, this.#head);
       this.#head = 0;
     }
   }
@@ -450,6 +569,11 @@ class RedisTracker implements Tracker {
         return;
       case 0x2d /* - error */:
       case 0x21 /* ! blob error */:
+        // Alive, but refusing our PING (-NOPERM, -NOAUTH, -LOADING): cut, counted as an error.
+        this.#probeRefused = true;
+        this.#frameMode = FRAME_CUT;
+        this.#cutter.skipFrom(offset);
+        return;
       case 0x7c /* | attribute: belongs to the reply after it */:
         this.#frameMode = FRAME_CUT;
         this.#cutter.skipFrom(offset);
@@ -766,6 +890,18 @@ class RedisTracker implements Tracker {
     else if (this.#frameMode === FRAME_CUT) this.#cutter.resumeAt(this.#at);
     this.#frameMode = FRAME_FORWARD;
   }
+}
+
+/**
+ * A blocking command's timeout argument in ms (`unitMs` per unit): 0 (block for ever) and
+ * an argument too long to read are Infinity; one the server rejects at once (negative, not
+ * a number) is 0, since it does not block.
+ */
+function timeoutMs(text: Buffer | null, unitMs: number): number {
+  if (text === null) return Infinity;
+  const value = Number(text.toString('latin1'));
+  if (!Number.isFinite(value) || value < 0) return 0;
+  return value === 0 ? Infinity : value * unitMs;
 }
 
 function lower(byte: number): number {

@@ -47,6 +47,25 @@ export interface Tracker {
   readonly offReason: string | null;
   /** True from probe() until its whole reply has been consumed by fromServer(). */
   readonly probing: boolean;
+  /** The last probe was answered with an error (alive, but refused: Redis -NOPERM, MySQL ERR). */
+  readonly probeRefused: boolean;
+  /**
+   * The server owes the client a reply to a request (the probe's own reply excluded):
+   * what the route's responseTimeout watches. False when off: an opaque stream has no
+   * request we could time.
+   */
+  readonly awaitingReply: boolean;
+  /**
+   * How long the oldest unanswered request may legitimately wait on top of responseTimeout:
+   * 0 for an ordinary request, a blocking command's own timeout (BLPOP k 5: 5000),
+   * Infinity for one that may wait for ever (BLPOP k 0, SUBSCRIBE).
+   */
+  readonly replyGraceMs: number;
+  /**
+   * Inside a transaction block (PostgreSQL status T/E, MySQL SERVER_STATUS_IN_TRANS): the
+   * server's own idle-in-transaction guard should be left to fire, so no probe by default.
+   */
+  readonly inTransaction: boolean;
   /** The heartbeat bytes to write upstream. Only called when state === 'quiet' and !probing. */
   probe(): Buffer;
 }

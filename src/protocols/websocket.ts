@@ -176,6 +176,12 @@ export class WebSocketTracker implements Tracker {
     return this.#probe !== null;
   }
 
+  // A WebSocket has no request/reply pairing and no transactions; a pong is never an error.
+  readonly probeRefused = false;
+  readonly awaitingReply = false;
+  readonly replyGraceMs = 0;
+  readonly inTransaction = false;
+
   probe(): Buffer {
     const payload = this.#random(PROBE_PAYLOAD_BYTES);
     this.#probe = payload;

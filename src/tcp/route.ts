@@ -50,6 +50,7 @@ class TcpRoute implements RouteHandle {
   /** Evictions the proxy decided: a mass eviction is one line and per-second counts by reason. */
   readonly #evictions: BurstLog;
   readonly #acceptErrors: BurstLog;
+  readonly #refusedHeartbeats: BurstLog;
 
   constructor(config: RouteConfig, deps: RouteDeps) {
     this.name = config.name;
@@ -59,6 +60,11 @@ class TcpRoute implements RouteHandle {
     this.#metrics = new RouteMetrics(deps.metrics, this.name);
     this.#connectFailures = new BurstLog(deps.log, deps.clock, { level: 'warn', msg: 'upstream connect failed; closing client' });
     this.#evictions = new BurstLog(deps.log, deps.clock, { level: 'info', msg: 'connection evicted', countBy: 'reasons' });
+    this.#refusedHeartbeats = new BurstLog(deps.log, deps.clock, {
+      level: 'warn',
+      msg: 'heartbeat answered with an error: the upstream is alive but refuses the probe (e.g. a Redis ACL user without +ping)',
+      intervalMs: 60_000,
+    });
     this.#upstream = new UpstreamSource(config, this.#codec, deps, this.#metrics);
     this.#server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, (socket) => this.#accept(socket));
     this.#acceptErrors = watchListenerErrors(this.#server, this.name, this.#metrics, deps);
@@ -262,6 +268,7 @@ class TcpRoute implements RouteHandle {
       idleTimeoutMs: config.idleTimeoutMs,
       heartbeat: config.heartbeat,
       tracker: lease.tracker,
+      responseTimeoutMs: config.responseTimeoutMs,
       reused: lease.reused,
       earlyData: lease.earlyData,
       now: Date.now(),
@@ -299,6 +306,7 @@ class TcpRoute implements RouteHandle {
     metrics.heartbeat(result).inc();
     if (result === 'ok') metrics.heartbeatRtt.observe(ms / 1000);
     else if (result === 'sent') return;
+    else if (result === 'error') this.#refusedHeartbeats.note({ route: this.name, id: session.id });
     else if (result === 'unsupported') log.info({ route: this.name, id: session.id, why: detail }, 'heartbeats off for this connection (TCP keepalive only)');
     else log.warn({ route: this.name, id: session.id, waitedMs: ms }, 'heartbeat unanswered: upstream considered dead');
   }
@@ -317,9 +325,10 @@ function outOfDescriptors(error: unknown): string | null {
   return code === 'EMFILE' || code === 'ENFILE' ? code : null;
 }
 
+/** The codec that follows the route's protocol: for its heartbeats, and for responseTimeout's notion of a request. */
 function heartbeatCodec(config: RouteConfig): HeartbeatCodec | null {
-  if (!config.heartbeat) return null;
-  return codecFor(config.protocol, { send: config.heartbeat.send, expect: config.heartbeat.expect });
+  if (!config.heartbeat && config.responseTimeoutMs === 0) return null;
+  return codecFor(config.protocol, { send: config.heartbeat?.send, expect: config.heartbeat?.expect });
 }
 
 function warnAboutOneWayHeartbeat(config: RouteConfig, deps: RouteDeps): void {

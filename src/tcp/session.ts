@@ -14,8 +14,8 @@ import { readOnAfterWriteError } from '../net/last-reads.js';
 // outstanding the client's bytes are held back (bounded by the socket's own buffer:
 // the client socket is paused) and released, in order, right after the reply.
 
-/** ok: answered; timeout: unanswered (dead); unsupported: stream opaque; sent: one-way probe. */
-export type HeartbeatResult = 'ok' | 'timeout' | 'unsupported' | 'sent';
+/** ok: answered; error: answered with an error (alive, probe refused); timeout: unanswered (dead); unsupported: stream opaque; sent: one-way probe. */
+export type HeartbeatResult = 'ok' | 'error' | 'timeout' | 'unsupported' | 'sent';
 
 export interface SessionEvents {
   /** Called once, after both sockets are destroyed. */
@@ -30,6 +30,8 @@ export interface SessionOptions {
   readonly idleTimeoutMs: number;
   readonly heartbeat: HeartbeatConfig | null;
   readonly tracker: Tracker | null;
+  /** TCP family: a reply owed this long with no byte from the server closes the pair (0 = never). */
+  readonly responseTimeoutMs?: number;
   readonly reused: boolean;
   /** Bytes the upstream sent before the client arrived (a warm socket's greeting). */
   readonly earlyData: readonly Buffer[];
@@ -90,6 +92,11 @@ export class Session {
   readonly #tracker: Tracker | null;
   /** Fixed per session so that many sessions started together do not probe in lockstep. */
   readonly #heartbeatDueAfterMs: number;
+  readonly #responseTimeoutMs: number;
+  /** When the oldest unanswered request went out, or the server's last byte since (0: nothing owed). */
+  #replyOwedSince = 0;
+  /** Last byte from the client (heartbeat.maxIdle). */
+  #lastClientAt: number;
   #probeSentAt = 0;
   #probeSentPrecise = 0;
   #held: Buffer[] = [];
@@ -117,6 +124,8 @@ export class Session {
     this.#idleTimeoutMs = options.idleTimeoutMs;
     this.#heartbeat = options.heartbeat;
     this.#tracker = options.tracker;
+    this.#responseTimeoutMs = options.responseTimeoutMs ?? 0;
+    this.#lastClientAt = options.now;
     const spread = options.heartbeat ? options.heartbeat.everyMs * options.heartbeat.jitter : 0;
     this.#heartbeatDueAfterMs = options.heartbeat ? options.heartbeat.everyMs + spread * (Math.random() * 2 - 1) : 0;
 
@@ -173,6 +182,8 @@ export class Session {
   static #downDrain(this: net.Socket): void {
     const session = Session.#of(this);
     session.#upBlocked = false;
+    // The server was not read while the client caught up: its reply deadline starts over.
+    if (session.#replyOwedSince !== 0) session.#replyOwedSince = nowCoarse();
     session.up.resume();
   }
   static #downEnd(this: net.Socket): void {
@@ -226,7 +237,7 @@ export class Session {
   }
 
   #onClientData(chunk: Buffer): void {
-    this.lastPayloadAt = this.lastWireAt = nowCoarse();
+    this.lastPayloadAt = this.lastWireAt = this.#lastClientAt = nowCoarse();
     this.bytesUp += chunk.length;
     this.#events.onBytes('upstream', chunk.length);
     if (this.#tracker) {
@@ -238,6 +249,7 @@ export class Session {
       }
       this.#tracker.fromClient(chunk);
     }
+    this.#armReplyDeadline(this.lastWireAt);
     if (!this.up.write(chunk)) {
       this.#downBlocked = true;
       this.down.pause();
@@ -248,12 +260,15 @@ export class Session {
     this.lastWireAt = nowCoarse();
     const tracker = this.#tracker;
     if (!tracker) {
+      this.#replyOwedSince = 0;
       this.lastPayloadAt = this.lastWireAt;
       this.#forwardDownstream(chunk);
       return;
     }
     const wasProbing = tracker.probing;
     const forward = tracker.fromServer(chunk);
+    // Any byte from the server restarts the reply deadline.
+    if (this.#replyOwedSince !== 0) this.#replyOwedSince = tracker.awaitingReply ? this.lastWireAt : 0;
     if (forward.length > 0) {
       this.lastPayloadAt = this.lastWireAt;
       this.#forwardDownstream(forward);
@@ -273,16 +288,33 @@ export class Session {
   #onProbeAnswered(): void {
     // A tracker that lost the thread while a probe was out forwarded what came and went
     // off: that is no proof of life, and it is counted as unsupported at the next tick.
-    if (this.#tracker!.state !== 'off') this.#events.onHeartbeat(this, 'ok', performance.now() - this.#probeSentPrecise);
+    const tracker = this.#tracker!;
+    if (tracker.state !== 'off') this.#events.onHeartbeat(this, tracker.probeRefused ? 'error' : 'ok', performance.now() - this.#probeSentPrecise);
     const held = this.#held;
     if (held.length === 0) return;
     this.#held = [];
     for (const chunk of held) {
-      this.#tracker!.fromClient(chunk);
+      tracker.fromClient(chunk);
       if (!this.up.write(chunk)) this.#downBlocked = true;
     }
+    this.#armReplyDeadline(nowCoarse());
     if (this.#downEnded) this.up.end();
     this.#resumeDown();
+  }
+
+  /** A request now awaits its reply (a raw stream: any client byte does): start its deadline. */
+  #armReplyDeadline(now: number): void {
+    if (this.#responseTimeoutMs === 0 || this.#replyOwedSince !== 0) return;
+    if (this.#tracker ? this.#tracker.awaitingReply : true) this.#replyOwedSince = now;
+  }
+
+  /** The owed reply is later than responseTimeout (plus a blocking command's own timeout). */
+  #replyOverdue(now: number): boolean {
+    // Paused because the client reads slowly: the silence is ours, not the server's.
+    if (this.#replyOwedSince === 0 || this.#upBlocked) return false;
+    const tracker = this.#tracker;
+    if (tracker && !tracker.awaitingReply) return false;
+    return now - this.#replyOwedSince >= this.#responseTimeoutMs + (tracker?.replyGraceMs ?? 0);
   }
 
   #resumeDown(): void {
@@ -306,6 +338,10 @@ export class Session {
       this.close('idle_timeout', 'proxy');
       return;
     }
+    if (this.#replyOverdue(now)) {
+      this.close('response_timeout', 'upstream');
+      return;
+    }
     const tracker = this.#tracker;
     const heartbeat = this.#heartbeat;
     if (!tracker || !heartbeat) return;
@@ -324,6 +360,9 @@ export class Session {
       return;
     }
     if (tracker.state !== 'quiet' || this.#upEnded || this.#downEnded) return;
+    // Leave the server's own guards to fire: idle-in-transaction, and idle timeouts set above maxIdle.
+    if (tracker.inTransaction && !heartbeat.inTransaction) return;
+    if (heartbeat.maxIdleMs > 0 && now - this.#lastClientAt >= heartbeat.maxIdleMs) return;
     if (now - this.lastWireAt < this.#heartbeatDueAfterMs) return;
     this.#probeSentAt = now;
     this.#probeSentPrecise = performance.now();

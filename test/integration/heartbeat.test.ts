@@ -126,7 +126,7 @@ describe('postgres heartbeats', () => {
   });
 
   it('sends Sync at ReadyForQuery and consumes its ReadyForQuery; queries and transactions keep working', async () => {
-    const { proxy, port } = await proxyFor('postgres', postgres.port);
+    const { proxy, port } = await proxyFor('postgres', postgres.port, ', inTransaction: true');
     const client = new pg.Client({ host: '127.0.0.1', port, user: 'postgres', database: 'postgres' });
     cleanups.push(() => client.end().catch(() => {}));
     await client.connect();

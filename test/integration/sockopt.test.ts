@@ -1,6 +1,6 @@
 import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
-import type net from 'node:net';
+import { Socket, type default as net } from 'node:net';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import {
   applyKeepalive,
@@ -11,6 +11,7 @@ import {
   warnIfUnsupported,
 } from '../../src/net/sockopt.js';
 import { connect, listen0 } from '../helpers/net.js';
+import { Prng } from '../helpers/wire/prng.js';
 import { until } from '../helpers/wait.js';
 
 // Real loopback pairs: options are set on the accepted and the connecting socket, read back
@@ -131,10 +132,37 @@ describe.runIf(process.platform === 'linux')('sockopt on Linux (koffi setsockopt
     // setKeepAlive reached the kernel: keepalive on with the idle time...
     expect(options.keepalive).toBe(true);
     expect(options.idleSeconds).toBe(9);
-    // ...but not the interval, count or user timeout: libuv >= 1.46 forces 1 s x 10, older ones leave the sysctls.
-    const sysctl = [readSysctl('tcp_keepalive_intvl'), readSysctl('tcp_keepalive_probes')];
-    expect([[1, 10], sysctl]).toContainEqual([options.intervalSeconds, options.count]);
+    // ...and the interval and count where Node takes them; never the user timeout.
+    expect([options.intervalSeconds, options.count]).toEqual(NODE_TAKES_INTERVAL_AND_COUNT ? [4, 5] : libuvDefaults());
     expect(options.userTimeoutMs).toBe(0);
+  });
+
+  it('sets through Node the same kernel values as through setsockopt, for generated settings', async () => {
+    // Awkward values on purpose: sub-second, fractional, zero, past the kernel's bounds.
+    const prng = new Prng(12);
+    const pick = (values: number[]): number => prng.pick(values);
+    for (let i = 0; i < 40; i++) {
+      const keepalive = {
+        idleMs: pick([0, 1, 999, 1_000, 1_001, 1_500, 59_999.5, 7_200_000, 40_000_000]),
+        intervalMs: pick([0, 1, 999.9, 1_000, 2_001, 75_000, 40_000_000]),
+        count: pick([0, 0.4, 1, 1.6, 9, 127, 128, 10_000]),
+      };
+      const { client: throughFfi, accepted: throughNode } = await pair();
+      expect(applyKeepalive(throughFfi, keepalive, 1_000)).toBe(true);
+      forceFallbackForTesting(true);
+      expect(applyKeepalive(throughNode, keepalive, 0)).toBe(true);
+      forceFallbackForTesting(false);
+      const expected = readSocketOptions(throughFfi)!;
+      const viaNode = readSocketOptions(throughNode)!;
+      const label = JSON.stringify(keepalive);
+      expect(viaNode.keepalive, label).toBe(true);
+      expect(viaNode.idleSeconds, label).toBe(expected.idleSeconds);
+      expect([viaNode.intervalSeconds, viaNode.count], label).toEqual(
+        NODE_TAKES_INTERVAL_AND_COUNT ? [expected.intervalSeconds, expected.count] : libuvDefaults(),
+      );
+      throughFfi.destroy();
+      throughNode.destroy();
+    }
   });
 
   it('returns false without throwing for a destroyed socket, and for one still connecting', async () => {
@@ -218,6 +246,21 @@ function parseSsDuration(text: string): number {
     Number(fraction ?? 0) +
     Number(milliseconds ?? 0)
   );
+}
+
+/** Node 24.22+ and 26: setKeepAlive(enable, initialDelay, interval, count); checked here, not imported, so the test judges the code. */
+const NODE_TAKES_INTERVAL_AND_COUNT = Socket.prototype.setKeepAlive.length >= 4;
+
+/** What the two-argument setKeepAlive leaves: libuv >= 1.46 forces 1 s x 10, older ones leave the sysctls. */
+function libuvDefaults(): number[] {
+  const sysctl = [readSysctl('tcp_keepalive_intvl'), readSysctl('tcp_keepalive_probes')];
+  return process.versions.uv && compareVersions(process.versions.uv, '1.46.0') >= 0 ? [1, 10] : sysctl;
+}
+
+function compareVersions(a: string, b: string): number {
+  const [x, y] = [a.split('.').map(Number), b.split('.').map(Number)];
+  for (let i = 0; i < 3; i++) if (x[i] !== y[i]) return (x[i] ?? 0) - (y[i] ?? 0);
+  return 0;
 }
 
 function readSysctl(name: string): number {

@@ -106,6 +106,7 @@ describe('a valid config', () => {
       maxConnections: DEFAULTS.maxConnections,
       noDelay: DEFAULTS.noDelay,
       heartbeat: null,
+      responseTimeoutMs: 0,
       warmPool: null,
       httpPool: DEFAULTS.httpPool,
       tls: null,
@@ -198,15 +199,15 @@ describe('a valid config', () => {
     );
     const [raw, cache, web, out] = config.routes;
     expect(raw!.warmPool).toEqual({ warm: 2, maxIdleMs: 60_000 });
-    expect(raw!.heartbeat).toEqual({ everyMs: 30_000, timeoutMs: 4_000, jitter: 0.1, send: Buffer.from('\r\n'), expect: Buffer.from('ok') });
+    expect(raw!.heartbeat).toEqual({ everyMs: 30_000, timeoutMs: 4_000, jitter: 0.1, inTransaction: false, maxIdleMs: 0, send: Buffer.from('\r\n'), expect: Buffer.from('ok') });
     expect(raw!.httpPool).toEqual(DEFAULTS.httpPool);
     expect(raw!.http).toEqual(DEFAULTS.http);
     expect(raw!.allow).toEqual([]);
-    expect(cache!.heartbeat).toEqual({ everyMs: 30_000, timeoutMs: 4_000, jitter: 0.1 });
+    expect(cache!.heartbeat).toEqual({ everyMs: 30_000, timeoutMs: 4_000, jitter: 0.1, inTransaction: false, maxIdleMs: 0 });
     expect(web!.warmPool).toBeNull();
     expect(web!.httpPool).toEqual({ ...DEFAULTS.httpPool, maxSockets: 8, idleTimeoutMs: 20_000 });
     expect(web!.http.xForwarded).toBe(false);
-    expect(web!.heartbeat).toEqual({ everyMs: 30_000, timeoutMs: 4_000, jitter: 0.1 });
+    expect(web!.heartbeat).toEqual({ everyMs: 30_000, timeoutMs: 4_000, jitter: 0.1, inTransaction: false, maxIdleMs: 0 });
     expect(out!.allow).toEqual(['*.example.com:443']);
     expect(out!.upstream).toBeNull();
   });
@@ -220,6 +221,56 @@ describe('a valid config', () => {
     expect(timeouts).toEqual([15_000, 0]);
     expect(parseConfigText(yaml('routes:', ...route('')), 'test.yaml').routes[0]!.http.bodyTimeoutMs).toBe(60_000);
     expect(issuesOf(yaml('routes:', ...route('{ bodyTimeout: 20 }')))).toHaveLength(1);
+  });
+
+  it('resolves responseTimeout per protocol (inheritable) and heartbeat.inTransaction / maxIdle', () => {
+    const route = (n: number, protocol: string, ...extra: string[]): string[] => [
+      `  - name: r${n}`,
+      `    listen: 127.0.0.1:${10000 + n}`,
+      `    upstream: ${protocol === 'http' ? 'http://127.0.0.1:8080' : `127.0.0.1:${20000 + n}`}`,
+      `    protocol: ${protocol}`,
+      ...extra,
+    ];
+    const plain = parseConfigText(
+      yaml('routes:', ...route(1, 'tcp'), ...route(2, 'redis'), ...route(3, 'postgres'), ...route(4, 'mysql'), ...route(5, 'http')),
+      'test.yaml',
+    );
+    expect(plain.routes.map((r) => r.responseTimeoutMs)).toEqual([0, 60_000, 0, 0, 0]);
+    const inherited = parseConfigText(
+      yaml(
+        'defaults:',
+        '  responseTimeout: 7s',
+        '  heartbeat: { every: 1s, timeout: 1s, inTransaction: true, maxIdle: 10m }',
+        'routes:',
+        ...route(1, 'postgres'),
+        ...route(2, 'mysql', '    responseTimeout: 0', '    heartbeat: { maxIdle: 0 }'),
+        ...route(3, 'redis', '    heartbeat: { every: 2s, timeout: 1s, inTransaction: false }'),
+        ...route(4, 'http'),
+      ),
+      'test.yaml',
+    );
+    const [pg, my, redis, web] = inherited.routes;
+    expect(pg!.responseTimeoutMs).toBe(7_000);
+    expect(pg!.heartbeat).toMatchObject({ inTransaction: true, maxIdleMs: 600_000 });
+    expect(my!.responseTimeoutMs).toBe(0);
+    expect(my!.heartbeat).toMatchObject({ inTransaction: true, maxIdleMs: 0 });
+    expect(redis!.responseTimeoutMs).toBe(7_000);
+    expect(redis!.heartbeat).toMatchObject({ everyMs: 2_000, inTransaction: false, maxIdleMs: 600_000 });
+    expect(web!.responseTimeoutMs).toBe(0); // http routes take http.responseTimeout
+    expect(
+      issuesOf(
+        yaml(
+          'routes:',
+          ...route(1, 'redis', '    responseTimeout: 5', '    heartbeat: { every: 1s, timeout: 1s, inTransaction: maybe, maxIdle: -1s }'),
+          ...route(2, 'http', '    responseTimeout: 5s'),
+        ),
+      ),
+    ).toEqual([
+      expect.stringMatching(/^test\.yaml:6:22 routes\[0\]\.responseTimeout: /),
+      expect.stringMatching(/^test\.yaml:7:57 routes\[0\]\.heartbeat\.inTransaction: /),
+      expect.stringMatching(/^test\.yaml:7:73 routes\[0\]\.heartbeat\.maxIdle: /),
+      'test.yaml:12:5 routes[1].responseTimeout: does not apply to protocol http: http routes take http.responseTimeout',
+    ]);
   });
 
   it('ignores an inherited heartbeat without send on a plain tcp route', () => {
@@ -342,7 +393,7 @@ describe('config errors: FILE:LINE:COL key.path: message', () => {
       'test.yaml:8:3 defaults.usertimeout: unknown key; did you mean "userTimeout"?',
       'test.yaml:13:5 routes[0].hearbeat: unknown key; did you mean "heartbeat"?',
       'test.yaml:14:13 routes[0].pool.wram: unknown key; did you mean "warm"?',
-      'test.yaml:15:5 routes[0].colour: unknown key; valid keys here: name, listen, upstream, protocol, keepalive, userTimeout, connectTimeout, idleTimeout, maxConnections, noDelay, heartbeat, pool, tls, http, allow',
+      'test.yaml:15:5 routes[0].colour: unknown key; valid keys here: name, listen, upstream, protocol, keepalive, userTimeout, connectTimeout, idleTimeout, maxConnections, noDelay, responseTimeout, heartbeat, pool, tls, http, allow',
     ]);
   });
 

@@ -45,4 +45,18 @@ describe('custom tcp codec', () => {
     expect(t.state).toBe('quiet');
     expect(t.fromServer(bytes('x'))).toEqual(bytes('x'));
   });
+
+  it('owes a reply from any client byte to the next server byte (responseTimeout on a raw stream)', () => {
+    const t = customCodec.track({ send: Buffer.from('PING\n'), expect: Buffer.from('PONG\n') });
+    expect(t.awaitingReply).toBe(false);
+    t.fromClient(Buffer.from('x'));
+    expect([t.awaitingReply, t.replyGraceMs, t.inTransaction]).toEqual([true, 0, false]);
+    t.fromServer(Buffer.from('y'));
+    expect(t.awaitingReply).toBe(false);
+    t.fromClient(Buffer.from('again'));
+    t.probe();
+    expect(t.fromServer(Buffer.from('PONG\n')).length).toBe(0);
+    expect([t.awaitingReply, t.probeRefused]).toEqual([false, false]);
+  });
 });
+

@@ -265,4 +265,46 @@ describe('mysql codec', () => {
   it('a probe ERR reply (the server answers) is cut too', () => {
     run(connected(), [{ probe: COM_PING }, { server: err(1, 1040), forwarded: bytes(''), state: 'quiet' }]);
   });
+
+  it('follows SERVER_STATUS_IN_TRANS from OK and EOF packets, at every split', () => {
+    const IN_TRANS = 0x0001;
+    const AUTOCOMMIT = 0x0002;
+    for (const deprecateEof of [false, true]) {
+      const prepare = (t: Tracker): void => {
+        t.fromServer(greeting(BASE | DEPRECATE_EOF));
+        t.fromClient(handshakeResponse(BASE | (deprecateEof ? DEPRECATE_EOF : 0)));
+        t.fromServer(ok(2));
+      };
+      const begin = ok(1, IN_TRANS | AUTOCOMMIT);
+      everySplit(mysqlCodec, (t) => { prepare(t); t.fromClient(query('START TRANSACTION')); }, 'server', begin, { state: 'quiet' });
+      const t = mysqlCodec.track({});
+      prepare(t);
+      expect(t.inTransaction).toBe(false);
+      t.fromClient(query('START TRANSACTION'));
+      expect([t.awaitingReply, t.replyGraceMs]).toEqual([true, 0]);
+      t.fromServer(begin);
+      expect([t.inTransaction, t.awaitingReply, t.state]).toEqual([true, false, 'quiet']);
+      // A result set's closing EOF (or OK with 0xFE) carries the status too.
+      t.fromClient(query('SELECT a, b FROM t'));
+      const rows = resultSet(deprecateEof, 2, IN_TRANS | AUTOCOMMIT);
+      for (let i = 0; i < rows.length; i++) t.fromServer(rows.subarray(i, i + 1));
+      expect(t.inTransaction).toBe(true);
+      t.fromClient(query('COMMIT'));
+      t.fromServer(ok(1, AUTOCOMMIT));
+      expect([t.inTransaction, t.state]).toEqual([false, 'quiet']);
+    }
+  });
+
+  it('an ERR in answer to COM_PING is cut and marks the probe refused', () => {
+    const t = connected();
+    expect(t.probe()).toEqual(COM_PING);
+    expect(t.awaitingReply).toBe(false);
+    const reply = err(1, 1227);
+    for (let i = 0; i < reply.length; i++) expect(t.fromServer(reply.subarray(i, i + 1)).length).toBe(0);
+    expect([t.probing, t.probeRefused, t.state]).toEqual([false, true, 'quiet']);
+    t.probe();
+    expect(t.fromServer(ok(1)).length).toBe(0);
+    expect(t.probeRefused).toBe(false);
+  });
 });
+

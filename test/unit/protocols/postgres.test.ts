@@ -192,4 +192,60 @@ describe('postgres codec', () => {
   it('a ReadyForQuery nobody asked for: off', () => {
     run(connected(), [{ server: ready(), state: 'off' }]);
   });
+
+  it('is in a transaction after ReadyForQuery T or E and out after I, at every split', () => {
+    const begin = Buffer.concat([msg('C', 'BEGIN\0'), ready('T')]);
+    const failed = Buffer.concat([msg('E', 'SERROR\0C22012\0Mdivision by zero\0\0'), ready('E')]);
+    const rolledBack = Buffer.concat([msg('C', 'ROLLBACK\0'), ready('I')]);
+    const steps: Array<[string, Buffer, Buffer, boolean]> = [
+      ['BEGIN', query('BEGIN'), begin, true],
+      ['SELECT 1/0', query('SELECT 1/0'), failed, true],
+      ['ROLLBACK', query('ROLLBACK'), rolledBack, false],
+    ];
+    for (let upTo = 0; upTo < steps.length; upTo++) {
+      const [, sql, reply, inside] = steps[upTo]!;
+      everySplit(
+        postgresCodec,
+        (t) => {
+          t.fromClient(startup({ user: 'postgres', database: 'postgres' }));
+          t.fromServer(SERVER_HELLO);
+          for (const [, q, r] of steps.slice(0, upTo)) {
+            t.fromClient(q);
+            t.fromServer(r);
+          }
+          t.fromClient(sql);
+          expect(t.awaitingReply).toBe(true);
+        },
+        'server',
+        reply,
+        { state: 'quiet' },
+      );
+      const t = connected();
+      expect(t.inTransaction).toBe(false);
+      for (const [, q, r] of steps.slice(0, upTo + 1)) {
+        t.fromClient(q);
+        t.fromServer(r);
+      }
+      expect(t.inTransaction, steps[upTo]![0]).toBe(inside);
+      expect(t.awaitingReply).toBe(false);
+      // Still quiet: whether to probe inside a transaction is the route's choice (heartbeat.inTransaction).
+      expect(t.state).toBe('quiet');
+    }
+  });
+
+  it('owes a reply from Query/Sync until ReadyForQuery, none while only Parse/Bind are unsynced or after going off', () => {
+    run(connected(), [
+      { check: (t) => expect(t.awaitingReply).toBe(false) },
+      { client: Buffer.concat([msg('P', 'q\0SELECT 1\0\0\0'), msg('B', Buffer.alloc(10))]) },
+      { check: (t) => expect(t.awaitingReply).toBe(false) },
+      { client: SYNC },
+      { check: (t) => expect([t.awaitingReply, t.replyGraceMs]).toEqual([true, 0]) },
+      { server: Buffer.concat([msg('1'), msg('2'), ready('I')]), state: 'quiet' },
+      { check: (t) => expect(t.awaitingReply).toBe(false) },
+      { client: query('COPY t FROM STDIN') },
+      { server: msg('G', Buffer.from([0, 0, 0])), state: 'off' },
+      { check: (t) => expect(t.awaitingReply).toBe(false) },
+    ]);
+  });
 });
+

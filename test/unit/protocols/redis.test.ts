@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { redisCodec } from '../../../src/protocols/redis.js';
 import type { Tracker } from '../../../src/protocols/types.js';
-import { bytes, everySplit, run } from './harness.js';
+import { bytes, clientSplit, everySplit, run } from './harness.js';
 
 const PING = bytes('*1\r\n$4\r\nPING\r\n');
 const PONG = bytes('+PONG\r\n');
@@ -259,4 +259,124 @@ describe('redis codec', () => {
   it('garbage from the client: off', () => {
     run(fresh(), [{ client: bytes('*1\r\n#4\r\nPING\r\n'), state: 'off' }]);
   });
+
+  it('owes a reply from each command to its answer, and gives blocking commands their own timeout as grace, split anywhere', () => {
+    const cases: Array<[Buffer, number]> = [
+      [command('GET', 'k'), 0],
+      [command('BLPOP', 'k', '5'), 5_000],
+      [command('brpop', 'a', 'b', 'c', 'd', '0.5'), 500],
+      [command('BLMOVE', 'a', 'b', 'LEFT', 'RIGHT', '2'), 2_000],
+      [command('BZPOPMIN', 'k', '0'), Infinity],
+      [command('BLMPOP', '3', '1', 'k', 'LEFT'), 3_000],
+      [command('BZMPOP', '0', '1', 'k', 'MIN'), Infinity],
+      [command('WAIT', '1', '250'), 250],
+      [command('WAITAOF', '1', '0', '400'), 400],
+      [command('WAIT', '1', '0'), Infinity],
+      [command('XREAD', 'COUNT', '1', 'BLOCK', '1500', 'STREAMS', 's', '$'), 1_500],
+      [command('XREADGROUP', 'GROUP', 'g', 'c', 'BLOCK', '0', 'STREAMS', 's', '>'), Infinity],
+      [command('XREAD', 'STREAMS', 's', '0'), 0],
+      [command('BLPOP', 'k', 'soon'), 0], // rejected by the server at once: it does not block
+      [command('BLPOP', 'k', '1'.padStart(40, '0')), Infinity], // longer than we read: exempt
+      [command('SUBSCRIBE', 'ch'), Infinity],
+      [bytes('BLPOP k 7\r\n'), 7_000],
+      [bytes('BLPOP a b c 7\r\n'), Infinity], // inline, timeout not captured: exempt
+      [bytes('XREAD BLOCK 10 STREAMS s $\r\n'), Infinity],
+    ];
+    for (const [data, grace] of cases) {
+      for (let cut = 0; cut <= data.length; cut++) {
+        const t = fresh();
+        expect(t.awaitingReply).toBe(false);
+        clientSplit(t, data, [cut]);
+        const label = `${data.toString('latin1').replace(/\r\n/g, ' ')} cut ${cut}`;
+        expect(t.awaitingReply, label).toBe(true);
+        expect(t.replyGraceMs, label).toBe(grace);
+      }
+    }
+  });
+
+  it('generated pipelines, cut at random offsets: the grace is always the oldest unanswered command\'s', () => {
+    const kinds: Array<[Buffer, number, Buffer]> = [
+      [command('GET', 'k'), 0, bytes('$-1\r\n')],
+      [command('BLPOP', 'a', 'b', '2'), 2_000, bytes('*-1\r\n')],
+      [command('BZPOPMAX', 'z', '0'), Infinity, bytes('*-1\r\n')],
+      [command('WAIT', '0', '75'), 75, bytes(':0\r\n')],
+      [command('XREAD', 'BLOCK', '30', 'STREAMS', 's', '$'), 30, bytes('*-1\r\n')],
+      [command('XREAD', 'COUNT', '2', 'STREAMS', 'block', '0'), 0, bytes('*-1\r\n')],
+      [bytes('BLPOP k 9\r\n'), 9_000, bytes('*-1\r\n')],
+      [command('SET', 'k', 'x'.repeat(40)), 0, bytes('+OK\r\n')],
+    ];
+    let seed = 12345;
+    const random = (n: number): number => {
+      seed = (seed * 1103515245 + 12345) % 2147483648;
+      return seed % n;
+    };
+    for (let round = 0; round < 300; round++) {
+      const picked = Array.from({ length: 1 + random(6) }, () => kinds[random(kinds.length)]!);
+      const stream = Buffer.concat(picked.map(([data]) => data));
+      const t = fresh();
+      const cuts = Array.from({ length: random(4) }, () => random(stream.length + 1)).sort((a, b) => a - b);
+      clientSplit(t, stream, cuts);
+      for (const [data, grace, reply] of picked) {
+        const label = `round ${round}: ${data.toString('latin1').replace(/\r\n/g, ' ')}`;
+        expect([t.awaitingReply, t.replyGraceMs], label).toEqual([true, grace]);
+        expect(t.fromServer(reply).toString('latin1')).toBe(reply.toString('latin1'));
+      }
+      expect([t.awaitingReply, t.state]).toEqual([false, 'quiet']);
+    }
+  });
+
+  it('a blocking command inside MULTI only queues; the grace follows the oldest unanswered command', () => {
+    run(fresh(), [
+      { client: Buffer.concat([command('MULTI'), command('BLPOP', 'k', '0')]) },
+      { check: (t) => expect(t.replyGraceMs).toBe(0) },
+      { server: bytes('+OK\r\n+QUEUED\r\n'), state: 'busy' },
+      { check: (t) => expect(t.awaitingReply).toBe(false) },
+      { client: Buffer.concat([command('EXEC'), command('GET', 'a'), command('BLPOP', 'k', '4'), command('GET', 'b')]) },
+      { check: (t) => expect([t.awaitingReply, t.replyGraceMs]).toEqual([true, 0]) },
+      { server: bytes('*1\r\n*-1\r\n$-1\r\n') },
+      { check: (t) => expect([t.awaitingReply, t.replyGraceMs]).toEqual([true, 4_000]) },
+      { server: bytes('*-1\r\n') },
+      { check: (t) => expect([t.awaitingReply, t.replyGraceMs]).toEqual([true, 0]) },
+      { server: bytes('$-1\r\n'), state: 'quiet' },
+      { check: (t) => expect(t.awaitingReply).toBe(false) },
+    ]);
+  });
+
+  it('the probe owes nothing to the client; MONITOR (off) has no reply deadline', () => {
+    run(fresh(), [
+      { probe: PING },
+      { check: (t) => expect(t.awaitingReply).toBe(false) },
+      { server: PONG, forwarded: bytes(''), state: 'quiet' },
+      { client: command('MONITOR'), state: 'off' },
+      { check: (t) => expect(t.awaitingReply).toBe(false) },
+    ]);
+  });
+
+  it('an error in answer to the probe is cut and marks it refused (every split); a PONG does not', () => {
+    for (const reply of [bytes('-NOPERM User u has no permissions to run the \'ping\' command\r\n'), bytes('!5\r\nERR x\r\n')]) {
+      everySplit(redisCodec, (t) => t.probe(), 'server', Buffer.concat([reply, bytes('+later\r\n')]), {
+        state: 'off', // '+later' is a reply nobody asked for
+        forwarded: bytes('+later\r\n'),
+        probing: false,
+      });
+      const t = fresh();
+      t.probe();
+      expect(t.fromServer(reply).length).toBe(0);
+      expect(t.probeRefused).toBe(true);
+      t.probe();
+      expect(t.probeRefused).toBe(false);
+      expect(t.fromServer(PONG).length).toBe(0);
+      expect(t.probeRefused).toBe(false);
+    }
+    const refusedAtEveryCut = (cut: number): boolean => {
+      const t = fresh();
+      t.probe();
+      const reply = bytes('-NOPERM no\r\n');
+      t.fromServer(reply.subarray(0, cut));
+      t.fromServer(reply.subarray(cut));
+      return t.probeRefused && !t.probing;
+    };
+    for (let cut = 0; cut <= 12; cut++) expect(refusedAtEveryCut(cut), `cut ${cut}`).toBe(true);
+  });
 });
+

@@ -8,6 +8,7 @@ import { ConfigError, formatIssues, loadConfigFile } from './config/load.js';
 import type { ProxyConfig } from './config/schema.js';
 import { runDiscover } from './discover/run.js';
 import { watchLauncher } from './launcher-watch.js';
+import { configWarnings } from './middlebox.js';
 import { createRootLogger, type Logger } from './log.js';
 
 // argv -> config -> app.start(); signals. Nothing else lives here.
@@ -32,6 +33,8 @@ async function main(argv: string[]): Promise<number> {
         reportCheckErrors(formatIssues(loaded.issues));
         return 1;
       }
+      const warnings = configWarnings(loaded);
+      if (warnings.length > 0) reportCheckErrors(warnings.map((warning) => `${command.source}: warning: ${warning}`).join('\n'));
       process.stdout.write(`${command.source}: ok (${loaded.routes.length} route${loaded.routes.length === 1 ? '' : 's'})\n`);
       return 0;
     }
@@ -45,6 +48,7 @@ async function main(argv: string[]): Promise<number> {
         return 1;
       }
       const log = createRootLogger(loaded.log.level);
+      for (const warning of configWarnings(loaded)) log.warn({ warning }, 'configuration warning');
       const app = createApp(loaded, log);
       try {
         await app.start();

@@ -13,6 +13,7 @@ import { markSharedReads, sharedOnread } from '../net/shared-reads.js';
 import { RouteMetrics } from '../metrics/route-metrics.js';
 import { Session, type HeartbeatResult, type SessionEvents } from './session.js';
 import { UpstreamSource, type Lease } from './upstream.js';
+import { createRouteLearner, type RouteLearner } from '../heartbeat/route-learner.js';
 
 /** Every accepted client socket: half-open allowed, not read until its upstream is ready. */
 const ACCEPTED_SOCKET = { options: { allowHalfOpen: true, pauseOnCreate: true, onread: sharedOnread }, context: null };
@@ -43,6 +44,8 @@ class TcpRoute implements RouteHandle {
   /** True when accepted sockets inherit keepalive and TCP_NODELAY from the listener (Linux). */
   #listenerSetsOptions = false;
   #unsubscribe: (() => void) | null = null;
+  /** heartbeat every: auto: the route's learned interval (null otherwise). */
+  #learner: RouteLearner | null = null;
   #unregisterFlush: (() => void) | null = null;
   #drainWaiters: Array<() => void> = [];
   readonly #events: SessionEvents;
@@ -100,6 +103,7 @@ class TcpRoute implements RouteHandle {
       this.#accept(socket);
     });
     this.#listenerSetsOptions = applyKeepaliveToListener(this.#server, this.#config.keepalive.client, this.#config.noDelay);
+    this.#learner = this.#codec ? createRouteLearner(this.#config, this.#deps) : null;
     this.#unsubscribe = this.#deps.clock.subscribe((now) => this.#tick(now));
     this.#unregisterFlush = this.#deps.metrics.onScrape(() => this.#metrics.flush());
     this.#upstream.start();
@@ -115,6 +119,9 @@ class TcpRoute implements RouteHandle {
     this.#config = config;
     if (this.#listening) this.#listenerSetsOptions = applyKeepaliveToListener(this.#server, config.keepalive.client, config.noDelay);
     this.#codec = heartbeatCodec(config);
+    // A reload starts the learner again (upstream or bounds may differ; stateDir keeps what it knew).
+    this.#learner?.close();
+    this.#learner = this.#listening && this.#codec ? createRouteLearner(config, this.#deps) : null;
     // A changed upstream or pool gets a fresh source; the old one's idle sockets go.
     const old = this.#upstream;
     this.#upstream = new UpstreamSource(config, this.#codec, this.#deps, this.#metrics);
@@ -153,6 +160,8 @@ class TcpRoute implements RouteHandle {
     }
     this.#metrics.flush();
     for (const burst of [this.#connectFailures, this.#evictions, this.#acceptErrors]) burst.flush();
+    this.#learner?.close();
+    this.#learner = null;
     this.#unsubscribe?.();
     this.#unsubscribe = null;
     this.#unregisterFlush?.();
@@ -178,6 +187,7 @@ class TcpRoute implements RouteHandle {
 
   #tick(now: number): void {
     this.#metrics.flush();
+    this.#learner?.tick(now);
     for (const session of this.#sessions.keys()) session.tick(now);
     this.#upstream.tick(now);
   }
@@ -267,6 +277,7 @@ class TcpRoute implements RouteHandle {
       id: String(nextSessionId++),
       idleTimeoutMs: config.idleTimeoutMs,
       heartbeat: config.heartbeat,
+      ...(this.#learner ? { heartbeatInterval: this.#learner.interval } : {}),
       tracker: lease.tracker,
       responseTimeoutMs: config.responseTimeoutMs,
       reused: lease.reused,
@@ -285,6 +296,7 @@ class TcpRoute implements RouteHandle {
     this.#sessions.delete(session);
     metrics.active.dec();
     metrics.eviction(reason).inc();
+    this.#learner?.onEvicted(reason);
     const fields = {
       route: this.name,
       id: session.id,

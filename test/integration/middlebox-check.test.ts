@@ -23,14 +23,14 @@ describe('check with a middlebox', () => {
     const result = check(
       ['routes:', '  - name: pg', '    listen: 127.0.0.1:10001', '    upstream: 127.0.0.1:5432', '    protocol: postgres', '    middlebox: aws-alb', '    heartbeat: { every: 45s, timeout: 5s }', ''].join('\n'),
     );
-    expect(result.status).toBe(0);
+    expect(result.status, result.stderr).toBe(0);
     expect(result.stderr).toMatch(/warning: route "pg": heartbeat.every 45s is not safely below aws-alb's idle timeout of 1m \(keep it at most 30s\)/);
     expect(result.stdout).toMatch(/ok \(1 route\)/);
   });
 
   it('is quiet when the preset picks the defaults', () => {
     const result = check(['routes:', '  - name: pg', '    listen: 127.0.0.1:10001', '    upstream: 127.0.0.1:5432', '    protocol: postgres', '    middlebox: aws-alb', ''].join('\n'));
-    expect(result.status).toBe(0);
+    expect(result.status, result.stderr).toBe(0);
     expect(result.stderr).toBe('');
   });
 });

@@ -97,7 +97,7 @@ export class Metrics {
   });
   readonly heartbeats = new client.Counter({
     name: `${PREFIX}heartbeats_total`,
-    help: 'Application heartbeats by result (ok, timeout, unsupported, sent).',
+    help: 'Application heartbeats by result (ok, error, timeout, unsupported, sent).',
     labelNames: ['route', 'result'] as const,
     registers: [this.registry],
   });

@@ -114,8 +114,12 @@ function readmeMetrics(): Map<string, ReadmeRow> {
   const start = readme.indexOf('\n## Metrics reference');
   const section = readme.slice(start, readme.indexOf('\n## ', start + 1));
   const rows = new Map<string, ReadmeRow>();
+  // Only the tables headed "| name | type | labels |": the section also holds other tables (eviction reasons).
+  let inMetricsTable = false;
   for (const line of section.split('\n')) {
-    if (!line.startsWith('| `')) continue;
+    if (line.startsWith('| name | type |')) inMetricsTable = true;
+    else if (!line.startsWith('|')) inMetricsTable = false;
+    if (!inMetricsTable || !line.startsWith('| `')) continue;
     const [names = '', type = '', labels = ''] = line.split(' | ').map((cell) => cell.replace(/^\|\s*/, '').trim());
     const row: ReadmeRow = { type, labels: parseLabels(labels) };
     for (const [, name] of names.matchAll(/`([a-z0-9_]+)`/g)) rows.set(`${PREFIX}${name}`, row);

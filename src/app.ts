@@ -170,7 +170,7 @@ class ProxyApp implements App {
   }
 
   async #buildRoute(config: RouteConfig): Promise<RouteHandle> {
-    const deps: RouteDeps = { metrics: this.metrics, log: this.#log, clock: this.clock, ownListeners: () => this.#ownListeners() };
+    const deps: RouteDeps = { metrics: this.metrics, log: this.#log, clock: this.clock, ownListeners: () => this.#ownListeners(), stateDir: this.#config.stateDir };
     return HTTP_FAMILY.includes(config.protocol)
       ? // Loaded on demand: a TCP-only deployment never pays for the HTTP code.
         (await import('./http/route.js')).createHttpRoute(config, deps)

@@ -6,7 +6,9 @@ import { createApp, type App } from './app.js';
 import { parseCli } from './config/cli.js';
 import { ConfigError, reportLines } from './config/load.js';
 import type { ProxyConfig } from './config/schema.js';
+import { runDiscover } from './discover/run.js';
 import { watchLauncher } from './launcher-watch.js';
+import { configWarnings } from './middlebox.js';
 import { createRootLogger, type Logger } from './log.js';
 
 // argv -> config -> app.start(); signals. Nothing else lives here.
@@ -23,12 +25,16 @@ async function main(argv: string[]): Promise<number> {
     case 'error':
       process.stderr.write(`keepalive-proxy: ${command.message}\nTry 'keepalive-proxy --help'.\n`);
       return 2;
+    case 'discover':
+      return runDiscover(command.options, { out: (text) => process.stdout.write(text), err: (text) => process.stderr.write(text) });
     case 'check': {
       const loaded = tryLoad(() => command.load());
       if (loaded instanceof ConfigError) {
         reportCheckErrors(reportLines(loaded).join('\n'));
         return 1;
       }
+      const warnings = configWarnings(loaded);
+      if (warnings.length > 0) reportCheckErrors(warnings.map((warning) => `${command.source}: warning: ${warning}`).join('\n'));
       process.stdout.write(`${command.source}: ok (${loaded.routes.length} route${loaded.routes.length === 1 ? '' : 's'})\n`);
       return 0;
     }
@@ -42,6 +48,7 @@ async function main(argv: string[]): Promise<number> {
         return 1;
       }
       const log = createRootLogger(loaded.log.level);
+      for (const warning of configWarnings(loaded)) log.warn({ warning }, 'configuration warning');
       const app = createApp(loaded, log);
       try {
         await app.start();

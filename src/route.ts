@@ -14,6 +14,8 @@ export interface RouteDeps {
   readonly clock: Clock;
   /** Every address this process listens on (admin and routes): a forward route never dials them. */
   readonly ownListeners: () => ReadonlyArray<{ readonly host: string; readonly port: number }>;
+  /** The config's stateDir (learned values kept across restarts), or null. */
+  readonly stateDir?: string | null;
 }
 
 /** One row of the admin /connections listing. */

@@ -26,6 +26,7 @@ import {
   type WarmPoolConfig,
 } from './schema.js';
 import { closest } from './suggest.js';
+import { heartbeatEveryBelow, keepaliveBelow, MIDDLEBOX_PRESETS, type Middlebox } from '../middlebox.js';
 
 // The one validator: a plain object (from YAML, or built from command-line flags) in,
 // the resolved and frozen ProxyConfig out, or a ConfigError with every issue found.
@@ -79,7 +80,8 @@ const ROUTE_KEYS: KeyTree = {
   maxConnections: null,
   noDelay: null,
   responseTimeout: null,
-  heartbeat: { every: null, timeout: null, jitter: null, inTransaction: null, maxIdle: null, send: null, sendHex: null, expect: null, expectHex: null },
+  middlebox: null,
+  heartbeat: { every: null, min: null, max: null, timeout: null, jitter: null, inTransaction: null, maxIdle: null, send: null, sendHex: null, expect: null, expectHex: null },
   pool: { warm: null, maxIdle: null, maxSockets: null, idleTimeout: null, maxAge: null, maxRequests: null },
   tls: { ca: null, cert: null, key: null, servername: null, rejectUnauthorized: null },
   upstreamTls: { mode: null, ca: null, cert: null, key: null, servername: null },
@@ -100,6 +102,7 @@ const ROOT_KEYS: KeyTree = {
   admin: { listen: null },
   log: { level: null },
   shutdownTimeout: null,
+  stateDir: null,
   defaults: ROUTE_KEYS,
   routes: null,
 };
@@ -196,6 +199,22 @@ const replyTextBytes: Parse<Buffer> = (value) => {
   return Buffer.from(value, 'utf8');
 };
 const replyHexBytes: Parse<Buffer> = (value) => (value === '' ? Buffer.alloc(0) : hexBytes(value));
+
+/** `middlebox:` a preset name or a duration (the hop's idle timeout). */
+const middleboxValue: Parse<Middlebox> = (value) => {
+  if (typeof value === 'string' && Object.hasOwn(MIDDLEBOX_PRESETS, value)) return { name: value, idleTimeoutMs: MIDDLEBOX_PRESETS[value]! };
+  const presets = Object.keys(MIDDLEBOX_PRESETS);
+  let ms: number;
+  try {
+    ms = parseDuration(value as string | number);
+  } catch {
+    const guess = typeof value === 'string' ? closest(value, presets) : null;
+    throw new RangeError(`${describe(value)} is not one of ${presets.join(' | ')} or a duration${guess ? `; did you mean "${guess}"?` : ''}`);
+  }
+  // Below 3 s, kernel keepalive (whole seconds: 1 s idle + 1 s x 1 probe) cannot stay safely under it.
+  if (ms < 3_000) throw new RangeError('a middlebox idle timeout must be at least 3s');
+  return { name: formatDuration(ms), idleTimeoutMs: ms };
+};
 
 function describe(value: unknown): string {
   if (value === null || value === undefined) return 'nothing';
@@ -316,6 +335,7 @@ class Resolver {
     const adminListen = this.#adminListen(top);
     const level = this.#read(top, ['log', 'level'], oneOf(LOG_LEVELS), DEFAULTS.logLevel);
     const shutdownTimeoutMs = this.#read(top, ['shutdownTimeout'], duration(), DEFAULTS.shutdownTimeoutMs);
+    const stateDir = this.#read(top, ['stateDir'], (value) => resolvePath(this.#options.baseDir, nonEmptyString(value)), null);
     const defaults = this.#defaults(raw);
     const { routes, identities } = this.#routes(raw, defaults);
     this.#checkClashes(identities, adminListen);
@@ -326,6 +346,7 @@ class Resolver {
       admin: { listen: adminListen },
       log: { level },
       shutdownTimeoutMs,
+      stateDir,
       routes,
     });
   }
@@ -579,17 +600,18 @@ class Resolver {
     const tcpFamily = TCP_FAMILY.includes(protocol);
     const httpFamily = HTTP_FAMILY.includes(protocol);
     this.#section(view, ['keepalive']);
+    const middlebox = this.#read(view, ['middlebox'], middleboxValue, null);
     return {
       keepalive: {
         client: this.#keepaliveSide(view, 'client', DEFAULTS.keepaliveClient),
-        upstream: this.#keepaliveSide(view, 'upstream', DEFAULTS.keepaliveUpstream),
+        upstream: this.#keepaliveSide(view, 'upstream', middlebox ? keepaliveBelow(middlebox, DEFAULTS.keepaliveUpstream) : DEFAULTS.keepaliveUpstream),
       },
       userTimeoutMs: this.#read(view, ['userTimeout'], duration({ max: KEEPALIVE_LIMITS.maxUserTimeoutMs }), DEFAULTS.userTimeoutMs),
       connectTimeoutMs: this.#read(view, ['connectTimeout'], duration({ min: 1 }), DEFAULTS.connectTimeoutMs),
       idleTimeoutMs: this.#read(view, ['idleTimeout'], duration(), DEFAULTS.idleTimeoutMs),
       maxConnections: this.#read(view, ['maxConnections'], integer(0, 1_000_000), DEFAULTS.maxConnections),
       noDelay: this.#read(view, ['noDelay'], boolean, DEFAULTS.noDelay),
-      heartbeat: this.#heartbeat(context),
+      heartbeat: this.#heartbeat(context) ?? this.#middleboxHeartbeat(context, middlebox),
       responseTimeoutMs: tcpFamily ? this.#read(view, ['responseTimeout'], duration(), DEFAULTS.responseTimeoutMs[protocol] ?? 0) : 0,
       warmPool: tcpFamily ? this.#warmPool(view) : null,
       // Copies: the result is frozen, and DEFAULTS is not ours to freeze.
@@ -599,6 +621,20 @@ class Resolver {
       clientTls: tcpFamily ? this.#clientTls(context) : null,
       http: httpFamily ? this.#httpOptions(view) : { ...DEFAULTS.http },
       allow: protocol === 'http-forward' ? this.#allow(context) : [],
+      middlebox,
+    };
+  }
+
+  /** A declared middlebox gives a protocol with a built-in heartbeat one below its timeout, unless heartbeat is written. */
+  #middleboxHeartbeat({ view, protocol }: RouteContext, middlebox: Middlebox | null): HeartbeatConfig | null {
+    if (!middlebox || view.get(['heartbeat']) !== undefined || !['redis', 'postgres', 'mysql'].includes(protocol)) return null;
+    const everyMs = heartbeatEveryBelow(middlebox);
+    return {
+      everyMs,
+      timeoutMs: Math.min(DEFAULTS.middleboxHeartbeatTimeoutMs, everyMs),
+      jitter: DEFAULTS.heartbeatJitter,
+      inTransaction: DEFAULTS.heartbeatInTransaction,
+      maxIdleMs: DEFAULTS.heartbeatMaxIdleMs,
     };
   }
 
@@ -617,7 +653,9 @@ class Resolver {
     if (section.state !== 'map') return null;
     const sectionPath = section.found.path;
     const everyFound = view.get(['heartbeat', 'every']);
-    const everyMs = everyFound ? this.#parse(everyFound, duration(), null) : null;
+    const adaptive = everyFound?.value === 'auto' ? this.#adaptiveBounds(view) : undefined;
+    const everyMs = adaptive ? adaptive.minMs : everyFound && adaptive === undefined ? this.#parse(everyFound, duration(), null) : null;
+    if (adaptive === undefined) for (const key of ['min', 'max']) this.#onlyWithAuto(view, key);
     if (!everyFound && !virtual) {
       this.#report([...sectionPath, 'every'], 'key', 'required key is missing: how long a connection stays silent before a heartbeat (e.g. "20s"), or 0 for none');
     }
@@ -662,7 +700,26 @@ class Resolver {
       }
     }
     if (everyMs === null || timeoutMs === null) return null;
-    return { everyMs, timeoutMs, jitter, inTransaction, maxIdleMs, ...(send ? { send } : {}), ...(expect !== undefined ? { expect } : {}) };
+    return { everyMs, timeoutMs, jitter, inTransaction, maxIdleMs, ...(adaptive ? { adaptive } : {}), ...(send ? { send } : {}), ...(expect !== undefined ? { expect } : {}) };
+  }
+
+  /** heartbeat.min and max of `every: auto`: min < max; null when invalid (reported). */
+  #adaptiveBounds(view: RouteView): { minMs: number; maxMs: number } | null {
+    const fallback = DEFAULTS.adaptiveHeartbeat;
+    const minMs = this.#read(view, ['heartbeat', 'min'], duration({ min: 1_000 }), fallback.minMs);
+    const maxMs = this.#read(view, ['heartbeat', 'max'], duration({ min: 1_000 }), Math.max(fallback.maxMs, minMs * 2));
+    if (minMs >= maxMs) {
+      const at = view.get(['heartbeat', 'max']) ?? view.get(['heartbeat', 'min']) ?? view.get(['heartbeat', 'every'])!;
+      this.#report(at.path, 'value', `heartbeat.max (${formatDuration(maxMs)}) must be longer than heartbeat.min (${formatDuration(minMs)})`);
+      return null;
+    }
+    return { minMs, maxMs };
+  }
+
+  /** heartbeat.min/max written on a route whose every is not auto. */
+  #onlyWithAuto(view: RouteView, key: string): void {
+    const found = view.ownValue(['heartbeat', key]);
+    if (found) this.#report(found.path, 'key', `heartbeat.${key} is for every: auto (the bounds of the learned interval)`);
   }
 
   /** heartbeat.send/sendHex (or expect/expectHex) from the first level that has either; both at one level is an error. */

@@ -123,6 +123,18 @@ export class Metrics {
     labelNames: ['route'] as const,
     registers: [this.registry],
   });
+  readonly pathIdleTimeout = new client.Gauge({
+    name: `${PREFIX}path_idle_timeout_seconds`,
+    help: 'heartbeat every: auto: the longest idle the route\'s canaries proved the path survives (the learned lower bound of its idle timeout).',
+    labelNames: ['route'] as const,
+    registers: [this.registry],
+  });
+  readonly heartbeatInterval = new client.Gauge({
+    name: `${PREFIX}heartbeat_interval_seconds`,
+    help: 'heartbeat every: auto: the heartbeat interval now in force on the route.',
+    labelNames: ['route'] as const,
+    registers: [this.registry],
+  });
   readonly poolActive = new client.Gauge({
     name: `${PREFIX}pool_active`,
     help: 'Upstream connections from the pool serving a client or request now.',

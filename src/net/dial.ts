@@ -3,7 +3,7 @@ import tls from 'node:tls';
 import { ProxyError } from '../errors.js';
 import type { HostPort, KeepaliveSide } from '../config/schema.js';
 import { markSharedReads, sharedOnread } from './shared-reads.js';
-import { applyKeepalive } from './sockopt.js';
+import { applyKeepalive, applyUserTimeout } from './sockopt.js';
 import { MIN_TLS_VERSION, resettableTls, tlsFailureCause, tlsSummary, type TlsSummary } from './tls-socket.js';
 import type { TlsSessionCache } from './tls-sessions.js';
 
@@ -46,7 +46,8 @@ export interface DialOptions {
   readonly target: HostPort;
   readonly timeoutMs: number;
   readonly noDelay: boolean;
-  readonly keepalive: KeepaliveSide;
+  /** null: kernel keepalive stays off (discover's canaries must see the path's own idle behaviour). */
+  readonly keepalive: KeepaliveSide | null;
   readonly userTimeoutMs: number;
   readonly tls?: TlsClientOptions | null;
   readonly startTls?: StartTls | null;
@@ -167,7 +168,9 @@ export function dial(options: DialOptions): DialHandle {
   raw.on('error', onError);
   raw.once('connect', () => {
     // The fd exists only now: keepalive and TCP_USER_TIMEOUT go on the TCP socket, under any TLS.
-    keepaliveApplied = applyKeepalive(raw, options.keepalive, options.userTimeoutMs);
+    keepaliveApplied = options.keepalive
+      ? applyKeepalive(raw, options.keepalive, options.userTimeoutMs)
+      : options.userTimeoutMs <= 0 || applyUserTimeout(raw, options.userTimeoutMs);
     if (!options.tls) {
       succeed(raw, []);
       return;

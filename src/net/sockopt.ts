@@ -198,6 +198,25 @@ function applyToFd(native: NativeCalls, fd: number, keepalive: KeepaliveSide, us
   return 'ok';
 }
 
+/**
+ * TCP_USER_TIMEOUT alone, keepalive left as it is (off on a fresh outgoing socket): for
+ * sacrificial probe connections (discover, canaries) that must die soon after a probe
+ * goes unacknowledged, without keepalive probes refreshing the middlebox under test.
+ * Returns false when not native or the socket has no fd (lastSockoptError() says why).
+ */
+export function applyUserTimeout(socket: Socket, userTimeoutMs: number): boolean {
+  lastError = null;
+  const native = nativeCalls();
+  if (!native) {
+    lastError = 'native socket options are not available';
+    return false;
+  }
+  const fd = fdOf(socket);
+  if (fd === null) return false;
+  const ms = clamp(Math.ceil(userTimeoutMs), 1, KEEPALIVE_LIMITS.maxUserTimeoutMs);
+  return setInt(native, fd, IPPROTO_TCP, TCP_USER_TIMEOUT, ms, 'TCP_USER_TIMEOUT');
+}
+
 /** getsockopt read-back (tests, /connections); null when not native or closed. */
 export function readSocketOptions(socket: Socket): SocketOptions | null {
   const native = nativeCalls();

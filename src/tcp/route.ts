@@ -16,6 +16,7 @@ import { UpstreamSource, type Lease } from './upstream.js';
 import { clientSecureContext, joinOpening, openClient, type ClientOpening } from './client-opening.js';
 import { tcpOf, tlsFailureCause, tlsSummary } from '../net/tls-socket.js';
 import type tls from 'node:tls';
+import { createRouteLearner, type RouteLearner } from '../heartbeat/route-learner.js';
 
 /** Every accepted client socket: half-open allowed, not read until its upstream is ready. */
 const ACCEPTED_SOCKET = { options: { allowHalfOpen: true, pauseOnCreate: true, onread: sharedOnread }, context: null };
@@ -48,6 +49,8 @@ class TcpRoute implements RouteHandle {
   /** True when accepted sockets inherit keepalive and TCP_NODELAY from the listener (Linux). */
   #listenerSetsOptions = false;
   #unsubscribe: (() => void) | null = null;
+  /** heartbeat every: auto: the route's learned interval (null otherwise). */
+  #learner: RouteLearner | null = null;
   #unregisterFlush: (() => void) | null = null;
   #drainWaiters: Array<() => void> = [];
   readonly #events: SessionEvents;
@@ -108,6 +111,7 @@ class TcpRoute implements RouteHandle {
       this.#accept(socket);
     });
     this.#listenerSetsOptions = applyKeepaliveToListener(this.#server, this.#config.keepalive.client, this.#config.noDelay);
+    this.#learner = this.#codec ? createRouteLearner(this.#config, this.#deps) : null;
     this.#unsubscribe = this.#deps.clock.subscribe((now) => this.#tick(now));
     this.#unregisterFlush = this.#deps.metrics.onScrape(() => this.#metrics.flush());
     this.#upstream.start();
@@ -124,6 +128,9 @@ class TcpRoute implements RouteHandle {
     if (this.#listening) this.#listenerSetsOptions = applyKeepaliveToListener(this.#server, config.keepalive.client, config.noDelay);
     this.#codec = heartbeatCodec(config);
     this.#clientContext = clientSecureContext(config);
+    // A reload starts the learner again (upstream or bounds may differ; stateDir keeps what it knew).
+    this.#learner?.close();
+    this.#learner = this.#listening && this.#codec ? createRouteLearner(config, this.#deps) : null;
     // A changed upstream or pool gets a fresh source; the old one's idle sockets go.
     const old = this.#upstream;
     this.#upstream = new UpstreamSource(config, this.#codec, this.#deps, this.#metrics);
@@ -162,6 +169,8 @@ class TcpRoute implements RouteHandle {
     }
     this.#metrics.flush();
     for (const burst of [this.#connectFailures, this.#evictions, this.#acceptErrors]) burst.flush();
+    this.#learner?.close();
+    this.#learner = null;
     this.#unsubscribe?.();
     this.#unsubscribe = null;
     this.#unregisterFlush?.();
@@ -188,6 +197,7 @@ class TcpRoute implements RouteHandle {
 
   #tick(now: number): void {
     this.#metrics.flush();
+    this.#learner?.tick(now);
     for (const session of this.#sessions.keys()) session.tick(now);
     this.#upstream.tick(now);
   }
@@ -292,6 +302,7 @@ class TcpRoute implements RouteHandle {
       id: String(nextSessionId++),
       idleTimeoutMs: config.idleTimeoutMs,
       heartbeat: config.heartbeat,
+      ...(this.#learner ? { heartbeatInterval: this.#learner.interval } : {}),
       tracker: lease.tracker,
       responseTimeoutMs: config.responseTimeoutMs,
       reused: lease.reused,
@@ -311,6 +322,7 @@ class TcpRoute implements RouteHandle {
     this.#sessions.delete(session);
     metrics.active.dec();
     metrics.eviction(reason).inc();
+    this.#learner?.onEvicted(reason);
     const fields = {
       route: this.name,
       id: session.id,

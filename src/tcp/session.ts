@@ -38,6 +38,8 @@ export interface SessionOptions {
   /** Client bytes read before the session (a PostgreSQL startup message after the proxy's 'N' or 'S'). */
   readonly clientEarlyData?: readonly Buffer[];
   readonly now: number;
+  /** The route's interval in force, read at every tick (every: auto changes it for live sessions); default heartbeat.everyMs. */
+  readonly heartbeatInterval?: { readonly everyMs: number };
 }
 
 /** The kernel's verdicts that a peer is gone, mapped to eviction reasons. */
@@ -92,8 +94,9 @@ export class Session {
   readonly #idleTimeoutMs: number;
   readonly #heartbeat: HeartbeatConfig | null;
   readonly #tracker: Tracker | null;
+  readonly #heartbeatInterval: { readonly everyMs: number };
   /** Fixed per session so that many sessions started together do not probe in lockstep. */
-  readonly #heartbeatDueAfterMs: number;
+  readonly #heartbeatJitter: number;
   readonly #responseTimeoutMs: number;
   /** When the oldest unanswered request went out, or the server's last byte since (0: nothing owed). */
   #replyOwedSince = 0;
@@ -128,8 +131,8 @@ export class Session {
     this.#tracker = options.tracker;
     this.#responseTimeoutMs = options.responseTimeoutMs ?? 0;
     this.#lastClientAt = options.now;
-    const spread = options.heartbeat ? options.heartbeat.everyMs * options.heartbeat.jitter : 0;
-    this.#heartbeatDueAfterMs = options.heartbeat ? options.heartbeat.everyMs + spread * (Math.random() * 2 - 1) : 0;
+    this.#heartbeatInterval = options.heartbeatInterval ?? options.heartbeat ?? { everyMs: 0 };
+    this.#heartbeatJitter = 1 + (options.heartbeat?.jitter ?? 0) * (Math.random() * 2 - 1);
 
     for (const chunk of options.earlyData) this.#forwardDownstream(chunk);
     this.#wire();
@@ -366,7 +369,7 @@ export class Session {
     // Leave the server's own guards to fire: idle-in-transaction, and idle timeouts set above maxIdle.
     if (tracker.inTransaction && !heartbeat.inTransaction) return;
     if (heartbeat.maxIdleMs > 0 && now - this.#lastClientAt >= heartbeat.maxIdleMs) return;
-    if (now - this.lastWireAt < this.#heartbeatDueAfterMs) return;
+    if (now - this.lastWireAt < this.#heartbeatInterval.everyMs * this.#heartbeatJitter) return;
     this.#probeSentAt = now;
     this.#probeSentPrecise = performance.now();
     this.lastWireAt = now;

@@ -1,7 +1,6 @@
 import type net from 'node:net';
 import type { Clock } from '../clock.js';
-import type { Side } from '../errors.js';
-import type { EvictionReason } from '../metrics/registry.js';
+import type { EvictionReason, Side } from '../errors.js';
 import type { ClientReads } from './accept.js';
 import { BODY_ERROR, BODY_MORE, BodyReader, type BodySink } from './body-reader.js';
 import { ClientConnection } from './client.js';

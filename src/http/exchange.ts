@@ -1,6 +1,5 @@
-import { dialFailureStatus } from '../errors.js';
+import { dialFailureStatus, type EvictionReason } from '../errors.js';
 import type { Logger } from '../log.js';
-import type { EvictionReason } from '../metrics/registry.js';
 import { parseKeepAliveTimeoutMs, type PooledConnection } from '../pool/http-connection.js';
 import type { OriginPool, PoolWaiter } from '../pool/http-pool.js';
 import { BODY_ERROR, BODY_MORE, BodyReader, type BodySink } from './body-reader.js';

@@ -1,9 +1,8 @@
 import type net from 'node:net';
 import type { Clock } from '../clock.js';
 import type { RouteConfig } from '../config/schema.js';
-import type { Side } from '../errors.js';
+import type { EvictionReason, Side } from '../errors.js';
 import type { Logger } from '../log.js';
-import type { EvictionReason } from '../metrics/registry.js';
 import { formatAddress, listenOn, watchListenerErrors } from '../net/listen.js';
 import { applyKeepalive, applyKeepaliveToListener, readSocketOptions } from '../net/sockopt.js';
 import { describeTarget, dialUpstream, type DialAttempt, type DialTarget } from '../pool/http-dial.js';

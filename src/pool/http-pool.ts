@@ -1,9 +1,8 @@
 import type { Clock } from '../clock.js';
 import type { HttpPoolConfig } from '../config/schema.js';
-import { ProxyError } from '../errors.js';
+import { ProxyError, type EvictionReason } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { BurstLog } from '../log-burst.js';
-import type { EvictionReason } from '../metrics/registry.js';
 import type { RouteMetrics } from '../metrics/route-metrics.js';
 import { PooledConnection, type ConnectionState, type ConnectionUser } from './http-connection.js';
 import { dialUpstream, describeTarget, type DialAttempt, type DialSettings, type DialTarget } from './http-dial.js';

@@ -1,7 +1,6 @@
 import net from 'node:net';
 import type { RouteConfig } from '../config/schema.js';
-import { ProxyError, type Side } from '../errors.js';
-import type { EvictionReason } from '../metrics/registry.js';
+import { ProxyError, type EvictionReason, type Side } from '../errors.js';
 import { applyKeepalive, applyKeepaliveToListener, readSocketOptions } from '../net/sockopt.js';
 import { codecFor } from '../protocols/registry.js';
 import type { HeartbeatCodec } from '../protocols/types.js';

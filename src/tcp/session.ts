@@ -1,7 +1,6 @@
 import type net from 'node:net';
 import type { HeartbeatConfig } from '../config/schema.js';
-import type { Side } from '../errors.js';
-import type { EvictionReason } from '../metrics/registry.js';
+import { reasonForError, type EvictionReason, type Side } from '../errors.js';
 import type { Tracker } from '../protocols/types.js';
 import { readInto } from '../net/shared-reads.js';
 import { readOnAfterWriteError } from '../net/last-reads.js';
@@ -36,23 +35,6 @@ export interface SessionOptions {
   /** Bytes the upstream sent before the client arrived (a warm socket's greeting). */
   readonly earlyData: readonly Buffer[];
   readonly now: number;
-}
-
-/** The kernel's verdicts that a peer is gone, mapped to eviction reasons. */
-export function reasonForError(error: NodeJS.ErrnoException): EvictionReason {
-  switch (error.code) {
-    case 'ETIMEDOUT': // keepalive probes unanswered, or TCP_USER_TIMEOUT expired
-      return 'keepalive_timeout';
-    case 'ECONNRESET':
-    case 'EPIPE':
-    case 'ECONNABORTED':
-      return 'peer_reset';
-    case 'EHOSTUNREACH':
-    case 'ENETUNREACH':
-      return 'keepalive_timeout';
-    default:
-      return 'error';
-  }
 }
 
 /** The session a socket belongs to, for the shared event handlers. */

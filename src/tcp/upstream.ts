@@ -1,15 +1,13 @@
 import type net from 'node:net';
 import type { RouteConfig } from '../config/schema.js';
-import type { EvictionReason } from '../metrics/registry.js';
 import { dial, describe, type DialHandle } from '../net/dial.js';
 import { readInto } from '../net/shared-reads.js';
 import { applyKeepalive } from '../net/sockopt.js';
 import type { HeartbeatCodec, Tracker } from '../protocols/types.js';
 import type { RouteDeps } from '../route.js';
 import type { RouteMetrics } from '../metrics/route-metrics.js';
-import { ProxyError } from '../errors.js';
+import { ProxyError, reasonForError, type EvictionReason } from '../errors.js';
 import { BurstLog } from '../log-burst.js';
-import { reasonForError } from './session.js';
 
 // Where a TCP route's upstream sockets come from: a warm pool of pre-dialled,
 // single-use spares when `pool.warm` > 0, else a fresh dial per client.

@@ -3,9 +3,9 @@ import type { Clock } from '../clock.js';
 import type { RouteConfig } from '../config/schema.js';
 import type { EvictionReason, Side } from '../errors.js';
 import type { Logger } from '../log.js';
-import { formatAddress, listenOn, watchListenerErrors } from '../net/listen.js';
+import { listenOn, watchListenerErrors } from '../net/listen.js';
 import { applyKeepalive, applyKeepaliveToListener, readSocketOptions } from '../net/sockopt.js';
-import { describeTarget, dialUpstream, type DialAttempt, type DialTarget } from '../pool/http-dial.js';
+import { dialUpstream, type DialAttempt, type DialTarget } from '../pool/http-dial.js';
 import { countDial, countDialFailure, HttpPool, type PoolSettings } from '../pool/http-pool.js';
 import { BurstLog } from '../log-burst.js';
 import { RouteMetrics } from '../metrics/route-metrics.js';
@@ -24,6 +24,7 @@ import { respondRaw } from './respond.js';
 import { createProxyServer, sessionSettings } from './server.js';
 import type { TunnelHost, TunnelOptions } from './tunnel.js';
 import { proxyUpgrade } from './upgrade.js';
+import { formatHostPort } from '../config/hostport.js';
 
 // An HTTP route: `protocol: http` (reverse proxy to one upstream URL) or
 // `protocol: http-forward` (a forward proxy limited by an allowlist). Each client
@@ -201,8 +202,8 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
         id: client.id,
         route: this.name,
         protocol: tunnel ? (tunnel.kind === 'connect' ? 'connect' : 'upgrade') : this.#config.protocol,
-        client: formatAddress(client.socket.remoteAddress, client.socket.remotePort),
-        upstream: session ? formatAddress(session.up.remoteAddress, session.up.remotePort) : client.upstream,
+        client: formatHostPort(client.socket.remoteAddress, client.socket.remotePort),
+        upstream: session ? formatHostPort(session.up.remoteAddress, session.up.remotePort) : client.upstream,
         ageSeconds: (now - client.createdAt) / 1000,
         idleSeconds: (now - (session ? session.lastPayloadAt : client.lastActivity)) / 1000,
         bytesUpstream: client.bytesUp + (session?.bytesUp ?? 0),
@@ -264,7 +265,7 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
       (dialed) => countDial(metrics, dialed),
       (error: { code?: string; side?: Side }) => {
         if (error.side === 'downstream') return; // aborted because the client left
-        countDialFailure(metrics, this.#connectFailures, { route: this.name, upstream: describeTarget(target) }, error);
+        countDialFailure(metrics, this.#connectFailures, { route: this.name, upstream: formatHostPort(target) }, error);
       },
     );
     return attempt;
@@ -359,7 +360,7 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
     this.#metrics.accepted.inc();
     if (config.maxConnections > 0 && this.#sessions.size >= config.maxConnections) {
       this.#metrics.eviction('max_connections').inc();
-      log.warn({ route: this.name, client: formatAddress(socket.remoteAddress, socket.remotePort), maxConnections: config.maxConnections }, 'connection refused: maxConnections reached');
+      log.warn({ route: this.name, client: formatHostPort(socket.remoteAddress, socket.remotePort), maxConnections: config.maxConnections }, 'connection refused: maxConnections reached');
       socket.on('error', () => {});
       socket.destroy();
       return;

@@ -2,6 +2,7 @@ import net from 'node:net';
 import { ProxyError } from '../errors.js';
 import type { HostPort } from '../config/schema.js';
 import { markSharedReads, sharedOnread } from './shared-reads.js';
+import { formatHostPort } from '../config/hostport.js';
 
 // Opens an upstream TCP connection. The hostname is resolved at every connect (no
 // caching here), so a DNS change reaches new connections at once. Its reads go through
@@ -39,7 +40,7 @@ export function dial(options: DialOptions): DialHandle {
   // is cleared on success, so it costs nothing for the life of the connection.
   const timer =
     options.timeoutMs > 0
-      ? setTimeout(() => fail(new ProxyError('CONNECT_TIMEOUT', 'upstream', `${describe(options.target)} after ${options.timeoutMs} ms`)), options.timeoutMs)
+      ? setTimeout(() => fail(new ProxyError('CONNECT_TIMEOUT', 'upstream', `${formatHostPort(options.target)} after ${options.timeoutMs} ms`)), options.timeoutMs)
       : null;
   const done = new Promise<DialResult>((resolve, reject) => {
     settle = { resolve, reject };
@@ -65,7 +66,7 @@ export function dial(options: DialOptions): DialHandle {
     s.resolve({ socket, connectMs: performance.now() - started });
   }
   function onError(error: NodeJS.ErrnoException): void {
-    fail(new ProxyError('CONNECT_FAILED', 'upstream', `${describe(options.target)}: ${error.code ?? error.message}`, { cause: error }));
+    fail(new ProxyError('CONNECT_FAILED', 'upstream', `${formatHostPort(options.target)}: ${error.code ?? error.message}`, { cause: error }));
   }
   socket.once('connect', onConnect);
   socket.once('error', onError);
@@ -73,8 +74,4 @@ export function dial(options: DialOptions): DialHandle {
     done,
     abort: () => fail(new ProxyError('CONNECT_FAILED', 'downstream', 'client closed before the upstream connected')),
   };
-}
-
-export function describe(target: HostPort): string {
-  return target.host.includes(':') ? `[${target.host}]:${target.port}` : `${target.host}:${target.port}`;
 }

@@ -5,6 +5,7 @@ import { ProxyError } from '../errors.js';
 import { applyKeepalive } from '../net/sockopt.js';
 import { ReadBuffer } from './http-read-buffer.js';
 import type { TlsSessionCache } from './http-tls-sessions.js';
+import { formatHostPort } from '../config/hostport.js';
 
 // Opens one upstream connection for the HTTP pool: TCP, kernel keepalive and
 // TCP_USER_TIMEOUT on the TCP socket, then TLS on top of it when the upstream is https
@@ -53,17 +54,13 @@ export interface DialAttempt {
   abort(): void;
 }
 
-export function describeTarget(target: { host: string; port: number }): string {
-  return target.host.includes(':') ? `[${target.host}]:${target.port}` : `${target.host}:${target.port}`;
-}
-
 /**
  * `pooled`: the socket will carry the pool's own HTTP/1.1 exchanges, which read plain-TCP
  * sockets through a reused buffer; a tunnel or node's client needs ordinary 'data' events.
  */
 export function dialUpstream(target: DialTarget, settings: DialSettings, sessions: TlsSessionCache | null, pooled = false): DialAttempt {
   const started = performance.now();
-  const where = describeTarget(target);
+  const where = formatHostPort(target);
   // TLS reads come from the TLS socket's stream; a plain socket reads into a reused buffer.
   const readBuffer = pooled && !target.tls ? new ReadBuffer() : null;
   const raw = net.connect({

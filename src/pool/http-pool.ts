@@ -5,9 +5,10 @@ import type { Logger } from '../log.js';
 import type { BurstLog } from '../log-burst.js';
 import type { RouteMetrics } from '../metrics/route-metrics.js';
 import { PooledConnection, type ConnectionState, type ConnectionUser } from './http-connection.js';
-import { dialUpstream, describeTarget, type DialAttempt, type DialSettings, type DialTarget } from './http-dial.js';
+import { dialUpstream, type DialAttempt, type DialSettings, type DialTarget } from './http-dial.js';
 import { TlsSessionCache } from './http-tls-sessions.js';
 import { atNextTurn, currentTurn, markTurn, type NextTurnTask } from './loop-turn.js';
+import { formatHostPort } from '../config/hostport.js';
 
 // The persistent upstream pool of an HTTP route: keep-alive connections reused by every
 // request of every client, whatever the clients do with their own connections.
@@ -218,7 +219,7 @@ export class OriginPool {
     this.key = key;
     const max = pool.settings.pool.maxSockets;
     this.maxSockets = max > 0 ? max : Infinity;
-    this.#description = `${target.tls ? 'https' : 'http'}://${describeTarget(target)}`;
+    this.#description = `${target.tls ? 'https' : 'http'}://${formatHostPort(target)}`;
   }
 
   get empty(): boolean {

@@ -6,12 +6,13 @@ import { codecFor } from '../protocols/registry.js';
 import type { HeartbeatCodec } from '../protocols/types.js';
 import type { ConnectionInfo, RouteDeps, RouteHandle } from '../route.js';
 import { BurstLog } from '../log-burst.js';
-import { formatAddress, listenOn, watchListenerErrors } from '../net/listen.js';
+import { listenOn, watchListenerErrors } from '../net/listen.js';
 import { acceptWith } from '../net/accept.js';
 import { markSharedReads, sharedOnread } from '../net/shared-reads.js';
 import { RouteMetrics } from '../metrics/route-metrics.js';
 import { Session, type HeartbeatResult, type SessionEvents } from './session.js';
 import { UpstreamSource, type Lease } from './upstream.js';
+import { formatHostPort } from '../config/hostport.js';
 
 /** Every accepted client socket: half-open allowed, not read until its upstream is ready. */
 const ACCEPTED_SOCKET = { options: { allowHalfOpen: true, pauseOnCreate: true, onread: sharedOnread }, context: null };
@@ -164,8 +165,8 @@ class TcpRoute implements RouteHandle {
       id: s.id,
       route: this.name,
       protocol: this.#config.protocol,
-      client: formatAddress(s.down.remoteAddress, s.down.remotePort),
-      upstream: formatAddress(s.up.remoteAddress, s.up.remotePort),
+      client: formatHostPort(s.down.remoteAddress, s.down.remotePort),
+      upstream: formatHostPort(s.up.remoteAddress, s.up.remotePort),
       ageSeconds: (now - s.startedAt) / 1000,
       idleSeconds: (now - s.lastPayloadAt) / 1000,
       bytesUpstream: s.bytesUp,
@@ -189,7 +190,7 @@ class TcpRoute implements RouteHandle {
     if (config.maxConnections > 0 && this.activeCount >= config.maxConnections) {
       // Like PgBouncer's max_client_conn: refuse at once rather than queue unboundedly.
       metrics.eviction('max_connections').inc();
-      log.warn({ route: this.name, client: formatAddress(down.remoteAddress, down.remotePort), maxConnections: config.maxConnections }, 'connection refused: maxConnections reached');
+      log.warn({ route: this.name, client: formatHostPort(down.remoteAddress, down.remotePort), maxConnections: config.maxConnections }, 'connection refused: maxConnections reached');
       down.on('error', () => {});
       down.destroy();
       return;
@@ -241,7 +242,7 @@ class TcpRoute implements RouteHandle {
         // Out of descriptors: the client was taken but cannot be served, as a failed accept.
         const fdLimit = outOfDescriptors(error);
         if (fdLimit) this.#metrics.acceptError(fdLimit).inc();
-        this.#connectFailures.note({ route: this.name, client: formatAddress(down.remoteAddress, down.remotePort), err: String((error as Error).message ?? error) });
+        this.#connectFailures.note({ route: this.name, client: formatHostPort(down.remoteAddress, down.remotePort), err: String((error as Error).message ?? error) });
         down.on('error', () => {});
         // A reset tells the client at once that nothing is behind this connection.
         if (!down.destroyed) down.resetAndDestroy();

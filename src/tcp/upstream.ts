@@ -1,6 +1,7 @@
 import type net from 'node:net';
 import type { RouteConfig } from '../config/schema.js';
-import { dial, describe, type DialHandle } from '../net/dial.js';
+import { dial, type DialHandle } from '../net/dial.js';
+import { formatHostPort } from '../config/hostport.js';
 import { readInto } from '../net/shared-reads.js';
 import { applyKeepalive } from '../net/sockopt.js';
 import type { HeartbeatCodec, Tracker } from '../protocols/types.js';
@@ -171,7 +172,7 @@ export class UpstreamSource {
         const clientLeft = error instanceof ProxyError && error.side === 'downstream';
         if (!clientLeft) {
           metrics.connect(timeout ? 'timeout' : 'error').inc();
-          log.debug({ route: config.name, upstream: describe(target), err: (error as Error).message }, 'upstream connect failed');
+          log.debug({ route: config.name, upstream: formatHostPort(target), err: (error as Error).message }, 'upstream connect failed');
         }
         throw error;
       },
@@ -195,7 +196,7 @@ export class UpstreamSource {
           this.#nextRefillAt = Date.now() + this.#backoffMs;
           if (this.#closed) return;
           const result = error instanceof ProxyError && error.code === 'CONNECT_TIMEOUT' ? 'timeout' : 'error';
-          const fields = { route: this.#config.name, upstream: describe(this.#config.upstream!), result, err: (error as Error).message, retryInMs: this.#backoffMs };
+          const fields = { route: this.#config.name, upstream: formatHostPort(this.#config.upstream!), result, err: (error as Error).message, retryInMs: this.#backoffMs };
           this.#refillFailures.note(fields, result);
         },
       );

@@ -1,0 +1,35 @@
+import { readdirSync, readFileSync } from 'node:fs';
+import { join, relative } from 'node:path';
+import { describe, expect, it } from 'vitest';
+
+// "One of each shared mechanism" (DESIGN.md), held by reading the sources: a second
+// copy of a mechanism is the place where the next fix lands in one copy only.
+
+const SRC = new URL('../../src/', import.meta.url).pathname;
+
+function sources(dir = SRC): { file: string; text: string }[] {
+  return readdirSync(dir, { withFileTypes: true }).flatMap((entry) => {
+    const path = join(dir, entry.name);
+    if (entry.isDirectory()) return sources(path);
+    return entry.name.endsWith('.ts') ? [{ file: relative(SRC, path), text: readFileSync(path, 'utf8') }] : [];
+  });
+}
+
+/** Lines of src/ matching `pattern`, outside the files allowed to hold it: "file:line: text". */
+function occurrences(pattern: RegExp, allowed: readonly string[]): string[] {
+  const found: string[] = [];
+  for (const { file, text } of sources()) {
+    if (allowed.includes(file)) continue;
+    text.split('\n').forEach((line, index) => {
+      if (pattern.test(line)) found.push(`${file}:${index + 1}: ${line.trim()}`);
+    });
+  }
+  return found;
+}
+
+describe('one of each', () => {
+  it('formats host:port in one place (config/hostport.ts formatHostPort)', () => {
+    // A bracketed host before a port, written out: `[${host}]:${port}`.
+    expect(occurrences(/\[\$\{[^}]+\}\]:\$\{/, ['config/hostport.ts'])).toEqual([]);
+  });
+});

@@ -2,6 +2,7 @@ import { createRequire } from 'node:module';
 import { constants as osConstants } from 'node:os';
 import { Socket, type Server } from 'node:net';
 import type { KeepaliveSide } from '../config/schema.js';
+import { handleFd } from './internals.js';
 
 // Full control of TCP keepalive on one socket. Up to Node 24.21 socket.setKeepAlive sets
 // only TCP_KEEPIDLE (libuv then forces a 1 s interval and 10 probes); Node 24.22+ and 26
@@ -11,7 +12,7 @@ import type { KeepaliveSide } from '../config/schema.js';
 // a socket's keepalive only where it does exactly the same: all four keepalive options and
 // no user timeout. Anywhere else (or when koffi cannot load) setKeepAlive is the fallback.
 //
-// The fd is `socket._handle.fd`: present at once on an accepted socket, only after
+// The fd (net/internals.ts handleFd) is present at once on an accepted socket, only after
 // 'connect' on an outgoing one (it is -1 while connecting), gone (null handle) once
 // destroyed. Call applyKeepalive after 'connect', and never call socket.setKeepAlive on
 // the same socket afterwards: libuv would overwrite the interval and count.
@@ -163,8 +164,8 @@ export function applyKeepaliveToListener(server: Server, keepalive: KeepaliveSid
   lastError = null;
   const native = nativeCalls();
   if (!native || process.platform !== 'linux') return false;
-  const fd = (server as unknown as { _handle?: { fd?: unknown } | null })._handle?.fd;
-  if (typeof fd !== 'number' || fd < 0) return false;
+  const fd = handleFd(server);
+  if (fd === null) return false;
   return applyToFd(native, fd, keepalive, 0) === 'ok' && setInt(native, fd, IPPROTO_TCP, TCP_NODELAY, noDelay ? 1 : 0, 'TCP_NODELAY');
 }
 
@@ -264,8 +265,8 @@ function fdOf(socket: Socket): number | null {
     lastError = 'socket is closed';
     return null;
   }
-  const fd = (socket as unknown as { _handle?: { fd?: unknown } | null })._handle?.fd;
-  if (typeof fd !== 'number' || fd < 0) {
+  const fd = handleFd(socket);
+  if (fd === null) {
     lastError = socket.connecting ? 'socket has no fd yet: still connecting' : 'socket has no fd';
     return null;
   }

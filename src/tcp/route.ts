@@ -13,9 +13,10 @@ import { RouteMetrics } from '../metrics/route-metrics.js';
 import { Session, type HeartbeatResult, type SessionEvents } from './session.js';
 import { UpstreamSource, type Lease } from './upstream.js';
 import { formatHostPort } from '../config/hostport.js';
+import { resetOrDestroy, START_PAUSED } from '../net/internals.js';
 
 /** Every accepted client socket: half-open allowed, not read until its upstream is ready. */
-const ACCEPTED_SOCKET = { options: { allowHalfOpen: true, pauseOnCreate: true, onread: sharedOnread }, context: null };
+const ACCEPTED_SOCKET = { options: { allowHalfOpen: true, ...START_PAUSED, onread: sharedOnread }, context: null };
 
 // A TCP-family route: accept -> keepalive on the client socket -> lease an upstream
 // (warm pool or fresh dial) -> Session. Owns its listener, its sessions and one
@@ -245,7 +246,7 @@ class TcpRoute implements RouteHandle {
         this.#connectFailures.note({ route: this.name, client: formatHostPort(down.remoteAddress, down.remotePort), err: String((error as Error).message ?? error) });
         down.on('error', () => {});
         // A reset tells the client at once that nothing is behind this connection.
-        if (!down.destroyed) down.resetAndDestroy();
+        resetOrDestroy(down);
         this.#endBeforeSession(down, timeout ? 'connect_timeout' : 'connect_error', 'upstream');
       },
     );

@@ -4,6 +4,7 @@ import { reasonForError, type EvictionReason, type Side } from '../errors.js';
 import type { Tracker } from '../protocols/types.js';
 import { readInto } from '../net/shared-reads.js';
 import { readOnAfterWriteError } from '../net/last-reads.js';
+import { resetOrDestroy } from '../net/internals.js';
 
 // One proxied pair: the downstream (client) socket and the upstream socket, spliced
 // both ways with backpressure and half-close, and closed exactly once through
@@ -418,20 +419,6 @@ function resetAfterFlush(socket: net.Socket): void {
   else socket.write(EMPTY, () => resetOrDestroy(socket));
 }
 const EMPTY = Buffer.alloc(0);
-
-/** RST where the socket allows it (a TLS socket or one still connecting throws), else a plain destroy. */
-function resetOrDestroy(socket: net.Socket): void {
-  if (socket.destroyed) return;
-  try {
-    if (!socket.connecting) {
-      socket.resetAndDestroy();
-      return;
-    }
-  } catch {
-    // fall through
-  }
-  socket.destroy();
-}
 
 // The coarse clock is the route's; sessions read Date.now() only when bytes move,
 // which costs about as much as reading a shared field and keeps Session free of deps.

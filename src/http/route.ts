@@ -4,7 +4,8 @@ import type { RouteConfig } from '../config/schema.js';
 import type { EvictionReason, Side } from '../errors.js';
 import type { Logger } from '../log.js';
 import { listenOn, watchListenerErrors } from '../net/listen.js';
-import { applyKeepalive, applyKeepaliveToListener, readSocketOptions } from '../net/sockopt.js';
+import { applyKeepaliveToListener, readSocketOptions } from '../net/sockopt.js';
+import { SockoptRefusals } from '../net/sockopt-refusals.js';
 import { dialUpstream, type DialAttempt, type DialTarget } from '../pool/http-dial.js';
 import { countDial, countDialFailure, HttpPool, type PoolSettings } from '../pool/http-pool.js';
 import { BurstLog } from '../log-burst.js';
@@ -79,6 +80,8 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
   readonly #connectFailures: BurstLog;
   /** Tunnels the proxy evicted: a mass eviction is one line and per-second counts by reason. */
   readonly #evictions: BurstLog;
+  /** Keepalive on every socket of the route (client side here, upstream in dialUpstream), refusals counted and logged. */
+  readonly #sockopt: SockoptRefusals;
   readonly #acceptErrors: BurstLog;
 
   constructor(config: RouteConfig, deps: RouteDeps) {
@@ -92,6 +95,7 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
     this.#metrics = new RouteMetrics(deps.metrics, this.name);
     this.#connectFailures = new BurstLog(deps.log, deps.clock, { level: 'warn', msg: 'upstream connect failed; answering 502/504', countBy: 'results' });
     this.#evictions = new BurstLog(deps.log, deps.clock, { level: 'info', msg: 'tunnel evicted', countBy: 'reasons' });
+    this.#sockopt = new SockoptRefusals(this.name, deps);
     this.#pool = this.#newPool(config);
     this.#poolKey = poolKey(config);
 
@@ -187,7 +191,7 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
       this.#pool.close(reason);
     }
     this.#flushCounts();
-    for (const burst of [this.#connectFailures, this.#evictions, this.#acceptErrors]) burst.flush();
+    for (const burst of [this.#connectFailures, this.#evictions, this.#acceptErrors, this.#sockopt]) burst.flush();
     this.#unsubscribe?.();
     this.#unsubscribe = null;
     this.#unregisterFlush();
@@ -367,7 +371,7 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
     }
     if (!this.#listenerSetsOptions) {
       socket.setNoDelay(config.noDelay);
-      applyKeepalive(socket, config.keepalive.client, 0);
+      this.#sockopt.keepalive(socket, 'client', config.keepalive.client, 0);
     }
     this.#sessions.set(socket, new ClientSession(socket, this, Date.now(), reads));
   }
@@ -463,6 +467,7 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
       userTimeoutMs: config.userTimeoutMs,
       connectTimeoutMs: config.connectTimeoutMs,
       noDelay: config.noDelay,
+      sockopt: this.#sockopt,
     };
     return new HttpPool({ route: config.name, settings, metrics: this.#metrics, clock: this.#deps.clock, log: this.#deps.log, connectFailures: this.#connectFailures });
   }

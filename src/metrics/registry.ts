@@ -94,6 +94,12 @@ export class Metrics {
     labelNames: ['route', 'code'] as const,
     registers: [this.registry],
   });
+  readonly sockoptErrors = new client.Counter({
+    name: `${PREFIX}sockopt_errors_total`,
+    help: 'Socket options the kernel refused on a connection, or could not be set because the socket had no fd left, by option (SO_KEEPALIVE, TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT, TCP_USER_TIMEOUT, no_fd).',
+    labelNames: ['route', 'option'] as const,
+    registers: [this.registry],
+  });
   readonly configReloads = new client.Counter({
     name: `${PREFIX}config_reloads_total`,
     help: 'SIGHUP reloads by result (ok, error).',

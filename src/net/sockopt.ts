@@ -75,6 +75,8 @@ let probed: { native: NativeCalls | null; reason: string | null } | undefined;
 let forcedFallback = false;
 let warned = false;
 let lastError: string | null = null;
+/** The option of the last failure (a setsockopt label, or NO_FD), for sockopt_errors_total{option}. */
+let lastOption: string | null = null;
 
 /** Loads koffi and libc once; never throws: a failure becomes the fallback's reason. */
 function probe(): { native: NativeCalls | null; reason: string | null } {
@@ -142,6 +144,7 @@ export const sockoptSupport: SockoptSupport = {
  */
 export function applyKeepalive(socket: Socket, keepalive: KeepaliveSide, userTimeoutMs: number): boolean {
   lastError = null;
+  lastOption = null;
   const native = nativeCalls();
   if (!native) return applyThroughNode(socket, keepalive);
   const fd = fdOf(socket);
@@ -162,6 +165,7 @@ export function applyKeepalive(socket: Socket, keepalive: KeepaliveSide, userTim
  */
 export function applyKeepaliveToListener(server: Server, keepalive: KeepaliveSide, noDelay: boolean): boolean {
   lastError = null;
+  lastOption = null;
   const native = nativeCalls();
   if (!native || process.platform !== 'linux') return false;
   const fd = handleFd(server);
@@ -241,6 +245,14 @@ export function lastSockoptError(): string | null {
   return lastError;
 }
 
+/** The option label for a socket with no fd to set options on (closed, or still connecting). */
+export const NO_FD = 'no_fd';
+
+/** The option the last applyKeepalive failed on (TCP_KEEPIDLE, ..., or NO_FD), or null. */
+export function lastSockoptOption(): string | null {
+  return lastOption;
+}
+
 /** @internal For tests: exercise the fallback path on Linux. Socket state set meanwhile stays in the kernel. */
 export function forceFallbackForTesting(forced: boolean): void {
   forcedFallback = forced;
@@ -250,6 +262,7 @@ export function forceFallbackForTesting(forced: boolean): void {
 function applyThroughNode(socket: Socket, keepalive: KeepaliveSide): boolean {
   if (socket.destroyed) {
     lastError = 'socket is closed';
+    lastOption = NO_FD;
     return false;
   }
   const { idleSeconds, intervalSeconds, count } = kernelKeepalive(keepalive);
@@ -263,11 +276,13 @@ function applyThroughNode(socket: Socket, keepalive: KeepaliveSide): boolean {
 function fdOf(socket: Socket): number | null {
   if (socket.destroyed) {
     lastError = 'socket is closed';
+    lastOption = NO_FD;
     return null;
   }
   const fd = handleFd(socket);
   if (fd === null) {
     lastError = socket.connecting ? 'socket has no fd yet: still connecting' : 'socket has no fd';
+    lastOption = NO_FD;
     return null;
   }
   return fd;
@@ -277,6 +292,7 @@ function setInt(native: NativeCalls, fd: number, level: number, name: number, va
   intValue[0] = value;
   if (native.setsockopt(fd, level, name, intValue, INT_SIZE) === 0) return true;
   lastError = `setsockopt(${label}): ${errnoName(native.errno())}`;
+  lastOption = label;
   return false;
 }
 

@@ -2,7 +2,7 @@ import net from 'node:net';
 import tls from 'node:tls';
 import type { KeepaliveSide } from '../config/schema.js';
 import { ProxyError } from '../errors.js';
-import { applyKeepalive } from '../net/sockopt.js';
+import type { SockoptRefusals } from '../net/sockopt-refusals.js';
 import { ReadBuffer } from './http-read-buffer.js';
 import type { TlsSessionCache } from './http-tls-sessions.js';
 import { formatHostPort } from '../config/hostport.js';
@@ -34,6 +34,8 @@ export interface DialSettings {
   readonly keepalive: KeepaliveSide;
   readonly userTimeoutMs: number;
   readonly noDelay: boolean;
+  /** The route's keepalive, with refusals counted and logged. */
+  readonly sockopt: SockoptRefusals;
 }
 
 export interface DialedSocket {
@@ -106,7 +108,7 @@ export function dialUpstream(target: DialTarget, settings: DialSettings, session
   raw.on('error', onError);
   raw.once('connect', () => {
     // The fd exists only now; every pooled socket gets the route's upstream keepalive.
-    applyKeepalive(raw, settings.keepalive, settings.userTimeoutMs);
+    settings.sockopt.keepalive(raw, 'upstream', settings.keepalive, settings.userTimeoutMs);
     if (!target.tls) {
       succeed(raw, null);
       return;

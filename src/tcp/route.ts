@@ -1,7 +1,8 @@
 import net from 'node:net';
 import type { RouteConfig } from '../config/schema.js';
 import { ProxyError, type EvictionReason, type Side } from '../errors.js';
-import { applyKeepalive, applyKeepaliveToListener, readSocketOptions } from '../net/sockopt.js';
+import { applyKeepaliveToListener, readSocketOptions } from '../net/sockopt.js';
+import { SockoptRefusals } from '../net/sockopt-refusals.js';
 import { codecFor } from '../protocols/registry.js';
 import type { HeartbeatCodec } from '../protocols/types.js';
 import type { ConnectionInfo, RouteDeps, RouteHandle } from '../route.js';
@@ -50,6 +51,8 @@ class TcpRoute implements RouteHandle {
   readonly #connectFailures: BurstLog;
   /** Evictions the proxy decided: a mass eviction is one line and per-second counts by reason. */
   readonly #evictions: BurstLog;
+  /** Keepalive on every socket of the route, refusals counted and logged (client side here, upstream in the warm pool). */
+  readonly #sockopt: SockoptRefusals;
   readonly #acceptErrors: BurstLog;
   readonly #refusedHeartbeats: BurstLog;
 
@@ -66,7 +69,8 @@ class TcpRoute implements RouteHandle {
       msg: 'heartbeat answered with an error: the upstream is alive but refuses the probe (e.g. a Redis ACL user without +ping)',
       intervalMs: 60_000,
     });
-    this.#upstream = new UpstreamSource(config, this.#codec, deps, this.#metrics);
+    this.#sockopt = new SockoptRefusals(this.name, deps);
+    this.#upstream = new UpstreamSource(config, this.#codec, deps, this.#metrics, this.#sockopt);
     this.#server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, (socket) => this.#accept(socket));
     this.#acceptErrors = watchListenerErrors(this.#server, this.name, this.#metrics, deps);
     this.#events = {
@@ -118,7 +122,7 @@ class TcpRoute implements RouteHandle {
     this.#codec = heartbeatCodec(config);
     // A changed upstream or pool gets a fresh source; the old one's idle sockets go.
     const old = this.#upstream;
-    this.#upstream = new UpstreamSource(config, this.#codec, this.#deps, this.#metrics);
+    this.#upstream = new UpstreamSource(config, this.#codec, this.#deps, this.#metrics, this.#sockopt);
     old.close('reload');
     if (this.#listening) this.#upstream.start();
     warnAboutOneWayHeartbeat(config, this.#deps);
@@ -153,7 +157,7 @@ class TcpRoute implements RouteHandle {
       for (const session of this.#sessions.keys()) session.destroy(reason);
     }
     this.#metrics.flush();
-    for (const burst of [this.#connectFailures, this.#evictions, this.#acceptErrors]) burst.flush();
+    for (const burst of [this.#connectFailures, this.#evictions, this.#acceptErrors, this.#sockopt]) burst.flush();
     this.#unsubscribe?.();
     this.#unsubscribe = null;
     this.#unregisterFlush?.();
@@ -199,7 +203,7 @@ class TcpRoute implements RouteHandle {
     metrics.active.inc();
     if (!this.#listenerSetsOptions) {
       down.setNoDelay(config.noDelay);
-      applyKeepalive(down, config.keepalive.client, 0);
+      this.#sockopt.keepalive(down, 'client', config.keepalive.client, 0);
     }
     const attempt = this.#upstream.lease();
     let clientGone: EvictionReason | null = null;

@@ -3,7 +3,7 @@ import type { RouteConfig } from '../config/schema.js';
 import { dial, type DialHandle } from '../net/dial.js';
 import { formatHostPort } from '../config/hostport.js';
 import { readInto } from '../net/shared-reads.js';
-import { applyKeepalive } from '../net/sockopt.js';
+import type { SockoptRefusals } from '../net/sockopt-refusals.js';
 import type { HeartbeatCodec, Tracker } from '../protocols/types.js';
 import type { RouteDeps } from '../route.js';
 import type { RouteMetrics } from '../metrics/route-metrics.js';
@@ -64,8 +64,10 @@ export class UpstreamSource {
   #nextRefillAt = 0;
   readonly #refillFailures: BurstLog;
   readonly #evictions: BurstLog;
+  readonly #sockopt: SockoptRefusals;
 
-  constructor(config: RouteConfig, codec: HeartbeatCodec | null, deps: RouteDeps, metrics: RouteMetrics) {
+  constructor(config: RouteConfig, codec: HeartbeatCodec | null, deps: RouteDeps, metrics: RouteMetrics, sockopt: SockoptRefusals) {
+    this.#sockopt = sockopt;
     this.#metrics = metrics;
     this.#config = config;
     this.#codec = codec;
@@ -163,7 +165,7 @@ export class UpstreamSource {
         this.#dialing.delete(handle);
         metrics.connect('ok').inc();
         metrics.connectSeconds.observe(connectMs / 1000);
-        applyKeepalive(socket, config.keepalive.upstream, config.userTimeoutMs);
+        this.#sockopt.keepalive(socket, 'upstream', config.keepalive.upstream, config.userTimeoutMs);
         return socket;
       },
       (error: unknown) => {

@@ -48,3 +48,9 @@ describe('Node internals stay in src/net/internals.ts', () => {
     expect(occurrences(internal, ALLOWED)).toEqual([]);
   });
 });
+
+describe('socket options are applied with their result checked', () => {
+  it('calls applyKeepalive only through net/sockopt-refusals.ts (counted and logged when refused)', () => {
+    expect(occurrences(/\bapplyKeepalive\(/, ['net/sockopt.ts', 'net/sockopt-refusals.ts'])).toEqual([]);
+  });
+});

@@ -198,7 +198,7 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
   }
 
   connections(): ConnectionInfo[] {
-    const now = Date.now();
+    const now = this.#deps.clock.now();
     return [...this.#sessions.values()].map(({ client }) => {
       const tunnel = client.tunnel;
       const session = tunnel?.session;
@@ -286,7 +286,7 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
       tracker: options.tracker,
       reused: false,
       earlyData: options.earlyData,
-      now: Date.now(),
+      clock: this.#deps.clock,
     });
     client.tunnel = { kind: options.kind, session };
     this.#tunnels.add(session);
@@ -373,7 +373,7 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
       socket.setNoDelay(config.noDelay);
       this.#sockopt.keepalive(socket, 'client', config.keepalive.client, 0);
     }
-    this.#sessions.set(socket, new ClientSession(socket, this, Date.now(), reads));
+    this.#sessions.set(socket, new ClientSession(socket, this, this.#deps.clock.now(), reads));
   }
 
   /** A forward destination's dial: its name resolved once, through the guard. */
@@ -468,6 +468,7 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
       connectTimeoutMs: config.connectTimeoutMs,
       noDelay: config.noDelay,
       sockopt: this.#sockopt,
+      clock: this.#deps.clock,
     };
     return new HttpPool({ route: config.name, settings, metrics: this.#metrics, clock: this.#deps.clock, log: this.#deps.log, connectFailures: this.#connectFailures });
   }

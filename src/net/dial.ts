@@ -1,4 +1,5 @@
 import net from 'node:net';
+import type { Clock } from '../clock.js';
 import { ProxyError } from '../errors.js';
 import type { HostPort } from '../config/schema.js';
 import { markSharedReads, sharedOnread } from './shared-reads.js';
@@ -17,6 +18,8 @@ export interface DialOptions {
   readonly target: HostPort;
   readonly timeoutMs: number;
   readonly noDelay: boolean;
+  /** Measures connectMs. */
+  readonly clock: Clock;
 }
 
 /** Aborts a dial in progress (the client went away first). */
@@ -26,7 +29,7 @@ export interface DialHandle {
 }
 
 export function dial(options: DialOptions): DialHandle {
-  const started = performance.now();
+  const started = options.clock.preciseNow();
   const socket = net.connect({
     host: options.target.host,
     port: options.target.port,
@@ -63,7 +66,7 @@ export function dial(options: DialOptions): DialHandle {
     const s = settle;
     settle = null;
     cleanup();
-    s.resolve({ socket, connectMs: performance.now() - started });
+    s.resolve({ socket, connectMs: options.clock.preciseNow() - started });
   }
   function onError(error: NodeJS.ErrnoException): void {
     fail(new ProxyError('CONNECT_FAILED', 'upstream', `${formatHostPort(options.target)}: ${error.code ?? error.message}`, { cause: error }));

@@ -1,5 +1,6 @@
 import net from 'node:net';
 import tls from 'node:tls';
+import type { Clock } from '../clock.js';
 import type { KeepaliveSide } from '../config/schema.js';
 import { ProxyError } from '../errors.js';
 import type { SockoptRefusals } from '../net/sockopt-refusals.js';
@@ -36,6 +37,8 @@ export interface DialSettings {
   readonly noDelay: boolean;
   /** The route's keepalive, with refusals counted and logged. */
   readonly sockopt: SockoptRefusals;
+  /** Measures connectMs. */
+  readonly clock: Clock;
 }
 
 export interface DialedSocket {
@@ -61,7 +64,7 @@ export interface DialAttempt {
  * sockets through a reused buffer; a tunnel or node's client needs ordinary 'data' events.
  */
 export function dialUpstream(target: DialTarget, settings: DialSettings, sessions: TlsSessionCache | null, pooled = false): DialAttempt {
-  const started = performance.now();
+  const started = settings.clock.preciseNow();
   const where = formatHostPort(target);
   // TLS reads come from the TLS socket's stream; a plain socket reads into a reused buffer.
   const readBuffer = pooled && !target.tls ? new ReadBuffer() : null;
@@ -95,7 +98,7 @@ export function dialUpstream(target: DialTarget, settings: DialSettings, session
     const s = settle;
     settle = null;
     if (timer) clearTimeout(timer);
-    s.resolve({ socket, raw, connectMs: performance.now() - started, tlsResumed, readBuffer });
+    s.resolve({ socket, raw, connectMs: settings.clock.preciseNow() - started, tlsResumed, readBuffer });
   }
   function onError(error: NodeJS.ErrnoException): void {
     // The lookup's own verdict (DESTINATION_REFUSED) reaches the client as it is.

@@ -377,7 +377,7 @@ export class OriginPool {
         this.#dials.delete(attempt);
         pool.moved('connecting', null);
         countDial(pool.metrics, dialed);
-        const connection = new PooledConnection(dialed.socket, dialed.raw, dialed.readBuffer, Date.now(), this.#onClosed);
+        const connection = new PooledConnection(dialed.socket, dialed.raw, dialed.readBuffer, pool.clock.now(), this.#onClosed);
         this.#busy.add(connection);
         pool.moved(null, 'busy');
         if (!connection.usable) {

@@ -165,7 +165,7 @@ class TcpRoute implements RouteHandle {
   }
 
   connections(): ConnectionInfo[] {
-    const now = Date.now();
+    const now = this.#deps.clock.now();
     return [...this.#sessions.keys()].map((s) => ({
       id: s.id,
       route: this.name,
@@ -276,7 +276,7 @@ class TcpRoute implements RouteHandle {
       responseTimeoutMs: config.responseTimeoutMs,
       reused: lease.reused,
       earlyData: lease.earlyData,
-      now: Date.now(),
+      clock: this.#deps.clock,
     });
     this.#sessions.set(session, lease.release);
     down.resume();
@@ -295,7 +295,7 @@ class TcpRoute implements RouteHandle {
       id: session.id,
       reason,
       side,
-      durationMs: Date.now() - session.startedAt,
+      durationMs: this.#deps.clock.now() - session.startedAt,
       bytesUpstream: session.bytesUp,
       bytesDownstream: session.bytesDown,
     };

@@ -158,7 +158,7 @@ export class UpstreamSource {
     const metrics = this.#metrics;
     const config = this.#config;
     const target = config.upstream!;
-    const handle = dial({ target, timeoutMs: config.connectTimeoutMs, noDelay: config.noDelay });
+    const handle = dial({ target, timeoutMs: config.connectTimeoutMs, noDelay: config.noDelay, clock: this.#deps.clock });
     this.#dialing.add(handle);
     const done = handle.done.then(
       ({ socket, connectMs }) => {
@@ -195,7 +195,7 @@ export class UpstreamSource {
         (error: unknown) => {
           // The upstream is down: back off exponentially, retried from the shared tick.
           this.#backoffMs = Math.min(BACKOFF_MAX_MS, Math.max(BACKOFF_MIN_MS, this.#backoffMs * 2));
-          this.#nextRefillAt = Date.now() + this.#backoffMs;
+          this.#nextRefillAt = this.#deps.clock.now() + this.#backoffMs;
           if (this.#closed) return;
           const result = error instanceof ProxyError && error.code === 'CONNECT_TIMEOUT' ? 'timeout' : 'error';
           const fields = { route: this.#config.name, upstream: formatHostPort(this.#config.upstream!), result, err: (error as Error).message, retryInMs: this.#backoffMs };
@@ -206,10 +206,11 @@ export class UpstreamSource {
   }
 
   #park(socket: net.Socket): void {
-    const now = Date.now();
+    const clock = this.#deps.clock;
+    const now = clock.now();
     const tracker = this.#codec?.track(codecOptions(this.#config)) ?? null;
     const onData = (_socket: net.Socket, chunk: Buffer): void => {
-      spare.lastWireAt = Date.now();
+      spare.lastWireAt = clock.now();
       const forward = tracker ? tracker.fromServer(chunk) : chunk;
       if (forward.length === 0) return;
       spare.early.push(forward);
@@ -291,10 +292,10 @@ export class UpstreamSource {
     spare.socket.destroy();
     this.#metrics.eviction(reason).inc();
     if (reason !== 'shutdown' && reason !== 'reload') {
-      this.#evictions.note({ route: this.#config.name, reason, pooledMs: Date.now() - spare.parkedAt }, reason);
+      this.#evictions.note({ route: this.#config.name, reason, pooledMs: this.#deps.clock.now() - spare.parkedAt }, reason);
     }
     this.#updateGauges();
-    if (!this.#closed) this.#nextRefillAt = Math.max(this.#nextRefillAt, Date.now());
+    if (!this.#closed) this.#nextRefillAt = Math.max(this.#nextRefillAt, this.#deps.clock.now());
   }
 
   #updateGauges(): void {

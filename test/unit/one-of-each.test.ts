@@ -54,3 +54,9 @@ describe('socket options are applied with their result checked', () => {
     expect(occurrences(/\bapplyKeepalive\(/, ['net/sockopt.ts', 'net/sockopt-refusals.ts'])).toEqual([]);
   });
 });
+
+describe('time comes from the injected clock', () => {
+  it('reads Date.now() and performance.now() only in src/clock.ts', () => {
+    expect(occurrences(/\bDate\.now\(|\bperformance\.now\(/, ['clock.ts'])).toEqual([]);
+  });
+});

@@ -1,7 +1,8 @@
 import type { Clock } from './clock.js';
 import type { RouteConfig } from './config/schema.js';
 import type { Logger } from './log.js';
-import type { Metrics, EvictionReason } from './metrics/registry.js';
+import type { EvictionReason } from './errors.js';
+import type { Metrics } from './metrics/registry.js';
 import type { SocketOptions } from './net/sockopt.js';
 import type { TlsSummary } from './net/tls-socket.js';
 

@@ -1,3 +1,4 @@
+import type { Clock } from '../clock.js';
 import type net from 'node:net';
 import type { HostPort } from '../config/schema.js';
 import { dial, type DialHandle } from '../net/dial.js';
@@ -28,7 +29,8 @@ export interface CanaryOptions {
   readonly probe: CanaryProbe;
   readonly connectTimeoutMs: number;
   readonly probeTimeoutMs: number;
-  readonly now: number;
+  /** The owner's clock: phase start times (coarse), and the dial's connect time. */
+  readonly clock: Clock;
 }
 
 type Phase = 'connecting' | 'greeting' | 'idle' | 'probing' | 'done';
@@ -51,11 +53,11 @@ export class Canary {
   constructor(options: CanaryOptions) {
     this.#options = options;
     this.idleMs = options.idleMs;
-    this.#since = options.now;
+    this.#since = options.clock.now();
     this.done = new Promise((resolve) => (this.#resolve = resolve));
     // Kernel keepalive off (a probe would refresh the middlebox); probe data unacknowledged for
     // probeTimeout ends the socket with ETIMEDOUT (a dropped flow).
-    this.#dial = dial({ target: options.target, timeoutMs: options.connectTimeoutMs, noDelay: true, keepalive: null, userTimeoutMs: options.probeTimeoutMs });
+    this.#dial = dial({ target: options.target, timeoutMs: options.connectTimeoutMs, noDelay: true, clock: options.clock, keepalive: null, userTimeoutMs: options.probeTimeoutMs });
     this.#dial.done.then(
       ({ socket }) => this.#connected(socket),
       (error: unknown) => this.#finish({ kind: 'failed', reason: `connect: ${(error as Error).message}` }),
@@ -99,14 +101,14 @@ export class Canary {
     socket.on('close', () => this.#onEnd());
     readInto(socket, (_socket, chunk) => this.#onData(chunk));
     this.#phase = this.#options.probe.awaitGreeting ? 'greeting' : 'idle';
-    this.#since = Date.now();
+    this.#since = this.#options.clock.now();
   }
 
   #onData(chunk: Buffer): void {
     if (this.#phase === 'greeting') {
       // The idle period starts after the server's last greeting byte.
       this.#phase = 'idle';
-      this.#since = Date.now();
+      this.#since = this.#options.clock.now();
       return;
     }
     if (this.#phase !== 'probing') return; // unsolicited bytes while idle: not an answer to anything
@@ -147,7 +149,7 @@ export class Canary {
       this.#finish({ kind: 'failed', reason: `the server ${how === 'closed' ? 'closed' : 'reset'} the connection before its greeting` });
       return;
     }
-    const idleSoFar = this.#phase === 'idle' ? Math.max(1, Date.now() - this.#since) : this.#actualIdleMs;
+    const idleSoFar = this.#phase === 'idle' ? Math.max(1, this.#options.clock.now() - this.#since) : this.#actualIdleMs;
     this.#died(how, idleSoFar);
   }
 

@@ -146,7 +146,7 @@ function startCanary(options: DiscoverOptions, idleMs: number, clock: Clock): Ca
     probe: options.probe,
     connectTimeoutMs: options.connectTimeoutMs,
     probeTimeoutMs: options.probeTimeoutMs,
-    now: clock.now(),
+    clock,
   });
 }
 

@@ -3,7 +3,7 @@ import { formatHostPort } from '../config/hostport.js';
 import type { RouteConfig } from '../config/schema.js';
 import { Canary } from '../discover/canary.js';
 import { canaryProbe } from '../discover/probes.js';
-import type { EvictionReason } from '../metrics/registry.js';
+import type { EvictionReason } from '../errors.js';
 import type { RouteDeps } from '../route.js';
 import { readState, writeState } from '../state-dir.js';
 import { AdaptiveHeartbeat, type Learned } from './adaptive.js';
@@ -45,7 +45,7 @@ export function createRouteLearner(config: RouteConfig, deps: RouteDeps): RouteL
         probe,
         connectTimeoutMs: config.connectTimeoutMs,
         probeTimeoutMs: config.heartbeat!.timeoutMs,
-        now: deps.clock.now(),
+        clock: deps.clock,
       }),
     {
       onChange: (learned, why) => {

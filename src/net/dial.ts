@@ -3,7 +3,10 @@ import tls from 'node:tls';
 import { ProxyError } from '../errors.js';
 import type { HostPort, KeepaliveSide } from '../config/schema.js';
 import { markSharedReads, sharedOnread } from './shared-reads.js';
-import { applyKeepalive, applyUserTimeout } from './sockopt.js';
+import { applyUserTimeout } from './sockopt.js';
+import type { SockoptRefusals } from './sockopt-refusals.js';
+import type { Clock } from '../clock.js';
+import { formatHostPort } from '../config/hostport.js';
 import { MIN_TLS_VERSION, resettableTls, tlsFailureCause, tlsSummary, type TlsSummary } from './tls-socket.js';
 import type { TlsSessionCache } from './tls-sessions.js';
 
@@ -42,12 +45,19 @@ export interface StartTls {
   negotiate(raw: net.Socket): Promise<readonly Buffer[]>;
 }
 
-export interface DialOptions {
+/**
+ * Kernel keepalive for the socket, applied through the route's reporter (a refused option
+ * is counted and logged), or null: keepalive stays off (discover's canaries must see the
+ * path's own idle behaviour); TCP_USER_TIMEOUT is still set when userTimeoutMs > 0.
+ */
+export type DialKeepalive = { readonly keepalive: KeepaliveSide; readonly sockopt: SockoptRefusals } | { readonly keepalive: null; readonly sockopt?: undefined };
+
+export type DialOptions = DialKeepalive & {
   readonly target: HostPort;
   readonly timeoutMs: number;
   readonly noDelay: boolean;
-  /** null: kernel keepalive stays off (discover's canaries must see the path's own idle behaviour). */
-  readonly keepalive: KeepaliveSide | null;
+  /** Measures connectMs (the handshake included). */
+  readonly clock: Clock;
   readonly userTimeoutMs: number;
   readonly tls?: TlsClientOptions | null;
   readonly startTls?: StartTls | null;
@@ -62,7 +72,7 @@ export interface DialOptions {
   readonly reads?: 'shared' | 'events' | net.OnReadOpts;
   /** Resolves the name for this dial (a forward route's guard judges the addresses); dns.lookup when absent. */
   readonly lookup?: net.LookupFunction;
-}
+};
 
 export interface DialResult {
   /** The socket to talk on: TLS when asked for, else the TCP one. */
@@ -85,9 +95,9 @@ export interface DialHandle {
 }
 
 export function dial(options: DialOptions): DialHandle {
-  const started = performance.now();
+  const started = options.clock.preciseNow();
   const { target } = options;
-  const where = describe(target);
+  const where = formatHostPort(target);
   const reads = options.tls ? 'events' : (options.reads ?? 'events');
   const raw = net.connect({
     host: target.host,
@@ -122,7 +132,7 @@ export function dial(options: DialOptions): DialHandle {
     const s = settle;
     settle = null;
     if (timer) clearTimeout(timer);
-    s.resolve({ socket, raw, connectMs: performance.now() - started, tls: tlsSummary(socket), earlyData, keepaliveApplied });
+    s.resolve({ socket, raw, connectMs: options.clock.preciseNow() - started, tls: tlsSummary(socket), earlyData, keepaliveApplied });
   }
   function onError(error: NodeJS.ErrnoException): void {
     // The lookup's own verdict (DESTINATION_REFUSED) reaches the caller as it is.
@@ -169,7 +179,7 @@ export function dial(options: DialOptions): DialHandle {
   raw.once('connect', () => {
     // The fd exists only now: keepalive and TCP_USER_TIMEOUT go on the TCP socket, under any TLS.
     keepaliveApplied = options.keepalive
-      ? applyKeepalive(raw, options.keepalive, options.userTimeoutMs)
+      ? options.sockopt.keepalive(raw, 'upstream', options.keepalive, options.userTimeoutMs)
       : options.userTimeoutMs <= 0 || applyUserTimeout(raw, options.userTimeoutMs);
     if (!options.tls) {
       succeed(raw, []);
@@ -185,8 +195,4 @@ export function dial(options: DialOptions): DialHandle {
     done,
     abort: () => fail(new ProxyError('CONNECT_FAILED', 'downstream', `client went away before ${where} connected`)),
   };
-}
-
-export function describe(target: HostPort): string {
-  return target.host.includes(':') ? `[${target.host}]:${target.port}` : `${target.host}:${target.port}`;
 }

@@ -2,6 +2,7 @@ import type net from 'node:net';
 import tls from 'node:tls';
 import type { RouteConfig } from '../config/schema.js';
 import { ProxyError } from '../errors.js';
+import { resetOrDestroy } from '../net/internals.js';
 import { readInto } from '../net/shared-reads.js';
 import { MIN_TLS_VERSION, resettableTls, tlsFailureCause } from '../net/tls-socket.js';
 import { ACCEPT_TLS, classifyOpening, NEGOTIATION_REQUEST_LENGTH, REFUSE_ENCRYPTION } from '../protocols/negotiate-postgres.js';
@@ -141,7 +142,7 @@ class Opening implements OpeningAttempt {
       // A failed client handshake is reset at once (before a failing TLS socket's own
       // destroy can end the TCP socket with a FIN that a half-open client would sit on);
       // the route then counts and logs it as tls_error.
-      if (error) this.#down.resetAndDestroy();
+      if (error) resetOrDestroy(this.#down);
     }
     this.#secure?.destroy();
     settle.reject(error ?? new ProxyError('CONNECT_FAILED', 'upstream', 'abandoned'));

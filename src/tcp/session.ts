@@ -1,10 +1,11 @@
 import type net from 'node:net';
+import type { Clock } from '../clock.js';
 import type { HeartbeatConfig } from '../config/schema.js';
-import type { Side } from '../errors.js';
-import type { EvictionReason } from '../metrics/registry.js';
+import { reasonForError, type EvictionReason, type Side } from '../errors.js';
 import type { Tracker } from '../protocols/types.js';
 import { readInto } from '../net/shared-reads.js';
 import { readOnAfterWriteError } from '../net/last-reads.js';
+import { resetOrDestroy } from '../net/internals.js';
 
 // One proxied pair: the downstream (client) socket and the upstream socket, spliced
 // both ways with backpressure and half-close, and closed exactly once through
@@ -37,26 +38,10 @@ export interface SessionOptions {
   readonly earlyData: readonly Buffer[];
   /** Client bytes read before the session (a PostgreSQL startup message after the proxy's 'N' or 'S'). */
   readonly clientEarlyData?: readonly Buffer[];
-  readonly now: number;
   /** The route's interval in force, read at every tick (every: auto changes it for live sessions); default heartbeat.everyMs. */
   readonly heartbeatInterval?: { readonly everyMs: number };
-}
-
-/** The kernel's verdicts that a peer is gone, mapped to eviction reasons. */
-export function reasonForError(error: NodeJS.ErrnoException): EvictionReason {
-  switch (error.code) {
-    case 'ETIMEDOUT': // keepalive probes unanswered, or TCP_USER_TIMEOUT expired
-      return 'keepalive_timeout';
-    case 'ECONNRESET':
-    case 'EPIPE':
-    case 'ECONNABORTED':
-      return 'peer_reset';
-    case 'EHOSTUNREACH':
-    case 'ENETUNREACH':
-      return 'keepalive_timeout';
-    default:
-      return 'error';
-  }
+  /** The route's shared clock: every timestamp of the pair (coarse), and the heartbeat RTT (precise). */
+  readonly clock: Clock;
 }
 
 /** The session a socket belongs to, for the shared event handlers. */
@@ -91,6 +76,7 @@ export class Session {
   lastWireAt: number;
 
   readonly #events: SessionEvents;
+  readonly #clock: Clock;
   readonly #idleTimeoutMs: number;
   readonly #heartbeat: HeartbeatConfig | null;
   readonly #tracker: Tracker | null;
@@ -122,15 +108,17 @@ export class Session {
     this.down = down;
     this.up = up;
     this.reused = options.reused;
-    this.startedAt = options.now;
-    this.lastPayloadAt = options.now;
-    this.lastWireAt = options.now;
+    this.#clock = options.clock;
+    const now = options.clock.now();
+    this.startedAt = now;
+    this.lastPayloadAt = now;
+    this.lastWireAt = now;
     this.#events = events;
     this.#idleTimeoutMs = options.idleTimeoutMs;
     this.#heartbeat = options.heartbeat;
     this.#tracker = options.tracker;
     this.#responseTimeoutMs = options.responseTimeoutMs ?? 0;
-    this.#lastClientAt = options.now;
+    this.#lastClientAt = now;
     this.#heartbeatInterval = options.heartbeatInterval ?? options.heartbeat ?? { everyMs: 0 };
     this.#heartbeatJitter = 1 + (options.heartbeat?.jitter ?? 0) * (Math.random() * 2 - 1);
 
@@ -189,7 +177,7 @@ export class Session {
     const session = Session.#of(this);
     session.#upBlocked = false;
     // The server was not read while the client caught up: its reply deadline starts over.
-    if (session.#replyOwedSince !== 0) session.#replyOwedSince = nowCoarse();
+    if (session.#replyOwedSince !== 0) session.#replyOwedSince = session.#clock.now();
     session.up.resume();
   }
   static #downEnd(this: net.Socket): void {
@@ -223,7 +211,7 @@ export class Session {
     }
     // The peer is gone, but what it sent before going is still to be read: stop feeding
     // it (the other side pauses) and let its reads run to their end (see net/last-reads.ts).
-    session.#pendingFailure = { reason: reasonForError(error), side, error, at: Date.now() };
+    session.#pendingFailure = { reason: reasonForError(error), side, error, at: session.#clock.now() };
     (side === 'upstream' ? session.down : session.up).pause();
     socket.resume();
   }
@@ -243,7 +231,7 @@ export class Session {
   }
 
   #onClientData(chunk: Buffer): void {
-    this.lastPayloadAt = this.lastWireAt = this.#lastClientAt = nowCoarse();
+    this.lastPayloadAt = this.lastWireAt = this.#lastClientAt = this.#clock.now();
     this.bytesUp += chunk.length;
     this.#events.onBytes('upstream', chunk.length);
     if (this.#tracker) {
@@ -263,7 +251,7 @@ export class Session {
   }
 
   #onUpstreamData(chunk: Buffer): void {
-    this.lastWireAt = nowCoarse();
+    this.lastWireAt = this.#clock.now();
     const tracker = this.#tracker;
     if (!tracker) {
       this.#replyOwedSince = 0;
@@ -295,7 +283,7 @@ export class Session {
     // A tracker that lost the thread while a probe was out forwarded what came and went
     // off: that is no proof of life, and it is counted as unsupported at the next tick.
     const tracker = this.#tracker!;
-    if (tracker.state !== 'off') this.#events.onHeartbeat(this, tracker.probeRefused ? 'error' : 'ok', performance.now() - this.#probeSentPrecise);
+    if (tracker.state !== 'off') this.#events.onHeartbeat(this, tracker.probeRefused ? 'error' : 'ok', this.#clock.preciseNow() - this.#probeSentPrecise);
     const held = this.#held;
     if (held.length === 0) return;
     this.#held = [];
@@ -303,7 +291,7 @@ export class Session {
       tracker.fromClient(chunk);
       if (!this.up.write(chunk)) this.#downBlocked = true;
     }
-    this.#armReplyDeadline(nowCoarse());
+    this.#armReplyDeadline(this.#clock.now());
     if (this.#downEnded) this.up.end();
     this.#resumeDown();
   }
@@ -371,7 +359,7 @@ export class Session {
     if (heartbeat.maxIdleMs > 0 && now - this.#lastClientAt >= heartbeat.maxIdleMs) return;
     if (now - this.lastWireAt < this.#heartbeatInterval.everyMs * this.#heartbeatJitter) return;
     this.#probeSentAt = now;
-    this.#probeSentPrecise = performance.now();
+    this.#probeSentPrecise = this.#clock.preciseNow();
     this.lastWireAt = now;
     this.up.write(tracker.probe());
     // A one-way probe (custom, empty expect) keeps middleboxes fed but proves nothing.
@@ -401,7 +389,7 @@ export class Session {
   close(reason: EvictionReason, side: Side, error?: NodeJS.ErrnoException): void {
     if (this.#closed) return;
     this.#closed = true;
-    this.#closedAt = Date.now();
+    this.#closedAt = this.#clock.now();
     this.#closeReason = reason;
     this.#closeSide = side;
     void error;
@@ -442,23 +430,3 @@ function resetAfterFlush(socket: net.Socket): void {
   else socket.write(EMPTY, () => resetOrDestroy(socket));
 }
 const EMPTY = Buffer.alloc(0);
-
-/** RST where the socket allows it (a TLS socket or one still connecting throws), else a plain destroy. */
-function resetOrDestroy(socket: net.Socket): void {
-  if (socket.destroyed) return;
-  try {
-    if (!socket.connecting) {
-      socket.resetAndDestroy();
-      return;
-    }
-  } catch {
-    // fall through
-  }
-  socket.destroy();
-}
-
-// The coarse clock is the route's; sessions read Date.now() only when bytes move,
-// which costs about as much as reading a shared field and keeps Session free of deps.
-function nowCoarse(): number {
-  return Date.now();
-}

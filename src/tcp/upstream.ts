@@ -1,18 +1,17 @@
 import type net from 'node:net';
 import type { RouteConfig } from '../config/schema.js';
-import type { EvictionReason } from '../metrics/registry.js';
-import { dial, describe, type DialHandle } from '../net/dial.js';
+import { dial, type DialHandle } from '../net/dial.js';
+import { formatHostPort } from '../config/hostport.js';
 import { readInto } from '../net/shared-reads.js';
-import { lastSockoptError } from '../net/sockopt.js';
 import { TlsSessionCache } from '../net/tls-sessions.js';
 import { tlsFailureCause } from '../net/tls-socket.js';
 import { upstreamTlsDial } from './upstream-tls.js';
+import type { SockoptRefusals } from '../net/sockopt-refusals.js';
 import type { HeartbeatCodec, Tracker } from '../protocols/types.js';
 import type { RouteDeps } from '../route.js';
 import type { RouteMetrics } from '../metrics/route-metrics.js';
-import { ProxyError } from '../errors.js';
+import { ProxyError, reasonForError, type EvictionReason } from '../errors.js';
 import { BurstLog } from '../log-burst.js';
-import { reasonForError } from './session.js';
 
 // Where a TCP route's upstream sockets come from: a warm pool of pre-dialled,
 // single-use spares when `pool.warm` > 0, else a fresh dial per client.
@@ -68,12 +67,13 @@ export class UpstreamSource {
   #nextRefillAt = 0;
   /** Per source, so a reload with other CAs never resumes a session verified under the old ones. */
   readonly #tlsSessions = new TlsSessionCache();
-  #sockoptWarned = false;
   readonly #tlsFailures: BurstLog;
   readonly #refillFailures: BurstLog;
   readonly #evictions: BurstLog;
+  readonly #sockopt: SockoptRefusals;
 
-  constructor(config: RouteConfig, codec: HeartbeatCodec | null, deps: RouteDeps, metrics: RouteMetrics) {
+  constructor(config: RouteConfig, codec: HeartbeatCodec | null, deps: RouteDeps, metrics: RouteMetrics, sockopt: SockoptRefusals) {
+    this.#sockopt = sockopt;
     this.#metrics = metrics;
     this.#config = config;
     this.#codec = codec;
@@ -171,6 +171,8 @@ export class UpstreamSource {
       timeoutMs: config.connectTimeoutMs,
       noDelay: config.noDelay,
       keepalive: config.keepalive.upstream,
+      sockopt: this.#sockopt,
+      clock: this.#deps.clock,
       userTimeoutMs: config.userTimeoutMs,
       ...upstreamTlsDial(config),
       sessions: this.#tlsSessions,
@@ -178,15 +180,11 @@ export class UpstreamSource {
     });
     this.#dialing.add(handle);
     const done = handle.done.then(
-      ({ socket, connectMs, tls, earlyData, keepaliveApplied }) => {
+      ({ socket, connectMs, tls, earlyData }) => {
         this.#dialing.delete(handle);
         metrics.connect('ok').inc();
         metrics.connectSeconds.observe(connectMs / 1000);
         if (tls) metrics.tlsHandshake(tls.resumed, 'upstream').inc();
-        if (!keepaliveApplied && !this.#sockoptWarned) {
-          this.#sockoptWarned = true;
-          log.warn({ route: config.name, err: lastSockoptError() }, 'the kernel refused a keepalive option on an upstream socket (logged once per route)');
-        }
         return { socket, earlyData };
       },
       (error: unknown) => {
@@ -197,9 +195,9 @@ export class UpstreamSource {
           metrics.connect(timeout ? 'timeout' : 'error').inc();
           // A certificate or TLS refusal is a configuration matter: say it, whoever was waiting.
           if (error instanceof ProxyError && error.code === 'TLS_FAILED') {
-            this.#tlsFailures.note({ route: config.name, upstream: describe(target), reason: 'tls_error', cause: tlsFailureCause(error.cause ?? error), err: error.message });
+            this.#tlsFailures.note({ route: config.name, upstream: formatHostPort(target), reason: 'tls_error', cause: tlsFailureCause(error.cause ?? error), err: error.message });
           }
-          log.debug({ route: config.name, upstream: describe(target), err: (error as Error).message }, 'upstream connect failed');
+          log.debug({ route: config.name, upstream: formatHostPort(target), err: (error as Error).message }, 'upstream connect failed');
         }
         throw error;
       },
@@ -220,10 +218,10 @@ export class UpstreamSource {
         (error: unknown) => {
           // The upstream is down: back off exponentially, retried from the shared tick.
           this.#backoffMs = Math.min(BACKOFF_MAX_MS, Math.max(BACKOFF_MIN_MS, this.#backoffMs * 2));
-          this.#nextRefillAt = Date.now() + this.#backoffMs;
+          this.#nextRefillAt = this.#deps.clock.now() + this.#backoffMs;
           if (this.#closed) return;
           const result = error instanceof ProxyError && error.code === 'CONNECT_TIMEOUT' ? 'timeout' : 'error';
-          const fields = { route: this.#config.name, upstream: describe(this.#config.upstream!), result, err: (error as Error).message, retryInMs: this.#backoffMs };
+          const fields = { route: this.#config.name, upstream: formatHostPort(this.#config.upstream!), result, err: (error as Error).message, retryInMs: this.#backoffMs };
           this.#refillFailures.note(fields, result);
         },
       );
@@ -231,10 +229,11 @@ export class UpstreamSource {
   }
 
   #park(socket: net.Socket, earlyData: readonly Buffer[]): void {
-    const now = Date.now();
+    const clock = this.#deps.clock;
+    const now = clock.now();
     const tracker = this.#codec?.track(codecOptions(this.#config)) ?? null;
     const onData = (_socket: net.Socket, chunk: Buffer): void => {
-      spare.lastWireAt = Date.now();
+      spare.lastWireAt = clock.now();
       const forward = tracker ? tracker.fromServer(chunk) : chunk;
       if (forward.length === 0) return;
       spare.early.push(forward);
@@ -316,10 +315,10 @@ export class UpstreamSource {
     spare.socket.destroy();
     this.#metrics.eviction(reason).inc();
     if (reason !== 'shutdown' && reason !== 'reload') {
-      this.#evictions.note({ route: this.#config.name, reason, pooledMs: Date.now() - spare.parkedAt }, reason);
+      this.#evictions.note({ route: this.#config.name, reason, pooledMs: this.#deps.clock.now() - spare.parkedAt }, reason);
     }
     this.#updateGauges();
-    if (!this.#closed) this.#nextRefillAt = Math.max(this.#nextRefillAt, Date.now());
+    if (!this.#closed) this.#nextRefillAt = Math.max(this.#nextRefillAt, this.#deps.clock.now());
   }
 
   #updateGauges(): void {

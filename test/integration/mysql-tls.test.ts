@@ -8,6 +8,7 @@ import { makePki, type Pki } from '../helpers/pki.js';
 import { parseMetrics, sample, startProxy, type RunningProxy } from '../helpers/proxy.js';
 import { MARIADB_USER, startMariadb, type RunningServer } from '../helpers/servers.js';
 import { until } from '../helpers/wait.js';
+import { warmVsCold } from '../helpers/warm-vs-cold.js';
 
 // TLS to MySQL / MariaDB (issue 10): TLS is negotiated inside the MySQL handshake. A
 // plaintext client on loopback reaches a MariaDB with require_secure_transport=ON through
@@ -232,16 +233,13 @@ heartbeat: { every: 500ms, timeout: 3s }`),
     const cold = await proxyWith(route(0));
     const warm = await proxyWith(route(2));
     await until(async () => (await metric(warm.proxy, 'pool_idle', { route: 'my' })) === 2, 10_000, 'two spares');
-    const colds: number[] = [];
-    const warms: number[] = [];
-    for (let i = 0; i < 5; i++) {
-      colds.push(await timed(cold.port));
-      await until(async () => (await metric(warm.proxy, 'pool_idle', { route: 'my' })) === 2, 10_000, 'the pool refilled');
-      warms.push(await timed(warm.port));
-    }
-    const median = (values: number[]): number => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!;
-    const coldMs = median(colds);
-    const warmMs = median(warms);
+    const { coldMs, warmMs } = await warmVsCold({
+      rounds: 5,
+      timed,
+      coldPort: cold.port,
+      warmPort: warm.port,
+      refilled: async () => (await metric(warm.proxy, 'pool_idle', { route: 'my' })) === 2,
+    });
     console.log(`first query through a 20 ms-per-direction path, median of 5: cold (TCP + greeting + TLS + auth + query) ${coldMs.toFixed(1)} ms, warm spare ${warmMs.toFixed(1)} ms`);
     expect(await metric(warm.proxy, 'reuse_total', { route: 'my' })).toBe(5);
     // A generous bound: the warm hand-off skips at least the TCP connect and the greeting.

@@ -709,7 +709,7 @@ class Resolver {
     ] as const) {
       const found = view.get([section, present]);
       if (found && !view.get([section, missing])) {
-        this.#report(found.path, 'key', `${section}.${present} needs ${section}.${missing} too (a certificate is a pair)`);
+        this.#report(found.path, 'key', `${section}.${present} needs ${section}.${missing} too (a client certificate is a pair)`);
       }
     }
   }

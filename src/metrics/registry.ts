@@ -208,7 +208,7 @@ export class Metrics {
   });
   readonly tlsHandshakes = new client.Counter({
     name: `${PREFIX}tls_handshakes_total`,
-    help: 'TLS handshakes completed, by side (upstream, client) and whether the session was resumed (true, false).',
+    help: 'TLS handshakes completed, by side and whether the session was resumed (upstream, client, true, false).',
     labelNames: ['route', 'side', 'resumed'] as const,
     registers: [this.registry],
   });

@@ -601,6 +601,7 @@ class Resolver {
     const httpFamily = HTTP_FAMILY.includes(protocol);
     this.#section(view, ['keepalive']);
     const middlebox = this.#read(view, ['middlebox'], middleboxValue, null);
+    const upstreamTls = tcpFamily ? this.#upstreamTls(context) : null;
     return {
       keepalive: {
         client: this.#keepaliveSide(view, 'client', DEFAULTS.keepaliveClient),
@@ -617,8 +618,8 @@ class Resolver {
       // Copies: the result is frozen, and DEFAULTS is not ours to freeze.
       httpPool: httpFamily ? this.#httpPool(view) : { ...DEFAULTS.httpPool },
       tls: context.scheme === 'https:' ? this.#tls(view) : null,
-      upstreamTls: tcpFamily ? this.#upstreamTls(context) : null,
-      clientTls: tcpFamily ? this.#clientTls(context) : null,
+      upstreamTls,
+      clientTls: tcpFamily ? this.#clientTls(context, upstreamTls) : null,
       http: httpFamily ? this.#httpOptions(view) : { ...DEFAULTS.http },
       allow: protocol === 'http-forward' ? this.#allow(context) : [],
       middlebox,
@@ -789,7 +790,7 @@ class Resolver {
   }
 
   /** upstreamTls: the mode (libpq's words) and the files it uses; null when off. */
-  #upstreamTls({ view, protocol, virtual }: RouteContext): UpstreamTlsConfig | null {
+  #upstreamTls({ view }: RouteContext): UpstreamTlsConfig | null {
     const section = this.#section(view, ['upstreamTls'], true);
     if (section.state !== 'map') return null;
     const mode = this.#read(view, ['upstreamTls', 'mode'], oneOf(UPSTREAM_TLS_MODES), 'off');
@@ -800,12 +801,6 @@ class Resolver {
     const servername = view.get(['upstreamTls', 'servername']);
     if (mode === 'off') return null;
     this.#checkLoads(section.found.path, { ca: ca?.pem, cert: cert?.pem, key: key?.pem });
-    if (protocol === 'mysql' && !virtual) {
-      // MySQL negotiates TLS inside its handshake (capability flags, SSL request packet);
-      // that negotiator is not built yet, and TLS from the first byte would not work.
-      this.#report(section.found.path, 'value', 'upstreamTls is not supported for protocol mysql yet');
-      return null;
-    }
     return {
       mode,
       ...(ca ? { ca: ca.pem, caFile: ca.file } : {}),
@@ -816,7 +811,7 @@ class Resolver {
   }
 
   /** clientTls: the certificate and key the proxy presents to its clients. */
-  #clientTls({ view, protocol, virtual }: RouteContext): ClientTlsConfig | null {
+  #clientTls({ view, protocol, virtual }: RouteContext, upstreamTls: UpstreamTlsConfig | null): ClientTlsConfig | null {
     const section = this.#section(view, ['clientTls'], true);
     if (section.state !== 'map') return null;
     const cert = this.#pem(view, 'clientTls', 'cert');
@@ -825,8 +820,10 @@ class Resolver {
       for (const name of ['cert', 'key']) {
         if (!view.get(['clientTls', name])) this.#report([...section.found.path, name], 'key', `required key is missing: the proxy's ${name === 'cert' ? 'certificate' : 'private key'} (PEM file)`);
       }
-      if (protocol === 'mysql') {
-        this.#report(section.found.path, 'value', 'clientTls is not supported for protocol mysql yet');
+      // The proxy terminates a MySQL client's TLS by passing its SSL request on to a TLS
+      // upstream (src/tcp/mysql-opening.ts); in front of a plaintext server it cannot.
+      if (protocol === 'mysql' && !upstreamTls) {
+        this.#report(section.found.path, 'value', 'clientTls on a mysql route needs upstreamTls (mode require or stronger)');
         return null;
       }
     }

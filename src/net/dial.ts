@@ -42,6 +42,12 @@ export interface TlsClientOptions {
  */
 export interface StartTls {
   readonly name: string;
+  /**
+   * The handshake waits for the client: the dial resolves with the TCP socket and the
+   * prelude's bytes, and the caller runs secureOver() when it can (MySQL: the SSL request
+   * carries the client's own capability flags, which the server takes from it alone).
+   */
+  readonly deferred?: boolean;
   negotiate(raw: net.Socket): Promise<readonly Buffer[]>;
 }
 
@@ -139,38 +145,11 @@ export function dial(options: DialOptions): DialHandle {
     if (error instanceof ProxyError) fail(error);
     else fail(new ProxyError('CONNECT_FAILED', 'upstream', `${where}: ${error.code ?? error.message}`, { cause: error }));
   }
-  function onTlsError(error: NodeJS.ErrnoException): void {
-    fail(new ProxyError('TLS_FAILED', 'upstream', `${where}: ${tlsFailureCause(error)}`, { cause: error }));
-  }
   function handshake(earlyData: readonly Buffer[]): void {
     if (!settle) return;
-    const options_ = options.tls!;
-    const servername = options_.servername ?? (net.isIP(target.host) ? undefined : target.host);
-    const sessionKey = `${target.host}|${target.port}|${servername ?? ''}`;
-    const sessions = options.sessions;
-    // allowHalfOpen reaches the TLSSocket (node's tls.connect passes it on; its types omit it).
-    const connectOptions: tls.ConnectionOptions & { allowHalfOpen: boolean } = {
-      socket: raw,
-      host: target.host,
-      servername,
-      ca: options_.ca,
-      cert: options_.cert,
-      key: options_.key,
-      minVersion: MIN_TLS_VERSION,
-      rejectUnauthorized: options_.verify !== 'none',
-      // verify-ca: the chain is checked by OpenSSL; the name is not (libpq's meaning).
-      ...(options_.verify === 'chain' ? { checkServerIdentity: () => undefined } : {}),
-      session: sessions?.get(sessionKey),
-      allowHalfOpen: options.halfOpen ?? true,
-      ...(options_.alpn ? { ALPNProtocols: [...options_.alpn] } : {}),
-    };
-    secure = tls.connect(connectOptions);
-    const socket = secure;
-    // Tickets keep coming for the life of the connection (TLS 1.3 sends them after the
-    // handshake): the listener stays, and the newest ticket is the one offered next.
-    if (sessions) socket.on('session', (session: Buffer) => sessions.set(sessionKey, session));
-    socket.on('error', onTlsError);
-    socket.once('secureConnect', () => succeed(resettableTls(socket, raw), earlyData));
+    const upgrade = secureOver(raw, target, options.tls!, options.sessions, options.halfOpen ?? true);
+    secure = upgrade.socket;
+    upgrade.ready.then((socket) => succeed(socket, earlyData), fail);
   }
 
   // The error listeners stay for the socket's life and are no-ops once settled, so an
@@ -189,10 +168,56 @@ export function dial(options: DialOptions): DialHandle {
       handshake([]);
       return;
     }
-    options.startTls.negotiate(raw).then(handshake, fail);
+    const deferred = options.startTls.deferred === true;
+    options.startTls.negotiate(raw).then((earlyData) => (deferred ? succeed(raw, earlyData) : handshake(earlyData)), fail);
   });
   return {
     done,
     abort: () => fail(new ProxyError('CONNECT_FAILED', 'downstream', `client went away before ${where} connected`)),
   };
 }
+
+export interface TlsUpgrade {
+  readonly socket: tls.TLSSocket;
+  /** The TLS socket (resettable, see tls-socket.ts) once the handshake is done; a TLS_FAILED ProxyError otherwise. */
+  readonly ready: Promise<net.Socket>;
+}
+
+/**
+ * A TLS handshake on a connected TCP socket (nothing read past the server's go-ahead),
+ * resuming a cached session when there is one. No timer: the caller bounds it (the
+ * dial's connect timeout, or its own) and destroys the socket on expiry.
+ */
+export function secureOver(raw: net.Socket, target: HostPort, options: TlsClientOptions, sessions: TlsSessionCache | null | undefined, halfOpen: boolean): TlsUpgrade {
+  const servername = options.servername ?? (net.isIP(target.host) ? undefined : target.host);
+  const sessionKey = `${target.host}|${target.port}|${servername ?? ''}`;
+  // allowHalfOpen reaches the TLSSocket (node's tls.connect passes it on; its types omit it).
+  const connectOptions: tls.ConnectionOptions & { allowHalfOpen: boolean } = {
+    socket: raw,
+    host: target.host,
+    servername,
+    ca: options.ca,
+    cert: options.cert,
+    key: options.key,
+    minVersion: MIN_TLS_VERSION,
+    rejectUnauthorized: options.verify !== 'none',
+    // verify-ca: the chain is checked by OpenSSL; the name is not (libpq's meaning).
+    ...(options.verify === 'chain' ? { checkServerIdentity: () => undefined } : {}),
+    session: sessions?.get(sessionKey),
+    allowHalfOpen: halfOpen,
+    ...(options.alpn ? { ALPNProtocols: [...options.alpn] } : {}),
+  };
+  const socket = tls.connect(connectOptions);
+  // Tickets keep coming for the life of the connection (TLS 1.3 sends them after the
+  // handshake): the listener stays, and the newest ticket is the one offered next.
+  if (sessions) socket.on('session', (session: Buffer) => sessions.set(sessionKey, session));
+  const ready = new Promise<net.Socket>((resolve, reject) => {
+    // Stays for the socket's life: a later error is a no-op here, never unhandled.
+    socket.on('error', (error: NodeJS.ErrnoException) =>
+      reject(new ProxyError('TLS_FAILED', 'upstream', `${formatHostPort(target)}: ${tlsFailureCause(error)}`, { cause: error })),
+    );
+    socket.once('secureConnect', () => resolve(resettableTls(socket, raw)));
+  });
+  return { socket, ready };
+}
+

@@ -14,6 +14,7 @@ import { RouteMetrics } from '../metrics/route-metrics.js';
 import { Session, type HeartbeatResult, type SessionEvents } from './session.js';
 import { UpstreamSource, type Lease } from './upstream.js';
 import { clientSecureContext, joinOpening, openClient, type ClientOpening } from './client-opening.js';
+import { openMysql } from './mysql-opening.js';
 import { tcpOf, tlsFailureCause, tlsSummary } from '../net/tls-socket.js';
 import type tls from 'node:tls';
 import { createRouteLearner, type RouteLearner } from '../heartbeat/route-learner.js';
@@ -226,11 +227,17 @@ class TcpRoute implements RouteHandle {
       this.#sockopt.keepalive(down, 'client', config.keepalive.client, 0);
     }
     const lease = this.#upstream.lease();
-    // A route that handles TLS answers the client's opening while the upstream connects.
-    const opening = openClient(down, config, this.#clientContext);
+    // MySQL negotiates TLS inside its handshake, after the server's greeting (the lease's).
+    const mysqlTls = config.protocol === 'mysql' && config.upstreamTls !== null;
+    // Any other route that handles TLS answers the client's opening while the upstream connects.
+    const opening = mysqlTls ? null : openClient(down, config, this.#clientContext);
     // Read now: a socket's address is gone once it is destroyed.
-    const client = opening ? formatHostPort(down.remoteAddress, down.remotePort) : '';
-    const attempt = opening ? joinOpening(lease, opening) : lease;
+    const client = opening || mysqlTls ? formatHostPort(down.remoteAddress, down.remotePort) : '';
+    const attempt = mysqlTls
+      ? openMysql(down, lease, this.#clientContext, config.connectTimeoutMs)
+      : opening
+        ? joinOpening(lease, opening)
+        : lease;
     let clientGone: EvictionReason | null = null;
     const onEarlyError = (error: NodeJS.ErrnoException): void => {
       clientGone = error.code === 'ECONNRESET' ? 'peer_reset' : 'error';
@@ -258,7 +265,7 @@ class TcpRoute implements RouteHandle {
           this.#endBeforeSession(down, clientGone ?? 'peer_closed', 'downstream');
           return;
         }
-        this.#startSession(client?.socket ?? down, lease, client?.early ?? []);
+        this.#startSession(client?.socket ?? down, lease, client ?? { socket: down, early: [] });
       },
       (error: unknown) => {
         this.#pending.delete(down);
@@ -300,7 +307,7 @@ class TcpRoute implements RouteHandle {
     this.#checkDrained();
   }
 
-  #startSession(down: net.Socket, lease: Lease, clientEarlyData: readonly Buffer[]): void {
+  #startSession(down: net.Socket, lease: Lease, client: ClientOpening): void {
     const config = this.#config;
     if (down !== tcpOf(down)) this.#metrics.tlsHandshake((down as tls.TLSSocket).isSessionReused(), 'client').inc();
     const session = new Session(down, lease.socket, this.#events, {
@@ -312,7 +319,8 @@ class TcpRoute implements RouteHandle {
       responseTimeoutMs: config.responseTimeoutMs,
       reused: lease.reused,
       earlyData: lease.earlyData,
-      clientEarlyData,
+      clientEarlyData: client.early,
+      rewriter: client.rewriter ?? null,
       clock: this.#deps.clock,
     });
     this.#sessions.set(session, lease.release);

@@ -3,6 +3,7 @@ import type { Clock } from '../clock.js';
 import type { HeartbeatConfig } from '../config/schema.js';
 import { reasonForError, type EvictionReason, type Side } from '../errors.js';
 import type { Tracker } from '../protocols/types.js';
+import type { StreamRewriter } from '../protocols/mysql-auth-shift.js';
 import { readInto } from '../net/shared-reads.js';
 import { readOnAfterWriteError } from '../net/last-reads.js';
 import { resetOrDestroy } from '../net/internals.js';
@@ -31,6 +32,11 @@ export interface SessionOptions {
   readonly idleTimeoutMs: number;
   readonly heartbeat: HeartbeatConfig | null;
   readonly tracker: Tracker | null;
+  /**
+   * Rewrites bytes in flight while the proxy's part in the handshake makes the two sides
+   * differ (MySQL TLS: sequence ids); dropped once done. The tracker sees the client's view.
+   */
+  readonly rewriter?: StreamRewriter | null;
   /** TCP family: a reply owed this long with no byte from the server closes the pair (0 = never). */
   readonly responseTimeoutMs?: number;
   readonly reused: boolean;
@@ -81,6 +87,7 @@ export class Session {
   readonly #heartbeat: HeartbeatConfig | null;
   readonly #tracker: Tracker | null;
   readonly #heartbeatInterval: { readonly everyMs: number };
+  #rewriter: StreamRewriter | null;
   /** Fixed per session so that many sessions started together do not probe in lockstep. */
   readonly #heartbeatJitter: number;
   readonly #responseTimeoutMs: number;
@@ -117,6 +124,7 @@ export class Session {
     this.#idleTimeoutMs = options.idleTimeoutMs;
     this.#heartbeat = options.heartbeat;
     this.#tracker = options.tracker;
+    this.#rewriter = options.rewriter ?? null;
     this.#responseTimeoutMs = options.responseTimeoutMs ?? 0;
     this.#lastClientAt = now;
     this.#heartbeatInterval = options.heartbeatInterval ?? options.heartbeat ?? { everyMs: 0 };
@@ -244,14 +252,15 @@ export class Session {
       this.#tracker.fromClient(chunk);
     }
     this.#armReplyDeadline(this.lastWireAt);
-    if (!this.up.write(chunk)) {
+    if (!this.up.write(this.#toServer(chunk))) {
       this.#downBlocked = true;
       this.down.pause();
     }
   }
 
-  #onUpstreamData(chunk: Buffer): void {
+  #onUpstreamData(received: Buffer): void {
     this.lastWireAt = this.#clock.now();
+    const chunk = this.#rewriter ? this.#rewritten(this.#rewriter.toClient(received)) : received;
     const tracker = this.#tracker;
     if (!tracker) {
       this.#replyOwedSince = 0;
@@ -268,6 +277,15 @@ export class Session {
       this.#forwardDownstream(forward);
     }
     if (wasProbing && !tracker.probing) this.#onProbeAnswered();
+  }
+
+  #toServer(chunk: Buffer): Buffer {
+    return this.#rewriter ? this.#rewritten(this.#rewriter.toServer(chunk)) : chunk;
+  }
+
+  #rewritten(chunk: Buffer): Buffer {
+    if (this.#rewriter?.done) this.#rewriter = null;
+    return chunk;
   }
 
   #forwardDownstream(chunk: Buffer): void {
@@ -289,7 +307,7 @@ export class Session {
     this.#held = [];
     for (const chunk of held) {
       tracker.fromClient(chunk);
-      if (!this.up.write(chunk)) this.#downBlocked = true;
+      if (!this.up.write(this.#toServer(chunk))) this.#downBlocked = true;
     }
     this.#armReplyDeadline(this.#clock.now());
     if (this.#downEnded) this.up.end();

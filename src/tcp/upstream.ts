@@ -1,6 +1,7 @@
 import type net from 'node:net';
+import type tls from 'node:tls';
 import type { RouteConfig } from '../config/schema.js';
-import { dial, type DialHandle } from '../net/dial.js';
+import { dial, secureOver, type DialHandle, type DialOptions } from '../net/dial.js';
 import { formatHostPort } from '../config/hostport.js';
 import { readInto } from '../net/shared-reads.js';
 import { TlsSessionCache } from '../net/tls-sessions.js';
@@ -25,8 +26,15 @@ export interface Lease {
   readonly socket: net.Socket;
   /** True when the socket already existed (a warm hand-off): counted in reuse_total. */
   readonly reused: boolean;
+  /** What the client is to be given first (a MySQL greeting), already seen by `tracker`. */
   readonly earlyData: readonly Buffer[];
   readonly tracker: Tracker | null;
+  /**
+   * For a TLS upstream whose handshake waits for the client (MySQL): writes `request` (the
+   * SSL request made from the client's response) on the TCP socket, then handshakes;
+   * resolves with the TLS socket to use from then on. null when there is nothing to do.
+   */
+  readonly secure: ((request: Buffer) => Promise<net.Socket>) | null;
   /** The session using the socket has ended (pool_active bookkeeping). */
   release(): void;
 }
@@ -68,6 +76,7 @@ export class UpstreamSource {
   /** Per source, so a reload with other CAs never resumes a session verified under the old ones. */
   readonly #tlsSessions = new TlsSessionCache();
   readonly #tlsFailures: BurstLog;
+  readonly #tlsDial: Pick<DialOptions, 'tls' | 'startTls'>;
   readonly #refillFailures: BurstLog;
   readonly #evictions: BurstLog;
   readonly #sockopt: SockoptRefusals;
@@ -79,6 +88,7 @@ export class UpstreamSource {
     this.#codec = codec;
     this.#deps = deps;
     this.#warm = config.warmPool?.warm ?? 0;
+    this.#tlsDial = upstreamTlsDial(config);
     this.#refillFailures = new BurstLog(deps.log, deps.clock, { level: 'warn', msg: 'warm pool refill failed; retrying with backoff', countBy: 'results' });
     this.#evictions = new BurstLog(deps.log, deps.clock, { level: 'info', msg: 'pooled upstream connection evicted', countBy: 'reasons' });
     this.#tlsFailures = new BurstLog(deps.log, deps.clock, { level: 'warn', msg: 'upstream TLS failed; closing the connection' });
@@ -109,7 +119,9 @@ export class UpstreamSource {
         }
         this.#inUse++;
         this.#updateGauges();
-        return { socket, reused: false, earlyData, tracker: this.#codec?.track(codecOptions(this.#config)) ?? null, release: this.#release };
+        const tracker = this.#codec?.track(codecOptions(this.#config)) ?? null;
+        for (const chunk of earlyData) tracker?.fromServer(chunk);
+        return { socket, reused: false, earlyData, tracker, secure: this.#secureLater(socket), release: this.#release };
       }),
       abort: () => {
         aborted = true;
@@ -174,7 +186,7 @@ export class UpstreamSource {
       sockopt: this.#sockopt,
       clock: this.#deps.clock,
       userTimeoutMs: config.userTimeoutMs,
-      ...upstreamTlsDial(config),
+      ...this.#tlsDial,
       sessions: this.#tlsSessions,
       reads: 'shared',
     });
@@ -205,6 +217,42 @@ export class UpstreamSource {
     return { done, abort: () => handle.abort() };
   }
 
+  /** The lease's `secure` when the route's TLS waits for the client (see Lease). */
+  #secureLater(raw: net.Socket): Lease['secure'] {
+    if (!this.#tlsDial.tls || !this.#tlsDial.startTls?.deferred) return null;
+    return (request) => this.#secure(raw, request);
+  }
+
+  #secure(raw: net.Socket, request: Buffer): Promise<net.Socket> {
+    const config = this.#config;
+    const target = config.upstream!;
+    raw.write(request);
+    const upgrade = secureOver(raw, target, this.#tlsDial.tls!, this.#tlsSessions, true);
+    let timer: NodeJS.Timeout | undefined;
+    const expired = new Promise<never>((_resolve, reject) => {
+      if (config.connectTimeoutMs <= 0) return;
+      timer = setTimeout(() => {
+        upgrade.socket.destroy();
+        reject(new ProxyError('CONNECT_TIMEOUT', 'upstream', `${formatHostPort(target)} after ${config.connectTimeoutMs} ms (TLS handshake timeout)`));
+      }, config.connectTimeoutMs);
+    });
+    return Promise.race([upgrade.ready, expired]).then(
+      (socket) => {
+        clearTimeout(timer);
+        this.#metrics.tlsHandshake((upgrade.socket as tls.TLSSocket).isSessionReused(), 'upstream').inc();
+        return socket;
+      },
+      (error: unknown) => {
+        clearTimeout(timer);
+        upgrade.socket.destroy();
+        if (error instanceof ProxyError && error.code === 'TLS_FAILED') {
+          this.#tlsFailures.note({ route: config.name, upstream: formatHostPort(target), reason: 'tls_error', cause: tlsFailureCause(error.cause ?? error), err: error.message });
+        }
+        throw error;
+      },
+    );
+  }
+
   #refill(): void {
     if (!this.#started || this.#closed || this.#warm === 0) return;
     const missing = this.#warm - this.#spares.length - this.#dialing.size;
@@ -232,6 +280,7 @@ export class UpstreamSource {
     const clock = this.#deps.clock;
     const now = clock.now();
     const tracker = this.#codec?.track(codecOptions(this.#config)) ?? null;
+    for (const chunk of earlyData) tracker?.fromServer(chunk);
     const onData = (_socket: net.Socket, chunk: Buffer): void => {
       spare.lastWireAt = clock.now();
       const forward = tracker ? tracker.fromServer(chunk) : chunk;
@@ -300,7 +349,7 @@ export class UpstreamSource {
           return;
         }
         this.#metrics.reuse.inc();
-        resolve({ socket: spare.socket, reused: true, earlyData: spare.early, tracker: spare.tracker, release: this.#release });
+        resolve({ socket: spare.socket, reused: true, earlyData: spare.early, tracker: spare.tracker, secure: this.#secureLater(spare.socket), release: this.#release });
       });
     });
     return { done, abort: () => (aborted = true) };

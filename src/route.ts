@@ -4,6 +4,7 @@ import type { Logger } from './log.js';
 import type { EvictionReason } from './errors.js';
 import type { Metrics } from './metrics/registry.js';
 import type { SocketOptions } from './net/sockopt.js';
+import type { TcpInfo } from './net/tcp-info.js';
 import type { TlsSummary } from './net/tls-socket.js';
 
 // The contract between the composition root (app.ts) and each kind of route
@@ -33,6 +34,8 @@ export interface ConnectionInfo {
   readonly reused: boolean;
   /** The kernel's view of each socket, read back with getsockopt (null where not available). */
   readonly socketOptions?: { readonly client: SocketOptions | null; readonly upstream: SocketOptions | null };
+  /** TCP-family routes: the kernel's TCP_INFO of each socket (RTT, retransmissions, probes; null where not available). */
+  readonly tcpInfo?: { readonly client: TcpInfo | null; readonly upstream: TcpInfo | null };
   /** TCP-family routes: the TLS version and cipher of each side (null where that side is plaintext). */
   readonly tls?: { readonly client: TlsSummary | null; readonly upstream: TlsSummary | null };
 }

@@ -94,6 +94,25 @@ export class Metrics {
     labelNames: ['route'] as const,
     registers: [this.registry],
   });
+  readonly upstreamRtt = new FastHistogram({
+    name: `${PREFIX}upstream_rtt_seconds`,
+    help: 'tcp-family routes: the kernel\'s smoothed round-trip time of upstream connections (TCP_INFO tcpi_rtt), sampled every few seconds per connection.',
+    labelNames: ['route'] as const,
+    buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+    registers: [this.registry],
+  });
+  readonly keepaliveProbes = new client.Counter({
+    name: `${PREFIX}keepalive_probes_total`,
+    help: 'tcp-family routes: unanswered TCP keepalive probes seen on upstream connections (rises of TCP_INFO tcpi_probes between samples).',
+    labelNames: ['route'] as const,
+    registers: [this.registry],
+  });
+  readonly upstreamHalfOpen = new client.Counter({
+    name: `${PREFIX}upstream_half_open_total`,
+    help: 'tcp-family routes: upstream connections seen half-open (unacknowledged data and retransmissions growing over consecutive TCP_INFO samples), before the kernel gives up on them.',
+    labelNames: ['route'] as const,
+    registers: [this.registry],
+  });
   readonly poolActive = new client.Gauge({
     name: `${PREFIX}pool_active`,
     help: 'Upstream connections from the pool serving a client or request now.',

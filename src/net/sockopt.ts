@@ -38,7 +38,7 @@ export interface SocketOptions {
 // binaries for those, and isLinuxAbi() below refuses them anyway.
 const SOL_SOCKET = 1;
 const SO_KEEPALIVE = 9;
-const IPPROTO_TCP = 6;
+export const IPPROTO_TCP = 6;
 const TCP_NODELAY = 1;
 const TCP_KEEPIDLE = 4;
 const TCP_KEEPINTVL = 5;
@@ -57,7 +57,7 @@ export const KEEPALIVE_LIMITS = {
 /** libc's two calls, declared once, plus one reusable 4-byte value and length (native endianness). */
 interface NativeCalls {
   readonly setsockopt: (fd: number, level: number, name: number, value: Int32Array, length: number) => number;
-  readonly getsockopt: (fd: number, level: number, name: number, value: Int32Array, length: Uint32Array) => number;
+  readonly getsockopt: (fd: number, level: number, name: number, value: Int32Array | Uint8Array, length: Uint32Array) => number;
   readonly errno: () => number;
 }
 
@@ -245,6 +245,23 @@ export function readSocketOptions(socket: Socket): SocketOptions | null {
     return null;
   }
   return { keepalive: keepalive !== 0, idleSeconds, intervalSeconds, count, userTimeoutMs, noDelay: noDelay !== 0 };
+}
+
+/**
+ * getsockopt of a struct option (TCP_INFO) into the caller's buffer: the number of bytes the
+ * kernel wrote (an older kernel writes a shorter struct), or null when not native or closed.
+ */
+export function readSockoptBytes(socket: Socket, level: number, name: number, into: Uint8Array): number | null {
+  const native = nativeCalls();
+  if (!native) return null;
+  const fd = fdOf(socket);
+  if (fd === null) return null;
+  intLength[0] = into.byteLength;
+  if (native.getsockopt(fd, level, name, into, intLength) !== 0) {
+    lastError = `getsockopt(${name}): ${errnoName(native.errno())}`;
+    return null;
+  }
+  return intLength[0]!;
 }
 
 /** Log once per process (warn) when the platform can't do it. */

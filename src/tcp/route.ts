@@ -20,6 +20,8 @@ import type tls from 'node:tls';
 import { createRouteLearner, type RouteLearner } from '../heartbeat/route-learner.js';
 import { formatHostPort } from '../config/hostport.js';
 import { resetOrDestroy, START_PAUSED } from '../net/internals.js';
+import { readTcpInfo } from '../net/tcp-info.js';
+import { KernelWatch } from './kernel-watch.js';
 
 /** Every accepted client socket: half-open allowed, not read until its upstream is ready. */
 const ACCEPTED_SOCKET = { options: { allowHalfOpen: true, ...START_PAUSED, onread: sharedOnread }, context: null };
@@ -65,6 +67,8 @@ class TcpRoute implements RouteHandle {
   readonly #sockopt: SockoptRefusals;
   readonly #acceptErrors: BurstLog;
   readonly #refusedHeartbeats: BurstLog;
+  /** TCP_INFO of the upstream sockets, sampled on the tick: RTT, probes, half-open. */
+  readonly #kernelWatch: KernelWatch;
 
   constructor(config: RouteConfig, deps: RouteDeps) {
     this.name = config.name;
@@ -82,6 +86,7 @@ class TcpRoute implements RouteHandle {
     });
     this.#clientTlsFailures = new BurstLog(deps.log, deps.clock, { level: 'warn', msg: 'client TLS failed; closing client' });
     this.#sockopt = new SockoptRefusals(this.name, deps);
+    this.#kernelWatch = new KernelWatch(this.name, deps);
     this.#upstream = new UpstreamSource(config, this.#codec, deps, this.#metrics, this.#sockopt);
     this.#server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, (socket) => this.#accept(socket));
     this.#acceptErrors = watchListenerErrors(this.#server, this.name, this.#metrics, deps);
@@ -174,7 +179,7 @@ class TcpRoute implements RouteHandle {
       for (const session of this.#sessions.keys()) session.destroy(reason);
     }
     this.#metrics.flush();
-    for (const burst of [this.#connectFailures, this.#evictions, this.#acceptErrors, this.#clientTlsFailures, this.#sockopt]) burst.flush();
+    for (const burst of [this.#connectFailures, this.#evictions, this.#acceptErrors, this.#clientTlsFailures, this.#sockopt, this.#kernelWatch]) burst.flush();
     this.#learner?.close();
     this.#learner = null;
     this.#unsubscribe?.();
@@ -197,6 +202,7 @@ class TcpRoute implements RouteHandle {
       bytesDownstream: s.bytesDown,
       reused: s.reused,
       socketOptions: { client: readSocketOptions(tcpOf(s.down)), upstream: readSocketOptions(tcpOf(s.up)) },
+      tcpInfo: { client: readTcpInfo(tcpOf(s.down)), upstream: readTcpInfo(tcpOf(s.up)) },
       tls: { client: tlsSummary(s.down), upstream: tlsSummary(s.up) },
     }));
   }
@@ -205,6 +211,7 @@ class TcpRoute implements RouteHandle {
     this.#metrics.flush();
     this.#learner?.tick(now);
     for (const session of this.#sessions.keys()) session.tick(now);
+    this.#kernelWatch.tick(now, this.#sessions.keys());
     this.#upstream.tick(now);
   }
 

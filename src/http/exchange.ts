@@ -558,6 +558,7 @@ export class Exchange implements PoolWaiter, BodySink {
     if (this.#mayRetry()) {
       const reason = error?.code ? error.code.toLowerCase() : 'peer_closed';
       this.#host.retried(reason);
+      this.#request.origin.closedUnderRequest(connection);
       if (this.#host.log.isLevelEnabled('debug')) {
         this.#host.log.debug({ route: this.#host.route, method: this.#request.method, reason }, 'reused upstream connection failed before the response; retrying on a fresh one');
       }

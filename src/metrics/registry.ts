@@ -202,6 +202,12 @@ export class Metrics {
     labelNames: ['route', 'reason'] as const,
     registers: [this.registry],
   });
+  readonly poolLearnedIdleTimeout = new client.Gauge({
+    name: `${PREFIX}pool_learned_idle_timeout_seconds`,
+    help: 'HTTP routes: the shortest idle age at which the upstream was seen closing a pooled keep-alive connection; the pool parks connections for less. Absent until learned.',
+    labelNames: ['route'] as const,
+    registers: [this.registry],
+  });
   readonly tlsHandshakes = new client.Counter({
     name: `${PREFIX}tls_handshakes_total`,
     help: 'TLS handshakes completed, by side and whether the session was resumed (upstream, client, true, false).',

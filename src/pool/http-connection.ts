@@ -49,6 +49,8 @@ export class PooledConnection {
   parkedTurn = -1;
   /** The upstream's advertised idle limit, ms; 0 = none advertised. */
   keepAliveHintMs = 0;
+  /** How long it sat parked before the request it serves now, ms (0: a fresh connection). */
+  idleBeforeUseMs = 0;
   #user: ConnectionUser | null = null;
   #closeReason: EvictionReason | null = null;
   #errorReason: EvictionReason | null = null;

@@ -9,6 +9,7 @@ import { dialUpstream, type DialAttempt, type DialSettings, type DialTarget } fr
 import { TlsSessionCache } from '../net/tls-sessions.js';
 import { atNextTurn, currentTurn, markTurn, type NextTurnTask } from './loop-turn.js';
 import { formatHostPort } from '../config/hostport.js';
+import { CloseAfterIdle } from './close-after-idle.js';
 
 // The persistent upstream pool of an HTTP route: keep-alive connections reused by every
 // request of every client, whatever the clients do with their own connections.
@@ -28,6 +29,8 @@ import { formatHostPort } from '../config/hostport.js';
 //    this turn already polled have run, so a FIN that arrived meanwhile is seen first
 //    (undici; loop-turn.ts says why a socket parked in this very turn needs no wait);
 //  - `Keep-Alive: timeout=N` from the upstream lowers the idle limit below N;
+//  - so does the shortest idle age at which the upstream was seen closing a connection
+//    (close-after-idle.ts), for backends that close sooner than they advertise;
 //  - a request that failed on a reused socket before any response byte is retried once
 //    on a fresh connection by the caller (http/exchange.ts), which asks for one here.
 
@@ -56,6 +59,9 @@ export interface PoolWaiter extends ConnectionUser {
   readonly abandoned: boolean;
 }
 
+/** Origins whose close-after-idle a pool remembers at once. */
+const MAX_LEARNED_ORIGINS = 1024;
+
 /** How early, before the upstream's advertised idle limit, a parked socket goes. */
 function hintMarginMs(hintMs: number): number {
   return Math.min(1000, hintMs / 2);
@@ -78,6 +84,9 @@ export class HttpPool {
   #lastOrigin: OriginPool | null = null;
   #unsubscribe: (() => void) | null;
   #closing: EvictionReason | null = null;
+  /** Close-after-idle learned per origin key: it outlives an origin's pool (dropped when it has no connection left). */
+  readonly #closeAfterIdle = new Map<string, CloseAfterIdle>();
+  #shownCloseAfterIdleMs = Infinity;
 
   constructor(options: HttpPoolOptions) {
     this.route = options.route;
@@ -139,30 +148,67 @@ export class HttpPool {
     this.#maybeFinished();
   }
 
-  /** The idle limit for a parked connection, ms (Infinity = none; <= 0 = do not park). */
-  idleLimitMs(connection: PooledConnection): number {
+  /**
+   * The idle limit for a parked connection, ms (Infinity = none; <= 0 = do not park): the
+   * configured idleTimeout, below the upstream's advertised limit and below `closesAfterMs`,
+   * the shortest idle age at which this origin was seen closing a connection.
+   */
+  idleLimitMs(connection: PooledConnection, closesAfterMs: number): number {
     const configured = this.settings.pool.idleTimeoutMs > 0 ? this.settings.pool.idleTimeoutMs : Infinity;
-    const hint = connection.keepAliveHintMs;
-    if (hint <= 0) return configured;
+    const hint = connection.keepAliveHintMs > 0 ? connection.keepAliveHintMs : Infinity;
+    const upstreamLimit = Math.min(hint, closesAfterMs);
+    if (upstreamLimit === Infinity) return configured;
+    return Math.min(configured, this.parkLimitBelow(upstreamLimit));
+  }
+
+  /** How long a connection may stay parked when the upstream closes idle ones at `upstreamLimitMs`. */
+  parkLimitBelow(upstreamLimitMs: number): number {
     // Go before the upstream does, by a margin and by one tick of the coarse clock that runs the check.
-    return Math.min(configured, hint - hintMarginMs(hint) - this.clock.periodMs);
+    return upstreamLimitMs - hintMarginMs(upstreamLimitMs) - this.clock.periodMs;
+  }
+
+  /** @internal The shortest idle age at which the origin `key` closed a pooled connection, ms (Infinity: none in force). */
+  closesAfterIdleMs(key: string, now: number): number {
+    if (this.#closeAfterIdle.size === 0) return Infinity;
+    return this.#closeAfterIdle.get(key)?.shortestMs(now) ?? Infinity;
+  }
+
+  /** @internal The origin `key` closed a connection idle for `ageMs`; true when that lowered what is known. */
+  observeCloseAfterIdle(key: string, ageMs: number, now: number): boolean {
+    let learned = this.#closeAfterIdle.get(key);
+    if (!learned) {
+      // Bounded: a forward route may meet any number of origins; the oldest entry goes.
+      if (this.#closeAfterIdle.size >= MAX_LEARNED_ORIGINS) this.#closeAfterIdle.delete(this.#closeAfterIdle.keys().next().value!);
+      learned = new CloseAfterIdle();
+      this.#closeAfterIdle.set(key, learned);
+    }
+    return learned.observe(ageMs, now);
+  }
+
+  /** pool_learned_idle_timeout_seconds: the shortest close-after-idle of the route's origins (removed when none). */
+  #showCloseAfterIdle(shortestMs: number): void {
+    if (shortestMs === this.#shownCloseAfterIdleMs) return;
+    this.#shownCloseAfterIdleMs = shortestMs;
+    const gauge = this.metrics.registry.poolLearnedIdleTimeout;
+    if (shortestMs === Infinity) gauge.remove(this.route);
+    else gauge.labels(this.route).set(shortestMs / 1000);
   }
 
   /** Why a connection coming back from a request must not be parked, or null. */
-  retireReason(connection: PooledConnection, now: number): EvictionReason | null {
+  retireReason(connection: PooledConnection, now: number, closesAfterMs: number): EvictionReason | null {
     const { maxRequests, maxAgeMs } = this.settings.pool;
     if (this.#closing) return this.#closing;
     if (!connection.usable) return 'peer_closed';
     if (maxRequests > 0 && connection.requests >= maxRequests) return 'max_requests';
     if (maxAgeMs > 0 && now - connection.createdAt >= maxAgeMs) return 'max_age';
-    if (connection.keepAliveHintMs > 0 && this.idleLimitMs(connection) <= 0) return 'idle_timeout';
+    if (this.idleLimitMs(connection, closesAfterMs) <= 0) return 'idle_timeout';
     return null;
   }
 
   /** Why a parked connection must go now, or null. */
-  expiryReason(connection: PooledConnection, now: number): EvictionReason | null {
+  expiryReason(connection: PooledConnection, now: number, closesAfterMs: number): EvictionReason | null {
     const { maxAgeMs } = this.settings.pool;
-    if (now - connection.idleSince >= this.idleLimitMs(connection)) return 'idle_timeout';
+    if (now - connection.idleSince >= this.idleLimitMs(connection, closesAfterMs)) return 'idle_timeout';
     if (maxAgeMs > 0 && now - connection.createdAt >= maxAgeMs) return 'max_age';
     return null;
   }
@@ -174,6 +220,13 @@ export class HttpPool {
       this.#origins.delete(key);
       if (origin === this.#lastOrigin) this.#lastOrigin = null;
     }
+    let shortestMs = Infinity;
+    for (const [key, learned] of this.#closeAfterIdle) {
+      const ms = learned.shortestMs(now);
+      if (ms === Infinity) this.#closeAfterIdle.delete(key);
+      else shortestMs = Math.min(shortestMs, ms);
+    }
+    this.#showCloseAfterIdle(shortestMs);
   }
 
   #maybeFinished(): void {
@@ -234,6 +287,19 @@ export class OriginPool {
     return this.#description;
   }
 
+  /** The shortest idle age at which this origin closed a pooled connection, ms (Infinity: none seen). */
+  closesAfterIdleMs(now: number): number {
+    return this.#pool.closesAfterIdleMs(this.key, now);
+  }
+
+  /**
+   * A reused connection failed before any response byte (the request is retried): the
+   * upstream closed it after it had sat idle `idleBeforeUseMs`.
+   */
+  closedUnderRequest(connection: PooledConnection): void {
+    this.#learnCloseAfterIdle(connection.idleBeforeUseMs);
+  }
+
   /** A connection for `waiter`, now or later; `fresh` asks for a new one (a retry). */
   acquire(waiter: PoolWaiter, fresh: boolean): void {
     this.#waiters.push({ waiter, fresh });
@@ -247,7 +313,8 @@ export class OriginPool {
   release(connection: PooledConnection): void {
     if (connection.state !== 'busy') return;
     connection.detach();
-    const reason = this.#pool.retireReason(connection, this.#pool.clock.now());
+    const now = this.#pool.clock.now();
+    const reason = this.#pool.retireReason(connection, now, this.closesAfterIdleMs(now));
     if (reason) {
       connection.close(reason);
       return;
@@ -267,8 +334,9 @@ export class OriginPool {
   }
 
   evictExpired(now: number): void {
+    const closesAfterMs = this.closesAfterIdleMs(now);
     for (const connection of [...this.#idle]) {
-      const reason = this.#pool.expiryReason(connection, now);
+      const reason = this.#pool.expiryReason(connection, now, closesAfterMs);
       if (reason) connection.close(reason);
     }
   }
@@ -320,7 +388,7 @@ export class OriginPool {
       if (!connection.usable) reason = 'peer_closed';
       else {
         now ||= this.#pool.clock.now();
-        reason = this.#pool.expiryReason(connection, now);
+        reason = this.#pool.expiryReason(connection, now, this.closesAfterIdleMs(now));
       }
       if (!reason) return connection;
       connection.state = 'closed';
@@ -405,6 +473,7 @@ export class OriginPool {
 
   #assign(connection: PooledConnection, waiter: PoolWaiter, reused: boolean): void {
     connection.requests++;
+    connection.idleBeforeUseMs = reused ? this.#pool.clock.now() - connection.idleSince : 0;
     connection.keepAliveHintMs = 0;
     this.#pool.handedOut(reused);
     connection.attach(waiter);
@@ -423,7 +492,12 @@ export class OriginPool {
   }
 
   #closed(connection: PooledConnection, was: ConnectionState): void {
-    if (was === 'idle') this.#removeIdle(connection);
+    if (was === 'idle') {
+      this.#removeIdle(connection);
+      if (closedByUpstream(connection.closeReason) && !this.#longerIdleStillOpen(connection)) {
+        this.#learnCloseAfterIdle(this.#pool.clock.now() - connection.idleSince);
+      }
+    }
     else if (was === 'busy') {
       this.#busy.delete(connection);
       this.#pool.moved('busy', null);
@@ -431,6 +505,33 @@ export class OriginPool {
     this.#pool.evicted(connection, connection.closeReason);
     if (this.#waiters.length > 0) this.#dispatch();
   }
+
+  #learnCloseAfterIdle(ageMs: number): void {
+    // An age with no room for a parking limit below it (the margin and a clock tick) is not
+    // learned: it would end reuse altogether, on what may be a restart as much as an idle
+    // timeout; the idle watch, the one-turn wait and the retry handle such closes as before.
+    const idleLimitMs = this.#pool.parkLimitBelow(ageMs);
+    if (idleLimitMs <= 0) return;
+    const now = this.#pool.clock.now();
+    if (!this.#pool.observeCloseAfterIdle(this.key, ageMs, now)) return;
+    this.#pool.log?.info(
+      { route: this.#pool.route, upstream: this.#description, closedAfterIdleMs: ageMs, idleLimitMs },
+      'upstream closes idle connections sooner than the pool kept them: parking them for less from now on',
+    );
+  }
+
+  /**
+   * A parked connection that has been idle longer than `connection` is still open: this close
+   * was not the upstream's idle timeout (a restart closes them all, in any order).
+   */
+  #longerIdleStillOpen(connection: PooledConnection): boolean {
+    return this.#idle.some((other) => other.idleSince < connection.idleSince && other.usable);
+  }
+}
+
+/** The upstream ended the connection (FIN or RST), rather than the proxy. */
+function closedByUpstream(reason: EvictionReason): boolean {
+  return reason === 'peer_closed' || reason === 'peer_reset';
 }
 
 function originKey(target: DialTarget): string {

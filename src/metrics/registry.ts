@@ -109,7 +109,7 @@ export class Metrics {
   });
   readonly upstreamHalfOpen = new client.Counter({
     name: `${PREFIX}upstream_half_open_total`,
-    help: 'tcp-family routes: upstream connections seen half-open (unacknowledged data and retransmissions growing over consecutive TCP_INFO samples), before the kernel gives up on them.',
+    help: 'tcp-family routes: upstream connections seen half-open (unacknowledged data and retransmission timeouts in a row growing over TCP_INFO samples), before the kernel gives up on them.',
     labelNames: ['route'] as const,
     registers: [this.registry],
   });

@@ -12,8 +12,10 @@ import { tcpOf } from '../net/tls-socket.js';
 // whatever the number of connections. From each sample:
 //   - upstream_rtt_seconds observes the kernel's smoothed RTT;
 //   - keepalive_probes_total counts rises of unanswered keepalive probes;
-//   - unacknowledged data with retransmissions growing in HALF_OPEN_SAMPLES samples in a
-//     row is a half-open upstream (a blackholed path, a peer gone without a RST): one
+//   - unacknowledged data with the count of retransmission timeouts in a row (tcpi_retransmits:
+//     back to 0 as soon as an ACK makes progress, so a lossy but live path rarely shows it)
+//     growing in HALF_OPEN_SAMPLES samples in a row is a half-open upstream (a blackholed
+//     path, a peer gone without a RST): one
 //     folded log line and upstream_half_open_total, long before the kernel gives up
 //     (tcp_retries2: about 15 minutes without a user timeout). A suspect is sampled
 //     every SUSPECT_EVERY_MS so the verdict comes in seconds.
@@ -21,7 +23,7 @@ import { tcpOf } from '../net/tls-socket.js';
 const SAMPLE_EVERY_MS = 5_000;
 const SUSPECT_EVERY_MS = 1_000;
 const MAX_SAMPLES_PER_TICK = 64;
-/** Consecutive samples with unacked data and more retransmissions than the sample before. */
+/** Samples with unacked data and more timeouts in a row than the sample before, with no progress between them. */
 const HALF_OPEN_SAMPLES = 2;
 
 /** What the watch needs of a session: its id and its upstream socket (TLS or TCP). */
@@ -32,9 +34,9 @@ export interface WatchedConnection {
 
 interface Previous {
   dueAt: number;
-  totalRetrans: number;
+  retransmits: number;
   probes: number;
-  /** Samples in a row with unacked data and growing retransmissions. */
+  /** Samples in a row with unacked data and growing retransmission timeouts. */
   growing: number;
   reported: boolean;
 }
@@ -81,10 +83,12 @@ export class KernelWatch {
   #sampled(connection: WatchedConnection, tcp: net.Socket, info: TcpInfo, previous: Previous | undefined, now: number): void {
     // tcpi_rtt is 0 until the first RTT measurement.
     if (info.rttUs > 0) this.#rtt.observe(info.rttUs / 1e6);
-    const state = previous ?? { dueAt: 0, totalRetrans: info.totalRetrans, probes: 0, growing: 0, reported: false };
+    const state = previous ?? { dueAt: 0, retransmits: 0, probes: 0, growing: 0, reported: false };
     if (info.probes > state.probes) this.#probes.inc(info.probes - state.probes);
-    if (info.unacked > 0 && info.totalRetrans > state.totalRetrans) state.growing++;
-    else if (info.unacked === 0) {
+    if (info.unacked > 0 && info.retransmits > 0) {
+      // Backoff doubles the timeout: a sample may fall between two; no progress keeps the streak.
+      if (info.retransmits > state.retransmits) state.growing++;
+    } else {
       state.growing = 0;
       state.reported = false;
     }
@@ -102,7 +106,7 @@ export class KernelWatch {
         rttUs: info.rttUs,
       });
     }
-    state.totalRetrans = info.totalRetrans;
+    state.retransmits = info.retransmits;
     state.probes = info.probes;
     state.dueAt = now + (state.growing > 0 && !state.reported ? SUSPECT_EVERY_MS : SAMPLE_EVERY_MS);
     if (!previous) this.#previous.set(tcp, state);

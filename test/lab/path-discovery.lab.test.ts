@@ -1,0 +1,285 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { MAIN, sample } from '../helpers/proxy.js';
+import { sleep, until } from '../helpers/wait.js';
+import { startAgent, type Agent } from './agent.js';
+import { installFirewall, type Firewall } from './firewall.js';
+import { startLoadBalancer, type LoadBalancer } from './lb.js';
+import { ADDRESSES, createLab, inNs, type Lab } from './netns.js';
+import { reportFailure, startProxyInNs, type ProxyInNs } from './proxy-in-ns.js';
+
+// Knowing the path (issue 11), in the namespace lab, against the two middleboxes that forget
+// idle flows:
+//   - a conntrack firewall (established timeout T, silent drop afterwards), forwarding;
+//   - a payload-counting load balancer (HAProxy mode tcp, timeout client/server T: it closes).
+// For each: `discover` brackets T within +-1 s in under a minute; a route with
+// `heartbeat: { every: auto }` converges to an interval in [T/2, T) while a client idling 20 s
+// keeps its session (nothing lost while learning); after a restart with the same stateDir
+// the learned interval is in force within seconds.
+// Then kernel truth: with the firewall blackholing, data the proxy sent upstream stays
+// unacknowledged and the proxy reports the half-open upstream from TCP_INFO long before the
+// kernel gives up.
+
+const isRoot = process.getuid?.() === 0;
+if (!isRoot) {
+  console.warn('test/lab/path-discovery.lab.test.ts skipped: the middlebox lab needs root (ip netns, nftables, haproxy)');
+}
+
+const TIMEOUT_S = 4;
+const CLIENT_IDLE_MS = 20_000;
+const PROXY_PORT = 15_100;
+const LB_PORT = 8_100;
+const ROUTE = 'path';
+const PROBE = 'kp-path-probe\n';
+
+interface Middlebox {
+  /** Where the proxy and discover dial: the server itself behind the firewall, the LB's frontend. */
+  readonly upstream: string;
+  describe(): Promise<string>;
+  stop(): Promise<void>;
+}
+
+function proxyYaml(upstream: string, stateDir: string, extra = ''): string {
+  return `
+admin:
+  listen: {{admin}}
+log:
+  level: info
+shutdownTimeout: 2s
+stateDir: ${stateDir}
+defaults:
+  keepalive:
+    client: { idle: 60s, interval: 10s, count: 6 }
+    # Kernel probes far apart: only the heartbeats keep the path, as behind a real LB.
+    upstream: { idle: 60s, interval: 10s, count: 3 }
+routes:
+  - name: ${ROUTE}
+    listen: 127.0.0.1:${PROXY_PORT}
+    upstream: ${upstream}
+    heartbeat: { every: auto, min: 1s, max: 20s, timeout: 1s, send: ${JSON.stringify(PROBE)}, expect: ${JSON.stringify(PROBE)} }
+${extra}`;
+}
+
+interface DiscoverRun {
+  readonly elapsedMs: number;
+  readonly result: { upstream: string; idleTimeoutSeconds: { min: number; max: number } | null; recommended: { heartbeatEvery: string; keepaliveIdle: string } };
+  readonly stderr: string;
+}
+
+async function discoverIn(ns: string, upstream: string): Promise<DiscoverRun> {
+  const started = Date.now();
+  const { stdout, stderr } = await inNs(
+    ns,
+    process.execPath,
+    [MAIN, 'discover', '--upstream', upstream, '--protocol', 'tcp', '--send', PROBE, '--expect', PROBE, '--max', '2m', '--probe-timeout', '1s', '--json'],
+    90_000,
+  );
+  const lines = stdout.trim().split('\n');
+  return { elapsedMs: Date.now() - started, result: JSON.parse(lines[lines.length - 1]!) as DiscoverRun['result'], stderr };
+}
+
+/** The three claims of the brief against one middlebox. */
+function pathTests(name: string, setup: () => Promise<{ lab: Lab; box: Middlebox }>): void {
+  describe.skipIf(!isRoot)(`knowing the path through ${name} (idle timeout ${TIMEOUT_S} s)`, () => {
+    let lab: Lab;
+    let box: Middlebox;
+    let client: Agent;
+    let proxy: ProxyInNs | null = null;
+    let stateDir: string;
+    const figures: string[] = [];
+
+    beforeAll(async () => {
+      ({ lab, box } = await setup());
+      client = await startAgent(lab.client);
+      stateDir = mkdtempSync(join(tmpdir(), 'kp-lab-state-'));
+    }, 60_000);
+
+    afterEach(async (context) => {
+      await reportFailure(context, proxy, { middlebox: () => box.describe() });
+      await proxy?.stop();
+      proxy = null;
+    });
+
+    afterAll(async () => {
+      if (figures.length > 0) console.log(`[lab] ${name}:\n${figures.join('\n')}`);
+      await client?.stop();
+      await box?.stop();
+      await lab?.destroy();
+      if (stateDir) rmSync(stateDir, { recursive: true, force: true });
+    });
+
+    it('discover brackets the idle timeout within 1 s, in under a minute', async () => {
+      const run = await discoverIn(lab.client, box.upstream);
+      figures.push(`  discover: ${JSON.stringify(run.result)} in ${run.elapsedMs} ms`);
+      expect(run.result.idleTimeoutSeconds, run.stderr).not.toBeNull();
+      const { min, max } = run.result.idleTimeoutSeconds!;
+      expect(min).toBeGreaterThanOrEqual(TIMEOUT_S - 1);
+      expect(max).toBeLessThanOrEqual(TIMEOUT_S + 1);
+      expect(min).toBeLessThanOrEqual(max);
+      expect(run.elapsedMs).toBeLessThan(60_000);
+    }, 100_000);
+
+    it('every: auto converges to [T/2, T) while an idle client keeps its session, and a restart keeps the interval', async () => {
+      proxy = await startProxyInNs(lab.client, proxyYaml(box.upstream, stateDir), client);
+      const interval = async (running: ProxyInNs): Promise<number> => sample(await running.metrics(), 'keepalive_proxy_heartbeat_interval_seconds', { route: ROUTE });
+      const conn = await client.connect('127.0.0.1', PROXY_PORT);
+      await client.roundTrip(conn, 'before the silence\n', 3_000);
+      const idleFrom = client.node.mark();
+      const started = Date.now();
+      expect(await interval(proxy)).toBe(1);
+
+      const learned = await until(
+        async () => {
+          const seconds = await interval(proxy!);
+          return seconds >= TIMEOUT_S / 2 && seconds < TIMEOUT_S ? seconds : null;
+        },
+        45_000,
+        `a learned interval in [${TIMEOUT_S / 2}, ${TIMEOUT_S}) s`,
+        500,
+      );
+      const convergedMs = Date.now() - started;
+      // The client stays silent for the whole CLIENT_IDLE_MS (learning included).
+      await sleep(Math.max(0, CLIENT_IDLE_MS - (Date.now() - started)));
+      expect(await client.waitClosed(conn, 100, idleFrom), 'the idle client was never closed').toBeNull();
+      await client.roundTrip(conn, 'after the silence\n', 3_000);
+      const metrics = await proxy.metrics();
+      const pathIdle = sample(metrics, 'keepalive_proxy_path_idle_timeout_seconds', { route: ROUTE });
+      expect(pathIdle).toBeGreaterThan(0);
+      expect(pathIdle).toBeLessThan(TIMEOUT_S + 0.5);
+      for (const reason of ['heartbeat_timeout', 'keepalive_timeout', 'peer_closed', 'peer_reset']) {
+        expect(sample(metrics, 'keepalive_proxy_evictions_total', { route: ROUTE, reason }), `no client lost (${reason})`).toBe(0);
+      }
+      figures.push(`  every: auto: ${learned} s after ${convergedMs} ms (path proven idle ${pathIdle} s); client idle ${CLIENT_IDLE_MS} ms kept its session`);
+      await client.destroy(conn);
+      await proxy.stop();
+
+      const restartedAt = Date.now();
+      proxy = await startProxyInNs(lab.client, proxyYaml(box.upstream, stateDir), client);
+      const restored = await interval(proxy);
+      const inForceMs = Date.now() - restartedAt;
+      expect(restored).toBeGreaterThanOrEqual(TIMEOUT_S / 2);
+      expect(restored).toBeLessThan(TIMEOUT_S);
+      expect(Math.abs(restored - learned)).toBeLessThanOrEqual(0.5);
+      expect(inForceMs).toBeLessThan(10_000);
+      // In force, not only shown: a client idling past the timeout keeps its session at once.
+      const again = await client.connect('127.0.0.1', PROXY_PORT);
+      await client.roundTrip(again, 'restarted\n', 3_000);
+      await sleep(2 * TIMEOUT_S * 1_000);
+      await client.roundTrip(again, 'still here\n', 3_000);
+      await client.destroy(again);
+      figures.push(`  restart with the same stateDir: ${restored} s in force ${inForceMs} ms after the start`);
+    }, 120_000);
+  });
+}
+
+pathTests('a conntrack firewall', async () => {
+  const lab = await createLab({ forwarding: true });
+  const firewall = await installFirewall(lab.middle, { establishedTimeoutSeconds: TIMEOUT_S });
+  const server = await startAgent(lab.server);
+  const port = await server.listenEcho(ADDRESSES.server);
+  return {
+    lab,
+    box: { upstream: `${ADDRESSES.server}:${port}`, describe: () => firewall.ruleset(), stop: () => server.stop() },
+  };
+});
+
+pathTests('a payload-counting load balancer', async () => {
+  const lab = await createLab({ forwarding: false });
+  const server = await startAgent(lab.server);
+  const port = await server.listenEcho(ADDRESSES.server);
+  const lb: LoadBalancer = await startLoadBalancer(lab.middle, {
+    listenHost: ADDRESSES.middleClientSide,
+    listenPort: LB_PORT,
+    upstreamHost: ADDRESSES.server,
+    upstreamPort: port,
+    idleTimeoutMs: TIMEOUT_S * 1_000,
+  });
+  return {
+    lab,
+    box: {
+      upstream: `${ADDRESSES.middleClientSide}:${LB_PORT}`,
+      describe: async () => lb.output(),
+      stop: async () => {
+        await lb.stop();
+        await server.stop();
+      },
+    },
+  };
+});
+
+describe.skipIf(!isRoot)('kernel truth: a half-open upstream behind a blackholing firewall', () => {
+  let lab: Lab;
+  let firewall: Firewall;
+  let server: Agent;
+  let client: Agent;
+  let proxy: ProxyInNs | null = null;
+
+  beforeAll(async () => {
+    lab = await createLab({ forwarding: true });
+    firewall = await installFirewall(lab.middle, { establishedTimeoutSeconds: 60 });
+    server = await startAgent(lab.server);
+    client = await startAgent(lab.client);
+  }, 60_000);
+
+  afterEach(async (context) => {
+    await reportFailure(context, proxy, { firewall: () => firewall.ruleset() });
+    await proxy?.stop();
+    proxy = null;
+    await firewall?.blackhole(false);
+  });
+
+  afterAll(async () => {
+    await client?.stop();
+    await server?.stop();
+    await lab?.destroy();
+  });
+
+  it('reports the half-open upstream from TCP_INFO while the kernel is still retransmitting', async () => {
+    const port = await server.listenEcho(ADDRESSES.server);
+    // userTimeout 60s: the kernel would give up after a minute; the report must come well before.
+    const yaml = `
+admin:
+  listen: {{admin}}
+log:
+  level: info
+shutdownTimeout: 2s
+defaults:
+  keepalive:
+    upstream: { idle: 60s, interval: 10s, count: 3 }
+  userTimeout: 60s
+routes:
+  - name: ${ROUTE}
+    listen: 127.0.0.1:${PROXY_PORT}
+    upstream: ${ADDRESSES.server}:${port}
+`;
+    proxy = await startProxyInNs(lab.client, yaml, client);
+    const conn = await client.connect('127.0.0.1', PROXY_PORT);
+    await client.roundTrip(conn, 'hello\n', 3_000);
+    const before = (await proxy.connections()).find((row) => row['route'] === ROUTE) as { tcpInfo: { upstream: { rttUs: number; totalRetrans: number } } };
+    expect(before.tcpInfo.upstream.rttUs).toBeGreaterThan(0);
+    expect(before.tcpInfo.upstream.totalRetrans).toBe(0);
+
+    await firewall.blackhole(true);
+    const since = client.node.mark();
+    const blackholedAt = Date.now();
+    await client.write(conn, 'into the void\n');
+    const halfOpen = await until(
+      async () => sample(await proxy!.metrics(), 'keepalive_proxy_upstream_half_open_total', { route: ROUTE }) === 1,
+      20_000,
+      'upstream_half_open_total == 1',
+      250,
+    ).then(() => Date.now() - blackholedAt);
+    const line = proxy.logLinesWith('upstream half-open');
+    expect(line, 'one log line names the half-open upstream').toHaveLength(1);
+    expect(line[0]).toContain(`"upstream":"${ADDRESSES.server}:${port}"`);
+    const row = (await proxy.connections()).find((r) => r['route'] === ROUTE) as { tcpInfo: { upstream: { unacked: number; totalRetrans: number } } } | undefined;
+    expect(row, 'reported while the session is still open: before the kernel gave up').toBeDefined();
+    expect(row!.tcpInfo.upstream.unacked).toBeGreaterThan(0);
+    expect(row!.tcpInfo.upstream.totalRetrans).toBeGreaterThanOrEqual(2);
+    expect(await client.waitClosed(conn, 100, since)).toBeNull();
+    console.log(`[lab] half-open upstream reported ${halfOpen} ms after the blackhole (kernel user timeout 60 s): ${line[0]}`);
+    await client.destroy(conn);
+  }, 60_000);
+});

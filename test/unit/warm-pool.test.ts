@@ -4,14 +4,12 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { Clock } from '../../src/clock.js';
 import { parseConfigText } from '../../src/config/load.js';
 import type { RouteConfig } from '../../src/config/schema.js';
-import { Metrics } from '../../src/metrics/registry.js';
-import { RouteMetrics } from '../../src/metrics/route-metrics.js';
 import { readInto } from '../../src/net/shared-reads.js';
 import { codecFor } from '../../src/protocols/registry.js';
 import { UpstreamSource, type Lease } from '../../src/tcp/upstream.js';
 import { listen0 } from '../helpers/net.js';
-import { parseMetrics, sample } from '../helpers/proxy.js';
 import { Received } from '../helpers/pairs.js';
+import { testRouteMetrics, type TestRouteMetrics } from '../helpers/route-metrics.js';
 import { until } from '../helpers/wait.js';
 
 // src/tcp/upstream.ts (the warm pool of a TCP-family route) against a real upstream
@@ -52,22 +50,15 @@ function routeConfig(upstreamPort: number, extra: string, protocol = 'tcp'): Rou
 
 interface Pool {
   readonly source: UpstreamSource;
-  metric(name: string, labels?: Record<string, string>): Promise<number>;
+  readonly metric: TestRouteMetrics['metric'];
 }
 
 function pool(config: RouteConfig): Pool {
-  const metrics = new Metrics(false);
-  const routeMetrics = new RouteMetrics(metrics, config.name);
-  const deps = { metrics, log: pino({ level: 'silent' }), clock: new Clock(), ownListeners: () => [] };
-  const source = new UpstreamSource(config, codecFor(config.protocol, { send: config.heartbeat?.send }), deps, routeMetrics);
+  const metrics = testRouteMetrics(config.name);
+  const deps = { metrics: metrics.registry, log: pino({ level: 'silent' }), clock: new Clock(), ownListeners: () => [] };
+  const source = new UpstreamSource(config, codecFor(config.protocol, { send: config.heartbeat?.send }), deps, metrics.route);
   cleanups.push(() => source.close('shutdown'));
-  return {
-    source,
-    metric: async (name, labels = {}) => {
-      routeMetrics.flush();
-      return sample(parseMetrics(await metrics.registry.metrics()), `keepalive_proxy_${name}`, { route: config.name, ...labels });
-    },
-  };
+  return { source, metric: metrics.metric };
 }
 
 async function leased(source: UpstreamSource): Promise<Lease> {

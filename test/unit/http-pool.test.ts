@@ -2,12 +2,13 @@ import type net from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ProxyError } from '../../src/errors.js';
 import { parseKeepAliveTimeoutMs, type PooledConnection } from '../../src/pool/http-connection.js';
-import { HttpPool, type OriginPool, type PoolWaiter } from '../../src/pool/http-pool.js';
+import type { HttpPool, OriginPool, PoolWaiter } from '../../src/pool/http-pool.js';
 import type { HttpPoolConfig } from '../../src/config/schema.js';
-import { ManualClock } from '../helpers/manual-clock.js';
+import { testHttpPool } from '../helpers/http-pool.js';
+import type { ManualClock } from '../helpers/manual-clock.js';
 import { listen0, freePort } from '../helpers/net.js';
 import { Received } from '../helpers/pairs.js';
-import { testRouteMetrics, type TestRouteMetrics } from '../helpers/route-metrics.js';
+import type { TestRouteMetrics } from '../helpers/route-metrics.js';
 import { sleep, until } from '../helpers/wait.js';
 
 // src/pool/http-pool.ts and http-connection.ts against a real upstream listener on
@@ -61,28 +62,12 @@ interface Fixture {
   served(fresh?: boolean): Promise<TestWaiter & { connection: PooledConnection }>;
 }
 
-const NO_LIMITS: HttpPoolConfig = { maxSockets: 0, idleTimeoutMs: 0, maxAgeMs: 0, maxRequests: 0 };
-
 async function fixture(limits: Partial<HttpPoolConfig> = {}, port?: number): Promise<Fixture> {
   const accepted: net.Socket[] = [];
   const upstream = await listen0((socket) => accepted.push(socket));
   cleanups.push(() => upstream.close());
-  const metrics = testRouteMetrics('web');
-  const clock = new ManualClock();
-  const pool = new HttpPool({
-    route: 'web',
-    settings: {
-      connectTimeoutMs: 5_000,
-      keepalive: { idleMs: 30_000, intervalMs: 5_000, count: 3 },
-      userTimeoutMs: 0,
-      noDelay: true,
-      pool: { ...NO_LIMITS, ...limits },
-    },
-    metrics: metrics.route,
-    clock: clock.asClock(),
-  });
+  const { pool, origin, clock, metric } = testHttpPool(port ?? upstream.port, limits);
   cleanups.push(() => pool.destroy('shutdown'));
-  const origin = pool.origin({ host: '127.0.0.1', port: port ?? upstream.port, tls: null });
   const served = async (fresh = false): Promise<TestWaiter & { connection: PooledConnection }> => {
     const waiter = new TestWaiter();
     origin.acquire(waiter, fresh);
@@ -90,7 +75,7 @@ async function fixture(limits: Partial<HttpPoolConfig> = {}, port?: number): Pro
     if (waiter.failure) throw waiter.failure;
     return waiter as TestWaiter & { connection: PooledConnection };
   };
-  return { pool, origin, clock, metric: metrics.metric, accepted, served };
+  return { pool, origin, clock, metric, accepted, served };
 }
 
 /** The upstream's end of a pooled connection. */

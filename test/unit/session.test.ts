@@ -345,7 +345,8 @@ describe('Session: deadlines on the tick', () => {
       const s = await spliced(withHeartbeat());
       s.session.tick(s.session.lastWireAt + 5_000);
       await until(() => s.atServer.length === PING.length, 5_000, 'probe at the server');
-      const chunks = Array.from({ length: random.int(1, 20) }, (_, i) => pattern(random.int(1, 3000), round * 100 + i));
+      // Up to ~400 KiB: more than one read takes, so bytes still queued in the kernel must follow the held ones.
+      const chunks = Array.from({ length: random.int(1, 20) }, (_, i) => pattern(random.int(1, 20_000), round * 100 + i));
       const expected = Buffer.concat(chunks);
       for (const chunk of chunks) {
         s.client.write(chunk);

@@ -4,7 +4,7 @@
 // connection at thousands of them (BENCHMARKS.md). npm start and the Docker image pass it too.
 import { createApp, type App } from './app.js';
 import { parseCli } from './config/cli.js';
-import { ConfigError, formatIssues, loadConfigFile } from './config/load.js';
+import { ConfigError, reportLines } from './config/load.js';
 import type { ProxyConfig } from './config/schema.js';
 import { watchLauncher } from './launcher-watch.js';
 import { createRootLogger, type Logger } from './log.js';
@@ -26,7 +26,7 @@ async function main(argv: string[]): Promise<number> {
     case 'check': {
       const loaded = tryLoad(() => command.load());
       if (loaded instanceof ConfigError) {
-        reportCheckErrors(formatIssues(loaded.issues));
+        reportCheckErrors(reportLines(loaded).join('\n'));
         return 1;
       }
       process.stdout.write(`${command.source}: ok (${loaded.routes.length} route${loaded.routes.length === 1 ? '' : 's'})\n`);
@@ -35,10 +35,10 @@ async function main(argv: string[]): Promise<number> {
     case 'run': {
       const loaded = tryLoad(() => command.load());
       if (loaded instanceof ConfigError) {
-        const report = formatIssues(loaded.issues);
-        process.stderr.write(report + '\n');
+        const report = reportLines(loaded);
+        process.stderr.write(report.join('\n') + '\n');
         // Also one JSON line on stdout, where log collectors look.
-        createRootLogger('error').fatal({ errors: report.split('\n') }, 'invalid configuration; not started');
+        createRootLogger('error').fatal({ errors: report }, 'invalid configuration; not started');
         return 1;
       }
       const log = createRootLogger(loaded.log.level);
@@ -50,7 +50,7 @@ async function main(argv: string[]): Promise<number> {
         log.fatal({ err: error }, `not started: ${(error as Error).message}`);
         return 1;
       }
-      handleSignals(app, log, command.reloadable ? () => command.load() : null);
+      handleSignals(app, log, command.reloadable ? () => command.loadOffThread() : null);
       return new Promise<number>(() => {}); // runs until a signal ends it
     }
   }
@@ -75,7 +75,7 @@ function tryLoad(load: () => ProxyConfig): ProxyConfig | ConfigError {
   }
 }
 
-function handleSignals(app: App, log: Logger, reload: (() => ProxyConfig) | null): void {
+function handleSignals(app: App, log: Logger, reload: (() => Promise<ProxyConfig>) | null): void {
   let stopping = false;
   // Reloads run one at a time: a SIGHUP arriving during a reload waits its turn.
   let reloading: Promise<void> = Promise.resolve();
@@ -86,10 +86,14 @@ function handleSignals(app: App, log: Logger, reload: (() => ProxyConfig) | null
       return;
     }
     reloading = reloading.then(async () => {
-      const next = tryLoad(reload);
+      // Parsed and validated in a worker thread: proxied traffic never waits for it.
+      const next = await reload().catch((error: unknown) => {
+        if (error instanceof ConfigError) return error;
+        throw error;
+      });
       if (next instanceof ConfigError) {
         app.metrics.configReloads.labels('error').inc();
-        log.error({ errors: next.issues.map((i) => formatIssues([i])) }, 'reload rejected: keeping the running configuration');
+        log.error({ errors: reportLines(next) }, 'reload rejected: keeping the running configuration');
         return;
       }
       await app.reload(next);

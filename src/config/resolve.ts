@@ -1,9 +1,10 @@
 import { readFileSync } from 'node:fs';
 import { isIPv6 } from 'node:net';
+import { createSecureContext } from 'node:tls';
 import { resolve as resolvePath } from 'node:path';
 import { KEEPALIVE_LIMITS } from '../net/sockopt.js';
 import { formatDuration, MAX_DURATION_MS, parseDuration } from './duration.js';
-import { formatHostPort, parseHostPort, sameListenAddress } from './hostport.js';
+import { formatHostPort, ListenerClashes, parseHostPort, sameListenAddress } from './hostport.js';
 import { ConfigError, formatPath, IssueList, type ConfigPath } from './issues.js';
 import {
   DEFAULTS,
@@ -19,6 +20,9 @@ import {
   type ProxyConfig,
   type RouteConfig,
   type TlsConfig,
+  type UpstreamTlsConfig,
+  type ClientTlsConfig,
+  UPSTREAM_TLS_MODES,
   type WarmPoolConfig,
 } from './schema.js';
 import { closest } from './suggest.js';
@@ -78,6 +82,8 @@ const ROUTE_KEYS: KeyTree = {
   heartbeat: { every: null, timeout: null, jitter: null, inTransaction: null, maxIdle: null, send: null, sendHex: null, expect: null, expectHex: null },
   pool: { warm: null, maxIdle: null, maxSockets: null, idleTimeout: null, maxAge: null, maxRequests: null },
   tls: { ca: null, cert: null, key: null, servername: null, rejectUnauthorized: null },
+  upstreamTls: { mode: null, ca: null, cert: null, key: null, servername: null },
+  clientTls: { cert: null, key: null },
   http: {
     xForwarded: null,
     clientIdleTimeout: null,
@@ -97,6 +103,17 @@ const ROOT_KEYS: KeyTree = {
   defaults: ROUTE_KEYS,
   routes: null,
 };
+const unknownKeyHints = new WeakMap<KeyTree, string>();
+/** "unknown key; valid keys here: ...", one string per level shared by all its unknown keys. */
+function unknownKeyHint(tree: KeyTree): string {
+  let hint = unknownKeyHints.get(tree);
+  if (hint === undefined) {
+    hint = `unknown key; valid keys here: ${Object.keys(tree).join(', ')}`;
+    unknownKeyHints.set(tree, hint);
+  }
+  return hint;
+}
+
 /** Set on each route only: inheriting them would make every route clash. */
 const PER_ROUTE_ONLY = ['name', 'listen', 'upstream'] as const;
 
@@ -106,6 +123,8 @@ const WARM_POOL_KEYS = ['warm', 'maxIdle'];
 const HTTP_POOL_KEYS = ['maxSockets', 'idleTimeout', 'maxAge', 'maxRequests'];
 const CUSTOM_HEARTBEAT_KEYS = ['send', 'sendHex', 'expect', 'expectHex'];
 const ROUTE_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
+/** Routes a config may hold: each is a listening socket. */
+const MAX_ROUTES = 10_000;
 
 // ---- value parsers: each throws RangeError with the message the user sees ----
 
@@ -335,9 +354,9 @@ class Resolver {
   #checkKeys(map: Record<string, unknown>, tree: KeyTree, path: ConfigPath): void {
     for (const [key, value] of Object.entries(map)) {
       if (!Object.hasOwn(tree, key)) {
+        // Against the known keys only (a small fixed set), never the other unknown ones.
         const guess = closest(key, Object.keys(tree));
-        const hint = guess ? `did you mean "${guess}"?` : `valid keys here: ${Object.keys(tree).join(', ')}`;
-        this.#report([...path, key], 'key', `unknown key; ${hint}`);
+        this.#report([...path, key], 'key', guess ? `unknown key; did you mean "${guess}"?` : unknownKeyHint(tree));
         continue;
       }
       const subtree = tree[key];
@@ -417,6 +436,11 @@ class Resolver {
     }
     if (list.length === 0) {
       this.#report(['routes'], 'value', 'needs at least one route');
+      return { routes, identities };
+    }
+    if (list.length > MAX_ROUTES) {
+      // Not resolved one by one: each costs a few KB, and this many is a generated mistake.
+      this.#report(['routes'], 'value', `${list.length} routes; at most ${MAX_ROUTES} (each is a listener)`);
       return { routes, identities };
     }
     list.forEach((item: unknown, index) => {
@@ -541,6 +565,12 @@ class Resolver {
       const why = protocol === 'http' ? 'tls is for an https:// upstream' : `${notFor}: tls is for http routes with an https:// upstream`;
       this.#report([...view.path, 'tls'], 'key', why);
     }
+    for (const key of ['upstreamTls', 'clientTls']) {
+      if (Object.hasOwn(own, key) && !tcpFamily) {
+        const instead = protocol === 'http' ? ' (an https:// upstream with tls: is the http equivalent)' : '';
+        this.#report([...view.path, key], 'key', `${notFor}: ${key} is for tcp, redis, postgres and mysql routes${instead}`);
+      }
+    }
   }
 
   /** Every inheritable setting of a route, for its protocol. */
@@ -565,6 +595,8 @@ class Resolver {
       // Copies: the result is frozen, and DEFAULTS is not ours to freeze.
       httpPool: httpFamily ? this.#httpPool(view) : { ...DEFAULTS.httpPool },
       tls: context.scheme === 'https:' ? this.#tls(view) : null,
+      upstreamTls: tcpFamily ? this.#upstreamTls(context) : null,
+      clientTls: tcpFamily ? this.#clientTls(context) : null,
       http: httpFamily ? this.#httpOptions(view) : { ...DEFAULTS.http },
       allow: protocol === 'http-forward' ? this.#allow(context) : [],
     };
@@ -672,18 +704,10 @@ class Resolver {
 
   #tls(view: RouteView): TlsConfig {
     this.#section(view, ['tls']);
-    const ca = this.#pem(view, 'ca');
-    const cert = this.#pem(view, 'cert');
-    const key = this.#pem(view, 'key');
-    for (const [present, missing] of [
-      ['cert', 'key'],
-      ['key', 'cert'],
-    ] as const) {
-      const found = view.get(['tls', present]);
-      if (found && !view.get(['tls', missing])) {
-        this.#report(found.path, 'key', `tls.${present} needs tls.${missing} too (a client certificate is a pair)`);
-      }
-    }
+    const ca = this.#pem(view, 'tls', 'ca');
+    const cert = this.#pem(view, 'tls', 'cert');
+    const key = this.#pem(view, 'tls', 'key');
+    this.#checkPair(view, 'tls');
     const servername = view.get(['tls', 'servername']);
     return {
       ...(ca ? { ca: ca.pem, caFile: ca.file } : {}),
@@ -694,9 +718,79 @@ class Resolver {
     };
   }
 
-  /** A PEM file named at tls.<key>, read now so a missing file fails at load, not at the first request. */
-  #pem(view: RouteView, key: string): { file: string; pem: Buffer } | undefined {
-    const found = view.get(['tls', key]);
+  /** cert and key come together (a certificate is a pair). */
+  #checkPair(view: RouteView, section: string): void {
+    for (const [present, missing] of [
+      ['cert', 'key'],
+      ['key', 'cert'],
+    ] as const) {
+      const found = view.get([section, present]);
+      if (found && !view.get([section, missing])) {
+        this.#report(found.path, 'key', `${section}.${present} needs ${section}.${missing} too (a client certificate is a pair)`);
+      }
+    }
+  }
+
+  /** upstreamTls: the mode (libpq's words) and the files it uses; null when off. */
+  #upstreamTls({ view, protocol, virtual }: RouteContext): UpstreamTlsConfig | null {
+    const section = this.#section(view, ['upstreamTls'], true);
+    if (section.state !== 'map') return null;
+    const mode = this.#read(view, ['upstreamTls', 'mode'], oneOf(UPSTREAM_TLS_MODES), 'off');
+    const ca = this.#pem(view, 'upstreamTls', 'ca');
+    const cert = this.#pem(view, 'upstreamTls', 'cert');
+    const key = this.#pem(view, 'upstreamTls', 'key');
+    this.#checkPair(view, 'upstreamTls');
+    const servername = view.get(['upstreamTls', 'servername']);
+    if (mode === 'off') return null;
+    this.#checkLoads(section.found.path, { ca: ca?.pem, cert: cert?.pem, key: key?.pem });
+    if (protocol === 'mysql' && !virtual) {
+      // MySQL negotiates TLS inside its handshake (capability flags, SSL request packet);
+      // that negotiator is not built yet, and TLS from the first byte would not work.
+      this.#report(section.found.path, 'value', 'upstreamTls is not supported for protocol mysql yet');
+      return null;
+    }
+    return {
+      mode,
+      ...(ca ? { ca: ca.pem, caFile: ca.file } : {}),
+      ...(cert ? { cert: cert.pem, certFile: cert.file } : {}),
+      ...(key ? { key: key.pem, keyFile: key.file } : {}),
+      ...(servername ? { servername: this.#parse(servername, nonEmptyString, '') } : {}),
+    };
+  }
+
+  /** clientTls: the certificate and key the proxy presents to its clients. */
+  #clientTls({ view, protocol, virtual }: RouteContext): ClientTlsConfig | null {
+    const section = this.#section(view, ['clientTls'], true);
+    if (section.state !== 'map') return null;
+    const cert = this.#pem(view, 'clientTls', 'cert');
+    const key = this.#pem(view, 'clientTls', 'key');
+    if (!virtual) {
+      for (const name of ['cert', 'key']) {
+        if (!view.get(['clientTls', name])) this.#report([...section.found.path, name], 'key', `required key is missing: the proxy's ${name === 'cert' ? 'certificate' : 'private key'} (PEM file)`);
+      }
+      if (protocol === 'mysql') {
+        this.#report(section.found.path, 'value', 'clientTls is not supported for protocol mysql yet');
+        return null;
+      }
+    }
+    if (!cert || !key) return null;
+    this.#checkLoads(section.found.path, { cert: cert.pem, key: key.pem });
+    return { cert: cert.pem, key: key.pem, certFile: cert.file, keyFile: key.file };
+  }
+
+  /** PEM files that read but do not load (a key that is not the certificate's, a garbled CA) fail here, at load or reload. */
+  #checkLoads(path: ConfigPath, pems: { ca?: Buffer; cert?: Buffer; key?: Buffer }): void {
+    if ((pems.cert === undefined) !== (pems.key === undefined)) return; // the pair rule already reported it
+    try {
+      createSecureContext(pems);
+    } catch (error) {
+      this.#report(path, 'value', `the certificate files do not load: ${(error as Error).message}`);
+    }
+  }
+
+  /** A PEM file named at <section>.<key>, read now so a missing file fails at load, not at the first connection. */
+  #pem(view: RouteView, section: string, key: string): { file: string; pem: Buffer } | undefined {
+    const found = view.get([section, key]);
     if (!found) return undefined;
     return this.#parse<{ file: string; pem: Buffer } | undefined>(
       found,
@@ -773,13 +867,15 @@ class Resolver {
       if (first === undefined) names.set(name, index);
       else this.#report(['routes', index, 'name'], 'value', `duplicate route name "${name}" (also routes[${first}].name)`);
     }
-    identities.forEach(({ index, listen }, position) => {
-      if (!listen) return;
+    const listeners = new ListenerClashes<RouteIdentity>();
+    for (const identity of identities) {
+      const { index, listen } = identity;
+      if (!listen) continue;
       const address = formatHostPort(listen);
       if (adminListen && sameListenAddress(listen, adminListen)) {
         this.#report(['routes', index, 'listen'], 'value', `${address} clashes with the admin listener (admin.listen ${formatHostPort(adminListen)})`);
       }
-      const earlier = identities.slice(0, position).find((other) => other.listen && sameListenAddress(other.listen, listen));
+      const earlier = listeners.claim(listen, identity);
       if (earlier) {
         const owner = earlier.name ? ` of route "${earlier.name}"` : '';
         this.#report(
@@ -788,7 +884,7 @@ class Resolver {
           `${address} clashes with routes[${earlier.index}].listen (${formatHostPort(earlier.listen!)})${owner}`,
         );
       }
-    });
+    }
   }
 }
 

@@ -88,8 +88,9 @@ class RecordingClient implements ExchangeClient {
   connectionLines(closeDelimited: boolean): string {
     return closeDelimited ? 'Connection: close\r\n' : '';
   }
-  writeInterim(head: string): void {
+  writeInterim(head: string): boolean {
     this.chunks.push(Buffer.from(head, 'latin1'));
+    return true;
   }
   writeHead(head: string): boolean {
     this.chunks.push(Buffer.from(head, 'latin1'));

@@ -1,6 +1,8 @@
 import type { HttpPoolConfig } from '../../src/config/schema.js';
 import { HttpPool, type OriginPool } from '../../src/pool/http-pool.js';
-import { ManualClock } from './manual-clock.js';
+import pino from 'pino';
+import { ManualClock } from '../../src/clock.js';
+import { SockoptRefusals } from '../../src/net/sockopt-refusals.js';
 import { testRouteMetrics, type TestRouteMetrics } from './route-metrics.js';
 
 // An HTTP pool for unit tests: plain TCP to one loopback origin, no limits unless given,
@@ -23,10 +25,12 @@ export function testHttpPool(port: number, limits: Partial<HttpPoolConfig> = {})
       keepalive: { idleMs: 30_000, intervalMs: 5_000, count: 3 },
       userTimeoutMs: 0,
       noDelay: true,
+      sockopt: new SockoptRefusals('web', { metrics: metrics.registry, log: pino({ level: 'silent' }), clock }),
+      clock,
       pool: { maxSockets: 0, idleTimeoutMs: 0, maxAgeMs: 0, maxRequests: 0, ...limits },
     },
     metrics: metrics.route,
-    clock: clock.asClock(),
+    clock,
   });
   const origin = pool.origin({ host: '127.0.0.1', port, tls: null });
   return { pool, origin, clock, metric: metrics.metric };

@@ -56,11 +56,11 @@ routes:
     // The session exists once it is listed: its age counts from before this point.
     await until(async () => (await proxy.connections()).length === 1, 5_000, 'the connection listed');
     const listed = Date.now();
-    await sleep(300);
+    await sleep(800);
     const beforeAsk = Date.now();
     expect(await ask(client, 'hello')).toBe('a:hello');
     const afterAsk = Date.now();
-    await sleep(300); // silent: the idle time grows from the reply on
+    await sleep(800); // silent: the idle time grows from the reply on
     const beforeRows = Date.now();
     const rows = await proxy.connections();
     const afterRows = Date.now();
@@ -73,8 +73,9 @@ routes:
     expect(row.bytesDownstream).toBe(7);
     // The session started between our connect and its first listing; the last payload was
     // the reply, between our request and its arrival. The same wall clock on both sides;
-    // each window is 300 ms wide apart, so age and idle cannot pass for each other.
-    const slackSeconds = 0.002; // the listing's fractions vs whole ms here
+    // each window is 800 ms apart, so age and idle cannot pass for each other. The proxy's
+    // timestamps come from its shared clock, good to one tick (250 ms).
+    const slackSeconds = 0.25 + 0.002; // one tick, plus the listing's fractions vs whole ms here
     expect(row.ageSeconds).toBeGreaterThanOrEqual((beforeRows - listed) / 1000 - slackSeconds);
     expect(row.ageSeconds).toBeLessThanOrEqual((afterRows - beforeConnect) / 1000 + slackSeconds);
     expect(row.idleSeconds).toBeGreaterThanOrEqual((beforeRows - afterAsk) / 1000 - slackSeconds);

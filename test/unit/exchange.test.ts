@@ -1,5 +1,6 @@
 import type net from 'node:net';
 import pino from 'pino';
+import { Clock } from '../../src/clock.js';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Exchange, type ExchangeClient, type ExchangeHost, type ExchangeRequest } from '../../src/http/exchange.js';
 import type { OriginPool } from '../../src/pool/http-pool.js';
@@ -62,6 +63,7 @@ async function scriptedUpstream(script: (request: SeenRequest) => Answer): Promi
 /** Records what the exchange tells its route. */
 class RecordingHost implements ExchangeHost {
   readonly route = 'web';
+  readonly clock = new Clock();
   readonly log = pino({ level: 'silent' });
   readonly statuses: number[] = [];
   readonly retries: string[] = [];

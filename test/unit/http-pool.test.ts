@@ -5,7 +5,7 @@ import { parseKeepAliveTimeoutMs, type PooledConnection } from '../../src/pool/h
 import type { HttpPool, OriginPool, PoolWaiter } from '../../src/pool/http-pool.js';
 import type { HttpPoolConfig } from '../../src/config/schema.js';
 import { testHttpPool } from '../helpers/http-pool.js';
-import type { ManualClock } from '../helpers/manual-clock.js';
+import type { ManualClock } from '../../src/clock.js';
 import { listen0, freePort } from '../helpers/net.js';
 import { Received } from '../helpers/pairs.js';
 import type { TestRouteMetrics } from '../helpers/route-metrics.js';
@@ -267,7 +267,7 @@ describe('HTTP pool: eviction', () => {
     const f = await fixture();
     const [idle, busy] = [await f.served(), await f.served()];
     f.origin.release(idle.connection);
-    expect(f.clock.subscribers).toBe(1);
+    expect(f.clock.ticking).toBe(true);
     f.pool.close('shutdown');
     await until(() => idle.connection.state === 'closed', 5_000, 'the idle one closed');
     expect(busy.connection.state).toBe('busy');
@@ -275,7 +275,7 @@ describe('HTTP pool: eviction', () => {
     f.origin.release(busy.connection);
     await until(() => busy.connection.state === 'closed', 5_000, 'the busy one closed on release');
     expect(await f.metric('evictions_total', { reason: 'shutdown' })).toBe(2);
-    expect(f.clock.subscribers).toBe(0);
+    expect(f.clock.ticking).toBe(false);
   });
 });
 

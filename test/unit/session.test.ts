@@ -1,8 +1,8 @@
 import type net from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { HeartbeatConfig } from '../../src/config/schema.js';
-import type { Side } from '../../src/errors.js';
-import type { EvictionReason } from '../../src/metrics/registry.js';
+import { Clock, ManualClock } from '../../src/clock.js';
+import type { EvictionReason, Side } from '../../src/errors.js';
 import { customCodec } from '../../src/protocols/custom.js';
 import { Session, type HeartbeatResult, type SessionEvents, type SessionOptions } from '../../src/tcp/session.js';
 import { Received, socketPair } from '../helpers/pairs.js';
@@ -59,7 +59,7 @@ async function spliced(options: Partial<SessionOptions> = {}): Promise<Spliced> 
     tracker: null,
     reused: false,
     earlyData: [],
-    now: Date.now(),
+    clock: new Clock(),
     ...options,
   });
   return { session, events, client, server, atClient, atServer };
@@ -234,11 +234,10 @@ describe('Session: the splice', () => {
 
 describe('Session: deadlines on the tick', () => {
   it('closes an idle pair at idleTimeout, not a millisecond before, with a FIN to both sides', async () => {
-    const started = Date.now();
-    const s = await spliced({ idleTimeoutMs: 10_000, now: started });
-    s.session.tick(started + 9_999);
+    const s = await spliced({ idleTimeoutMs: 10_000 });
+    s.session.tick(s.session.startedAt + 9_999);
     expect(s.session.closed).toBe(false);
-    s.session.tick(started + 10_000);
+    s.session.tick(s.session.startedAt + 10_000);
     expect(s.session.closed).toBe(true);
     expect(await closedOnce(s)).toEqual({ reason: 'idle_timeout', side: 'proxy' });
     expect(s.atClient.ended && s.atServer.ended).toBe(true);
@@ -246,11 +245,12 @@ describe('Session: deadlines on the tick', () => {
   });
 
   it('restarts the idle deadline on payload', async () => {
-    const longAgo = Date.now() - 60_000;
-    const s = await spliced({ idleTimeoutMs: 10_000, now: longAgo });
+    const clock = new ManualClock();
+    const s = await spliced({ idleTimeoutMs: 10_000, clock });
+    clock.advance(60_000);
     s.client.write('x');
     await until(() => s.atServer.length === 1, 5_000, 'the byte at the server');
-    s.session.tick(Date.now());
+    s.session.tick(clock.now());
     expect(s.session.closed).toBe(false);
     s.session.tick(s.session.lastPayloadAt + 10_000);
     expect(s.session.closed).toBe(true);

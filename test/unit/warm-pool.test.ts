@@ -1,5 +1,6 @@
 import type net from 'node:net';
 import pino from 'pino';
+import { SockoptRefusals } from '../../src/net/sockopt-refusals.js';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Clock } from '../../src/clock.js';
 import { parseConfigText } from '../../src/config/load.js';
@@ -56,7 +57,7 @@ interface Pool {
 function pool(config: RouteConfig): Pool {
   const metrics = testRouteMetrics(config.name);
   const deps = { metrics: metrics.registry, log: pino({ level: 'silent' }), clock: new Clock(), ownListeners: () => [] };
-  const source = new UpstreamSource(config, codecFor(config.protocol, { send: config.heartbeat?.send }), deps, metrics.route);
+  const source = new UpstreamSource(config, codecFor(config.protocol, { send: config.heartbeat?.send }), deps, metrics.route, new SockoptRefusals(config.name, deps));
   cleanups.push(() => source.close('shutdown'));
   return { source, metric: metrics.metric };
 }

@@ -2,17 +2,36 @@
 // The flag above: a keepalive proxy mostly holds idle connections, and V8's default
 // young generation (up to 3 x 16 MiB) is RSS it never needs, several KB per idle
 // connection at thousands of them (BENCHMARKS.md). npm start and the Docker image pass it too.
-import { createApp, type App } from './app.js';
+import cluster from 'node:cluster';
+import { createApp } from './app.js';
+import type { Clock } from './clock.js';
 import { parseCli } from './config/cli.js';
-import { ConfigError, formatIssues, loadConfigFile } from './config/load.js';
+import { ConfigError, formatIssues } from './config/load.js';
 import type { ProxyConfig } from './config/schema.js';
 import { watchLauncher } from './launcher-watch.js';
 import { createRootLogger, type Logger } from './log.js';
+import type { Metrics } from './metrics/registry.js';
+import { Primary, type ConfigSnapshot } from './workers/primary.js';
+import { runWorker } from './workers/worker.js';
 
-// argv -> config -> app.start(); signals. Nothing else lives here.
+// argv -> config -> app.start(); signals. Nothing else lives here. With `workers: N` the
+// app is a primary that runs the routes in N workers (src/workers/); a worker runs this
+// file too, and takes its config from the primary.
+
+/** What the signals act on: a single process's app, or a primary. */
+interface Running<T> {
+  reload(next: T): Promise<void>;
+  close(): Promise<void>;
+  readonly metrics: Metrics;
+  readonly clock: Clock;
+}
 
 async function main(argv: string[]): Promise<number> {
   const command = parseCli(argv);
+  if (cluster.isWorker && command.kind === 'run') {
+    runWorker(command);
+    return new Promise<number>(() => {}); // runs until its primary stops it
+  }
   switch (command.kind) {
     case 'help':
       process.stdout.write(command.text);
@@ -33,7 +52,8 @@ async function main(argv: string[]): Promise<number> {
       return 0;
     }
     case 'run': {
-      const loaded = tryLoad(() => command.load());
+      let text: string | null = null;
+      const loaded = tryLoad(() => command.parse((text = command.read())));
       if (loaded instanceof ConfigError) {
         const report = formatIssues(loaded.issues);
         process.stderr.write(report + '\n');
@@ -42,17 +62,32 @@ async function main(argv: string[]): Promise<number> {
         return 1;
       }
       const log = createRootLogger(loaded.log.level);
-      const app = createApp(loaded, log);
-      try {
-        await app.start();
-      } catch (error) {
-        // One line that names what failed (e.g. the route, address and errno of a bind).
-        log.fatal({ err: error }, `not started: ${(error as Error).message}`);
-        return 1;
+      if (loaded.workers > 1) {
+        const primary = new Primary({ text, config: loaded }, log);
+        if (!(await started(primary, log))) return 1;
+        const snapshot = (): ConfigSnapshot => {
+          const next = command.read();
+          return { text: next, config: command.parse(next) };
+        };
+        handleSignals(primary, log, command.reloadable ? snapshot : null);
+        return new Promise<number>(() => {});
       }
+      const app = createApp(loaded, log);
+      if (!(await started(app, log))) return 1;
       handleSignals(app, log, command.reloadable ? () => command.load() : null);
       return new Promise<number>(() => {}); // runs until a signal ends it
     }
+  }
+}
+
+async function started(app: { start(): Promise<void> }, log: Logger): Promise<boolean> {
+  try {
+    await app.start();
+    return true;
+  } catch (error) {
+    // One line that names what failed (e.g. the route, address and errno of a bind).
+    log.fatal({ err: error }, `not started: ${(error as Error).message}`);
+    return false;
   }
 }
 
@@ -66,7 +101,7 @@ function reportCheckErrors(report: string): void {
   if (!(process.stdout.isTTY && process.stderr.isTTY)) process.stdout.write(report + '\n');
 }
 
-function tryLoad(load: () => ProxyConfig): ProxyConfig | ConfigError {
+function tryLoad<T>(load: () => T): T | ConfigError {
   try {
     return load();
   } catch (error) {
@@ -75,7 +110,7 @@ function tryLoad(load: () => ProxyConfig): ProxyConfig | ConfigError {
   }
 }
 
-function handleSignals(app: App, log: Logger, reload: (() => ProxyConfig) | null): void {
+function handleSignals<T>(app: Running<T>, log: Logger, reload: (() => T) | null): void {
   let stopping = false;
   // Reloads run one at a time: a SIGHUP arriving during a reload waits its turn.
   let reloading: Promise<void> = Promise.resolve();

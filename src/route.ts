@@ -29,6 +29,9 @@ export interface ConnectionInfo {
   readonly reused: boolean;
   /** The kernel's view of each socket, read back with getsockopt (null where not available). */
   readonly socketOptions?: { readonly client: SocketOptions | null; readonly upstream: SocketOptions | null };
+  /** With workers (src/workers/): the worker slot (1..N) and process serving this connection. */
+  readonly worker?: number;
+  readonly pid?: number;
 }
 
 export interface RouteHandle {

@@ -3,7 +3,7 @@ import { resolve as resolvePath } from 'node:path';
 import { parseArgs } from 'node:util';
 import { buildInfo, PACKAGE_ROOT } from '../build-info.js';
 import { ConfigError, formatPath, type ConfigIssue } from './issues.js';
-import { loadConfigFile, type ConfigOverrides } from './load.js';
+import { loadConfigFile, parseConfigText, readConfigText, type ConfigOverrides } from './load.js';
 import { resolveConfig, type Locate } from './resolve.js';
 import type { ProxyConfig } from './schema.js';
 import { closest } from './suggest.js';
@@ -30,6 +30,13 @@ export type CliCommand =
       readonly source: string;
       /** Reads and validates; throws ConfigError. */
       load(): ProxyConfig;
+      /**
+       * load() in two steps, for workers: read() takes the file's text once (null for a
+       * flags-only run) and parse(text) validates it, in the primary and again in each
+       * worker, so every process runs what the primary validated.
+       */
+      read(): string | null;
+      parse(text: string | null): ProxyConfig;
     }
   | {
       readonly kind: 'check';
@@ -50,6 +57,7 @@ const OPTIONS = {
   version: { type: 'boolean', short: 'v' },
   admin: { type: 'string' },
   'log-level': { type: 'string' },
+  workers: { type: 'string' },
   listen: { type: 'string' },
   upstream: { type: 'string' },
   protocol: { type: 'string' },
@@ -89,7 +97,7 @@ export const HELP_TEXT = `keepalive-proxy: a local forwarding proxy that keeps u
 (TCP keepalive, application heartbeats, warm and persistent pools) for its clients.
 
 Usage:
-  keepalive-proxy [--config FILE] [--admin HOST:PORT|off] [--log-level LEVEL]
+  keepalive-proxy [--config FILE] [--admin HOST:PORT|off] [--log-level LEVEL] [--workers N|auto]
   keepalive-proxy --listen HOST:PORT --upstream HOST:PORT|URL [route flags]
   keepalive-proxy check [--config FILE]      validate only; print FILE:LINE:COL key.path: message per error
   keepalive-proxy --version | --help
@@ -100,6 +108,8 @@ Options:
       --admin HOST:PORT|off    admin listener for /metrics /healthz /readyz /connections
                                (default 127.0.0.1:9901; overrides admin.listen of the file)
       --log-level LEVEL        trace | debug | info | warn | error (overrides log.level)
+      --workers N|auto         processes serving the routes (default 1; auto = one per core;
+                               overrides workers of the file)
   -v, --version                print the version
   -h, --help                   print this help
 
@@ -152,6 +162,7 @@ export function parseCli(argv: readonly string[], options: { cwd?: string } = {}
   const overrides: ConfigOverrides = {
     ...(values.admin !== undefined ? { admin: values.admin } : {}),
     ...(values['log-level'] !== undefined ? { logLevel: values['log-level'] } : {}),
+    ...(values.workers !== undefined ? { workers: values.workers } : {}),
   };
   const kind = command === 'check' ? 'check' : 'run';
 
@@ -163,16 +174,17 @@ export function parseCli(argv: readonly string[], options: { cwd?: string } = {}
     const load = (): ProxyConfig => resolveFlags(raw, cwd);
     return kind === 'check'
       ? { kind, configPath: null, source: COMMAND_LINE, load }
-      : { kind, configPath: null, reloadable: false, source: COMMAND_LINE, load };
+      : { kind, configPath: null, reloadable: false, source: COMMAND_LINE, load, read: () => null, parse: load };
   }
 
   // The file as the user typed it, so issues read `config/x.yaml:3:5 ...` (made absolute only for another cwd).
   const given = values.config;
   const configPath = given === undefined ? defaultConfigPath(cwd) : cwd === process.cwd() ? given : resolvePath(cwd, given);
   const load = (): ProxyConfig => loadConfigFile(configPath, overrides);
+  const parse = (text: string | null): ProxyConfig => parseConfigText(text ?? '', configPath, overrides);
   return kind === 'check'
     ? { kind, configPath, source: configPath, load }
-    : { kind, configPath, reloadable: true, source: configPath, load };
+    : { kind, configPath, reloadable: true, source: configPath, load, read: () => readConfigText(configPath), parse };
 }
 
 /** config/keepalive-proxy.yaml in `cwd` if it exists, else the package's own (so `npx keepalive-proxy` works from a clone). */
@@ -209,6 +221,7 @@ function flagsToRaw(values: Values): Record<string, unknown> {
   const raw: Record<string, unknown> = { routes: [route] };
   if (values.admin !== undefined) raw['admin'] = { listen: values.admin };
   if (values['log-level'] !== undefined) raw['log'] = { level: values['log-level'] };
+  if (values.workers !== undefined) raw['workers'] = values.workers;
   return raw;
 }
 
@@ -233,6 +246,7 @@ const FLAG_OF_PATH: ReadonlyArray<readonly [string, string]> = [
   ['routes[0].name', '--name'],
   ['admin.listen', '--admin'],
   ['log.level', '--log-level'],
+  ['workers', '--workers'],
 ];
 
 function resolveFlags(raw: Record<string, unknown>, cwd: string): ProxyConfig {

@@ -12,6 +12,7 @@ import type { ProxyConfig } from './schema.js';
 //
 // Public API:
 //   loadConfigFile(path, overrides?): ProxyConfig           throws ConfigError (an unreadable file too, at 1:1)
+//   readConfigText(path): string                            the file's text; throws ConfigError as loadConfigFile
 //   parseConfigText(text, file, overrides?): ProxyConfig    throws ConfigError; `file` names the text in issues and resolves tls paths
 //   ConfigOverrides                                         --admin / --log-level given with --config
 //   ConfigError, ConfigIssue, formatIssue, formatIssues     (from issues.ts)
@@ -24,18 +25,22 @@ export interface ConfigOverrides {
   readonly admin?: string;
   /** --log-level. */
   readonly logLevel?: string;
+  /** --workers: "auto" or a count. */
+  readonly workers?: string;
 }
 
 export function loadConfigFile(path: string, overrides: ConfigOverrides = {}): ProxyConfig {
-  let text: string;
+  return parseConfigText(readConfigText(path), path, overrides);
+}
+
+export function readConfigText(path: string): string {
   try {
-    text = readFileSync(path, 'utf8');
+    return readFileSync(path, 'utf8');
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code;
     const reason = code === 'ENOENT' ? 'no such file' : code === 'EACCES' ? 'permission denied' : (error as Error).message;
     throw new ConfigError([{ file: path, line: 1, col: 1, path: '(root)', message: `cannot read the config file: ${reason}` }]);
   }
-  return parseConfigText(text, path, overrides);
 }
 
 export function parseConfigText(text: string, file: string, overrides: ConfigOverrides = {}): ProxyConfig {
@@ -63,10 +68,11 @@ export function parseConfigText(text: string, file: string, overrides: ConfigOve
 
   const fileLocate = yamlLocator(doc, file, at);
   const flagged: Array<[string, string]> = [];
-  if (overrides.admin !== undefined || overrides.logLevel !== undefined) {
+  if (overrides.admin !== undefined || overrides.logLevel !== undefined || overrides.workers !== undefined) {
     raw = applyOverrides(raw, overrides);
     if (overrides.admin !== undefined) flagged.push(['admin.listen', '--admin']);
     if (overrides.logLevel !== undefined) flagged.push(['log.level', '--log-level']);
+    if (overrides.workers !== undefined) flagged.push(['workers', '--workers']);
   }
   const locate: Locate = (path, where) => {
     const text = formatPath(path);
@@ -85,6 +91,7 @@ function applyOverrides(raw: unknown, overrides: ConfigOverrides): unknown {
   };
   if (overrides.admin !== undefined) copy['admin'] = { ...section('admin'), listen: overrides.admin };
   if (overrides.logLevel !== undefined) copy['log'] = { ...section('log'), level: overrides.logLevel };
+  if (overrides.workers !== undefined) copy['workers'] = overrides.workers;
   return copy;
 }
 

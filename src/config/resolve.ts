@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { isIPv6 } from 'node:net';
+import { availableParallelism } from 'node:os';
 import { resolve as resolvePath } from 'node:path';
 import { KEEPALIVE_LIMITS } from '../net/sockopt.js';
 import { formatDuration, MAX_DURATION_MS, parseDuration } from './duration.js';
@@ -8,6 +9,7 @@ import { ConfigError, formatPath, IssueList, type ConfigPath } from './issues.js
 import {
   DEFAULTS,
   HTTP_FAMILY,
+  MAX_WORKERS,
   TCP_FAMILY,
   type HeartbeatConfig,
   type HostPort,
@@ -94,6 +96,7 @@ const ROOT_KEYS: KeyTree = {
   admin: { listen: null },
   log: { level: null },
   shutdownTimeout: null,
+  workers: null,
   defaults: ROUTE_KEYS,
   routes: null,
 };
@@ -177,6 +180,16 @@ const replyTextBytes: Parse<Buffer> = (value) => {
   return Buffer.from(value, 'utf8');
 };
 const replyHexBytes: Parse<Buffer> = (value) => (value === '' ? Buffer.alloc(0) : hexBytes(value));
+
+/** `workers:` auto (one per core this process may use, capped) or a count from 1 to MAX_WORKERS. */
+function workerCount(value: unknown): number {
+  if (value === 'auto') return Math.min(availableParallelism(), MAX_WORKERS);
+  if (typeof value === 'string' && /^\d+$/.test(value)) value = Number(value); // --workers 2
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < 1 || value > MAX_WORKERS) {
+    throw new RangeError(`expected auto or an integer from 1 to ${MAX_WORKERS}, got ${describe(value)}`);
+  }
+  return value;
+}
 
 function describe(value: unknown): string {
   if (value === null || value === undefined) return 'nothing';
@@ -297,6 +310,7 @@ class Resolver {
     const adminListen = this.#adminListen(top);
     const level = this.#read(top, ['log', 'level'], oneOf(LOG_LEVELS), DEFAULTS.logLevel);
     const shutdownTimeoutMs = this.#read(top, ['shutdownTimeout'], duration(), DEFAULTS.shutdownTimeoutMs);
+    const workers = this.#read(top, ['workers'], workerCount, DEFAULTS.workers);
     const defaults = this.#defaults(raw);
     const { routes, identities } = this.#routes(raw, defaults);
     this.#checkClashes(identities, adminListen);
@@ -307,6 +321,7 @@ class Resolver {
       admin: { listen: adminListen },
       log: { level },
       shutdownTimeoutMs,
+      workers,
       routes,
     });
   }

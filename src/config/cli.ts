@@ -162,7 +162,7 @@ export function parseCli(argv: readonly string[], options: { cwd?: string } = {}
   const overrides: ConfigOverrides = {
     ...(values.admin !== undefined ? { admin: values.admin } : {}),
     ...(values['log-level'] !== undefined ? { logLevel: values['log-level'] } : {}),
-    ...(values.workers !== undefined ? { workers: values.workers } : {}),
+    ...(values.workers !== undefined ? { workers: countOrWord(values.workers) } : {}),
   };
   const kind = command === 'check' ? 'check' : 'run';
 
@@ -209,7 +209,7 @@ function flagsToRaw(values: Values): Record<string, unknown> {
     const parts = values[flag] === undefined ? null : keepaliveParts(values[flag]);
     if (parts === null) continue;
     const keepalive = (route['keepalive'] ??= {}) as Record<string, unknown>;
-    keepalive[side] = { idle: parts[0], interval: parts[1], count: /^\d+$/.test(parts[2]) ? Number(parts[2]) : parts[2] };
+    keepalive[side] = { idle: parts[0], interval: parts[1], count: countOrWord(parts[2]) };
   }
   if (values.allow !== undefined) route['allow'] = values.allow;
   if (values['heartbeat-every'] !== undefined || values['heartbeat-timeout'] !== undefined) {
@@ -221,8 +221,13 @@ function flagsToRaw(values: Values): Record<string, unknown> {
   const raw: Record<string, unknown> = { routes: [route] };
   if (values.admin !== undefined) raw['admin'] = { listen: values.admin };
   if (values['log-level'] !== undefined) raw['log'] = { level: values['log-level'] };
-  if (values.workers !== undefined) raw['workers'] = values.workers;
+  if (values.workers !== undefined) raw['workers'] = countOrWord(values.workers);
   return raw;
+}
+
+/** A flag's digits as the number YAML would give; anything else as written, for the validator to judge. */
+function countOrWord(value: string): string | number {
+  return /^\d+$/.test(value) ? Number(value) : value;
 }
 
 /** IDLE,INTERVAL,COUNT split in three non-empty parts, or null; the validator judges each part. */

@@ -26,7 +26,7 @@ export interface ConfigOverrides {
   /** --log-level. */
   readonly logLevel?: string;
   /** --workers: "auto" or a count. */
-  readonly workers?: string;
+  readonly workers?: string | number;
 }
 
 export function loadConfigFile(path: string, overrides: ConfigOverrides = {}): ProxyConfig {

@@ -184,7 +184,6 @@ const replyHexBytes: Parse<Buffer> = (value) => (value === '' ? Buffer.alloc(0) 
 /** `workers:` auto (one per core this process may use, capped) or a count from 1 to MAX_WORKERS. */
 function workerCount(value: unknown): number {
   if (value === 'auto') return Math.min(availableParallelism(), MAX_WORKERS);
-  if (typeof value === 'string' && /^\d+$/.test(value)) value = Number(value); // --workers 2
   if (typeof value !== 'number' || !Number.isInteger(value) || value < 1 || value > MAX_WORKERS) {
     throw new RangeError(`expected auto or an integer from 1 to ${MAX_WORKERS}, got ${describe(value)}`);
   }

@@ -165,11 +165,11 @@ export class Primary {
   /** Forks the slot's worker and starts it on the current config; resolves once it listens. */
   async #spawn(slot: Slot): Promise<void> {
     slot.restartTimer = null;
+    slot.startedAt = Date.now();
     const worker = cluster.fork();
     const link = new WorkerLink(worker);
     slot.link = link;
     slot.listening = null;
-    slot.startedAt = Date.now();
     worker.once('exit', (code, signal) => this.#onExit(slot, link, code, signal));
     const { text, config } = this.#current;
     const answer = await link.request(
@@ -192,18 +192,31 @@ export class Primary {
     slot.lastMetrics = [];
     this.#aggregate.retire(last).catch((error: unknown) => this.#log.error({ err: error }, 'keeping the counts of an exited worker failed'));
     if (this.#stopping || !this.#serving) return;
+    this.metrics.workerRestarts.inc();
+    const delayMs = this.#scheduleRestart(slot);
+    this.#log.error({ worker: slot.number, pid: link.worker.process.pid, code, signal, restartInMs: delayMs }, 'worker exited unexpectedly; replacing it');
+  }
+
+  /** Forks the slot's next worker after its backoff; returns the delay. */
+  #scheduleRestart(slot: Slot): number {
     const ranMs = Date.now() - slot.startedAt;
     slot.quickDeaths = ranMs < STABLE_AFTER_MS ? slot.quickDeaths + 1 : 0;
     const delayMs = slot.quickDeaths === 0 ? 0 : Math.min(MAX_BACKOFF_MS, FIRST_BACKOFF_MS * 2 ** (slot.quickDeaths - 1));
-    this.metrics.workerRestarts.inc();
-    this.#log.error({ worker: slot.number, pid: link.worker.process.pid, code, signal, ranMs, restartInMs: delayMs }, 'worker exited unexpectedly; replacing it');
     slot.restartTimer = setTimeout(() => {
       this.#spawn(slot).then(
         () => this.#log.info({ worker: slot.number, pid: slot.link?.worker.process.pid }, 'worker replaced'),
-        // The worker exits on a failed start; its exit schedules the next try.
-        (error: unknown) => this.#log.error({ worker: slot.number, err: error }, `replacement worker could not start: ${(error as Error).message}`),
+        (error: unknown) => {
+          this.#log.error({ worker: slot.number, err: error }, `replacement worker could not start: ${(error as Error).message}`);
+          if (this.#stopping) return;
+          // A worker that answered with an error exits by itself, and one that did not answer
+          // is ended here: either way its exit schedules the next try. A fork that failed
+          // left no process behind to exit.
+          if (slot.link) slot.link.worker.process.kill('SIGKILL');
+          else this.#scheduleRestart(slot);
+        },
       );
     }, delayMs);
+    return delayMs;
   }
 
   /** SIGTERM to every worker (each drains), then SIGKILL to any still there after `graceMs`; returns the numbers of those killed. */

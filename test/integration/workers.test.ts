@@ -146,6 +146,19 @@ describe('workers: 2', () => {
     expect(await metric(proxy, 'worker_restarts_total')).toBe(1);
   });
 
+  it('a worker that keeps dying soon after its start is replaced after a growing delay, each death counted', async () => {
+    const [port, upstream] = [await freePort(), await echoUpstream()];
+    const proxy = await start(config(port, upstream));
+    for (let death = 1; death <= 3; death++) {
+      process.kill(workerPids(proxy).get(1)!, 'SIGKILL');
+      await until(() => proxy.logs.filter((l) => l.msg === 'worker replaced').length === death, 15_000, `replacement ${death}`);
+    }
+    const delays = proxy.logs.filter((l) => l.msg === 'worker exited unexpectedly; replacing it').map((l) => l.restartInMs);
+    expect(delays).toEqual([500, 1000, 2000]);
+    expect(await metric(proxy, 'worker_restarts_total')).toBe(3);
+    await openClients(port, 4, 'e');
+  });
+
   it('SIGTERM: every worker drains its live connections, then the primary exits 0 and no worker is left', async () => {
     const [port, upstream] = [await freePort(), await echoUpstream()];
     const proxy = await start(config(port, upstream));

@@ -6,12 +6,12 @@ import cluster from 'node:cluster';
 import { createApp } from './app.js';
 import type { Clock } from './clock.js';
 import { parseCli } from './config/cli.js';
-import { ConfigError, formatIssues } from './config/load.js';
+import { ConfigError, reportLines } from './config/load.js';
 import type { ProxyConfig } from './config/schema.js';
 import { watchLauncher } from './launcher-watch.js';
 import { createRootLogger, type Logger } from './log.js';
 import type { Metrics } from './metrics/registry.js';
-import { Primary, type ConfigSnapshot } from './workers/primary.js';
+import { Primary } from './workers/primary.js';
 import { runWorker } from './workers/worker.js';
 
 // argv -> config -> app.start(); signals. Nothing else lives here. With `workers: N` the
@@ -19,19 +19,19 @@ import { runWorker } from './workers/worker.js';
 // file too, and takes its config from the primary.
 
 /** What the signals act on: a single process's app, or a primary. */
-interface Running<T> {
-  reload(next: T): Promise<void>;
+interface Running {
+  reload(next: ProxyConfig): Promise<void>;
   close(): Promise<void>;
   readonly metrics: Metrics;
   readonly clock: Clock;
 }
 
 async function main(argv: string[]): Promise<number> {
-  const command = parseCli(argv);
-  if (cluster.isWorker && command.kind === 'run') {
-    runWorker(command);
+  if (cluster.isWorker) {
+    runWorker();
     return new Promise<number>(() => {}); // runs until its primary stops it
   }
+  const command = parseCli(argv);
   switch (command.kind) {
     case 'help':
       process.stdout.write(command.text);
@@ -45,49 +45,27 @@ async function main(argv: string[]): Promise<number> {
     case 'check': {
       const loaded = tryLoad(() => command.load());
       if (loaded instanceof ConfigError) {
-        reportCheckErrors(formatIssues(loaded.issues));
+        reportCheckErrors(reportLines(loaded).join('\n'));
         return 1;
       }
       process.stdout.write(`${command.source}: ok (${loaded.routes.length} route${loaded.routes.length === 1 ? '' : 's'})\n`);
       return 0;
     }
     case 'run': {
-      let text: string | null = null;
-      const loaded = tryLoad(() => command.parse((text = command.read())));
+      const loaded = tryLoad(() => command.load());
       if (loaded instanceof ConfigError) {
-        const report = formatIssues(loaded.issues);
-        process.stderr.write(report + '\n');
+        const report = reportLines(loaded);
+        process.stderr.write(report.join('\n') + '\n');
         // Also one JSON line on stdout, where log collectors look.
-        createRootLogger('error').fatal({ errors: report.split('\n') }, 'invalid configuration; not started');
+        createRootLogger('error').fatal({ errors: report }, 'invalid configuration; not started');
         return 1;
       }
       const log = createRootLogger(loaded.log.level);
-      if (loaded.workers > 1) {
-        const primary = new Primary({ text, config: loaded }, log);
-        if (!(await started(primary, log))) return 1;
-        const snapshot = (): ConfigSnapshot => {
-          const next = command.read();
-          return { text: next, config: command.parse(next) };
-        };
-        handleSignals(primary, log, command.reloadable ? snapshot : null);
-        return new Promise<number>(() => {});
-      }
-      const app = createApp(loaded, log);
+      const app = loaded.workers > 1 ? new Primary(loaded, log) : createApp(loaded, log);
       if (!(await started(app, log))) return 1;
-      handleSignals(app, log, command.reloadable ? () => command.load() : null);
+      handleSignals(app, log, command.reloadable ? () => command.loadOffThread() : null);
       return new Promise<number>(() => {}); // runs until a signal ends it
     }
-  }
-}
-
-async function started(app: { start(): Promise<void> }, log: Logger): Promise<boolean> {
-  try {
-    await app.start();
-    return true;
-  } catch (error) {
-    // One line that names what failed (e.g. the route, address and errno of a bind).
-    log.fatal({ err: error }, `not started: ${(error as Error).message}`);
-    return false;
   }
 }
 
@@ -101,7 +79,18 @@ function reportCheckErrors(report: string): void {
   if (!(process.stdout.isTTY && process.stderr.isTTY)) process.stdout.write(report + '\n');
 }
 
-function tryLoad<T>(load: () => T): T | ConfigError {
+async function started(app: { start(): Promise<void> }, log: Logger): Promise<boolean> {
+  try {
+    await app.start();
+    return true;
+  } catch (error) {
+    // One line that names what failed (e.g. the route, address and errno of a bind).
+    log.fatal({ err: error }, `not started: ${(error as Error).message}`);
+    return false;
+  }
+}
+
+function tryLoad(load: () => ProxyConfig): ProxyConfig | ConfigError {
   try {
     return load();
   } catch (error) {
@@ -110,7 +99,7 @@ function tryLoad<T>(load: () => T): T | ConfigError {
   }
 }
 
-function handleSignals<T>(app: Running<T>, log: Logger, reload: (() => T) | null): void {
+function handleSignals(app: Running, log: Logger, reload: (() => Promise<ProxyConfig>) | null): void {
   let stopping = false;
   // Reloads run one at a time: a SIGHUP arriving during a reload waits its turn.
   let reloading: Promise<void> = Promise.resolve();
@@ -121,10 +110,14 @@ function handleSignals<T>(app: Running<T>, log: Logger, reload: (() => T) | null
       return;
     }
     reloading = reloading.then(async () => {
-      const next = tryLoad(reload);
+      // Parsed and validated in a worker thread: proxied traffic never waits for it.
+      const next = await reload().catch((error: unknown) => {
+        if (error instanceof ConfigError) return error;
+        throw error;
+      });
       if (next instanceof ConfigError) {
         app.metrics.configReloads.labels('error').inc();
-        log.error({ errors: next.issues.map((i) => formatIssues([i])) }, 'reload rejected: keeping the running configuration');
+        log.error({ errors: reportLines(next) }, 'reload rejected: keeping the running configuration');
         return;
       }
       await app.reload(next);

@@ -3,13 +3,15 @@ import { resolve as resolvePath } from 'node:path';
 import { parseArgs } from 'node:util';
 import { buildInfo, PACKAGE_ROOT } from '../build-info.js';
 import { ConfigError, formatPath, type ConfigIssue } from './issues.js';
-import { loadConfigFile, parseConfigText, readConfigText, type ConfigOverrides } from './load.js';
+import { loadConfigFile, type ConfigOverrides } from './load.js';
+import { loadConfigFileOffThread } from './off-thread.js';
 import { resolveConfig, type Locate } from './resolve.js';
 import type { ProxyConfig } from './schema.js';
 import { closest } from './suggest.js';
 
 // argv -> one command. A run or check carries `load()`, which reads and validates the
-// config each time it is called (main.ts calls it again on SIGHUP). One-route flags are
+// config each time it is called; a run also carries loadOffThread(), the same in a worker
+// thread, which main.ts calls on SIGHUP. One-route flags are
 // turned into the same plain object a YAML file gives and go through the same
 // validator, so they get the same defaults and errors; their errors name the flag.
 //
@@ -30,13 +32,8 @@ export type CliCommand =
       readonly source: string;
       /** Reads and validates; throws ConfigError. */
       load(): ProxyConfig;
-      /**
-       * load() in two steps, for workers: read() takes the file's text once (null for a
-       * flags-only run) and parse(text) validates it, in the primary and again in each
-       * worker, so every process runs what the primary validated.
-       */
-      read(): string | null;
-      parse(text: string | null): ProxyConfig;
+      /** load() in a worker thread, for SIGHUP: the event loop keeps serving traffic meanwhile. */
+      loadOffThread(): Promise<ProxyConfig>;
     }
   | {
       readonly kind: 'check';
@@ -172,19 +169,20 @@ export function parseCli(argv: readonly string[], options: { cwd?: string } = {}
     }
     const raw = flagsToRaw(values);
     const load = (): ProxyConfig => resolveFlags(raw, cwd);
+    const loadOffThread = async (): Promise<ProxyConfig> => load(); // nothing to parse: flags are a few bytes
     return kind === 'check'
       ? { kind, configPath: null, source: COMMAND_LINE, load }
-      : { kind, configPath: null, reloadable: false, source: COMMAND_LINE, load, read: () => null, parse: load };
+      : { kind, configPath: null, reloadable: false, source: COMMAND_LINE, load, loadOffThread };
   }
 
   // The file as the user typed it, so issues read `config/x.yaml:3:5 ...` (made absolute only for another cwd).
   const given = values.config;
   const configPath = given === undefined ? defaultConfigPath(cwd) : cwd === process.cwd() ? given : resolvePath(cwd, given);
   const load = (): ProxyConfig => loadConfigFile(configPath, overrides);
-  const parse = (text: string | null): ProxyConfig => parseConfigText(text ?? '', configPath, overrides);
+  const loadOffThread = (): Promise<ProxyConfig> => loadConfigFileOffThread(configPath, overrides);
   return kind === 'check'
     ? { kind, configPath, source: configPath, load }
-    : { kind, configPath, reloadable: true, source: configPath, load, read: () => readConfigText(configPath), parse };
+    : { kind, configPath, reloadable: true, source: configPath, load, loadOffThread };
 }
 
 /** config/keepalive-proxy.yaml in `cwd` if it exists, else the package's own (so `npx keepalive-proxy` works from a clone). */
@@ -268,7 +266,7 @@ function resolveFlags(raw: Record<string, unknown>, cwd: string): ProxyConfig {
     const issues = error.issues.map(
       (issue): ConfigIssue => ({ ...issue, message: issue.message.replace(/^required key is missing: /, 'is required: ') }),
     );
-    throw new ConfigError(issues);
+    throw new ConfigError(issues, error.omitted);
   }
 }
 

@@ -10,6 +10,7 @@ import type { HostPort } from './schema.js';
 //   parseHostPort(value, { allowPortZero? }): HostPort   throws RangeError with a message fit for a config error
 //   formatHostPort(hostPort): string                      "127.0.0.1:80", "[::1]:80"
 //   sameListenAddress(a, b): boolean                      would binding both clash? (a wildcard host clashes with any host on its port)
+//   ListenerClashes<T>: claim(address, owner)             the earliest earlier owner that clashes, in O(1) per listener
 
 export interface HostPortOptions {
   /** Port 0 (the kernel picks a free port): for listen addresses only, useful in tests. */
@@ -93,4 +94,48 @@ export function sameListenAddress(a: HostPort, b: HostPort): boolean {
 function covers(wildcard: string, host: string): boolean {
   if (wildcard === '::') return true;
   return wildcard === '0.0.0.0' && !isIPv6(host);
+}
+
+/**
+ * Finds clashing listeners (as sameListenAddress) without comparing each new one with
+ * every earlier one: per port, the first listener on each host and the first wildcard
+ * and IPv4 one are all that can be the earliest clash.
+ */
+export class ListenerClashes<T> {
+  readonly #ports = new Map<number, PortListeners<T>>();
+
+  /** The earliest claimed owner whose address clashes with `address`; then `owner` claims it too. */
+  claim(address: HostPort, owner: T): T | undefined {
+    if (address.port === 0) return undefined; // any free port: never a clash
+    let port = this.#ports.get(address.port);
+    if (!port) {
+      port = { count: 0, hosts: new Map() };
+      this.#ports.set(address.port, port);
+    }
+    const host = address.host.toLowerCase();
+    const ipv6 = isIPv6(host);
+    const candidates =
+      host === '::'
+        ? [port.first]
+        : host === '0.0.0.0'
+          ? [port.firstIPv4, port.hosts.get('::')]
+          : [port.hosts.get(host), port.hosts.get('::'), ipv6 ? undefined : port.hosts.get('0.0.0.0')];
+    const clash = candidates.reduce<Claim<T> | undefined>((earliest, c) => (c && (!earliest || c.order < earliest.order) ? c : earliest), undefined);
+
+    const claim = { owner, order: port.count++ };
+    port.first ??= claim;
+    if (!ipv6) port.firstIPv4 ??= claim;
+    if (!port.hosts.has(host)) port.hosts.set(host, claim);
+    return clash?.owner;
+  }
+}
+
+type Claim<T> = { readonly owner: T; readonly order: number };
+interface PortListeners<T> {
+  count: number;
+  first?: Claim<T>;
+  /** The first listener whose host is not IPv6 (a name, an IPv4 address, 0.0.0.0). */
+  firstIPv4?: Claim<T>;
+  /** The first listener on each host, lower-cased. */
+  readonly hosts: Map<string, Claim<T>>;
 }

@@ -2,8 +2,13 @@
 // user fixes them all at once. The text form `FILE:LINE:COL key.path: message` is an
 // interface (editors jump to it; `check` prints it); flags are named instead of a place.
 //
+// A hostile file can hold a million mistakes: a ConfigError keeps the first
+// MAX_REPORTED_ISSUES in file order and counts the rest, and no message or path is
+// longer than MAX_ISSUE_TEXT (a 4 MiB key would otherwise be printed whole).
+//
 // Public API (re-exported by load.ts):
-//   ConfigIssue, ConfigError (issues: ConfigIssue[]), formatIssue, formatIssues, formatPath
+//   ConfigIssue, ConfigError (issues: ConfigIssue[], omitted), formatIssue, formatIssues,
+//   reportLines, formatPath, MAX_REPORTED_ISSUES
 
 export type ConfigPath = readonly (string | number)[];
 
@@ -41,27 +46,66 @@ export function formatIssues(issues: readonly ConfigIssue[]): string {
   return issues.map(formatIssue).join('\n');
 }
 
-/** Thrown by the loaders with every issue found; the message holds them all, formatted. */
+/** How many issues a ConfigError keeps (and `check`, start and reload print). */
+export const MAX_REPORTED_ISSUES = 50;
+/** Longest message or key path kept; longer ones lose their middle. */
+const MAX_ISSUE_TEXT = 240;
+
+/** One line per kept issue, then "... and N more errors" when some were left out. */
+export function reportLines(error: ConfigError): string[] {
+  const lines = error.issues.map(formatIssue);
+  if (error.omitted > 0) lines.push(`... and ${error.omitted} more error${error.omitted === 1 ? '' : 's'}`);
+  return lines;
+}
+
+/**
+ * Thrown by the loaders: the first MAX_REPORTED_ISSUES of `issues` (give them in file
+ * order), plus `omitted` counted ones; the message holds the report.
+ */
 export class ConfigError extends Error {
   readonly code = 'CONFIG_INVALID' as const;
   readonly issues: readonly ConfigIssue[];
-  constructor(issues: readonly ConfigIssue[]) {
-    const count = issues.length === 1 ? '1 error' : `${issues.length} errors`;
-    super(`invalid configuration (${count}):\n${formatIssues(issues)}`);
+  /** Issues found but not kept. */
+  readonly omitted: number;
+  constructor(issues: readonly ConfigIssue[], omitted = 0) {
+    const kept = issues.slice(0, MAX_REPORTED_ISSUES).map(elideIssue);
+    const total = issues.length + omitted;
+    super(`invalid configuration (${total === 1 ? '1 error' : `${total} errors`}):`);
     this.name = 'ConfigError';
-    this.issues = issues;
+    this.issues = kept;
+    this.omitted = total - kept.length;
+    this.message += `\n${reportLines(this).join('\n')}`;
   }
+}
+
+function elideIssue(issue: ConfigIssue): ConfigIssue {
+  if (issue.message.length <= MAX_ISSUE_TEXT && issue.path.length <= MAX_ISSUE_TEXT) return issue;
+  return { ...issue, path: elide(issue.path), message: elide(issue.message) };
+}
+
+/** Keeps both ends of a long text (a value's start, a message's hint) and says how much was cut. */
+function elide(text: string): string {
+  if (text.length <= MAX_ISSUE_TEXT) return text;
+  const head = text.slice(0, MAX_ISSUE_TEXT / 2);
+  const tail = text.slice(-MAX_ISSUE_TEXT / 4);
+  return `${head}…(${text.length - head.length - tail.length} characters)…${tail}`;
 }
 
 /** Collects issues once each (a bad value in `defaults` is met by every route that inherits it). */
 export class IssueList {
-  readonly #seen = new Set<string>();
+  /**
+   * Issues by position: an issue is compared only with those at its own line and column,
+   * so adding is O(1) and no key string is built per issue (a file can hold a million).
+   */
+  readonly #byPosition = new Map<string, ConfigIssue[]>();
   readonly #issues: ConfigIssue[] = [];
 
   add(issue: ConfigIssue): void {
-    const key = `${issue.file}\0${issue.line}\0${issue.col}\0${issue.flag ?? ''}\0${issue.path}\0${issue.message}`;
-    if (this.#seen.has(key)) return;
-    this.#seen.add(key);
+    const position = `${issue.file}\0${issue.line}\0${issue.col}\0${issue.flag ?? ''}`;
+    const here = this.#byPosition.get(position);
+    if (here?.some((other) => other.path === issue.path && other.message === issue.message)) return;
+    if (here) here.push(issue);
+    else this.#byPosition.set(position, [issue]);
     this.#issues.push(issue);
   }
 

@@ -4,7 +4,7 @@ import { availableParallelism } from 'node:os';
 import { resolve as resolvePath } from 'node:path';
 import { KEEPALIVE_LIMITS } from '../net/sockopt.js';
 import { formatDuration, MAX_DURATION_MS, parseDuration } from './duration.js';
-import { formatHostPort, parseHostPort, sameListenAddress } from './hostport.js';
+import { formatHostPort, ListenerClashes, parseHostPort, sameListenAddress } from './hostport.js';
 import { ConfigError, formatPath, IssueList, type ConfigPath } from './issues.js';
 import {
   DEFAULTS,
@@ -100,6 +100,17 @@ const ROOT_KEYS: KeyTree = {
   defaults: ROUTE_KEYS,
   routes: null,
 };
+const unknownKeyHints = new WeakMap<KeyTree, string>();
+/** "unknown key; valid keys here: ...", one string per level shared by all its unknown keys. */
+function unknownKeyHint(tree: KeyTree): string {
+  let hint = unknownKeyHints.get(tree);
+  if (hint === undefined) {
+    hint = `unknown key; valid keys here: ${Object.keys(tree).join(', ')}`;
+    unknownKeyHints.set(tree, hint);
+  }
+  return hint;
+}
+
 /** Set on each route only: inheriting them would make every route clash. */
 const PER_ROUTE_ONLY = ['name', 'listen', 'upstream'] as const;
 
@@ -109,6 +120,8 @@ const WARM_POOL_KEYS = ['warm', 'maxIdle'];
 const HTTP_POOL_KEYS = ['maxSockets', 'idleTimeout', 'maxAge', 'maxRequests'];
 const CUSTOM_HEARTBEAT_KEYS = ['send', 'sendHex', 'expect', 'expectHex'];
 const ROUTE_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
+/** Routes a config may hold: each is a listening socket. */
+const MAX_ROUTES = 10_000;
 
 // ---- value parsers: each throws RangeError with the message the user sees ----
 
@@ -349,9 +362,9 @@ class Resolver {
   #checkKeys(map: Record<string, unknown>, tree: KeyTree, path: ConfigPath): void {
     for (const [key, value] of Object.entries(map)) {
       if (!Object.hasOwn(tree, key)) {
+        // Against the known keys only (a small fixed set), never the other unknown ones.
         const guess = closest(key, Object.keys(tree));
-        const hint = guess ? `did you mean "${guess}"?` : `valid keys here: ${Object.keys(tree).join(', ')}`;
-        this.#report([...path, key], 'key', `unknown key; ${hint}`);
+        this.#report([...path, key], 'key', guess ? `unknown key; did you mean "${guess}"?` : unknownKeyHint(tree));
         continue;
       }
       const subtree = tree[key];
@@ -431,6 +444,11 @@ class Resolver {
     }
     if (list.length === 0) {
       this.#report(['routes'], 'value', 'needs at least one route');
+      return { routes, identities };
+    }
+    if (list.length > MAX_ROUTES) {
+      // Not resolved one by one: each costs a few KB, and this many is a generated mistake.
+      this.#report(['routes'], 'value', `${list.length} routes; at most ${MAX_ROUTES} (each is a listener)`);
       return { routes, identities };
     }
     list.forEach((item: unknown, index) => {
@@ -787,13 +805,15 @@ class Resolver {
       if (first === undefined) names.set(name, index);
       else this.#report(['routes', index, 'name'], 'value', `duplicate route name "${name}" (also routes[${first}].name)`);
     }
-    identities.forEach(({ index, listen }, position) => {
-      if (!listen) return;
+    const listeners = new ListenerClashes<RouteIdentity>();
+    for (const identity of identities) {
+      const { index, listen } = identity;
+      if (!listen) continue;
       const address = formatHostPort(listen);
       if (adminListen && sameListenAddress(listen, adminListen)) {
         this.#report(['routes', index, 'listen'], 'value', `${address} clashes with the admin listener (admin.listen ${formatHostPort(adminListen)})`);
       }
-      const earlier = identities.slice(0, position).find((other) => other.listen && sameListenAddress(other.listen, listen));
+      const earlier = listeners.claim(listen, identity);
       if (earlier) {
         const owner = earlier.name ? ` of route "${earlier.name}"` : '';
         this.#report(
@@ -802,7 +822,7 @@ class Resolver {
           `${address} clashes with routes[${earlier.index}].listen (${formatHostPort(earlier.listen!)})${owner}`,
         );
       }
-    });
+    }
   }
 }
 

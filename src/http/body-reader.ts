@@ -1,4 +1,5 @@
 import { TCHAR } from './head-parser.js';
+import { HOP_BY_HOP, NEVER_NOMINATED } from './headers.js';
 
 // Finds where a message body ends (RFC 9112 6.3, 7.1) as its bytes stream through:
 // Content-Length, chunked, or "until the connection closes". Chunked bodies are checked
@@ -40,6 +41,16 @@ const MAX_SIZE_DIGITS = 13;
 const MAX_EXTENSION = 4096;
 const MAX_TRAILERS = 16 * 1024;
 
+/**
+ * Fields a trailer may never carry (RFC 9110 6.5.1: framing, routing and connection
+ * fields are read before the content). Trailers travel on inside the chunked framing, so
+ * one of these would reach the next hop unstripped, where a parser that merges trailers
+ * into the header section reads a second Content-Length or Host: the message is refused.
+ */
+const FORBIDDEN_TRAILERS: ReadonlySet<string> = new Set([...HOP_BY_HOP, ...NEVER_NOMINATED]);
+/** Longer than every forbidden name: a name past this is allowed without being kept whole. */
+const TRAILER_NAME_KEPT = 20;
+
 const HEX = new Int8Array(256).fill(-1);
 for (let c = 0; c < 10; c++) HEX[0x30 + c] = c;
 for (let c = 0; c < 6; c++) {
@@ -62,6 +73,8 @@ export class BodyReader {
   #digits = 0;
   #extension = 0;
   #trailerBytes = 0;
+  /** The trailer field name being read (its first TRAILER_NAME_KEPT characters). */
+  #trailerName = '';
   /** Why the body was refused (chunked framing), for logs. */
   error: string | null = null;
 
@@ -176,13 +189,20 @@ export class BodyReader {
           } else {
             // The byte is the first of a trailer field's name.
             if (TCHAR[byte] !== 1 || ++this.#trailerBytes > MAX_TRAILERS) return this.#fail(buf, start, at, 'invalid trailer line');
+            this.#trailerName = String.fromCharCode(byte);
             state = TRAILER_NAME;
           }
           break;
         case TRAILER_NAME:
           if (++this.#trailerBytes > MAX_TRAILERS) return this.#fail(buf, start, at, 'trailers too large');
-          if (byte === 0x3a) state = TRAILER_VALUE;
-          else if (TCHAR[byte] !== 1) return this.#fail(buf, start, at, 'invalid trailer line');
+          if (byte === 0x3a) {
+            if (FORBIDDEN_TRAILERS.has(this.#trailerName.toLowerCase())) return this.#fail(buf, start, at, 'framing or connection field in a trailer');
+            state = TRAILER_VALUE;
+          } else if (TCHAR[byte] !== 1) {
+            return this.#fail(buf, start, at, 'invalid trailer line');
+          } else if (this.#trailerName.length < TRAILER_NAME_KEPT) {
+            this.#trailerName += String.fromCharCode(byte);
+          }
           break;
         case TRAILER_VALUE:
           if (++this.#trailerBytes > MAX_TRAILERS) return this.#fail(buf, start, at, 'trailers too large');

@@ -446,9 +446,11 @@ export class ClientSession implements ExchangeClient, BodySink {
     return this.#closeAfter === null ? this.#host.sessionSettings.keepAliveLines : CLOSE_LINES;
   }
 
-  writeInterim(head: string): void {
-    if (this.#headSent || this.#state !== ACTIVE) return;
-    this.socket.write(head, 'latin1');
+  writeInterim(head: string): boolean {
+    if (this.#headSent || this.#state !== ACTIVE) return true;
+    const flowing = this.socket.write(head, 'latin1');
+    if (!flowing) this.#listenForDrain();
+    return flowing;
   }
 
   writeHead(head: string): boolean {

@@ -63,8 +63,8 @@ export interface ExchangeClient {
   readonly holdsWrites: boolean;
   /** The connection lines of the response head; decides whether the client connection persists. */
   connectionLines(closeDelimited: boolean): string;
-  /** latin1 text. */
-  writeInterim(head: string): void;
+  /** An interim (1xx) head, latin1 text; false when the client's buffer is full (wait for clientDrained). */
+  writeInterim(head: string): boolean;
   /** The response head (and maybe the first body bytes), latin1 text; false when the client's buffer is full (wait for clientDrained). */
   writeHead(head: string): boolean;
   writeBody(chunk: Buffer): boolean;
@@ -240,8 +240,10 @@ export class Exchange implements PoolWaiter, BodySink {
     if (this.#done) return;
     if (this.#status === 0) this.#status = 499; // nginx's "client closed request"
     // A request the upstream has whole can still complete on its connection, which then
-    // stays pooled; a half-sent one cannot: close it.
-    if (this.#connection !== null && this.#requestEnded && this.#state !== COMPLETE) this.#startDiscarding();
+    // stays pooled; a half-sent one cannot, nor one whose response leaves nothing to pool
+    // (read until the close, or the upstream said close): close it now.
+    const poolable = this.#state !== BODY || this.#upstreamKeepAlive;
+    if (this.#connection !== null && this.#requestEnded && this.#state !== COMPLETE && poolable) this.#startDiscarding();
     else this.#abandonUpstream('client_aborted');
     this.#complete();
   }
@@ -335,6 +337,7 @@ export class Exchange implements PoolWaiter, BodySink {
       }
       if (head.status >= 200) {
         this.#responseHead(head);
+        if (this.#connection === null) return;
         break;
       }
       if (!this.#interimHead(head)) return;
@@ -385,7 +388,10 @@ export class Exchange implements PoolWaiter, BodySink {
     if (head.status === 100) this.#continued = true;
     if (this.#deadline !== 0) this.#armDeadline();
     // RFC 9110 15.2: a proxy never sends a 1xx to an HTTP/1.0 client.
-    if (!this.#discarding && this.#client.httpVersion === '1.1') this.#client.writeInterim(interimResponseHead(head));
+    if (!this.#discarding && this.#client.httpVersion === '1.1' && !this.#client.writeInterim(interimResponseHead(head))) {
+      // An upstream may send any number of 1xx: like body bytes, they wait for the client.
+      this.#pauseResponse();
+    }
     return true;
   }
 
@@ -406,6 +412,11 @@ export class Exchange implements PoolWaiter, BodySink {
     else framing = 'close';
     if (!this.#requestEnded && this.#request.hasBody && !this.#continued && this.#interimExpected()) this.#clientReusable = false;
     if (this.#discarding) {
+      // Nobody reads this response, and its connection cannot be pooled after it.
+      if (!this.#upstreamKeepAlive) {
+        this.#abandonUpstream('client_aborted');
+        return;
+      }
       this.#reader = framing === 'none' ? null : this.#bodyReader(head, true);
     } else {
       this.#connectionLines = this.#client.connectionLines(framing === 'close' || !this.#clientReusable);
@@ -462,11 +473,14 @@ export class Exchange implements PoolWaiter, BodySink {
     if (connection === null) return;
     // The client's socket still holds (a view of) this chunk: the next read needs a new buffer.
     if (this.#client.holdsWrites) connection.retainChunk();
-    if (!flowing && !this.#responsePaused) {
-      // Backpressure: read no more from the upstream until the client drains.
-      this.#responsePaused = true;
-      connection.socket.pause();
-    }
+    if (!flowing) this.#pauseResponse();
+  }
+
+  /** Backpressure: read no more from the upstream until the client drains. */
+  #pauseResponse(): void {
+    if (this.#responsePaused || this.#connection === null) return;
+    this.#responsePaused = true;
+    this.#connection.socket.pause();
   }
 
   #flushPendingHead(): void {

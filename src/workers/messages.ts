@@ -5,16 +5,18 @@ import type { ConnectionInfo } from '../route.js';
 // primary asks, a worker answers the request with the same id; nothing else is sent.
 // Every message carries `kp` so it is never mistaken for anything else on the channel.
 
-/** A config as the primary validated it: the file's text (null for a flags-only run) and the ports it chose for port 0. */
-export interface ConfigText {
-  readonly text: string | null;
-  /** Route name -> port, for routes whose listen port is 0 (every worker must bind the same one). */
-  readonly pins: Readonly<Record<string, number>>;
+/**
+ * A config as the primary validated it (read and parsed once, for all), as workerConfig()
+ * gives it, through encodeConfig(): the channel uses structured clone ('advanced'
+ * serialization), which keeps typed arrays but not Buffers or URLs.
+ */
+export interface EncodedConfig {
+  readonly config: unknown;
 }
 
 export type Request =
-  | ({ readonly kp: 'start'; readonly slot: number; readonly admin: { host: string; port: number } | null } & ConfigText)
-  | ({ readonly kp: 'reload'; readonly admin: { host: string; port: number } | null } & ConfigText)
+  | ({ readonly kp: 'start'; readonly slot: number; readonly admin: { host: string; port: number } | null } & EncodedConfig)
+  | ({ readonly kp: 'reload'; readonly admin: { host: string; port: number } | null } & EncodedConfig)
   | { readonly kp: 'metrics' }
   | { readonly kp: 'connections' }
   | { readonly kp: 'stop' };

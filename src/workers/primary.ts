@@ -2,6 +2,7 @@ import cluster from 'node:cluster';
 import { sameAddress, summary } from '../app.js';
 import { AdminServer } from '../admin/server.js';
 import { Clock } from '../clock.js';
+import { encodeConfig } from '../config/off-thread.js';
 import type { ProxyConfig } from '../config/schema.js';
 import type { Logger } from '../log.js';
 import { Metrics } from '../metrics/registry.js';
@@ -17,12 +18,6 @@ import { pinPorts, workerConfig, type Pins } from './ports.js';
 // (node:cluster) run the routes. The primary gathers /metrics, /connections and readiness
 // from them, fans reloads and shutdown out to them, and replaces a worker that dies, with a
 // backoff so a worker that crashes at once does not spin.
-
-/** A config as loaded: the file's text, handed to the workers, and what it validated to. */
-export interface ConfigSnapshot {
-  readonly text: string | null;
-  readonly config: ProxyConfig;
-}
 
 /** How long a worker may take to answer, per request. */
 const START_TIMEOUT_MS = 60_000;
@@ -54,7 +49,7 @@ export class Primary {
   readonly metrics = new Metrics();
   readonly clock = new Clock(250);
   readonly #log: Logger;
-  #current: ConfigSnapshot;
+  #current: ProxyConfig;
   #pins: Pins = {};
   readonly #slots: Slot[];
   readonly #aggregate = new MetricsAggregate();
@@ -63,10 +58,10 @@ export class Primary {
   #serving = false;
   #stopping = false;
 
-  constructor(first: ConfigSnapshot, log: Logger) {
-    this.#current = first;
+  constructor(config: ProxyConfig, log: Logger) {
+    this.#current = config;
     this.#log = log;
-    this.#slots = Array.from({ length: first.config.workers }, (_, i) => ({
+    this.#slots = Array.from({ length: config.workers }, (_, i) => ({
       number: i + 1,
       link: null,
       listening: null,
@@ -78,11 +73,13 @@ export class Primary {
     // Round robin where workers share the primary's socket (Node without reusePort):
     // the kernel's own spread over processes sharing one socket is very uneven.
     cluster.schedulingPolicy = cluster.SCHED_RR;
+    // Structured clone on the channel: configs carry typed arrays (see messages.ts).
+    cluster.setupPrimary({ serialization: 'advanced' });
   }
 
   /** Binds the admin listener and starts every worker; rejects (with nothing left running) when any cannot. */
   async start(): Promise<void> {
-    const { config } = this.#current;
+    const config = this.#current;
     try {
       this.#admin = await this.#bindAdmin(config);
       this.#pins = await pinPorts(config, null);
@@ -106,15 +103,15 @@ export class Primary {
    * can, everything stays as it was; when only some can, the others are replaced so that
    * every worker ends up running it. Either way the reload rejects, and is counted as failed.
    */
-  async reload(next: ConfigSnapshot): Promise<void> {
-    if (next.config.workers !== this.#slots.length) {
-      this.#log.warn({ running: this.#slots.length, configured: next.config.workers }, 'workers: a new count takes effect at the next start');
+  async reload(next: ProxyConfig): Promise<void> {
+    if (next.workers !== this.#slots.length) {
+      this.#log.warn({ running: this.#slots.length, configured: next.workers }, 'workers: a new count takes effect at the next start');
     }
-    const adminMoves = !sameAddress(this.#current.config.admin.listen, next.config.admin.listen);
-    const admin = adminMoves ? await this.#bindAdmin(next.config) : null;
+    const adminMoves = !sameAddress(this.#current.admin.listen, next.admin.listen);
+    const admin = adminMoves ? await this.#bindAdmin(next) : null;
     let pins: Pins;
     try {
-      pins = await pinPorts(next.config, { config: this.#current.config, pins: this.#pins });
+      pins = await pinPorts(next, { config: this.#current, pins: this.#pins });
     } catch (error) {
       await admin?.close();
       throw error;
@@ -123,7 +120,7 @@ export class Primary {
     const live = this.#slots.filter((slot) => slot.link && slot.listening);
     const results = await Promise.allSettled(
       live.map(async (slot) => {
-        const answer = await slot.link!.request({ kp: 'reload', text: next.text, pins, admin: adminAddress }, RELOAD_TIMEOUT_MS);
+        const answer = await slot.link!.request({ kp: 'reload', config: encodeConfig(workerConfig(next, pins)), admin: adminAddress }, RELOAD_TIMEOUT_MS);
         slot.listening = new Set(answer.listening);
       }),
     );
@@ -137,7 +134,7 @@ export class Primary {
     }
     this.#current = next;
     this.#pins = pins;
-    this.#log.level = next.config.log.level;
+    this.#log.level = next.log.level;
     if (adminMoves) {
       await this.#admin?.close();
       this.#admin = admin;
@@ -148,13 +145,13 @@ export class Primary {
       const names = failed.map(({ slot, error }) => `worker ${slot.number} (${error.message})`).join(', ');
       throw new Error(`${names} could not apply it and ${failed.length === 1 ? 'is' : 'are'} being replaced; the other workers run the new configuration`);
     }
-    this.#log.info({ routes: workerConfig(next.config, pins).routes.map(summary), workers: live.length }, 'configuration reloaded');
+    this.#log.info({ routes: workerConfig(next, pins).routes.map(summary), workers: live.length }, 'configuration reloaded');
   }
 
   /** Every worker drains (up to shutdownTimeout) and exits; then the admin listener closes. Rejects when a worker had to be killed. */
   async close(): Promise<void> {
     this.#stopping = true;
-    const deadlineMs = this.#current.config.shutdownTimeoutMs;
+    const deadlineMs = this.#current.shutdownTimeoutMs;
     this.#log.info({ workers: this.#slots.filter((s) => s.link).length, deadlineMs }, 'shutting down: every worker drains its live connections');
     const killed = await this.#stopWorkers(deadlineMs + EXIT_GRACE_MS);
     await this.#admin?.close();
@@ -171,15 +168,15 @@ export class Primary {
     slot.link = link;
     slot.listening = null;
     worker.once('exit', (code, signal) => this.#onExit(slot, link, code, signal));
-    const { text, config } = this.#current;
-    const answer = await link.request(
-      { kp: 'start', slot: slot.number, text, pins: this.#pins, admin: this.#admin?.address() ?? null },
+    const config = this.#current;
+    let answer = await link.request(
+      { kp: 'start', slot: slot.number, config: encodeConfig(workerConfig(config, this.#pins)), admin: this.#admin?.address() ?? null },
       START_TIMEOUT_MS,
     );
     // A reload may have committed while this worker was starting on the config before it.
-    if (this.#current.config !== config) {
-      const latest = this.#current;
-      await link.request({ kp: 'reload', text: latest.text, pins: this.#pins, admin: this.#admin?.address() ?? null }, RELOAD_TIMEOUT_MS);
+    if (this.#current !== config) {
+      const latest = workerConfig(this.#current, this.#pins);
+      answer = await link.request({ kp: 'reload', config: encodeConfig(latest), admin: this.#admin?.address() ?? null }, RELOAD_TIMEOUT_MS);
     }
     slot.listening = new Set(answer.listening);
   }
@@ -257,7 +254,7 @@ export class Primary {
 
   /** Routes that some worker is not listening on, or every route while a worker is missing. */
   #notReady(): string[] {
-    const names = this.#current.config.routes.map((route) => route.name);
+    const names = this.#current.routes.map((route) => route.name);
     return names.filter((name) => this.#slots.some((slot) => !slot.listening?.has(name)));
   }
 

@@ -1,21 +1,20 @@
 import cluster from 'node:cluster';
 import { createApp, type App } from '../app.js';
-import type { CliCommand } from '../config/cli.js';
+import { decodeConfig } from '../config/off-thread.js';
+import type { ProxyConfig } from '../config/schema.js';
 import { createRootLogger, type Logger } from '../log.js';
 import { Metrics } from '../metrics/registry.js';
 import { HELLO, isRequest, type Answers, type Envelope, type Kind, type Reply } from './messages.js';
-import { workerConfig } from './ports.js';
 
-// One worker process: it runs the routes of the config its primary sends, and answers the
+// One worker process: it runs the routes of the config its primary sends (validated there,
+// never read or parsed here: the event loop serving traffic never parses YAML), and answers the
 // primary's requests (reload, metrics, connections, stop). Signals are the primary's to
 // handle and fan out: a terminal's SIGINT or SIGHUP reaches the whole process group, and
 // acting on it here too would apply it twice. A SIGTERM sent to this process alone drains
 // it like a stop request (the primary then replaces it). When the primary goes away
 // node:cluster ends this process at once.
 
-type Run = Extract<CliCommand, { kind: 'run' }>;
-
-export function runWorker(command: Run): void {
+export function runWorker(): void {
   let app: App | null = null;
   let log: Logger | null = null;
   let stopping: Promise<void> | null = null;
@@ -29,7 +28,7 @@ export function runWorker(command: Run): void {
   const answer = async (request: Envelope): Promise<Answers[Kind]> => {
     switch (request.kp) {
       case 'start': {
-        const config = workerConfig(command.parse(request.text), request.pins);
+        const config = decodeConfig(request.config) as ProxyConfig;
         log = createRootLogger(config.log.level).child({ worker: request.slot });
         const admin = request.admin;
         app = createApp(config, log, new Metrics(), { primaryListeners: () => (admin ? [admin] : []) });
@@ -38,7 +37,7 @@ export function runWorker(command: Run): void {
       }
       case 'reload': {
         if (!app) throw new Error('reload before start');
-        await app.reload(workerConfig(command.parse(request.text), request.pins));
+        await app.reload(decodeConfig(request.config) as ProxyConfig);
         return { listening: listening(app) };
       }
       case 'metrics':

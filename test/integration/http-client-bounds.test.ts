@@ -2,7 +2,7 @@ import { readdirSync } from 'node:fs';
 import net from 'node:net';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { httpRouteConfig, rawRequest, request, startRoute, startUpstream, type RunningRoute, type Upstream } from '../helpers/http.js';
-import { connect, freePort } from '../helpers/net.js';
+import { connect, freePort, listen0 } from '../helpers/net.js';
 import { startProxy, type RunningProxy } from '../helpers/proxy.js';
 import { once, sleep, until } from '../helpers/wait.js';
 
@@ -218,4 +218,116 @@ describe('slow request bodies', () => {
     expect(upstream.connections()).toBe(0);
     expect(await route.metric('evictions_total', { route: 'web', reason: 'body_timeout' })).toBe(1);
   });
+});
+
+describe('interim (1xx) responses to a client that does not read', () => {
+  it('are backpressured like bodies: the upstream is read no further, and the client later gets every one in order', async () => {
+    // Varied 1xx heads (100, 102, 103 with fields) of ~4 KiB each, 48 MiB in all, then the final response.
+    const HEADS = 12_000;
+    const heads: Buffer[] = [];
+    for (let i = 0; i < HEADS; i++) {
+      const status = [100, 102, 103][i % 3]!;
+      const fields = status === 103 ? `Link: </${i}.css>; rel=preload; x="${'p'.repeat(4000 + (i % 97))}"\r\n` : `X-Index: ${i}\r\nX-Pad: ${'q'.repeat(4000 + (i % 89))}\r\n`;
+      heads.push(Buffer.from(`HTTP/1.1 ${status} Interim\r\nX-Seq: ${i}\r\n${fields}\r\n`, 'latin1'));
+    }
+    const final = Buffer.from('HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ndone', 'latin1');
+    let written = 0;
+    const origin = await listen0((socket) => {
+      socket.once('data', () => {
+        let next = 0;
+        const pump = (): void => {
+          while (next < HEADS) {
+            const head = heads[next++]!;
+            written += head.length;
+            if (!socket.write(head)) return;
+          }
+          if (next === HEADS) {
+            next++;
+            socket.write(final);
+          }
+        };
+        socket.on('drain', pump);
+        pump();
+      });
+    });
+    cleanups.push(() => origin.close());
+    const route = await routeOf(`protocol: http\nupstream: http://127.0.0.1:${origin.port}\nhttp: { clientIdleTimeout: 60s, responseTimeout: 60s }`);
+    const socket = await clientSocket(route.port);
+    socket.pause();
+    socket.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n');
+
+    // What the proxy took from the upstream while its client read nothing: socket buffers
+    // (a few MiB on loopback), not the 48 MiB the upstream had to send.
+    const total = heads.reduce((sum, head) => sum + head.length, 0);
+    const stalled = await settled(() => written, 1_000, 15_000);
+    expect(stalled).toBeGreaterThan(0);
+    expect(stalled).toBeLessThan(total / 3);
+
+    // Nothing was dropped or reordered: every interim head, then the final response.
+    const chunks: Buffer[] = [];
+    let tail = '';
+    const complete = new Promise<void>((resolve) => {
+      socket.on('data', (chunk: Buffer) => {
+        chunks.push(chunk);
+        tail = (tail + chunk.toString('latin1')).slice(-4);
+        if (tail === 'done') resolve();
+      });
+    });
+    socket.resume();
+    await Promise.race([complete, sleep(20_000)]);
+    const text = Buffer.concat(chunks).toString('latin1');
+    const sequence = [...text.matchAll(/\r\nX-Seq: (\d+)\r\n/g)].map((match) => Number(match[1]));
+    expect(sequence.length).toBe(HEADS);
+    expect(sequence.every((seq, i) => seq === i)).toBe(true);
+    expect(text.endsWith('\r\n\r\ndone')).toBe(true);
+  }, 60_000);
+});
+
+
+describe('a client that leaves during a response its upstream connection cannot outlive', () => {
+  // Read until the close, a final coding other than chunked, or the upstream said close:
+  // nothing is left to pool after such a response, so reading it on for nobody would only
+  // hold a pool slot from every other client.
+  const heads: Array<[string, string]> = [
+    ['close-delimited', 'HTTP/1.1 200 OK\r\n\r\n'],
+    ['a final coding other than chunked', 'HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n'],
+    ['chunked twice', 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n'],
+    ['Connection: close with a length', 'HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 10000000\r\n\r\n'],
+    ['HTTP/1.0 with a length', 'HTTP/1.0 200 OK\r\nContent-Length: 10000000\r\n\r\n'],
+    ['chunked, Connection: close', 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n'],
+  ];
+  for (const when of ['mid-body', 'before the head'] as const) {
+    it.each(heads)(`${when}, %s: the upstream connection closes at once and the next client is served`, async (_name, head) => {
+      let clientGone = (): void => {};
+      const gone = new Promise<void>((resolve) => (clientGone = resolve));
+      let upstreamClosed = false;
+      const origin = await listen0((socket) => {
+        socket.on('data', (chunk: Buffer) => {
+          if (!chunk.toString('latin1').startsWith('GET /stream')) {
+            socket.write('HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext');
+            return;
+          }
+          socket.on('close', () => (upstreamClosed = true));
+          // The response never ends by itself: a byte now and then, until the proxy closes.
+          const trickle = setInterval(() => socket.write(head.includes('chunked') ? '1\r\nx\r\n' : 'x'), 100);
+          socket.on('close', () => clearInterval(trickle));
+          if (when === 'mid-body') socket.write(head);
+          else void gone.then(() => socket.write(head));
+        });
+      });
+      cleanups.push(() => origin.close());
+      const route = await routeOf(`protocol: http\nupstream: http://127.0.0.1:${origin.port}\npool: { maxSockets: 1 }\nhttp: { responseTimeout: 60s }`);
+      const socket = await clientSocket(route.port);
+      socket.write('GET /stream HTTP/1.1\r\nHost: x\r\n\r\n');
+      if (when === 'mid-body') await once(socket, 'data', 5_000);
+      else await until(() => origin.sockets.size === 1, 5_000);
+      socket.destroy();
+      clientGone();
+
+      // Well inside the 60 s a dropped response may otherwise be read for.
+      await until(() => upstreamClosed, 10_000);
+      const next = await rawRequest(route.port, 'GET /next HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n', 10_000);
+      expect([next.status, next.body.toString()]).toEqual([200, 'next']);
+    }, 30_000);
+  }
 });

@@ -230,6 +230,56 @@ describe('a response whose framing cannot be trusted', () => {
   });
 });
 
+describe('a trailer never carries a framing, routing or connection field', () => {
+  // Trailers travel on inside the chunked framing: a forbidden field there would reach the
+  // next hop unstripped. Every such name, in generated spellings, in both directions.
+  const FORBIDDEN = ['Content-Length', 'Transfer-Encoding', 'Host', 'Connection', 'Keep-Alive', 'Proxy-Connection', 'TE', 'Trailer', 'Upgrade'];
+  const spellings = (name: string): string[] => [name, name.toLowerCase(), name.toUpperCase(), [...name].map((c, i) => (i % 2 ? c.toLowerCase() : c.toUpperCase())).join('')];
+  const value = (name: string): string => (/length/i.test(name) ? String(HIDDEN.length) : 'chunked');
+  const names = FORBIDDEN.flatMap(spellings);
+
+  for (const size of ['small', 'streamed'] as const) {
+    it(`requests (${size} body): 400, the connection closed, the origin never sees the request whole`, async () => {
+      const origin = await recordingOrigin();
+      const route = await reverseRoute(origin.port, 1);
+      const data = size === 'small' ? 'hello' : 'x'.repeat(100 * 1024);
+      const chunked = (trailer: string): string => `${data.length.toString(16)}\r\n${data}\r\n0\r\n${trailer}\r\n`;
+      const post = (id: string): string => `POST /t HTTP/1.1\r\nHost: x\r\nX-Id: ${id}\r\nTransfer-Encoding: chunked\r\n\r\n`;
+      const next = 'GET /next HTTP/1.1\r\nHost: x\r\nX-Id: next\r\n\r\n';
+      for (const name of names) {
+        const { answers } = await converse(route.port, [post(name) + chunked(`${name}: ${value(name)}\r\n`) + next], 2, 3_000);
+        expect(answers.map((answer) => answer.status), name).toEqual([400]);
+      }
+      // An ordinary trailer still passes.
+      const { answers } = await converse(route.port, [post('fine') + chunked('X-Checksum: abc\r\n') + next], 2);
+      expect(answers.map((answer) => answer.headers.get('x-id')?.[0])).toEqual(['fine', 'next']);
+      expect(origin.seen.map((seen) => seen.id)).toEqual(['fine', 'next']);
+    }, 60_000);
+  }
+
+  it('responses: the field never reaches the client, and the connection is not reused', async () => {
+    const origin = await rawOrigin((n) => {
+      const trailer = n < names.length ? `${names[n]}: ${value(names[n]!)}` : 'X-Checksum: abc';
+      return `HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n${trailer}\r\n\r\n`;
+    });
+    const route = await reverseRoute(origin.port, 1);
+    for (const name of names) {
+      const socket = net.connect(route.port, '127.0.0.1');
+      socket.on('error', () => {});
+      let received = '';
+      socket.on('data', (chunk: Buffer) => (received += chunk.toString('latin1')));
+      socket.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n');
+      await once(socket, 'close', 5_000);
+      const afterHead = received.slice(received.indexOf('\r\n\r\n') + 4).toLowerCase();
+      expect(afterHead, name).not.toContain(`${name.toLowerCase()}:`);
+    }
+    expect(origin.connections()).toBe(names.length);
+    // An ordinary trailer reaches the client.
+    const { leftover } = await converse(route.port, ['GET / HTTP/1.1\r\nHost: x\r\n\r\n'], 1, 1_000);
+    expect(leftover).toContain('0\r\nX-Checksum: abc\r\n\r\n');
+  }, 60_000);
+});
+
 // ---- the differential test ----
 
 /** mulberry32: a small seeded generator, so a failure can be replayed from its seed. */

@@ -205,6 +205,32 @@ routes:
     }
   });
 
+  it('a config with bytes in it (a custom heartbeat) reaches the workers intact: each probes with those bytes', async () => {
+    const probes: string[] = [];
+    const upstream = await listen0((socket) => {
+      socket.on('data', (chunk: Buffer) => {
+        probes.push(chunk.toString('hex'));
+        if (chunk.toString() === 'hb?\n') socket.write('hb!\n');
+      });
+      socket.on('error', () => {});
+    });
+    cleanups.push(() => upstream.close());
+    const port = await freePort();
+    await start(`
+admin: { listen: "{{admin}}" }
+workers: 2
+routes:
+  - name: custom
+    listen: 127.0.0.1:${port}
+    upstream: 127.0.0.1:${upstream.port}
+    heartbeat: { every: 300ms, timeout: 2s, jitter: 0, sendHex: "68623f0a", expectHex: "6862210a" }
+`);
+    const clients = await Promise.all(Array.from({ length: 6 }, () => connect(port)));
+    for (const client of clients) cleanups.push(() => client.destroy());
+    await until(() => probes.length >= 6, 10_000, 'probes from the workers');
+    expect(new Set(probes)).toEqual(new Set([Buffer.from('hb?\n').toString('hex')]));
+  });
+
   it('a port already in use is fatal at start: one error line, exit 1, nothing left listening', async () => {
     const [fine, upstream, taken] = [await freePort(), await echoUpstream(), await listen0((s) => s.destroy())];
     cleanups.push(() => taken.close());

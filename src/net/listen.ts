@@ -26,7 +26,7 @@ export function listenOn(server: net.Server, address: HostPort, owner: string): 
 
 /**
  * How the workers of src/workers/ share a route's address. Where Node has listen({ reusePort })
- * (22.12+, 23.1+; checked on 22.12 and 24), each worker binds a socket of its own with
+ * (22.12+, 23.1+; checked on 24.22, and the fallback on 20.20), each worker binds a socket of its own with
  * SO_REUSEPORT (exclusive: not through the primary): the kernel spreads connections across
  * them by address hash and no connection passes through another process. Node 20 cannot set
  * it before bind, so there workers share the primary's socket through node:cluster, which

@@ -6,6 +6,7 @@ export const ERROR_CODES = {
   LISTEN_FAILED: 'a listener could not bind',
   CONNECT_TIMEOUT: 'the upstream did not accept the connection in time',
   CONNECT_FAILED: 'the upstream refused or could not be reached',
+  TLS_FAILED: 'the TLS handshake failed',
   DESTINATION_REFUSED: 'the destination is not one this proxy connects to',
   SOCKOPT_UNSUPPORTED: 'socket options cannot be set on this platform',
 } as const;

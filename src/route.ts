@@ -3,6 +3,7 @@ import type { RouteConfig } from './config/schema.js';
 import type { Logger } from './log.js';
 import type { Metrics, EvictionReason } from './metrics/registry.js';
 import type { SocketOptions } from './net/sockopt.js';
+import type { TlsSummary } from './net/tls-socket.js';
 
 // The contract between the composition root (app.ts) and each kind of route
 // (tcp/route.ts for the TCP family, http/route.ts for http and http-forward).
@@ -29,6 +30,8 @@ export interface ConnectionInfo {
   readonly reused: boolean;
   /** The kernel's view of each socket, read back with getsockopt (null where not available). */
   readonly socketOptions?: { readonly client: SocketOptions | null; readonly upstream: SocketOptions | null };
+  /** TCP-family routes: the TLS version and cipher of each side (null where that side is plaintext). */
+  readonly tls?: { readonly client: TlsSummary | null; readonly upstream: TlsSummary | null };
   /** With workers (src/workers/): the worker slot (1..N) and process serving this connection. */
   readonly worker?: number;
   readonly pid?: number;

@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { isIPv6 } from 'node:net';
 import { availableParallelism } from 'node:os';
+import { createSecureContext } from 'node:tls';
 import { resolve as resolvePath } from 'node:path';
 import { KEEPALIVE_LIMITS } from '../net/sockopt.js';
 import { formatDuration, MAX_DURATION_MS, parseDuration } from './duration.js';
@@ -21,6 +22,9 @@ import {
   type ProxyConfig,
   type RouteConfig,
   type TlsConfig,
+  type UpstreamTlsConfig,
+  type ClientTlsConfig,
+  UPSTREAM_TLS_MODES,
   type WarmPoolConfig,
 } from './schema.js';
 import { closest } from './suggest.js';
@@ -80,6 +84,8 @@ const ROUTE_KEYS: KeyTree = {
   heartbeat: { every: null, timeout: null, jitter: null, inTransaction: null, maxIdle: null, send: null, sendHex: null, expect: null, expectHex: null },
   pool: { warm: null, maxIdle: null, maxSockets: null, idleTimeout: null, maxAge: null, maxRequests: null },
   tls: { ca: null, cert: null, key: null, servername: null, rejectUnauthorized: null },
+  upstreamTls: { mode: null, ca: null, cert: null, key: null, servername: null },
+  clientTls: { cert: null, key: null },
   http: {
     xForwarded: null,
     clientIdleTimeout: null,
@@ -573,6 +579,12 @@ class Resolver {
       const why = protocol === 'http' ? 'tls is for an https:// upstream' : `${notFor}: tls is for http routes with an https:// upstream`;
       this.#report([...view.path, 'tls'], 'key', why);
     }
+    for (const key of ['upstreamTls', 'clientTls']) {
+      if (Object.hasOwn(own, key) && !tcpFamily) {
+        const instead = protocol === 'http' ? ' (an https:// upstream with tls: is the http equivalent)' : '';
+        this.#report([...view.path, key], 'key', `${notFor}: ${key} is for tcp, redis, postgres and mysql routes${instead}`);
+      }
+    }
   }
 
   /** Every inheritable setting of a route, for its protocol. */
@@ -597,6 +609,8 @@ class Resolver {
       // Copies: the result is frozen, and DEFAULTS is not ours to freeze.
       httpPool: httpFamily ? this.#httpPool(view) : { ...DEFAULTS.httpPool },
       tls: context.scheme === 'https:' ? this.#tls(view) : null,
+      upstreamTls: tcpFamily ? this.#upstreamTls(context) : null,
+      clientTls: tcpFamily ? this.#clientTls(context) : null,
       http: httpFamily ? this.#httpOptions(view) : { ...DEFAULTS.http },
       allow: protocol === 'http-forward' ? this.#allow(context) : [],
     };
@@ -704,18 +718,10 @@ class Resolver {
 
   #tls(view: RouteView): TlsConfig {
     this.#section(view, ['tls']);
-    const ca = this.#pem(view, 'ca');
-    const cert = this.#pem(view, 'cert');
-    const key = this.#pem(view, 'key');
-    for (const [present, missing] of [
-      ['cert', 'key'],
-      ['key', 'cert'],
-    ] as const) {
-      const found = view.get(['tls', present]);
-      if (found && !view.get(['tls', missing])) {
-        this.#report(found.path, 'key', `tls.${present} needs tls.${missing} too (a client certificate is a pair)`);
-      }
-    }
+    const ca = this.#pem(view, 'tls', 'ca');
+    const cert = this.#pem(view, 'tls', 'cert');
+    const key = this.#pem(view, 'tls', 'key');
+    this.#checkPair(view, 'tls');
     const servername = view.get(['tls', 'servername']);
     return {
       ...(ca ? { ca: ca.pem, caFile: ca.file } : {}),
@@ -726,9 +732,79 @@ class Resolver {
     };
   }
 
-  /** A PEM file named at tls.<key>, read now so a missing file fails at load, not at the first request. */
-  #pem(view: RouteView, key: string): { file: string; pem: Buffer } | undefined {
-    const found = view.get(['tls', key]);
+  /** cert and key come together (a certificate is a pair). */
+  #checkPair(view: RouteView, section: string): void {
+    for (const [present, missing] of [
+      ['cert', 'key'],
+      ['key', 'cert'],
+    ] as const) {
+      const found = view.get([section, present]);
+      if (found && !view.get([section, missing])) {
+        this.#report(found.path, 'key', `${section}.${present} needs ${section}.${missing} too (a client certificate is a pair)`);
+      }
+    }
+  }
+
+  /** upstreamTls: the mode (libpq's words) and the files it uses; null when off. */
+  #upstreamTls({ view, protocol, virtual }: RouteContext): UpstreamTlsConfig | null {
+    const section = this.#section(view, ['upstreamTls'], true);
+    if (section.state !== 'map') return null;
+    const mode = this.#read(view, ['upstreamTls', 'mode'], oneOf(UPSTREAM_TLS_MODES), 'off');
+    const ca = this.#pem(view, 'upstreamTls', 'ca');
+    const cert = this.#pem(view, 'upstreamTls', 'cert');
+    const key = this.#pem(view, 'upstreamTls', 'key');
+    this.#checkPair(view, 'upstreamTls');
+    const servername = view.get(['upstreamTls', 'servername']);
+    if (mode === 'off') return null;
+    this.#checkLoads(section.found.path, { ca: ca?.pem, cert: cert?.pem, key: key?.pem });
+    if (protocol === 'mysql' && !virtual) {
+      // MySQL negotiates TLS inside its handshake (capability flags, SSL request packet);
+      // that negotiator is not built yet, and TLS from the first byte would not work.
+      this.#report(section.found.path, 'value', 'upstreamTls is not supported for protocol mysql yet');
+      return null;
+    }
+    return {
+      mode,
+      ...(ca ? { ca: ca.pem, caFile: ca.file } : {}),
+      ...(cert ? { cert: cert.pem, certFile: cert.file } : {}),
+      ...(key ? { key: key.pem, keyFile: key.file } : {}),
+      ...(servername ? { servername: this.#parse(servername, nonEmptyString, '') } : {}),
+    };
+  }
+
+  /** clientTls: the certificate and key the proxy presents to its clients. */
+  #clientTls({ view, protocol, virtual }: RouteContext): ClientTlsConfig | null {
+    const section = this.#section(view, ['clientTls'], true);
+    if (section.state !== 'map') return null;
+    const cert = this.#pem(view, 'clientTls', 'cert');
+    const key = this.#pem(view, 'clientTls', 'key');
+    if (!virtual) {
+      for (const name of ['cert', 'key']) {
+        if (!view.get(['clientTls', name])) this.#report([...section.found.path, name], 'key', `required key is missing: the proxy's ${name === 'cert' ? 'certificate' : 'private key'} (PEM file)`);
+      }
+      if (protocol === 'mysql') {
+        this.#report(section.found.path, 'value', 'clientTls is not supported for protocol mysql yet');
+        return null;
+      }
+    }
+    if (!cert || !key) return null;
+    this.#checkLoads(section.found.path, { cert: cert.pem, key: key.pem });
+    return { cert: cert.pem, key: key.pem, certFile: cert.file, keyFile: key.file };
+  }
+
+  /** PEM files that read but do not load (a key that is not the certificate's, a garbled CA) fail here, at load or reload. */
+  #checkLoads(path: ConfigPath, pems: { ca?: Buffer; cert?: Buffer; key?: Buffer }): void {
+    if ((pems.cert === undefined) !== (pems.key === undefined)) return; // the pair rule already reported it
+    try {
+      createSecureContext(pems);
+    } catch (error) {
+      this.#report(path, 'value', `the certificate files do not load: ${(error as Error).message}`);
+    }
+  }
+
+  /** A PEM file named at <section>.<key>, read now so a missing file fails at load, not at the first connection. */
+  #pem(view: RouteView, section: string, key: string): { file: string; pem: Buffer } | undefined {
+    const found = view.get([section, key]);
     if (!found) return undefined;
     return this.#parse<{ file: string; pem: Buffer } | undefined>(
       found,

@@ -50,8 +50,9 @@ export interface HttpPoolConfig {
   readonly maxRequests: number;
 }
 
-export interface TlsConfig {
-  /** PEM contents read at load time (paths in YAML). */
+/** The files and name of TLS toward an upstream. */
+export interface TlsFiles {
+  /** PEM contents read at load time (and at every reload); paths in YAML, relative to the config file. */
   readonly ca?: Buffer;
   readonly cert?: Buffer;
   readonly key?: Buffer;
@@ -59,7 +60,27 @@ export interface TlsConfig {
   readonly certFile?: string;
   readonly keyFile?: string;
   readonly servername?: string;
+}
+
+export interface TlsConfig extends TlsFiles {
   readonly rejectUnauthorized: boolean;
+}
+
+/** libpq's sslmode words: off, encrypt only, encrypt and verify the chain, chain and name. */
+export type UpstreamTlsMode = 'off' | 'require' | 'verify-ca' | 'verify-full';
+export const UPSTREAM_TLS_MODES: readonly UpstreamTlsMode[] = ['off', 'require', 'verify-ca', 'verify-full'];
+
+/** TLS from a TCP-family route to its upstream (upstreamTls); absent or mode off = null. */
+export interface UpstreamTlsConfig extends TlsFiles {
+  readonly mode: Exclude<UpstreamTlsMode, 'off'>;
+}
+
+/** TLS terminated from a TCP-family route's clients (clientTls): the proxy's certificate and key. */
+export interface ClientTlsConfig {
+  readonly cert: Buffer;
+  readonly key: Buffer;
+  readonly certFile: string;
+  readonly keyFile: string;
 }
 
 export interface HttpOptions {
@@ -104,6 +125,10 @@ export interface RouteConfig {
   readonly warmPool: WarmPoolConfig | null;
   readonly httpPool: HttpPoolConfig;
   readonly tls: TlsConfig | null;
+  /** TCP-family routes: TLS to the upstream (null = plaintext). */
+  readonly upstreamTls: UpstreamTlsConfig | null;
+  /** TCP-family routes: TLS terminated from clients (null = plaintext). */
+  readonly clientTls: ClientTlsConfig | null;
   readonly http: HttpOptions;
   /** http-forward: destination host:port patterns allowed ("*.example.com:443", "10.0.0.1:*"). */
   readonly allow: readonly string[];

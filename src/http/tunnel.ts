@@ -1,5 +1,4 @@
 import type net from 'node:net';
-import type tls from 'node:tls';
 import type { HeartbeatConfig } from '../config/schema.js';
 import type { Logger } from '../log.js';
 import type { DialAttempt, DialTarget, DialedSocket } from '../pool/http-dial.js';
@@ -31,20 +30,6 @@ export interface TunnelHost {
   answered(status: number): void;
   /** From here on the tunnel's session owns both sockets (and their close). */
   startTunnel(client: ClientSession, up: net.Socket, options: TunnelOptions): void;
-}
-
-/**
- * A TLS socket cannot be reset (resetAndDestroy needs a TCP handle and throws on a TLS
- * one); an abrupt close of a tunnel over TLS resets the TCP socket underneath instead.
- */
-export function resettableTls(secure: tls.TLSSocket | net.Socket, raw: net.Socket): net.Socket {
-  if (secure === raw) return raw;
-  secure.resetAndDestroy = function resetUnderlying(this: net.Socket): net.Socket {
-    if (!raw.destroyed && !raw.connecting) raw.resetAndDestroy();
-    this.destroy();
-    return this;
-  };
-  return secure;
 }
 
 /** Client bytes held while a tunnel is set up; past this, reading pauses until the tunnel starts. */

@@ -7,7 +7,8 @@ import type { ClientSession } from './client-session.js';
 import type { RequestHead } from './head-parser.js';
 import { HOP_BY_HOP, endToEnd } from './headers.js';
 import { respondRaw } from './respond.js';
-import { ClientWatch, dialForClient, resettableTls, type TunnelHost } from './tunnel.js';
+import { ClientWatch, dialForClient, type TunnelHost } from './tunnel.js';
+import { resettableTls } from '../net/tls-socket.js';
 
 // Upgrade passthrough (WebSocket, or any protocol the upstream agrees to): the handshake
 // goes to the upstream over a fresh connection, its 101 goes back verbatim, and from

@@ -43,7 +43,10 @@ export type EvictionReason =
   | 'bad_request'
   | 'forbidden'
   | 'upgrade_declined'
-  | 'response_close';
+  | 'response_close'
+  // TLS to a database (issue 10): an upstream TLS handshake or verification failed, or a
+  // client's own TLS handshake (clientTls) failed or timed out.
+  | 'tls_error';
 
 /** prom-client default metrics left out of /metrics, and why: see the constructor. */
 const DEFAULT_METRICS_DROPPED = ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total'];
@@ -212,8 +215,8 @@ export class Metrics {
   });
   readonly tlsHandshakes = new client.Counter({
     name: `${PREFIX}tls_handshakes_total`,
-    help: 'TLS handshakes with upstreams, by whether the session was resumed (true, false).',
-    labelNames: ['route', 'resumed'] as const,
+    help: 'TLS handshakes completed, by side and whether the session was resumed (upstream, client, true, false).',
+    labelNames: ['route', 'side', 'resumed'] as const,
     registers: [this.registry],
   });
 }

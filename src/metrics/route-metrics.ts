@@ -116,8 +116,9 @@ export class RouteMetrics {
     return this.#counter(this.#heartbeats, result, () => this.#metrics.heartbeats.labels(this.#route, result));
   }
 
-  tlsHandshake(resumed: boolean): BatchedCounter {
-    return this.#counter(this.#tlsHandshakes, String(resumed), () => this.#metrics.tlsHandshakes.labels(this.#route, String(resumed)));
+  tlsHandshake(resumed: boolean, side: 'upstream' | 'client' = 'upstream'): BatchedCounter {
+    const key = `${side}|${resumed}`;
+    return this.#counter(this.#tlsHandshakes, key, () => this.#metrics.tlsHandshakes.labels(this.#route, side, String(resumed)));
   }
 
   retry(reason: string): BatchedCounter {

@@ -1,21 +1,80 @@
 import net from 'node:net';
+import tls from 'node:tls';
 import { ProxyError } from '../errors.js';
-import type { HostPort } from '../config/schema.js';
+import type { HostPort, KeepaliveSide } from '../config/schema.js';
 import { markSharedReads, sharedOnread } from './shared-reads.js';
+import { applyKeepalive } from './sockopt.js';
+import { MIN_TLS_VERSION, resettableTls, tlsFailureCause, tlsSummary, type TlsSummary } from './tls-socket.js';
+import type { TlsSessionCache } from './tls-sessions.js';
 
-// Opens an upstream TCP connection. The hostname is resolved at every connect (no
-// caching here), so a DNS change reaches new connections at once. Its reads go through
-// the process's shared read buffer: readInto() says who gets them.
+// The one dialer: every upstream connection (TCP routes, warm pools, the HTTP pool,
+// tunnels) is opened here. TCP first, with kernel keepalive and TCP_USER_TIMEOUT set on
+// the TCP socket as soon as it has an fd; then, when asked, a protocol's plaintext
+// prelude (PostgreSQL's SSLRequest) and a TLS handshake on top, with session resumption.
+// The connect timeout covers all of it: a server that accepts TCP and then stalls the
+// handshake is as unreachable as one that never answers. connectMs includes the
+// handshake. The hostname is resolved at every connect, so a DNS change reaches new
+// connections at once.
 
-export interface DialResult {
-  readonly socket: net.Socket;
-  readonly connectMs: number;
+/** libpq's sslmode words without off: what the server's certificate must prove. */
+export type TlsVerify = 'none' | 'chain' | 'full';
+
+export interface TlsClientOptions {
+  /** SNI and the name verify 'full' checks; defaults to the host when it is a name (an IP is checked against IP SANs). */
+  readonly servername?: string;
+  readonly ca?: Buffer;
+  readonly cert?: Buffer;
+  readonly key?: Buffer;
+  readonly verify: TlsVerify;
+  readonly alpn?: readonly string[];
+}
+
+/**
+ * A protocol's plaintext exchange on a fresh TCP connection before the TLS handshake
+ * (PostgreSQL's SSLRequest, MySQL's SSL request packet). Contract: resolve when the
+ * server waits for a ClientHello, having read no byte past its go-ahead (bytes before
+ * the handshake are a man-in-the-middle's, CVE-2021-23222), with the bytes, if any, the
+ * client must be given as if the server had sent them (a MySQL greeting); reject with a
+ * ProxyError otherwise. The socket is left paused.
+ */
+export interface StartTls {
+  readonly name: string;
+  negotiate(raw: net.Socket): Promise<readonly Buffer[]>;
 }
 
 export interface DialOptions {
   readonly target: HostPort;
   readonly timeoutMs: number;
   readonly noDelay: boolean;
+  readonly keepalive: KeepaliveSide;
+  readonly userTimeoutMs: number;
+  readonly tls?: TlsClientOptions | null;
+  readonly startTls?: StartTls | null;
+  readonly sessions?: TlsSessionCache | null;
+  /** Whether a FIN from the server leaves our side open (default true: TCP routes pass half-close on). */
+  readonly halfOpen?: boolean;
+  /**
+   * How a plain TCP socket is read: through the process's shared buffer (readInto; the
+   * TCP routes), with a caller's `onread` (the HTTP pool's reused buffer), or through
+   * 'data' events. A TLS socket is always read through 'data' events.
+   */
+  readonly reads?: 'shared' | 'events' | net.OnReadOpts;
+  /** Resolves the name for this dial (a forward route's guard judges the addresses); dns.lookup when absent. */
+  readonly lookup?: net.LookupFunction;
+}
+
+export interface DialResult {
+  /** The socket to talk on: TLS when asked for, else the TCP one. */
+  readonly socket: net.Socket;
+  /** The TCP socket underneath (itself for plain TCP). */
+  readonly raw: net.Socket;
+  readonly connectMs: number;
+  /** null for plain TCP. */
+  readonly tls: TlsSummary | null;
+  /** For the client, from the prelude (StartTls). */
+  readonly earlyData: readonly Buffer[];
+  /** False when the kernel refused a keepalive or TCP_USER_TIMEOUT option (lastSockoptError says which). */
+  readonly keepaliveApplied: boolean;
 }
 
 /** Aborts a dial in progress (the client went away first). */
@@ -26,52 +85,102 @@ export interface DialHandle {
 
 export function dial(options: DialOptions): DialHandle {
   const started = performance.now();
-  const socket = net.connect({
-    host: options.target.host,
-    port: options.target.port,
+  const { target } = options;
+  const where = describe(target);
+  const reads = options.tls ? 'events' : (options.reads ?? 'events');
+  const raw = net.connect({
+    host: target.host,
+    port: target.port,
     noDelay: options.noDelay,
-    allowHalfOpen: true,
-    onread: sharedOnread,
+    allowHalfOpen: options.halfOpen ?? true,
+    ...(options.lookup ? { lookup: options.lookup } : {}),
+    ...(reads === 'shared' ? { onread: sharedOnread } : typeof reads === 'object' ? { onread: reads } : {}),
   });
-  markSharedReads(socket);
+  if (reads === 'shared') markSharedReads(raw);
+  let secure: tls.TLSSocket | null = null;
+  let keepaliveApplied = false;
   let settle: { resolve(r: DialResult): void; reject(e: unknown): void } | null = null;
-  // A connect timeout is a one-shot per dial; Node's timer lists make it cheap and it
-  // is cleared on success, so it costs nothing for the life of the connection.
+  const done = new Promise<DialResult>((resolve, reject) => (settle = { resolve, reject }));
+  // A connect timeout is a one-shot per dial, cleared on success: it never outlives the handshake.
   const timer =
     options.timeoutMs > 0
-      ? setTimeout(() => fail(new ProxyError('CONNECT_TIMEOUT', 'upstream', `${describe(options.target)} after ${options.timeoutMs} ms`)), options.timeoutMs)
+      ? setTimeout(() => fail(new ProxyError('CONNECT_TIMEOUT', 'upstream', `${where} after ${options.timeoutMs} ms${secure ? ' (TLS handshake timeout)' : ''}`)), options.timeoutMs)
       : null;
-  const done = new Promise<DialResult>((resolve, reject) => {
-    settle = { resolve, reject };
-  });
-  function cleanup(): void {
-    if (timer) clearTimeout(timer);
-    socket.off('connect', onConnect);
-    socket.off('error', onError);
-  }
+
   function fail(error: unknown): void {
     if (!settle) return;
     const s = settle;
     settle = null;
-    cleanup();
-    socket.destroy();
+    if (timer) clearTimeout(timer);
+    secure?.destroy();
+    raw.destroy();
     s.reject(error);
   }
-  function onConnect(): void {
+  function succeed(socket: net.Socket, earlyData: readonly Buffer[]): void {
     if (!settle) return;
     const s = settle;
     settle = null;
-    cleanup();
-    s.resolve({ socket, connectMs: performance.now() - started });
+    if (timer) clearTimeout(timer);
+    s.resolve({ socket, raw, connectMs: performance.now() - started, tls: tlsSummary(socket), earlyData, keepaliveApplied });
   }
   function onError(error: NodeJS.ErrnoException): void {
-    fail(new ProxyError('CONNECT_FAILED', 'upstream', `${describe(options.target)}: ${error.code ?? error.message}`, { cause: error }));
+    // The lookup's own verdict (DESTINATION_REFUSED) reaches the caller as it is.
+    if (error instanceof ProxyError) fail(error);
+    else fail(new ProxyError('CONNECT_FAILED', 'upstream', `${where}: ${error.code ?? error.message}`, { cause: error }));
   }
-  socket.once('connect', onConnect);
-  socket.once('error', onError);
+  function onTlsError(error: NodeJS.ErrnoException): void {
+    fail(new ProxyError('TLS_FAILED', 'upstream', `${where}: ${tlsFailureCause(error)}`, { cause: error }));
+  }
+  function handshake(earlyData: readonly Buffer[]): void {
+    if (!settle) return;
+    const options_ = options.tls!;
+    const servername = options_.servername ?? (net.isIP(target.host) ? undefined : target.host);
+    const sessionKey = `${target.host}|${target.port}|${servername ?? ''}`;
+    const sessions = options.sessions;
+    // allowHalfOpen reaches the TLSSocket (node's tls.connect passes it on; its types omit it).
+    const connectOptions: tls.ConnectionOptions & { allowHalfOpen: boolean } = {
+      socket: raw,
+      host: target.host,
+      servername,
+      ca: options_.ca,
+      cert: options_.cert,
+      key: options_.key,
+      minVersion: MIN_TLS_VERSION,
+      rejectUnauthorized: options_.verify !== 'none',
+      // verify-ca: the chain is checked by OpenSSL; the name is not (libpq's meaning).
+      ...(options_.verify === 'chain' ? { checkServerIdentity: () => undefined } : {}),
+      session: sessions?.get(sessionKey),
+      allowHalfOpen: options.halfOpen ?? true,
+      ...(options_.alpn ? { ALPNProtocols: [...options_.alpn] } : {}),
+    };
+    secure = tls.connect(connectOptions);
+    const socket = secure;
+    // Tickets keep coming for the life of the connection (TLS 1.3 sends them after the
+    // handshake): the listener stays, and the newest ticket is the one offered next.
+    if (sessions) socket.on('session', (session: Buffer) => sessions.set(sessionKey, session));
+    socket.on('error', onTlsError);
+    socket.once('secureConnect', () => succeed(resettableTls(socket, raw), earlyData));
+  }
+
+  // The error listeners stay for the socket's life and are no-ops once settled, so an
+  // error before the new owner's listeners are on can never go unhandled.
+  raw.on('error', onError);
+  raw.once('connect', () => {
+    // The fd exists only now: keepalive and TCP_USER_TIMEOUT go on the TCP socket, under any TLS.
+    keepaliveApplied = applyKeepalive(raw, options.keepalive, options.userTimeoutMs);
+    if (!options.tls) {
+      succeed(raw, []);
+      return;
+    }
+    if (!options.startTls) {
+      handshake([]);
+      return;
+    }
+    options.startTls.negotiate(raw).then(handshake, fail);
+  });
   return {
     done,
-    abort: () => fail(new ProxyError('CONNECT_FAILED', 'downstream', 'client closed before the upstream connected')),
+    abort: () => fail(new ProxyError('CONNECT_FAILED', 'downstream', `client went away before ${where} connected`)),
   };
 }
 

@@ -7,7 +7,7 @@ import type { EvictionReason } from '../metrics/registry.js';
 import type { RouteMetrics } from '../metrics/route-metrics.js';
 import { PooledConnection, type ConnectionState, type ConnectionUser } from './http-connection.js';
 import { dialUpstream, describeTarget, type DialAttempt, type DialSettings, type DialTarget } from './http-dial.js';
-import { TlsSessionCache } from './http-tls-sessions.js';
+import { TlsSessionCache } from '../net/tls-sessions.js';
 import { atNextTurn, currentTurn, markTurn, type NextTurnTask } from './loop-turn.js';
 
 // The persistent upstream pool of an HTTP route: keep-alive connections reused by every

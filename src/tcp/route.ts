@@ -13,6 +13,9 @@ import { markSharedReads, sharedOnread } from '../net/shared-reads.js';
 import { RouteMetrics } from '../metrics/route-metrics.js';
 import { Session, type HeartbeatResult, type SessionEvents } from './session.js';
 import { UpstreamSource, type Lease } from './upstream.js';
+import { clientSecureContext, joinOpening, openClient, type ClientOpening } from './client-opening.js';
+import { tcpOf, tlsFailureCause, tlsSummary } from '../net/tls-socket.js';
+import type tls from 'node:tls';
 
 /** Every accepted client socket: half-open allowed, not read until its upstream is ready. */
 const ACCEPTED_SOCKET = { options: { allowHalfOpen: true, pauseOnCreate: true, onread: sharedOnread }, context: null };
@@ -31,6 +34,8 @@ class TcpRoute implements RouteHandle {
   readonly name: string;
   #config: RouteConfig;
   #codec: HeartbeatCodec | null;
+  /** clientTls's certificate, parsed once per config. */
+  #clientContext: tls.SecureContext | null;
   readonly #deps: RouteDeps;
   readonly #metrics: RouteMetrics;
   readonly #server: net.Server;
@@ -47,6 +52,7 @@ class TcpRoute implements RouteHandle {
   #drainWaiters: Array<() => void> = [];
   readonly #events: SessionEvents;
   readonly #connectFailures: BurstLog;
+  readonly #clientTlsFailures: BurstLog;
   /** Evictions the proxy decided: a mass eviction is one line and per-second counts by reason. */
   readonly #evictions: BurstLog;
   readonly #acceptErrors: BurstLog;
@@ -57,6 +63,7 @@ class TcpRoute implements RouteHandle {
     this.#config = config;
     this.#deps = deps;
     this.#codec = heartbeatCodec(config);
+    this.#clientContext = clientSecureContext(config);
     this.#metrics = new RouteMetrics(deps.metrics, this.name);
     this.#connectFailures = new BurstLog(deps.log, deps.clock, { level: 'warn', msg: 'upstream connect failed; closing client' });
     this.#evictions = new BurstLog(deps.log, deps.clock, { level: 'info', msg: 'connection evicted', countBy: 'reasons' });
@@ -65,6 +72,7 @@ class TcpRoute implements RouteHandle {
       msg: 'heartbeat answered with an error: the upstream is alive but refuses the probe (e.g. a Redis ACL user without +ping)',
       intervalMs: 60_000,
     });
+    this.#clientTlsFailures = new BurstLog(deps.log, deps.clock, { level: 'warn', msg: 'client TLS failed; closing client' });
     this.#upstream = new UpstreamSource(config, this.#codec, deps, this.#metrics);
     this.#server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, (socket) => this.#accept(socket));
     this.#acceptErrors = watchListenerErrors(this.#server, this.name, this.#metrics, deps);
@@ -115,6 +123,7 @@ class TcpRoute implements RouteHandle {
     this.#config = config;
     if (this.#listening) this.#listenerSetsOptions = applyKeepaliveToListener(this.#server, config.keepalive.client, config.noDelay);
     this.#codec = heartbeatCodec(config);
+    this.#clientContext = clientSecureContext(config);
     // A changed upstream or pool gets a fresh source; the old one's idle sockets go.
     const old = this.#upstream;
     this.#upstream = new UpstreamSource(config, this.#codec, this.#deps, this.#metrics);
@@ -172,7 +181,8 @@ class TcpRoute implements RouteHandle {
       bytesUpstream: s.bytesUp,
       bytesDownstream: s.bytesDown,
       reused: s.reused,
-      socketOptions: { client: readSocketOptions(s.down), upstream: readSocketOptions(s.up) },
+      socketOptions: { client: readSocketOptions(tcpOf(s.down)), upstream: readSocketOptions(tcpOf(s.up)) },
+      tls: { client: tlsSummary(s.down), upstream: tlsSummary(s.up) },
     }));
   }
 
@@ -200,7 +210,12 @@ class TcpRoute implements RouteHandle {
       down.setNoDelay(config.noDelay);
       applyKeepalive(down, config.keepalive.client, 0);
     }
-    const attempt = this.#upstream.lease();
+    const lease = this.#upstream.lease();
+    // A route that handles TLS answers the client's opening while the upstream connects.
+    const opening = openClient(down, config, this.#clientContext);
+    // Read now: a socket's address is gone once it is destroyed.
+    const client = opening ? formatAddress(down.remoteAddress, down.remotePort) : '';
+    const attempt = opening ? joinOpening(lease, opening) : lease;
     let clientGone: EvictionReason | null = null;
     const onEarlyError = (error: NodeJS.ErrnoException): void => {
       clientGone = error.code === 'ECONNRESET' ? 'peer_reset' : 'error';
@@ -217,28 +232,37 @@ class TcpRoute implements RouteHandle {
       attempt.abort();
       down.destroy();
     });
-    attempt.done.then(
-      (lease) => {
+    (attempt.done as Promise<Lease | { lease: Lease; client: ClientOpening }>).then(
+      (ready) => {
         this.#pending.delete(down);
         down.off('error', onEarlyError);
         down.off('close', onEarlyClose);
+        const { lease, client } = 'lease' in ready ? ready : { lease: ready, client: null };
         if (clientGone || down.destroyed) {
           lease.socket.destroy();
           this.#endBeforeSession(down, clientGone ?? 'peer_closed', 'downstream');
           return;
         }
-        this.#startSession(down, lease);
+        this.#startSession(client?.socket ?? down, lease, client?.early ?? []);
       },
       (error: unknown) => {
         this.#pending.delete(down);
         down.off('error', onEarlyError);
         down.off('close', onEarlyClose);
         // The client left first (its close may race the dial's own failure).
-        if (clientGone || (error instanceof ProxyError && error.side === 'downstream')) {
+        if (clientGone || (error instanceof ProxyError && error.side === 'downstream' && error.code !== 'TLS_FAILED')) {
           this.#endBeforeSession(down, clientGone ?? 'peer_closed', 'downstream');
           return;
         }
         const timeout = error instanceof ProxyError && error.code === 'CONNECT_TIMEOUT';
+        if (error instanceof ProxyError && error.code === 'TLS_FAILED') {
+          // The upstream's failure was logged by the source; the client's own is logged here.
+          if (error.side === 'downstream') this.#clientTlsFailures.note({ route: this.name, client, reason: 'tls_error', cause: tlsFailureCause(error.cause ?? error) });
+          down.on('error', () => {});
+          if (!down.destroyed) down.resetAndDestroy();
+          this.#endBeforeSession(down, 'tls_error', error.side);
+          return;
+        }
         // Out of descriptors: the client was taken but cannot be served, as a failed accept.
         const fdLimit = outOfDescriptors(error);
         if (fdLimit) this.#metrics.acceptError(fdLimit).inc();
@@ -261,8 +285,9 @@ class TcpRoute implements RouteHandle {
     this.#checkDrained();
   }
 
-  #startSession(down: net.Socket, lease: Lease): void {
+  #startSession(down: net.Socket, lease: Lease, clientEarlyData: readonly Buffer[]): void {
     const config = this.#config;
+    if (down !== tcpOf(down)) this.#metrics.tlsHandshake((down as tls.TLSSocket).isSessionReused(), 'client').inc();
     const session = new Session(down, lease.socket, this.#events, {
       id: String(nextSessionId++),
       idleTimeoutMs: config.idleTimeoutMs,
@@ -271,6 +296,7 @@ class TcpRoute implements RouteHandle {
       responseTimeoutMs: config.responseTimeoutMs,
       reused: lease.reused,
       earlyData: lease.earlyData,
+      clientEarlyData,
       now: Date.now(),
     });
     this.#sessions.set(session, lease.release);

@@ -35,6 +35,8 @@ export interface SessionOptions {
   readonly reused: boolean;
   /** Bytes the upstream sent before the client arrived (a warm socket's greeting). */
   readonly earlyData: readonly Buffer[];
+  /** Client bytes read before the session (a PostgreSQL startup message after the proxy's 'N' or 'S'). */
+  readonly clientEarlyData?: readonly Buffer[];
   readonly now: number;
 }
 
@@ -131,6 +133,7 @@ export class Session {
 
     for (const chunk of options.earlyData) this.#forwardDownstream(chunk);
     this.#wire();
+    for (const chunk of options.clientEarlyData ?? []) this.#onClientData(chunk);
   }
 
   get closed(): boolean {

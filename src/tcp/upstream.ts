@@ -3,7 +3,10 @@ import type { RouteConfig } from '../config/schema.js';
 import type { EvictionReason } from '../metrics/registry.js';
 import { dial, describe, type DialHandle } from '../net/dial.js';
 import { readInto } from '../net/shared-reads.js';
-import { applyKeepalive } from '../net/sockopt.js';
+import { lastSockoptError } from '../net/sockopt.js';
+import { TlsSessionCache } from '../net/tls-sessions.js';
+import { tlsFailureCause } from '../net/tls-socket.js';
+import { upstreamTlsDial } from './upstream-tls.js';
 import type { HeartbeatCodec, Tracker } from '../protocols/types.js';
 import type { RouteDeps } from '../route.js';
 import type { RouteMetrics } from '../metrics/route-metrics.js';
@@ -63,6 +66,10 @@ export class UpstreamSource {
   #started = false;
   #backoffMs = 0;
   #nextRefillAt = 0;
+  /** Per source, so a reload with other CAs never resumes a session verified under the old ones. */
+  readonly #tlsSessions = new TlsSessionCache();
+  #sockoptWarned = false;
+  readonly #tlsFailures: BurstLog;
   readonly #refillFailures: BurstLog;
   readonly #evictions: BurstLog;
 
@@ -74,6 +81,7 @@ export class UpstreamSource {
     this.#warm = config.warmPool?.warm ?? 0;
     this.#refillFailures = new BurstLog(deps.log, deps.clock, { level: 'warn', msg: 'warm pool refill failed; retrying with backoff', countBy: 'results' });
     this.#evictions = new BurstLog(deps.log, deps.clock, { level: 'info', msg: 'pooled upstream connection evicted', countBy: 'reasons' });
+    this.#tlsFailures = new BurstLog(deps.log, deps.clock, { level: 'warn', msg: 'upstream TLS failed; closing the connection' });
   }
 
   start(): void {
@@ -94,14 +102,14 @@ export class UpstreamSource {
     const handle = this.#dial();
     let aborted = false;
     return {
-      done: handle.done.then((socket) => {
+      done: handle.done.then(({ socket, earlyData }) => {
         if (aborted) {
           socket.destroy();
           throw new ProxyError('CONNECT_FAILED', 'downstream', 'client left');
         }
         this.#inUse++;
         this.#updateGauges();
-        return { socket, reused: false, earlyData: [], tracker: this.#codec?.track(codecOptions(this.#config)) ?? null, release: this.#release };
+        return { socket, reused: false, earlyData, tracker: this.#codec?.track(codecOptions(this.#config)) ?? null, release: this.#release };
       }),
       abort: () => {
         aborted = true;
@@ -150,22 +158,36 @@ export class UpstreamSource {
     this.#updateGauges();
     this.#refillFailures.flush();
     this.#evictions.flush();
+    this.#tlsFailures.flush();
   }
 
-  #dial(): { done: Promise<net.Socket>; abort(): void } {
+  #dial(): { done: Promise<{ socket: net.Socket; earlyData: readonly Buffer[] }>; abort(): void } {
     const { log } = this.#deps;
     const metrics = this.#metrics;
     const config = this.#config;
     const target = config.upstream!;
-    const handle = dial({ target, timeoutMs: config.connectTimeoutMs, noDelay: config.noDelay });
+    const handle = dial({
+      target,
+      timeoutMs: config.connectTimeoutMs,
+      noDelay: config.noDelay,
+      keepalive: config.keepalive.upstream,
+      userTimeoutMs: config.userTimeoutMs,
+      ...upstreamTlsDial(config),
+      sessions: this.#tlsSessions,
+      reads: 'shared',
+    });
     this.#dialing.add(handle);
     const done = handle.done.then(
-      ({ socket, connectMs }) => {
+      ({ socket, connectMs, tls, earlyData, keepaliveApplied }) => {
         this.#dialing.delete(handle);
         metrics.connect('ok').inc();
         metrics.connectSeconds.observe(connectMs / 1000);
-        applyKeepalive(socket, config.keepalive.upstream, config.userTimeoutMs);
-        return socket;
+        if (tls) metrics.tlsHandshake(tls.resumed, 'upstream').inc();
+        if (!keepaliveApplied && !this.#sockoptWarned) {
+          this.#sockoptWarned = true;
+          log.warn({ route: config.name, err: lastSockoptError() }, 'the kernel refused a keepalive option on an upstream socket (logged once per route)');
+        }
+        return { socket, earlyData };
       },
       (error: unknown) => {
         this.#dialing.delete(handle);
@@ -173,6 +195,10 @@ export class UpstreamSource {
         const clientLeft = error instanceof ProxyError && error.side === 'downstream';
         if (!clientLeft) {
           metrics.connect(timeout ? 'timeout' : 'error').inc();
+          // A certificate or TLS refusal is a configuration matter: say it, whoever was waiting.
+          if (error instanceof ProxyError && error.code === 'TLS_FAILED') {
+            this.#tlsFailures.note({ route: config.name, upstream: describe(target), reason: 'tls_error', cause: tlsFailureCause(error.cause ?? error), err: error.message });
+          }
           log.debug({ route: config.name, upstream: describe(target), err: (error as Error).message }, 'upstream connect failed');
         }
         throw error;
@@ -186,10 +212,10 @@ export class UpstreamSource {
     const missing = this.#warm - this.#spares.length - this.#dialing.size;
     for (let i = 0; i < missing; i++) {
       this.#dial().done.then(
-        (socket) => {
+        ({ socket, earlyData }) => {
           this.#backoffMs = 0;
           if (this.#closed) socket.destroy();
-          else this.#park(socket);
+          else this.#park(socket, earlyData);
         },
         (error: unknown) => {
           // The upstream is down: back off exponentially, retried from the shared tick.
@@ -204,7 +230,7 @@ export class UpstreamSource {
     }
   }
 
-  #park(socket: net.Socket): void {
+  #park(socket: net.Socket, earlyData: readonly Buffer[]): void {
     const now = Date.now();
     const tracker = this.#codec?.track(codecOptions(this.#config)) ?? null;
     const onData = (_socket: net.Socket, chunk: Buffer): void => {
@@ -222,8 +248,8 @@ export class UpstreamSource {
       socket,
       tracker,
       parkedAt: now,
-      early: [],
-      earlyBytes: 0,
+      early: [...earlyData],
+      earlyBytes: earlyData.reduce((sum, chunk) => sum + chunk.length, 0),
       lastWireAt: now,
       probeSentAt: 0,
       detach: () => {

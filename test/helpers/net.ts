@@ -140,15 +140,21 @@ export function readBytes(socket: net.Socket, length: number, timeoutMs = 5_000)
 
 /**
  * A relay that delays every chunk from the upstream by `delayMs` (order kept): makes a
- * heartbeat's round trip long enough for a client write to land inside it.
+ * heartbeat's round trip long enough for a client write to land inside it. With
+ * `towardUpstreamMs` the other direction is delayed too (a path with latency both ways).
  */
-export async function delayingRelay(targetPort: number, delayMs: number): Promise<{ port: number; close(): Promise<void> }> {
+export async function delayingRelay(targetPort: number, delayMs: number, towardUpstreamMs = 0): Promise<{ port: number; close(): Promise<void> }> {
   const relay = await listen0((inbound) => {
     const outbound = net.connect({ port: targetPort, host: '127.0.0.1', allowHalfOpen: true });
     outbound.on('error', () => inbound.destroy());
     inbound.on('error', () => outbound.destroy());
-    inbound.on('data', (c: Buffer) => outbound.write(c));
-    inbound.on('end', () => outbound.end());
+    if (towardUpstreamMs > 0) {
+      inbound.on('data', (c: Buffer) => setTimeout(() => outbound.writable && outbound.write(c), towardUpstreamMs));
+      inbound.on('end', () => setTimeout(() => outbound.end(), towardUpstreamMs));
+    } else {
+      inbound.on('data', (c: Buffer) => outbound.write(c));
+      inbound.on('end', () => outbound.end());
+    }
     outbound.on('data', (c: Buffer) => setTimeout(() => inbound.writable && inbound.write(c), delayMs));
     outbound.on('end', () => setTimeout(() => inbound.end(), delayMs));
     inbound.on('close', () => outbound.destroy());

@@ -3,6 +3,7 @@ import { appendFileSync, chownSync, existsSync, mkdtempSync, readdirSync, readFi
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import net from 'node:net';
+import tls from 'node:tls';
 import { freePort } from './net.js';
 import { sleep } from './wait.js';
 
@@ -44,6 +45,11 @@ process.once('exit', () => {
 export interface ServerPlacement {
   readonly netns?: string;
   readonly bind?: string;
+  /**
+   * TLS only: PostgreSQL with ssl=on and a pg_hba that rejects every non-TLS client;
+   * redis-server with a tls-port and no plaintext port. Readiness is then checked over TLS.
+   */
+  readonly tlsOnly?: { readonly cert: string; readonly key: string; readonly ca: string };
 }
 
 export async function startRedis(placement: ServerPlacement = {}): Promise<RunningServer> {
@@ -56,7 +62,16 @@ export async function startRedis(placement: ServerPlacement = {}): Promise<Runni
         placement,
         '/usr/bin/redis-server',
         [
-          '--port', String(port),
+          ...(placement.tlsOnly
+            ? [
+                '--port', '0',
+                '--tls-port', String(port),
+                '--tls-cert-file', placement.tlsOnly.cert,
+                '--tls-key-file', placement.tlsOnly.key,
+                '--tls-ca-cert-file', placement.tlsOnly.ca,
+                '--tls-auth-clients', 'no',
+              ]
+            : ['--port', String(port)]),
           '--bind', ...listenAddresses(placement),
           '--save', '',
           '--appendonly', 'no',
@@ -69,8 +84,8 @@ export async function startRedis(placement: ServerPlacement = {}): Promise<Runni
       ),
     ready: (port) =>
       placement.netns
-        ? readyInNs(placement.netns, '/usr/bin/redis-cli', ['-h', '127.0.0.1', '-p', String(port), 'PING'], 'PONG')
-        : redisPing(port),
+        ? readyInNs(placement.netns, '/usr/bin/redis-cli', ['-h', '127.0.0.1', '-p', String(port), ...(placement.tlsOnly ? ['--tls', '--insecure'] : []), 'PING'], 'PONG')
+        : redisPing(port, placement.tlsOnly !== undefined),
     stopSignal: 'SIGTERM',
   });
 }
@@ -92,6 +107,7 @@ export async function startPostgres(placement: ServerPlacement = {}): Promise<Ru
   }
   // initdb's trust lines cover loopback only; a lab client comes from the lab range.
   if (placement.bind) appendFileSync(join(pgdata, 'pg_hba.conf'), `host all all ${LAB_RANGE} trust\n`);
+  const tlsSettings = placement.tlsOnly ? postgresTlsOnly(dataDir, pgdata, placement.tlsOnly, owner) : [];
   return launch({
     name: 'postgres',
     dataDir,
@@ -108,16 +124,32 @@ export async function startPostgres(placement: ServerPlacement = {}): Promise<Ru
           '-c', 'synchronous_commit=off',
           '-c', 'full_page_writes=off',
           '-c', 'logging_collector=off',
+          ...tlsSettings,
         ],
         { user: owner, cwd: dataDir, env: { PATH: process.env.PATH ?? '' } },
       ),
     ready: (port) =>
       placement.netns
-        ? readyInNs(placement.netns, join(bin, 'psql'), ['-h', '127.0.0.1', '-p', String(port), '-U', 'postgres', '-d', 'postgres', '-tAc', 'SELECT 1'], '1')
-        : postgresQuery(port),
+        ? readyInNs(placement.netns, join(bin, 'psql'), [`host=127.0.0.1 port=${port} user=postgres dbname=postgres sslmode=${placement.tlsOnly ? 'require' : 'prefer'}`, '-tAc', 'SELECT 1'], '1')
+        : postgresQuery(port, placement.tlsOnly !== undefined),
     // SIGINT is PostgreSQL's fast shutdown: it does not wait for clients to leave.
     stopSignal: 'SIGINT',
   });
+}
+
+/**
+ * ssl=on with the given certificate (copied into the data directory: PostgreSQL wants its
+ * key owned by its user, mode 0600) and a pg_hba.conf that admits TLS clients only.
+ */
+function postgresTlsOnly(dataDir: string, pgdata: string, files: { cert: string; key: string }, owner: { uid: number; gid: number }): string[] {
+  const cert = join(dataDir, 'server.pem');
+  const key = join(dataDir, 'server.key');
+  writeFileSync(cert, readFileSync(files.cert));
+  writeFileSync(key, readFileSync(files.key), { mode: 0o600 });
+  for (const file of [cert, key]) chownSync(file, owner.uid, owner.gid);
+  const lab = `hostssl all all ${LAB_RANGE} trust\n`;
+  writeFileSync(join(pgdata, 'pg_hba.conf'), `local all all trust\nhostssl all all 127.0.0.1/32 trust\n${lab}host all all 0.0.0.0/0 reject\n`);
+  return ['-c', 'ssl=on', '-c', `ssl_cert_file=${cert}`, '-c', `ssl_key_file=${key}`];
 }
 
 export const MARIADB_USER = 'test';
@@ -385,9 +417,9 @@ function systemUser(name: string): { uid: number; gid: number } {
 
 // Readiness probes: each one is a real client running a real query, bounded in time.
 
-function redisPing(port: number): Promise<boolean> {
+function redisPing(port: number, overTls = false): Promise<boolean> {
   return new Promise((resolve) => {
-    const socket = net.connect(port, '127.0.0.1');
+    const socket = overTls ? tls.connect({ port, host: '127.0.0.1', rejectUnauthorized: false }) : net.connect(port, '127.0.0.1');
     const timer = setTimeout(() => done(false), 2_000);
     let reply = '';
     function done(ok: boolean): void {
@@ -395,7 +427,7 @@ function redisPing(port: number): Promise<boolean> {
       socket.destroy();
       resolve(ok);
     }
-    socket.on('connect', () => socket.write('*1\r\n$4\r\nPING\r\n'));
+    socket.on(overTls ? 'secureConnect' : 'connect', () => socket.write('*1\r\n$4\r\nPING\r\n'));
     socket.on('data', (chunk) => {
       reply += chunk.toString('latin1');
       if (reply.includes('\r\n')) done(reply === '+PONG\r\n');
@@ -405,9 +437,10 @@ function redisPing(port: number): Promise<boolean> {
   });
 }
 
-async function postgresQuery(port: number): Promise<boolean> {
+async function postgresQuery(port: number, overTls = false): Promise<boolean> {
   const { default: pg } = await import('pg');
-  const client = new pg.Client({ host: '127.0.0.1', port, user: 'postgres', database: 'postgres', connectionTimeoutMillis: 2_000 });
+  const ssl = overTls ? { ssl: { rejectUnauthorized: false } } : {};
+  const client = new pg.Client({ host: '127.0.0.1', port, user: 'postgres', database: 'postgres', connectionTimeoutMillis: 2_000, ...ssl });
   client.on('error', () => {});
   try {
     await client.connect();

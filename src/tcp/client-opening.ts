@@ -1,0 +1,175 @@
+import type net from 'node:net';
+import tls from 'node:tls';
+import type { RouteConfig } from '../config/schema.js';
+import { ProxyError } from '../errors.js';
+import { readInto } from '../net/shared-reads.js';
+import { MIN_TLS_VERSION, resettableTls, tlsFailureCause } from '../net/tls-socket.js';
+import { ACCEPT_TLS, classifyOpening, NEGOTIATION_REQUEST_LENGTH, REFUSE_ENCRYPTION } from '../protocols/negotiate-postgres.js';
+import type { Lease, LeaseAttempt } from './upstream.js';
+
+// The start of a client connection on a route that handles TLS itself (upstreamTls or
+// clientTls), before the session: PostgreSQL's SSLRequest / GSSENCRequest answered by
+// the proxy ('S' and a TLS handshake with clientTls, else 'N'), or for the other
+// protocols a TLS handshake from the first byte (clientTls). It runs while the upstream
+// connection is being made, and ends with the socket the session reads (TLS or not)
+// and the client bytes already read (the startup message), which go upstream first.
+
+export interface ClientOpening {
+  readonly socket: net.Socket;
+  readonly early: readonly Buffer[];
+}
+
+export interface OpeningAttempt {
+  readonly done: Promise<ClientOpening>;
+  abort(): void;
+}
+
+/** How long a client may take to send its first bytes (PostgreSQL's authentication_timeout default). */
+const FIRST_BYTES_TIMEOUT_MS = 60_000;
+
+/** The server-side TLS of a route, built once per config (a SecureContext parses the PEM files). */
+export function clientSecureContext(config: RouteConfig): tls.SecureContext | null {
+  if (!config.clientTls) return null;
+  return tls.createSecureContext({ cert: config.clientTls.cert, key: config.clientTls.key, minVersion: MIN_TLS_VERSION });
+}
+
+/** null when the route passes the client's first bytes through untouched (no TLS handling). */
+export function openClient(down: net.Socket, config: RouteConfig, context: tls.SecureContext | null): OpeningAttempt | null {
+  if (config.protocol === 'postgres' && (config.upstreamTls || context)) return new Opening(down, context, config.connectTimeoutMs);
+  if (context) return new Opening(down, context, config.connectTimeoutMs, true);
+  return null;
+}
+
+/**
+ * Reads the client's first bytes (PostgreSQL) or goes straight to TLS (`tlsAtOnce`).
+ * One timer at a time: the wait for the first bytes, then the handshake's.
+ */
+class Opening implements OpeningAttempt {
+  readonly done: Promise<ClientOpening>;
+  readonly #down: net.Socket;
+  readonly #context: tls.SecureContext | null;
+  readonly #handshakeTimeoutMs: number;
+  #held: Buffer = Buffer.alloc(0);
+  #timer: NodeJS.Timeout | null = null;
+  #secure: tls.TLSSocket | null = null;
+  #settle: { resolve(o: ClientOpening): void; reject(e: unknown): void } | null = null;
+
+  constructor(down: net.Socket, context: tls.SecureContext | null, handshakeTimeoutMs: number, tlsAtOnce = false) {
+    this.#down = down;
+    this.#context = context;
+    this.#handshakeTimeoutMs = handshakeTimeoutMs;
+    this.done = new Promise((resolve, reject) => (this.#settle = { resolve, reject }));
+    if (tlsAtOnce) {
+      this.#handshake();
+      return;
+    }
+    this.#arm(FIRST_BYTES_TIMEOUT_MS, 'the client sent nothing');
+    readInto(down, this.#onData);
+    down.resume();
+  }
+
+  abort(): void {
+    this.#fail(null);
+  }
+
+  readonly #onData = (_socket: net.Socket, chunk: Buffer): void => {
+    this.#held = this.#held.length === 0 ? chunk : Buffer.concat([this.#held, chunk]);
+    for (;;) {
+      const opening = classifyOpening(this.#held);
+      if (opening === 'more') return;
+      if (opening === 'other') {
+        // A StartupMessage or CancelRequest: from here on the session carries the bytes.
+        this.#stopReading();
+        this.#succeed(this.#down, [this.#held]);
+        return;
+      }
+      const rest = this.#held.subarray(NEGOTIATION_REQUEST_LENGTH);
+      if (opening === 'ssl-request' && this.#context) {
+        // Bytes after SSLRequest and before our 'S' would end up treated as TLS-protected
+        // (CVE-2021-23214's class on the server side): refused.
+        if (rest.length > 0) {
+          this.#fail(new ProxyError('TLS_FAILED', 'downstream', 'the client sent bytes after SSLRequest before the answer'));
+          return;
+        }
+        this.#stopReading();
+        this.#down.write(ACCEPT_TLS);
+        this.#handshake();
+        return;
+      }
+      // GSSAPI encryption is never offered; TLS is refused without clientTls: the client
+      // goes on in plaintext on this (local) connection.
+      this.#down.write(REFUSE_ENCRYPTION);
+      this.#held = rest;
+      if (rest.length === 0) return;
+    }
+  };
+
+  #handshake(): void {
+    this.#arm(this.#handshakeTimeoutMs, 'client TLS handshake timeout');
+    const secure = new tls.TLSSocket(this.#down, { isServer: true, secureContext: this.#context!, allowHalfOpen: true } as tls.TLSSocketOptions);
+    this.#secure = secure;
+    secure.on('error', (error: Error) => this.#fail(new ProxyError('TLS_FAILED', 'downstream', tlsFailureCause(error), { cause: error })));
+    secure.once('secure', () => this.#succeed(resettableTls(secure, this.#down), []));
+  }
+
+  #stopReading(): void {
+    readInto(this.#down, null);
+    this.#down.pause();
+  }
+
+  #arm(ms: number, why: string): void {
+    if (this.#timer) clearTimeout(this.#timer);
+    this.#timer = ms > 0 ? setTimeout(() => this.#fail(new ProxyError('TLS_FAILED', 'downstream', why)), ms) : null;
+  }
+
+  #succeed(socket: net.Socket, early: readonly Buffer[]): void {
+    const settle = this.#settle;
+    if (!settle) return;
+    this.#settle = null;
+    if (this.#timer) clearTimeout(this.#timer);
+    settle.resolve({ socket, early: early[0]?.length === 0 ? [] : early });
+  }
+
+  /** `null`: abandoned by the route (the upstream failed first); it closes the socket. */
+  #fail(error: ProxyError | null): void {
+    const settle = this.#settle;
+    if (!settle) return;
+    this.#settle = null;
+    if (this.#timer) clearTimeout(this.#timer);
+    if (!this.#down.destroyed) {
+      readInto(this.#down, null);
+      // A failed client handshake is reset at once (before a failing TLS socket's own
+      // destroy can end the TCP socket with a FIN that a half-open client would sit on);
+      // the route then counts and logs it as tls_error.
+      if (error) this.#down.resetAndDestroy();
+    }
+    this.#secure?.destroy();
+    settle.reject(error ?? new ProxyError('CONNECT_FAILED', 'upstream', 'abandoned'));
+  }
+}
+
+/**
+ * The lease and the client's opening, both needed before a session starts: a failure of
+ * either abandons the other, and a lease that arrived for a client that failed is given
+ * back (its socket closed, its pool slot released).
+ */
+export function joinOpening(attempt: LeaseAttempt, opening: OpeningAttempt): { done: Promise<{ lease: Lease; client: ClientOpening }>; abort(): void } {
+  const abort = (): void => {
+    attempt.abort();
+    opening.abort();
+  };
+  opening.done.catch(() => attempt.abort());
+  attempt.done.catch(() => opening.abort());
+  const done = Promise.all([attempt.done, opening.done]).then(
+    ([lease, client]) => ({ lease, client }),
+    async (error: unknown) => {
+      const lease = await attempt.done.catch(() => null);
+      if (lease) {
+        lease.socket.destroy();
+        lease.release();
+      }
+      throw error;
+    },
+  );
+  return { done, abort };
+}

@@ -5,7 +5,7 @@ import type { MetricsJson } from './messages.js';
 // One /metrics for a primary and its workers: prom-client's cluster aggregator, fed with
 // each process's registry as JSON. Each metric says how its series combine (`aggregator`):
 // counters, histograms and gauges such as connections_active add up; build_info and the
-// version info take one process's value. Two default process metrics are overridden below.
+// version info take one process's value. The metrics whose sum means nothing are below.
 //
 // A worker that exits takes its counts with it, and a total that drops reads as a counter
 // reset to Prometheus (rate() would then count the survivors' whole totals as new). So the
@@ -18,6 +18,10 @@ const AGGREGATOR_OVERRIDES: Readonly<Record<string, string>> = {
   [`${PREFIX}process_start_time_seconds`]: 'min',
   // A per-process limit, not an amount: the sum of the limits means nothing.
   [`${PREFIX}process_max_fds`]: 'min',
+  // heartbeat: { every: auto }: each worker learns the path on its own; the safe reading of
+  // a path's idle timeout and of the interval in force is the smallest any worker holds.
+  [`${PREFIX}path_idle_timeout_seconds`]: 'min',
+  [`${PREFIX}heartbeat_interval_seconds`]: 'min',
 };
 
 const MONOTONIC_TYPES: ReadonlySet<string> = new Set(['counter', 'histogram']);

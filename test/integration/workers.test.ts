@@ -62,11 +62,14 @@ async function metric(proxy: RunningProxy, name: string, labels: Record<string, 
   return sample(parseMetrics(await proxy.metrics()), `keepalive_proxy_${name}`, labels);
 }
 
-/** Worker pid by slot, from the lines each worker logs when it is ready. */
-function workerPids(proxy: RunningProxy): Map<number, number> {
-  const pids = new Map<number, number>();
-  for (const line of proxy.logs) if (line.msg === 'worker ready') pids.set(line.worker as number, line.pid as number);
-  return pids;
+/**
+ * The pid of the worker in `slot` (none of `gone`), from the line each worker logs when it is
+ * ready. Waited for: the worker's line and its primary's can reach stdout in either order.
+ */
+async function workerPid(proxy: RunningProxy, slot: number, gone: readonly number[] = []): Promise<number> {
+  const latest = (): number | undefined =>
+    proxy.logs.findLast((line) => line.msg === 'worker ready' && line.worker === slot && !gone.includes(line.pid as number))?.pid as number | undefined;
+  return until(latest, 10_000, `worker ${slot} ready`);
 }
 
 describe('workers: 2', () => {
@@ -128,14 +131,14 @@ describe('workers: 2', () => {
     await until(async () => (await metric(proxy, 'connections_active', { route: 'echo' })) === 0, 10_000, 'closed');
     expect(await metric(proxy, 'connections_accepted_total', { route: 'echo' })).toBe(10);
 
-    const victim = workerPids(proxy).get(1)!;
+    const victim = await workerPid(proxy, 1);
     process.kill(victim, 'SIGKILL');
     await until(() => !processAlive(victim), 5_000, 'worker gone');
     // Served throughout: whatever worker is alive takes the connections.
     await openClients(port, 10, 'b');
     await until(() => proxy.logs.some((l) => l.msg === 'worker replaced'), 15_000, 'replacement');
     await until(async () => (await fetch(`${proxy.adminUrl}/readyz`)).ok, 10_000, 'ready again');
-    expect(workerPids(proxy).get(1)).not.toBe(victim);
+    expect(await workerPid(proxy, 1, [victim])).not.toBe(victim);
     expect(proxy.logs.filter((l) => l.msg === 'worker exited unexpectedly; replacing it')).toHaveLength(1);
     await openClients(port, 30, 'c');
     const rows = await proxy.connections();
@@ -149,8 +152,11 @@ describe('workers: 2', () => {
   it('a worker that keeps dying soon after its start is replaced after a growing delay, each death counted', async () => {
     const [port, upstream] = [await freePort(), await echoUpstream()];
     const proxy = await start(config(port, upstream));
+    const killed: number[] = [];
     for (let death = 1; death <= 3; death++) {
-      process.kill(workerPids(proxy).get(1)!, 'SIGKILL');
+      const pid = await workerPid(proxy, 1, killed);
+      killed.push(pid);
+      process.kill(pid, 'SIGKILL');
       await until(() => proxy.logs.filter((l) => l.msg === 'worker replaced').length === death, 15_000, `replacement ${death}`);
     }
     const delays = proxy.logs.filter((l) => l.msg === 'worker exited unexpectedly; replacing it').map((l) => l.restartInMs);
@@ -162,8 +168,7 @@ describe('workers: 2', () => {
   it('SIGTERM: every worker drains its live connections, then the primary exits 0 and no worker is left', async () => {
     const [port, upstream] = [await freePort(), await echoUpstream()];
     const proxy = await start(config(port, upstream));
-    const pids = [...workerPids(proxy).values()];
-    expect(pids).toHaveLength(2);
+    const pids = [await workerPid(proxy, 1), await workerPid(proxy, 2)];
     const clients = await openClients(port, 6, 'd');
     proxy.child.kill('SIGTERM');
     await until(() => proxy.logs.some((l) => l.msg === 'shutting down: every worker drains its live connections'), 5_000, 'draining');

@@ -118,9 +118,10 @@ export class Primary {
     }
     const adminAddress = (admin ?? this.#admin)?.address() ?? null;
     const live = this.#slots.filter((slot) => slot.link && slot.listening);
+    const encoded = encodeConfig(workerConfig(next, pins));
     const results = await Promise.allSettled(
       live.map(async (slot) => {
-        const answer = await slot.link!.request({ kp: 'reload', config: encodeConfig(workerConfig(next, pins)), admin: adminAddress }, RELOAD_TIMEOUT_MS);
+        const answer = await slot.link!.request({ kp: 'reload', config: encoded, admin: adminAddress }, RELOAD_TIMEOUT_MS);
         slot.listening = new Set(answer.listening);
       }),
     );

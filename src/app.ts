@@ -6,7 +6,7 @@ import { AdminServer } from './admin/server.js';
 import type { ConnectionInfo, RouteDeps, RouteHandle } from './route.js';
 import { createTcpRoute } from './tcp/route.js';
 import { warnIfUnsupported } from './net/sockopt.js';
-import { describe } from './net/dial.js';
+import { formatHostPort } from './config/hostport.js';
 
 // The composition root: builds the routes and the admin listener from a config, and
 // answers reload(config) and close(reason). It holds no protocol logic.
@@ -186,7 +186,7 @@ class ProxyApp implements App {
   }
 
   async #buildRoute(config: RouteConfig): Promise<RouteHandle> {
-    const deps: RouteDeps = { metrics: this.metrics, log: this.#log, clock: this.clock, ownListeners: () => this.#ownListeners() };
+    const deps: RouteDeps = { metrics: this.metrics, log: this.#log, clock: this.clock, ownListeners: () => this.#ownListeners(), stateDir: this.#config.stateDir };
     return HTTP_FAMILY.includes(config.protocol)
       ? // Loaded on demand: a TCP-only deployment never pays for the HTTP code.
         (await import('./http/route.js')).createHttpRoute(config, deps)
@@ -218,7 +218,7 @@ export function summary(route: RouteConfig): Record<string, unknown> {
   return {
     route: route.name,
     protocol: route.protocol,
-    listen: describe(route.listen),
-    upstream: route.upstreamUrl?.href ?? (route.upstream ? describe(route.upstream) : null),
+    listen: formatHostPort(route.listen),
+    upstream: route.upstreamUrl?.href ?? (route.upstream ? formatHostPort(route.upstream) : null),
   };
 }

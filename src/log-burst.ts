@@ -39,7 +39,7 @@ export class BurstLog {
 
   /** One event: written now when the last line is an interval old, else folded into the next summary. */
   note(fields: Record<string, unknown>, kind?: string): void {
-    const now = Date.now();
+    const now = this.#clock.now();
     if (now - this.#windowStart >= this.#intervalMs && this.#folded === 0) {
       this.#windowStart = now;
       this.#write(fields);
@@ -53,7 +53,7 @@ export class BurstLog {
 
   /** Writes what is folded and not yet said (the owner is closing), and lets go of the clock. */
   flush(): void {
-    if (this.#folded > 0) this.#summarize(Date.now());
+    if (this.#folded > 0) this.#summarize(this.#clock.now());
     this.#unsubscribe?.();
     this.#unsubscribe = null;
   }

@@ -8,7 +8,9 @@ import type { Clock } from './clock.js';
 import { parseCli } from './config/cli.js';
 import { ConfigError, reportLines } from './config/load.js';
 import type { ProxyConfig } from './config/schema.js';
+import { runDiscover } from './discover/run.js';
 import { watchLauncher } from './launcher-watch.js';
+import { configWarnings } from './middlebox.js';
 import { createRootLogger, type Logger } from './log.js';
 import type { Metrics } from './metrics/registry.js';
 import { Primary } from './workers/primary.js';
@@ -42,12 +44,16 @@ async function main(argv: string[]): Promise<number> {
     case 'error':
       process.stderr.write(`keepalive-proxy: ${command.message}\nTry 'keepalive-proxy --help'.\n`);
       return 2;
+    case 'discover':
+      return runDiscover(command.options, { out: (text) => process.stdout.write(text), err: (text) => process.stderr.write(text) });
     case 'check': {
       const loaded = tryLoad(() => command.load());
       if (loaded instanceof ConfigError) {
         reportCheckErrors(reportLines(loaded).join('\n'));
         return 1;
       }
+      const warnings = configWarnings(loaded);
+      if (warnings.length > 0) reportCheckErrors(warnings.map((warning) => `${command.source}: warning: ${warning}`).join('\n'));
       process.stdout.write(`${command.source}: ok (${loaded.routes.length} route${loaded.routes.length === 1 ? '' : 's'})\n`);
       return 0;
     }
@@ -61,6 +67,7 @@ async function main(argv: string[]): Promise<number> {
         return 1;
       }
       const log = createRootLogger(loaded.log.level);
+      for (const warning of configWarnings(loaded)) log.warn({ warning }, 'configuration warning');
       const app = loaded.workers > 1 ? new Primary(loaded, log) : createApp(loaded, log);
       if (!(await started(app, log))) return 1;
       handleSignals(app, log, command.reloadable ? () => command.loadOffThread() : null);

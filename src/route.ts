@@ -1,7 +1,8 @@
 import type { Clock } from './clock.js';
 import type { RouteConfig } from './config/schema.js';
 import type { Logger } from './log.js';
-import type { Metrics, EvictionReason } from './metrics/registry.js';
+import type { EvictionReason } from './errors.js';
+import type { Metrics } from './metrics/registry.js';
 import type { SocketOptions } from './net/sockopt.js';
 import type { TlsSummary } from './net/tls-socket.js';
 
@@ -14,6 +15,8 @@ export interface RouteDeps {
   readonly clock: Clock;
   /** Every address this process listens on (admin and routes): a forward route never dials them. */
   readonly ownListeners: () => ReadonlyArray<{ readonly host: string; readonly port: number }>;
+  /** The config's stateDir (learned values kept across restarts), or null. */
+  readonly stateDir?: string | null;
 }
 
 /** One row of the admin /connections listing. */

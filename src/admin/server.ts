@@ -3,7 +3,8 @@ import type { HostPort } from '../config/schema.js';
 import type { Registry } from 'prom-client';
 import type { Logger } from '../log.js';
 import type { ConnectionInfo } from '../route.js';
-import { formatAddress, listenOn } from '../net/listen.js';
+import { listenOn } from '../net/listen.js';
+import { formatHostPort } from '../config/hostport.js';
 
 // The admin listener: /metrics (Prometheus text), /healthz (the process answers),
 // /readyz (every route's listener is bound), /connections (JSON). Read-only; it binds
@@ -44,7 +45,7 @@ export class AdminServer {
   async listen(address: HostPort): Promise<void> {
     await listenOn(this.#server, address, 'admin');
     const bound = this.#server.address();
-    if (bound && typeof bound === 'object') this.#log.info({ admin: formatAddress(bound.address, bound.port) }, 'admin listening');
+    if (bound && typeof bound === 'object') this.#log.info({ admin: formatHostPort(bound.address, bound.port) }, 'admin listening');
   }
 
   address(): { host: string; port: number } | null {

@@ -8,6 +8,7 @@ import { loadConfigFileOffThread } from './off-thread.js';
 import { resolveConfig, type Locate } from './resolve.js';
 import type { ProxyConfig } from './schema.js';
 import { closest } from './suggest.js';
+import { parseDiscoverCli, type DiscoverCommand } from '../discover/cli.js';
 
 // argv -> one command. A run or check carries `load()`, which reads and validates the
 // config each time it is called; a run also carries loadOffThread(), the same in a worker
@@ -41,6 +42,7 @@ export type CliCommand =
       readonly source: string;
       load(): ProxyConfig;
     }
+  | Extract<DiscoverCommand, { kind: 'discover' }>
   | { readonly kind: 'version'; readonly version: string }
   | { readonly kind: 'help'; readonly text: string }
   | { readonly kind: 'error'; readonly message: string };
@@ -97,6 +99,8 @@ Usage:
   keepalive-proxy [--config FILE] [--admin HOST:PORT|off] [--log-level LEVEL] [--workers N|auto]
   keepalive-proxy --listen HOST:PORT --upstream HOST:PORT|URL [route flags]
   keepalive-proxy check [--config FILE]      validate only; print FILE:LINE:COL key.path: message per error
+  keepalive-proxy discover --upstream HOST:PORT [--protocol P] [--max 30m] [--parallel N] [--json]
+                                             find the idle timeout of the path (discover --help)
   keepalive-proxy --version | --help
 
 Options:
@@ -134,6 +138,8 @@ Signals: SIGHUP reloads the config file; SIGTERM/SIGINT drain and exit.
 
 export function parseCli(argv: readonly string[], options: { cwd?: string } = {}): CliCommand {
   const cwd = options.cwd ?? process.cwd();
+  // discover has flags of its own (discover/cli.ts).
+  if (argv[0] === 'discover') return parseDiscoverCli(argv.slice(1));
   let parsed;
   try {
     parsed = parseArgs({ args: [...argv], options: OPTIONS, allowPositionals: true, strict: true });
@@ -146,8 +152,8 @@ export function parseCli(argv: readonly string[], options: { cwd?: string } = {}
 
   const [command, ...extra] = positionals;
   if (command !== undefined && command !== 'check') {
-    const guess = closest(command, ['check']);
-    return { kind: 'error', message: `unknown command "${command}"${guess ? '; did you mean "check"?' : ' (the only command is check)'}` };
+    const guess = closest(command, ['check', 'discover']);
+    return { kind: 'error', message: `unknown command "${command}"${guess ? `; did you mean "${guess}"?` : ' (the commands are check and discover)'}` };
   }
   if (extra.length > 0) return { kind: 'error', message: `unexpected argument "${extra[0]}"` };
 

@@ -8,7 +8,7 @@ import type { HostPort } from './schema.js';
 //
 // Public API:
 //   parseHostPort(value, { allowPortZero? }): HostPort   throws RangeError with a message fit for a config error
-//   formatHostPort(hostPort): string                      "127.0.0.1:80", "[::1]:80"
+//   formatHostPort(hostPort | host, port): string         "127.0.0.1:80", "[::1]:80" (the one formatter)
 //   sameListenAddress(a, b): boolean                      would binding both clash? (a wildcard host clashes with any host on its port)
 //   ListenerClashes<T>: claim(address, owner)             the earliest earlier owner that clashes, in O(1) per listener
 
@@ -75,9 +75,18 @@ function parsePort(text: string, portText: string, options: HostPortOptions): nu
   return port;
 }
 
-/** "host:port", with brackets around an IPv6 host. */
-export function formatHostPort(address: HostPort): string {
-  return address.host.includes(':') ? `[${address.host}]:${address.port}` : `${address.host}:${address.port}`;
+/**
+ * "host:port", with brackets around a host that holds a colon (IPv6), so the port is
+ * never ambiguous: the one formatter of addresses for logs, errors, /connections and
+ * config messages. A socket's remote address may be undefined (closed): "unknown".
+ */
+export function formatHostPort(address: HostPort): string;
+export function formatHostPort(host: string | undefined, port: number | undefined): string;
+export function formatHostPort(hostOrAddress: HostPort | string | undefined, port?: number): string {
+  const host = typeof hostOrAddress === 'object' ? hostOrAddress.host : hostOrAddress;
+  if (typeof hostOrAddress === 'object') port = hostOrAddress.port;
+  if (!host) return 'unknown';
+  return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
 }
 
 /**

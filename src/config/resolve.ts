@@ -28,6 +28,7 @@ import {
   type WarmPoolConfig,
 } from './schema.js';
 import { closest } from './suggest.js';
+import { heartbeatEveryBelow, keepaliveBelow, MIDDLEBOX_PRESETS, type Middlebox } from '../middlebox.js';
 
 // The one validator: a plain object (from YAML, or built from command-line flags) in,
 // the resolved and frozen ProxyConfig out, or a ConfigError with every issue found.
@@ -81,7 +82,8 @@ const ROUTE_KEYS: KeyTree = {
   maxConnections: null,
   noDelay: null,
   responseTimeout: null,
-  heartbeat: { every: null, timeout: null, jitter: null, inTransaction: null, maxIdle: null, send: null, sendHex: null, expect: null, expectHex: null },
+  middlebox: null,
+  heartbeat: { every: null, min: null, max: null, timeout: null, jitter: null, inTransaction: null, maxIdle: null, send: null, sendHex: null, expect: null, expectHex: null },
   pool: { warm: null, maxIdle: null, maxSockets: null, idleTimeout: null, maxAge: null, maxRequests: null },
   tls: { ca: null, cert: null, key: null, servername: null, rejectUnauthorized: null },
   upstreamTls: { mode: null, ca: null, cert: null, key: null, servername: null },
@@ -103,6 +105,7 @@ const ROOT_KEYS: KeyTree = {
   log: { level: null },
   shutdownTimeout: null,
   workers: null,
+  stateDir: null,
   defaults: ROUTE_KEYS,
   routes: null,
 };
@@ -208,6 +211,21 @@ function workerCount(value: unknown): number {
   }
   return value;
 }
+/** `middlebox:` a preset name or a duration (the hop's idle timeout). */
+const middleboxValue: Parse<Middlebox> = (value) => {
+  if (typeof value === 'string' && Object.hasOwn(MIDDLEBOX_PRESETS, value)) return { name: value, idleTimeoutMs: MIDDLEBOX_PRESETS[value]! };
+  const presets = Object.keys(MIDDLEBOX_PRESETS);
+  let ms: number;
+  try {
+    ms = parseDuration(value as string | number);
+  } catch {
+    const guess = typeof value === 'string' ? closest(value, presets) : null;
+    throw new RangeError(`${describe(value)} is not one of ${presets.join(' | ')} or a duration${guess ? `; did you mean "${guess}"?` : ''}`);
+  }
+  // Below 3 s, kernel keepalive (whole seconds: 1 s idle + 1 s x 1 probe) cannot stay safely under it.
+  if (ms < 3_000) throw new RangeError('a middlebox idle timeout must be at least 3s');
+  return { name: formatDuration(ms), idleTimeoutMs: ms };
+};
 
 function describe(value: unknown): string {
   if (value === null || value === undefined) return 'nothing';
@@ -329,6 +347,7 @@ class Resolver {
     const level = this.#read(top, ['log', 'level'], oneOf(LOG_LEVELS), DEFAULTS.logLevel);
     const shutdownTimeoutMs = this.#read(top, ['shutdownTimeout'], duration(), DEFAULTS.shutdownTimeoutMs);
     const workers = this.#read(top, ['workers'], workerCount, DEFAULTS.workers);
+    const stateDir = this.#read(top, ['stateDir'], (value) => resolvePath(this.#options.baseDir, nonEmptyString(value)), null);
     const defaults = this.#defaults(raw);
     const { routes, identities } = this.#routes(raw, defaults);
     this.#checkClashes(identities, adminListen);
@@ -340,6 +359,7 @@ class Resolver {
       log: { level },
       shutdownTimeoutMs,
       workers,
+      stateDir,
       routes,
     });
   }
@@ -593,26 +613,42 @@ class Resolver {
     const tcpFamily = TCP_FAMILY.includes(protocol);
     const httpFamily = HTTP_FAMILY.includes(protocol);
     this.#section(view, ['keepalive']);
+    const middlebox = this.#read(view, ['middlebox'], middleboxValue, null);
+    const upstreamTls = tcpFamily ? this.#upstreamTls(context) : null;
     return {
       keepalive: {
         client: this.#keepaliveSide(view, 'client', DEFAULTS.keepaliveClient),
-        upstream: this.#keepaliveSide(view, 'upstream', DEFAULTS.keepaliveUpstream),
+        upstream: this.#keepaliveSide(view, 'upstream', middlebox ? keepaliveBelow(middlebox, DEFAULTS.keepaliveUpstream) : DEFAULTS.keepaliveUpstream),
       },
       userTimeoutMs: this.#read(view, ['userTimeout'], duration({ max: KEEPALIVE_LIMITS.maxUserTimeoutMs }), DEFAULTS.userTimeoutMs),
       connectTimeoutMs: this.#read(view, ['connectTimeout'], duration({ min: 1 }), DEFAULTS.connectTimeoutMs),
       idleTimeoutMs: this.#read(view, ['idleTimeout'], duration(), DEFAULTS.idleTimeoutMs),
       maxConnections: this.#read(view, ['maxConnections'], integer(0, 1_000_000), DEFAULTS.maxConnections),
       noDelay: this.#read(view, ['noDelay'], boolean, DEFAULTS.noDelay),
-      heartbeat: this.#heartbeat(context),
+      heartbeat: this.#heartbeat(context) ?? this.#middleboxHeartbeat(context, middlebox),
       responseTimeoutMs: tcpFamily ? this.#read(view, ['responseTimeout'], duration(), DEFAULTS.responseTimeoutMs[protocol] ?? 0) : 0,
       warmPool: tcpFamily ? this.#warmPool(view) : null,
       // Copies: the result is frozen, and DEFAULTS is not ours to freeze.
       httpPool: httpFamily ? this.#httpPool(view) : { ...DEFAULTS.httpPool },
       tls: context.scheme === 'https:' ? this.#tls(view) : null,
-      upstreamTls: tcpFamily ? this.#upstreamTls(context) : null,
-      clientTls: tcpFamily ? this.#clientTls(context) : null,
+      upstreamTls,
+      clientTls: tcpFamily ? this.#clientTls(context, upstreamTls) : null,
       http: httpFamily ? this.#httpOptions(view) : { ...DEFAULTS.http },
       allow: protocol === 'http-forward' ? this.#allow(context) : [],
+      middlebox,
+    };
+  }
+
+  /** A declared middlebox gives a protocol with a built-in heartbeat one below its timeout, unless heartbeat is written. */
+  #middleboxHeartbeat({ view, protocol }: RouteContext, middlebox: Middlebox | null): HeartbeatConfig | null {
+    if (!middlebox || view.get(['heartbeat']) !== undefined || !['redis', 'postgres', 'mysql'].includes(protocol)) return null;
+    const everyMs = heartbeatEveryBelow(middlebox);
+    return {
+      everyMs,
+      timeoutMs: Math.min(DEFAULTS.middleboxHeartbeatTimeoutMs, everyMs),
+      jitter: DEFAULTS.heartbeatJitter,
+      inTransaction: DEFAULTS.heartbeatInTransaction,
+      maxIdleMs: DEFAULTS.heartbeatMaxIdleMs,
     };
   }
 
@@ -631,7 +667,9 @@ class Resolver {
     if (section.state !== 'map') return null;
     const sectionPath = section.found.path;
     const everyFound = view.get(['heartbeat', 'every']);
-    const everyMs = everyFound ? this.#parse(everyFound, duration(), null) : null;
+    const adaptive = everyFound?.value === 'auto' ? this.#adaptiveBounds(view) : undefined;
+    const everyMs = adaptive ? adaptive.minMs : everyFound && adaptive === undefined ? this.#parse(everyFound, duration(), null) : null;
+    if (adaptive === undefined) for (const key of ['min', 'max']) this.#onlyWithAuto(view, key);
     if (!everyFound && !virtual) {
       this.#report([...sectionPath, 'every'], 'key', 'required key is missing: how long a connection stays silent before a heartbeat (e.g. "20s"), or 0 for none');
     }
@@ -676,7 +714,26 @@ class Resolver {
       }
     }
     if (everyMs === null || timeoutMs === null) return null;
-    return { everyMs, timeoutMs, jitter, inTransaction, maxIdleMs, ...(send ? { send } : {}), ...(expect !== undefined ? { expect } : {}) };
+    return { everyMs, timeoutMs, jitter, inTransaction, maxIdleMs, ...(adaptive ? { adaptive } : {}), ...(send ? { send } : {}), ...(expect !== undefined ? { expect } : {}) };
+  }
+
+  /** heartbeat.min and max of `every: auto`: min < max; null when invalid (reported). */
+  #adaptiveBounds(view: RouteView): { minMs: number; maxMs: number } | null {
+    const fallback = DEFAULTS.adaptiveHeartbeat;
+    const minMs = this.#read(view, ['heartbeat', 'min'], duration({ min: 1_000 }), fallback.minMs);
+    const maxMs = this.#read(view, ['heartbeat', 'max'], duration({ min: 1_000 }), Math.max(fallback.maxMs, minMs * 2));
+    if (minMs >= maxMs) {
+      const at = view.get(['heartbeat', 'max']) ?? view.get(['heartbeat', 'min']) ?? view.get(['heartbeat', 'every'])!;
+      this.#report(at.path, 'value', `heartbeat.max (${formatDuration(maxMs)}) must be longer than heartbeat.min (${formatDuration(minMs)})`);
+      return null;
+    }
+    return { minMs, maxMs };
+  }
+
+  /** heartbeat.min/max written on a route whose every is not auto. */
+  #onlyWithAuto(view: RouteView, key: string): void {
+    const found = view.ownValue(['heartbeat', key]);
+    if (found) this.#report(found.path, 'key', `heartbeat.${key} is for every: auto (the bounds of the learned interval)`);
   }
 
   /** heartbeat.send/sendHex (or expect/expectHex) from the first level that has either; both at one level is an error. */
@@ -746,7 +803,7 @@ class Resolver {
   }
 
   /** upstreamTls: the mode (libpq's words) and the files it uses; null when off. */
-  #upstreamTls({ view, protocol, virtual }: RouteContext): UpstreamTlsConfig | null {
+  #upstreamTls({ view }: RouteContext): UpstreamTlsConfig | null {
     const section = this.#section(view, ['upstreamTls'], true);
     if (section.state !== 'map') return null;
     const mode = this.#read(view, ['upstreamTls', 'mode'], oneOf(UPSTREAM_TLS_MODES), 'off');
@@ -757,12 +814,6 @@ class Resolver {
     const servername = view.get(['upstreamTls', 'servername']);
     if (mode === 'off') return null;
     this.#checkLoads(section.found.path, { ca: ca?.pem, cert: cert?.pem, key: key?.pem });
-    if (protocol === 'mysql' && !virtual) {
-      // MySQL negotiates TLS inside its handshake (capability flags, SSL request packet);
-      // that negotiator is not built yet, and TLS from the first byte would not work.
-      this.#report(section.found.path, 'value', 'upstreamTls is not supported for protocol mysql yet');
-      return null;
-    }
     return {
       mode,
       ...(ca ? { ca: ca.pem, caFile: ca.file } : {}),
@@ -773,7 +824,7 @@ class Resolver {
   }
 
   /** clientTls: the certificate and key the proxy presents to its clients. */
-  #clientTls({ view, protocol, virtual }: RouteContext): ClientTlsConfig | null {
+  #clientTls({ view, protocol, virtual }: RouteContext, upstreamTls: UpstreamTlsConfig | null): ClientTlsConfig | null {
     const section = this.#section(view, ['clientTls'], true);
     if (section.state !== 'map') return null;
     const cert = this.#pem(view, 'clientTls', 'cert');
@@ -782,8 +833,10 @@ class Resolver {
       for (const name of ['cert', 'key']) {
         if (!view.get(['clientTls', name])) this.#report([...section.found.path, name], 'key', `required key is missing: the proxy's ${name === 'cert' ? 'certificate' : 'private key'} (PEM file)`);
       }
-      if (protocol === 'mysql') {
-        this.#report(section.found.path, 'value', 'clientTls is not supported for protocol mysql yet');
+      // The proxy terminates a MySQL client's TLS by passing its SSL request on to a TLS
+      // upstream (src/tcp/mysql-opening.ts); in front of a plaintext server it cannot.
+      if (protocol === 'mysql' && !upstreamTls) {
+        this.#report(section.found.path, 'value', 'clientTls on a mysql route needs upstreamTls (mode require or stronger)');
         return null;
       }
     }

@@ -22,7 +22,10 @@ export interface KeepaliveSide {
 }
 
 export interface HeartbeatConfig {
+  /** The interval in force at start; with `adaptive` the route changes it as it learns. */
   readonly everyMs: number;
+  /** `every: auto`: learn the path's idle timeout and heartbeat below it, from min up to max. */
+  readonly adaptive?: { readonly minMs: number; readonly maxMs: number };
   readonly timeoutMs: number;
   /** Fraction of `everyMs` by which each probe may move, to spread probes of many connections (0..0.5). */
   readonly jitter: number;
@@ -132,6 +135,8 @@ export interface RouteConfig {
   readonly http: HttpOptions;
   /** http-forward: destination host:port patterns allowed ("*.example.com:443", "10.0.0.1:*"). */
   readonly allow: readonly string[];
+  /** The declared middlebox between proxy and upstream (`middlebox:` preset or duration), or null. */
+  readonly middlebox: { readonly name: string; readonly idleTimeoutMs: number } | null;
 }
 
 export interface ProxyConfig {
@@ -142,6 +147,8 @@ export interface ProxyConfig {
   readonly shutdownTimeoutMs: number;
   /** Processes that serve the routes: 1 = this process alone; more = a primary and this many workers (README "Workers"). */
   readonly workers: number;
+  /** Where learned values (adaptive heartbeats) are kept across restarts; null: not kept. */
+  readonly stateDir: string | null;
   readonly routes: readonly RouteConfig[];
 }
 
@@ -163,6 +170,10 @@ export const DEFAULTS = {
   maxConnections: 0,
   noDelay: true,
   heartbeatJitter: 0.1,
+  /** `every: auto` bounds when not written. */
+  adaptiveHeartbeat: { minMs: 5_000, maxMs: 600_000 },
+  /** The heartbeat reply timeout a declared middlebox's default heartbeat gets. */
+  middleboxHeartbeatTimeoutMs: 5_000,
   heartbeatInTransaction: false,
   heartbeatMaxIdleMs: 0,
   // Off where a long reply is normal: a raw stream may be server-push or upload-only, and

@@ -1,7 +1,6 @@
 import type net from 'node:net';
 import type { Clock } from '../clock.js';
-import type { Side } from '../errors.js';
-import type { EvictionReason } from '../metrics/registry.js';
+import type { EvictionReason, Side } from '../errors.js';
 import type { ClientReads } from './accept.js';
 import { BODY_ERROR, BODY_MORE, BodyReader, type BodySink } from './body-reader.js';
 import { ClientConnection } from './client.js';
@@ -9,6 +8,7 @@ import type { Exchange, ExchangeClient } from './exchange.js';
 import { HeadError, findHeadEnd, parseRequestHead, skipLeadingCrlf, type RequestHead } from './head-parser.js';
 import { clientAddress } from './headers.js';
 import { errorResponse } from './respond.js';
+import { resetOrDestroy } from '../net/internals.js';
 
 // One client connection of an HTTP route, on the raw socket: request heads parsed here
 // (head-parser.ts), request bodies framed as they stream (body-reader.ts) and handed to
@@ -257,14 +257,8 @@ export class ClientSession implements ExchangeClient, BodySink {
     const socket = this.socket;
     if (socket.destroyed) return;
     if (how === 'reset') {
-      // RST needs node's TCP handle: anything else (never the case for an accepted socket) is destroyed.
-      try {
-        socket.resetAndDestroy();
-        return;
-      } catch {
-        socket.destroy();
-        return;
-      }
+      resetOrDestroy(socket);
+      return;
     }
     if (how === 'destroy' || !socket.writable || this.#nothingLeft()) {
       // Nothing left to send or to read: the kernel sends what it holds before the FIN, so

@@ -2,8 +2,8 @@ import dns from 'node:dns';
 import net from 'node:net';
 import os from 'node:os';
 import { ProxyError } from '../errors.js';
-import { formatAddress } from '../net/listen.js';
 import { canonicalAddress, type Allowlist } from './allowlist.js';
+import { formatHostPort } from '../config/hostport.js';
 
 // Where a forward-proxy connection really goes. The allowlist judges the name a client
 // asked for; a name is whatever its owner's DNS says, so the address it resolves to is
@@ -50,10 +50,10 @@ export class DestinationGuard {
     const ip = canonicalAddress(address);
     const family = net.isIPv4(ip) ? 'ipv4' : 'ipv6';
     if (this.#isOwnListener(ip, port)) {
-      return this.#allowlist.namesLiterally(ip, port, true) ? null : `${formatAddress(ip, port)} is this proxy's own listener`;
+      return this.#allowlist.namesLiterally(ip, port, true) ? null : `${formatHostPort(ip, port)} is this proxy's own listener`;
     }
     if (SPECIAL.check(ip, family)) {
-      return this.#allowlist.namesLiterally(ip, port, false) ? null : `${formatAddress(ip, port)} is a loopback, link-local or unspecified address`;
+      return this.#allowlist.namesLiterally(ip, port, false) ? null : `${formatHostPort(ip, port)} is a loopback, link-local or unspecified address`;
     }
     return null;
   }
@@ -73,7 +73,7 @@ export class DestinationGuard {
         const allowed = addresses.filter((a) => this.refusal(a.address, port) === null);
         if (allowed.length === 0) {
           const why = `${hostname} resolves to ${addresses.length > 0 ? this.refusal(addresses[0]!.address, port) : 'no address'}`;
-          this.#onRefused({ destination: formatAddress(hostname, port), why });
+          this.#onRefused({ destination: formatHostPort(hostname, port), why });
           callback(new ProxyError('DESTINATION_REFUSED', 'downstream', why) as NodeJS.ErrnoException, '');
           return;
         }

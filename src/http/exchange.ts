@@ -1,6 +1,6 @@
-import { dialFailureStatus } from '../errors.js';
+import { dialFailureStatus, type EvictionReason } from '../errors.js';
+import type { Clock } from '../clock.js';
 import type { Logger } from '../log.js';
-import type { EvictionReason } from '../metrics/registry.js';
 import { parseKeepAliveTimeoutMs, type PooledConnection } from '../pool/http-connection.js';
 import type { OriginPool, PoolWaiter } from '../pool/http-pool.js';
 import { BODY_ERROR, BODY_MORE, BodyReader, type BodySink } from './body-reader.js';
@@ -45,6 +45,8 @@ const COALESCE_LIMIT = 4 * 1024;
 export interface ExchangeHost {
   readonly route: string;
   readonly log: Logger;
+  /** The route's shared clock: deadlines (coarse) and the request's duration (precise). */
+  readonly clock: Clock;
   /** requests_total{code} for the status the client got. */
   answered(status: number): void;
   /** upstream_request_duration_seconds. */
@@ -106,7 +108,7 @@ export class Exchange implements PoolWaiter, BodySink {
   readonly #host: ExchangeHost;
   readonly #client: ExchangeClient;
   readonly #request: ExchangeRequest;
-  readonly #startedAt = performance.now();
+  readonly #startedAt: number;
   #connection: PooledConnection | null = null;
   #attempts = 0;
   #reused = false;
@@ -154,6 +156,7 @@ export class Exchange implements PoolWaiter, BodySink {
 
   constructor(host: ExchangeHost, client: ExchangeClient, request: ExchangeRequest) {
     this.#host = host;
+    this.#startedAt = host.clock.preciseNow();
     this.#client = client;
     this.#request = request;
     this.#requestEnded = !request.hasBody;
@@ -491,7 +494,7 @@ export class Exchange implements PoolWaiter, BodySink {
   }
 
   #clientHead(head: ResponseHead): string {
-    return downstreamResponseHead(head, this.#framing, this.#connectionLines, head.hasDate ? '' : dateLine());
+    return downstreamResponseHead(head, this.#framing, this.#connectionLines, head.hasDate ? '' : dateLine(this.#host.clock.now()));
   }
 
   /**
@@ -501,7 +504,7 @@ export class Exchange implements PoolWaiter, BodySink {
   #responseComplete(extra: boolean): void {
     this.#state = COMPLETE;
     this.#reader = null;
-    this.#host.observeUpstreamSeconds((performance.now() - this.#startedAt) / 1000);
+    this.#host.observeUpstreamSeconds((this.#host.clock.preciseNow() - this.#startedAt) / 1000);
     this.#finishUpstream(extra ? 'unexpected_data' : null);
     if (this.#discarding) {
       this.#stopDiscarding();
@@ -597,7 +600,7 @@ export class Exchange implements PoolWaiter, BodySink {
   }
 
   #armDeadline(): void {
-    if (this.#request.responseTimeoutMs > 0) this.#deadline = Date.now() + this.#request.responseTimeoutMs;
+    if (this.#request.responseTimeoutMs > 0) this.#deadline = this.#host.clock.now() + this.#request.responseTimeoutMs;
   }
 
   #pauseRequest(): void {
@@ -613,7 +616,7 @@ export class Exchange implements PoolWaiter, BodySink {
 
   #startDiscarding(): void {
     this.#discarding = true;
-    this.#deadline = Date.now() + (this.#request.responseTimeoutMs || DISCARD_TIME_LIMIT_MS);
+    this.#deadline = this.#host.clock.now() + (this.#request.responseTimeoutMs || DISCARD_TIME_LIMIT_MS);
     this.#pendingHead = null;
     if (this.#responsePaused) {
       this.#responsePaused = false;

@@ -6,6 +6,7 @@ import type { DestinationGuard } from './destination-guard.js';
 import type { RequestHead } from './head-parser.js';
 import { respondRaw } from './respond.js';
 import { ClientWatch, dialForClient, type TunnelHost } from './tunnel.js';
+import { formatHostPort } from '../config/hostport.js';
 
 // Forward proxy mode (`protocol: http-forward`), for applications that honour
 // HTTP_PROXY/HTTPS_PROXY: absolute-form requests ("GET http://host/path") go over the
@@ -59,7 +60,7 @@ export function resolveForwardRequest(url: string | undefined, policy: ForwardPo
  * guard refuses (a literal is never looked up, so the dial's own check never sees it).
  */
 function refusal(policy: ForwardPolicy, host: string, port: number): string | null {
-  if (!policy.allowlist.allows(host, port)) return `${formatAuthority(host, port)} is not in this proxy's allowlist`;
+  if (!policy.allowlist.allows(host, port)) return `${formatHostPort(host, port)} is not in this proxy's allowlist`;
   return net.isIP(host) ? policy.guard.refusal(host, port) : null;
 }
 
@@ -76,9 +77,6 @@ export function parseConnectAuthority(target: string | undefined): { host: strin
   return host ? { host, port } : null;
 }
 
-export function formatAuthority(host: string, port: number): string {
-  return net.isIPv6(host) ? `[${host}]:${port}` : `${host}:${port}`;
-}
 
 /** CONNECT host:port: a checked destination, a fresh upstream connection, then a tunnel. */
 export function proxyConnect(host: TunnelHost, req: RequestHead, client: ClientSession, head: Buffer, policy: ForwardPolicy): void {
@@ -93,7 +91,7 @@ export function proxyConnect(host: TunnelHost, req: RequestHead, client: ClientS
   const refused = refusal(policy, destination.host, destination.port);
   if (refused) {
     host.answered(403);
-    host.log.info({ route: host.route, destination: formatAuthority(destination.host, destination.port), why: refused }, 'CONNECT denied');
+    host.log.info({ route: host.route, destination: formatHostPort(destination.host, destination.port), why: refused }, 'CONNECT denied');
     respondRaw(client, 403, 'forbidden', refused);
     return;
   }

@@ -132,7 +132,7 @@ let dateSecond = -1;
 let dateText = '';
 
 /** A Date line (RFC 9110 5.6.7 IMF-fixdate), formatted once per second. */
-export function dateLine(now = Date.now()): string {
+export function dateLine(now: number): string {
   const second = Math.floor(now / 1000);
   if (second !== dateSecond) {
     dateSecond = second;

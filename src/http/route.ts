@@ -1,12 +1,12 @@
 import type net from 'node:net';
 import type { Clock } from '../clock.js';
 import type { RouteConfig } from '../config/schema.js';
-import type { Side } from '../errors.js';
+import type { EvictionReason, Side } from '../errors.js';
 import type { Logger } from '../log.js';
-import type { EvictionReason } from '../metrics/registry.js';
-import { formatAddress, listenOn, watchListenerErrors } from '../net/listen.js';
-import { applyKeepalive, applyKeepaliveToListener, readSocketOptions } from '../net/sockopt.js';
-import { describeTarget, dialUpstream, type DialAttempt, type DialTarget } from '../pool/http-dial.js';
+import { listenOn, watchListenerErrors } from '../net/listen.js';
+import { applyKeepaliveToListener, readSocketOptions } from '../net/sockopt.js';
+import { SockoptRefusals } from '../net/sockopt-refusals.js';
+import { dialUpstream, type DialAttempt, type DialTarget } from '../pool/http-dial.js';
 import { countDial, countDialFailure, HttpPool, type PoolSettings } from '../pool/http-pool.js';
 import { BurstLog } from '../log-burst.js';
 import { RouteMetrics } from '../metrics/route-metrics.js';
@@ -25,6 +25,7 @@ import { respondRaw } from './respond.js';
 import { createProxyServer, sessionSettings } from './server.js';
 import type { TunnelHost, TunnelOptions } from './tunnel.js';
 import { proxyUpgrade } from './upgrade.js';
+import { formatHostPort } from '../config/hostport.js';
 
 // An HTTP route: `protocol: http` (reverse proxy to one upstream URL) or
 // `protocol: http-forward` (a forward proxy limited by an allowlist). Each client
@@ -79,6 +80,8 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
   readonly #connectFailures: BurstLog;
   /** Tunnels the proxy evicted: a mass eviction is one line and per-second counts by reason. */
   readonly #evictions: BurstLog;
+  /** Keepalive on every socket of the route (client side here, upstream in dialUpstream), refusals counted and logged. */
+  readonly #sockopt: SockoptRefusals;
   readonly #acceptErrors: BurstLog;
 
   constructor(config: RouteConfig, deps: RouteDeps) {
@@ -92,6 +95,7 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
     this.#metrics = new RouteMetrics(deps.metrics, this.name);
     this.#connectFailures = new BurstLog(deps.log, deps.clock, { level: 'warn', msg: 'upstream connect failed; answering 502/504', countBy: 'results' });
     this.#evictions = new BurstLog(deps.log, deps.clock, { level: 'info', msg: 'tunnel evicted', countBy: 'reasons' });
+    this.#sockopt = new SockoptRefusals(this.name, deps);
     this.#pool = this.#newPool(config);
     this.#poolKey = poolKey(config);
 
@@ -187,14 +191,14 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
       this.#pool.close(reason);
     }
     this.#flushCounts();
-    for (const burst of [this.#connectFailures, this.#evictions, this.#acceptErrors]) burst.flush();
+    for (const burst of [this.#connectFailures, this.#evictions, this.#acceptErrors, this.#sockopt]) burst.flush();
     this.#unsubscribe?.();
     this.#unsubscribe = null;
     this.#unregisterFlush();
   }
 
   connections(): ConnectionInfo[] {
-    const now = Date.now();
+    const now = this.#deps.clock.now();
     return [...this.#sessions.values()].map(({ client }) => {
       const tunnel = client.tunnel;
       const session = tunnel?.session;
@@ -202,8 +206,8 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
         id: client.id,
         route: this.name,
         protocol: tunnel ? (tunnel.kind === 'connect' ? 'connect' : 'upgrade') : this.#config.protocol,
-        client: formatAddress(client.socket.remoteAddress, client.socket.remotePort),
-        upstream: session ? formatAddress(session.up.remoteAddress, session.up.remotePort) : client.upstream,
+        client: formatHostPort(client.socket.remoteAddress, client.socket.remotePort),
+        upstream: session ? formatHostPort(session.up.remoteAddress, session.up.remotePort) : client.upstream,
         ageSeconds: (now - client.createdAt) / 1000,
         idleSeconds: (now - (session ? session.lastPayloadAt : client.lastActivity)) / 1000,
         bytesUpstream: client.bytesUp + (session?.bytesUp ?? 0),
@@ -265,7 +269,7 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
       (dialed) => countDial(metrics, dialed),
       (error: { code?: string; side?: Side }) => {
         if (error.side === 'downstream') return; // aborted because the client left
-        countDialFailure(metrics, this.#connectFailures, { route: this.name, upstream: describeTarget(target) }, error);
+        countDialFailure(metrics, this.#connectFailures, { route: this.name, upstream: formatHostPort(target) }, error);
       },
     );
     return attempt;
@@ -282,7 +286,7 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
       tracker: options.tracker,
       reused: false,
       earlyData: options.earlyData,
-      now: Date.now(),
+      clock: this.#deps.clock,
     });
     client.tunnel = { kind: options.kind, session };
     this.#tunnels.add(session);
@@ -360,16 +364,16 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
     this.#metrics.accepted.inc();
     if (config.maxConnections > 0 && this.#sessions.size >= config.maxConnections) {
       this.#metrics.eviction('max_connections').inc();
-      log.warn({ route: this.name, client: formatAddress(socket.remoteAddress, socket.remotePort), maxConnections: config.maxConnections }, 'connection refused: maxConnections reached');
+      log.warn({ route: this.name, client: formatHostPort(socket.remoteAddress, socket.remotePort), maxConnections: config.maxConnections }, 'connection refused: maxConnections reached');
       socket.on('error', () => {});
       socket.destroy();
       return;
     }
     if (!this.#listenerSetsOptions) {
       socket.setNoDelay(config.noDelay);
-      applyKeepalive(socket, config.keepalive.client, 0);
+      this.#sockopt.keepalive(socket, 'client', config.keepalive.client, 0);
     }
-    this.#sessions.set(socket, new ClientSession(socket, this, Date.now(), reads));
+    this.#sessions.set(socket, new ClientSession(socket, this, this.#deps.clock.now(), reads));
   }
 
   /** A forward destination's dial: its name resolved once, through the guard. */
@@ -463,6 +467,8 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
       userTimeoutMs: config.userTimeoutMs,
       connectTimeoutMs: config.connectTimeoutMs,
       noDelay: config.noDelay,
+      sockopt: this.#sockopt,
+      clock: this.#deps.clock,
     };
     return new HttpPool({ route: config.name, settings, metrics: this.#metrics, clock: this.#deps.clock, log: this.#deps.log, connectFailures: this.#connectFailures });
   }

@@ -7,47 +7,6 @@ import { FastHistogram } from './fast-histogram.js';
 
 export const PREFIX = 'keepalive_proxy_';
 
-export type EvictionReason =
-  | 'idle_timeout'
-  | 'max_age'
-  | 'max_requests'
-  | 'keepalive_timeout'
-  | 'heartbeat_timeout'
-  | 'peer_closed'
-  | 'peer_reset'
-  | 'connect_error'
-  | 'connect_timeout'
-  | 'shutdown'
-  | 'route_removed'
-  | 'max_connections'
-  | 'error'
-  // HTTP upstream pool (issue 4): a parked socket sent bytes nobody asked for; the client
-  // went away mid-exchange; the upstream's response head was late; an idle socket made
-  // room for a retry on a fresh connection; a reload replaced the pool.
-  | 'unexpected_data'
-  | 'client_aborted'
-  | 'response_timeout'
-  | 'replaced'
-  | 'reload'
-  // HTTP client side (issue 8): a request body that stalled past http.bodyTimeout.
-  | 'body_timeout'
-  // HTTP client side (issue 9): each end of a client connection of an HTTP route. Words the
-  // upstream pool also uses carry a client_ prefix, so the two sides never add up in one series.
-  | 'client_closed'
-  | 'client_reset'
-  | 'client_idle_timeout'
-  | 'client_max_requests'
-  | 'client_shutdown'
-  | 'client_error'
-  | 'headers_timeout'
-  | 'bad_request'
-  | 'forbidden'
-  | 'upgrade_declined'
-  | 'response_close'
-  // TLS to a database (issue 10): an upstream TLS handshake or verification failed, or a
-  // client's own TLS handshake (clientTls) failed or timed out.
-  | 'tls_error';
-
 /** prom-client default metrics left out of /metrics, and why: see the constructor. */
 const DEFAULT_METRICS_DROPPED = ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total'];
 
@@ -123,6 +82,18 @@ export class Metrics {
     labelNames: ['route'] as const,
     registers: [this.registry],
   });
+  readonly pathIdleTimeout = new client.Gauge({
+    name: `${PREFIX}path_idle_timeout_seconds`,
+    help: 'heartbeat every: auto: the longest idle the route\'s canaries proved the path survives (the learned lower bound of its idle timeout).',
+    labelNames: ['route'] as const,
+    registers: [this.registry],
+  });
+  readonly heartbeatInterval = new client.Gauge({
+    name: `${PREFIX}heartbeat_interval_seconds`,
+    help: 'heartbeat every: auto: the heartbeat interval now in force on the route.',
+    labelNames: ['route'] as const,
+    registers: [this.registry],
+  });
   readonly poolActive = new client.Gauge({
     name: `${PREFIX}pool_active`,
     help: 'Upstream connections from the pool serving a client or request now.',
@@ -133,6 +104,12 @@ export class Metrics {
     name: `${PREFIX}accept_errors_total`,
     help: 'Client connections a route could not take, by error code: failed accepts, and (tcp routes) clients accepted when no descriptor was left for their upstream (EMFILE, ENFILE).',
     labelNames: ['route', 'code'] as const,
+    registers: [this.registry],
+  });
+  readonly sockoptErrors = new client.Counter({
+    name: `${PREFIX}sockopt_errors_total`,
+    help: 'Socket options the kernel refused on a connection, or could not be set because the socket had no fd left, by option (SO_KEEPALIVE, TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT, TCP_USER_TIMEOUT, no_fd).',
+    labelNames: ['route', 'option'] as const,
     registers: [this.registry],
   });
   readonly configReloads = new client.Counter({

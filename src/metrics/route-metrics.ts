@@ -1,4 +1,5 @@
-import type { Metrics, EvictionReason } from './registry.js';
+import type { EvictionReason } from '../errors.js';
+import type { Metrics } from './registry.js';
 
 // One route's metric series, bound once, and batched: prom-client hashes the label
 // set on every inc() or set() of a child, which the connection path would otherwise pay

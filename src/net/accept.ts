@@ -1,21 +1,15 @@
-import net from 'node:net';
+import type net from 'node:net';
 import { getSystemErrorName } from 'node:util';
+import { interceptAccepts, socketOnHandle, type AcceptedSocketOptions } from './internals.js';
 
 // Accepting connections on sockets built by the caller, so that they can carry options
 // net.Server has no way to pass (net's `onread`: reads into a caller's buffer, delivered
 // to a callback, with no fresh Buffer and no stream 'data' event per read).
 //
-// The listening handle's `onconnection` callback is replaced by one that builds the
-// Socket with the caller's options: the same construction node does, minus the server's
-// connection count (every route keeps its own). When the handle is not what this expects
-// (another Node version), nothing changes and sockets come through the 'connection' event.
-
-interface ListenHandle {
-  onconnection: (error: number, clientHandle: unknown) => void;
-}
-
-/** Options of a Socket built around an accepted handle (everything but the handle). */
-export type AcceptedSocketOptions = Omit<net.SocketConstructorOpts, 'handle' | 'fd'> & { pauseOnCreate?: boolean };
+// The listening handle's `onconnection` callback is replaced (net/internals.ts) by one that
+// builds the Socket with the caller's options: the same construction node does, minus the
+// server's connection count (every route keeps its own). When the handle is not what this
+// expects (another Node version), nothing changes and sockets come through 'connection'.
 
 /**
  * Takes over the accepting of a listening server: `build` returns the options of each
@@ -27,17 +21,13 @@ export function acceptWith<T>(
   build: () => { options: AcceptedSocketOptions; context: T },
   onSocket: (socket: net.Socket, context: T) => void,
 ): boolean {
-  const handle = (server as unknown as { _handle?: Partial<ListenHandle> | null })._handle;
-  if (!handle || typeof handle.onconnection !== 'function') return false;
-  handle.onconnection = (error: number, clientHandle: unknown): void => {
+  return interceptAccepts(server, (error, clientHandle) => {
     if (error) {
       // As node's own accept does (EMFILE and the like): the server's 'error'.
       server.emit('error', Object.assign(new Error(`accept: ${getSystemErrorName(error)}`), { code: getSystemErrorName(error), syscall: 'accept' }));
       return;
     }
     const { options, context } = build();
-    const socket = new net.Socket({ ...options, handle: clientHandle, readable: true, writable: true } as net.SocketConstructorOpts);
-    onSocket(socket, context);
-  };
-  return true;
+    onSocket(socketOnHandle(clientHandle, options), context);
+  });
 }

@@ -3,7 +3,10 @@ import tls from 'node:tls';
 import { ProxyError } from '../errors.js';
 import type { HostPort, KeepaliveSide } from '../config/schema.js';
 import { markSharedReads, sharedOnread } from './shared-reads.js';
-import { applyKeepalive } from './sockopt.js';
+import { applyUserTimeout } from './sockopt.js';
+import type { SockoptRefusals } from './sockopt-refusals.js';
+import type { Clock } from '../clock.js';
+import { formatHostPort } from '../config/hostport.js';
 import { MIN_TLS_VERSION, resettableTls, tlsFailureCause, tlsSummary, type TlsSummary } from './tls-socket.js';
 import type { TlsSessionCache } from './tls-sessions.js';
 
@@ -39,14 +42,28 @@ export interface TlsClientOptions {
  */
 export interface StartTls {
   readonly name: string;
+  /**
+   * The handshake waits for the client: the dial resolves with the TCP socket and the
+   * prelude's bytes, and the caller runs secureOver() when it can (MySQL: the SSL request
+   * carries the client's own capability flags, which the server takes from it alone).
+   */
+  readonly deferred?: boolean;
   negotiate(raw: net.Socket): Promise<readonly Buffer[]>;
 }
 
-export interface DialOptions {
+/**
+ * Kernel keepalive for the socket, applied through the route's reporter (a refused option
+ * is counted and logged), or null: keepalive stays off (discover's canaries must see the
+ * path's own idle behaviour); TCP_USER_TIMEOUT is still set when userTimeoutMs > 0.
+ */
+export type DialKeepalive = { readonly keepalive: KeepaliveSide; readonly sockopt: SockoptRefusals } | { readonly keepalive: null; readonly sockopt?: undefined };
+
+export type DialOptions = DialKeepalive & {
   readonly target: HostPort;
   readonly timeoutMs: number;
   readonly noDelay: boolean;
-  readonly keepalive: KeepaliveSide;
+  /** Measures connectMs (the handshake included). */
+  readonly clock: Clock;
   readonly userTimeoutMs: number;
   readonly tls?: TlsClientOptions | null;
   readonly startTls?: StartTls | null;
@@ -61,7 +78,7 @@ export interface DialOptions {
   readonly reads?: 'shared' | 'events' | net.OnReadOpts;
   /** Resolves the name for this dial (a forward route's guard judges the addresses); dns.lookup when absent. */
   readonly lookup?: net.LookupFunction;
-}
+};
 
 export interface DialResult {
   /** The socket to talk on: TLS when asked for, else the TCP one. */
@@ -84,9 +101,9 @@ export interface DialHandle {
 }
 
 export function dial(options: DialOptions): DialHandle {
-  const started = performance.now();
+  const started = options.clock.preciseNow();
   const { target } = options;
-  const where = describe(target);
+  const where = formatHostPort(target);
   const reads = options.tls ? 'events' : (options.reads ?? 'events');
   const raw = net.connect({
     host: target.host,
@@ -121,45 +138,18 @@ export function dial(options: DialOptions): DialHandle {
     const s = settle;
     settle = null;
     if (timer) clearTimeout(timer);
-    s.resolve({ socket, raw, connectMs: performance.now() - started, tls: tlsSummary(socket), earlyData, keepaliveApplied });
+    s.resolve({ socket, raw, connectMs: options.clock.preciseNow() - started, tls: tlsSummary(socket), earlyData, keepaliveApplied });
   }
   function onError(error: NodeJS.ErrnoException): void {
     // The lookup's own verdict (DESTINATION_REFUSED) reaches the caller as it is.
     if (error instanceof ProxyError) fail(error);
     else fail(new ProxyError('CONNECT_FAILED', 'upstream', `${where}: ${error.code ?? error.message}`, { cause: error }));
   }
-  function onTlsError(error: NodeJS.ErrnoException): void {
-    fail(new ProxyError('TLS_FAILED', 'upstream', `${where}: ${tlsFailureCause(error)}`, { cause: error }));
-  }
   function handshake(earlyData: readonly Buffer[]): void {
     if (!settle) return;
-    const options_ = options.tls!;
-    const servername = options_.servername ?? (net.isIP(target.host) ? undefined : target.host);
-    const sessionKey = `${target.host}|${target.port}|${servername ?? ''}`;
-    const sessions = options.sessions;
-    // allowHalfOpen reaches the TLSSocket (node's tls.connect passes it on; its types omit it).
-    const connectOptions: tls.ConnectionOptions & { allowHalfOpen: boolean } = {
-      socket: raw,
-      host: target.host,
-      servername,
-      ca: options_.ca,
-      cert: options_.cert,
-      key: options_.key,
-      minVersion: MIN_TLS_VERSION,
-      rejectUnauthorized: options_.verify !== 'none',
-      // verify-ca: the chain is checked by OpenSSL; the name is not (libpq's meaning).
-      ...(options_.verify === 'chain' ? { checkServerIdentity: () => undefined } : {}),
-      session: sessions?.get(sessionKey),
-      allowHalfOpen: options.halfOpen ?? true,
-      ...(options_.alpn ? { ALPNProtocols: [...options_.alpn] } : {}),
-    };
-    secure = tls.connect(connectOptions);
-    const socket = secure;
-    // Tickets keep coming for the life of the connection (TLS 1.3 sends them after the
-    // handshake): the listener stays, and the newest ticket is the one offered next.
-    if (sessions) socket.on('session', (session: Buffer) => sessions.set(sessionKey, session));
-    socket.on('error', onTlsError);
-    socket.once('secureConnect', () => succeed(resettableTls(socket, raw), earlyData));
+    const upgrade = secureOver(raw, target, options.tls!, options.sessions, options.halfOpen ?? true);
+    secure = upgrade.socket;
+    upgrade.ready.then((socket) => succeed(socket, earlyData), fail);
   }
 
   // The error listeners stay for the socket's life and are no-ops once settled, so an
@@ -167,7 +157,9 @@ export function dial(options: DialOptions): DialHandle {
   raw.on('error', onError);
   raw.once('connect', () => {
     // The fd exists only now: keepalive and TCP_USER_TIMEOUT go on the TCP socket, under any TLS.
-    keepaliveApplied = applyKeepalive(raw, options.keepalive, options.userTimeoutMs);
+    keepaliveApplied = options.keepalive
+      ? options.sockopt.keepalive(raw, 'upstream', options.keepalive, options.userTimeoutMs)
+      : options.userTimeoutMs <= 0 || applyUserTimeout(raw, options.userTimeoutMs);
     if (!options.tls) {
       succeed(raw, []);
       return;
@@ -176,7 +168,8 @@ export function dial(options: DialOptions): DialHandle {
       handshake([]);
       return;
     }
-    options.startTls.negotiate(raw).then(handshake, fail);
+    const deferred = options.startTls.deferred === true;
+    options.startTls.negotiate(raw).then((earlyData) => (deferred ? succeed(raw, earlyData) : handshake(earlyData)), fail);
   });
   return {
     done,
@@ -184,6 +177,47 @@ export function dial(options: DialOptions): DialHandle {
   };
 }
 
-export function describe(target: HostPort): string {
-  return target.host.includes(':') ? `[${target.host}]:${target.port}` : `${target.host}:${target.port}`;
+export interface TlsUpgrade {
+  readonly socket: tls.TLSSocket;
+  /** The TLS socket (resettable, see tls-socket.ts) once the handshake is done; a TLS_FAILED ProxyError otherwise. */
+  readonly ready: Promise<net.Socket>;
 }
+
+/**
+ * A TLS handshake on a connected TCP socket (nothing read past the server's go-ahead),
+ * resuming a cached session when there is one. No timer: the caller bounds it (the
+ * dial's connect timeout, or its own) and destroys the socket on expiry.
+ */
+export function secureOver(raw: net.Socket, target: HostPort, options: TlsClientOptions, sessions: TlsSessionCache | null | undefined, halfOpen: boolean): TlsUpgrade {
+  const servername = options.servername ?? (net.isIP(target.host) ? undefined : target.host);
+  const sessionKey = `${target.host}|${target.port}|${servername ?? ''}`;
+  // allowHalfOpen reaches the TLSSocket (node's tls.connect passes it on; its types omit it).
+  const connectOptions: tls.ConnectionOptions & { allowHalfOpen: boolean } = {
+    socket: raw,
+    host: target.host,
+    servername,
+    ca: options.ca,
+    cert: options.cert,
+    key: options.key,
+    minVersion: MIN_TLS_VERSION,
+    rejectUnauthorized: options.verify !== 'none',
+    // verify-ca: the chain is checked by OpenSSL; the name is not (libpq's meaning).
+    ...(options.verify === 'chain' ? { checkServerIdentity: () => undefined } : {}),
+    session: sessions?.get(sessionKey),
+    allowHalfOpen: halfOpen,
+    ...(options.alpn ? { ALPNProtocols: [...options.alpn] } : {}),
+  };
+  const socket = tls.connect(connectOptions);
+  // Tickets keep coming for the life of the connection (TLS 1.3 sends them after the
+  // handshake): the listener stays, and the newest ticket is the one offered next.
+  if (sessions) socket.on('session', (session: Buffer) => sessions.set(sessionKey, session));
+  const ready = new Promise<net.Socket>((resolve, reject) => {
+    // Stays for the socket's life: a later error is a no-op here, never unhandled.
+    socket.on('error', (error: NodeJS.ErrnoException) =>
+      reject(new ProxyError('TLS_FAILED', 'upstream', `${formatHostPort(target)}: ${tlsFailureCause(error)}`, { cause: error })),
+    );
+    socket.once('secureConnect', () => resolve(resettableTls(socket, raw)));
+  });
+  return { socket, ready };
+}
+

@@ -1,4 +1,5 @@
 import type net from 'node:net';
+import { forgetReadableError } from './internals.js';
 
 // A peer's last bytes before a reset are read before its socket goes.
 //
@@ -19,10 +20,6 @@ export type WriteFailedHandler = (socket: net.Socket, error: NodeJS.ErrnoExcepti
 const ON_WRITE_FAILED = Symbol('keepalive-proxy.on-write-failed');
 type WatchedSocket = net.Socket & { [ON_WRITE_FAILED]?: WriteFailedHandler };
 
-interface StreamStates {
-  _readableState?: { errored: unknown };
-}
-
 /** From now on a failed write on `socket` calls `onWriteFailed` instead of destroying it. */
 export function readOnAfterWriteError(socket: net.Socket, onWriteFailed: WriteFailedHandler): void {
   (socket as WatchedSocket)[ON_WRITE_FAILED] = onWriteFailed;
@@ -35,8 +32,7 @@ function destroyUnlessWriteFailed(this: WatchedSocket, error?: Error, callback?:
   if (onWriteFailed && errno?.syscall === 'write' && !this.destroyed) {
     this[ON_WRITE_FAILED] = undefined; // once: the next failure (or any destroy) is node's
     // Node marked the readable side errored too, which would swallow the 'end' of an EOF.
-    const states = this as unknown as StreamStates;
-    if (states._readableState) states._readableState.errored = null;
+    forgetReadableError(this);
     onWriteFailed(this, errno);
     return this;
   }

@@ -5,13 +5,14 @@ import { ProxyError } from '../errors.js';
 import { BurstLog } from '../log-burst.js';
 import type { RouteMetrics } from '../metrics/route-metrics.js';
 import type { RouteDeps } from '../route.js';
+import { formatHostPort } from '../config/hostport.js';
 
 /** Binds a server; rejects with LISTEN_FAILED naming the route and address. */
 export function listenOn(server: net.Server, address: HostPort, owner: string): Promise<void> {
   return new Promise((resolve, reject) => {
     const onError = (error: NodeJS.ErrnoException): void => {
       server.off('listening', onListening);
-      reject(new ProxyError('LISTEN_FAILED', 'proxy', `${owner} on ${formatAddress(address.host, address.port)}: ${error.code ?? error.message}`, { cause: error }));
+      reject(new ProxyError('LISTEN_FAILED', 'proxy', `${owner} on ${formatHostPort(address.host, address.port)}: ${error.code ?? error.message}`, { cause: error }));
     };
     const onListening = (): void => {
       server.off('error', onError);
@@ -39,11 +40,6 @@ export function workersReusePort(): boolean {
 
 function workerListenOptions(): { reusePort?: boolean; exclusive?: boolean } {
   return workersReusePort() ? { reusePort: true, exclusive: true } : {};
-}
-
-export function formatAddress(host: string | undefined, port: number | undefined): string {
-  if (!host) return 'unknown';
-  return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
 }
 
 /**

@@ -70,7 +70,8 @@ function onSharedRead(this: ReadingSocket, bytes: number, buffer: Buffer): boole
 
 /**
  * net calls this right after every read callback of the same socket (and once when the
- * socket is set up): the buffer that socket's next read goes to.
+ * socket is set up; an order net/internals.ts documents and its test checks): the
+ * buffer that socket's next read goes to.
  */
 function nextReadBuffer(): Buffer {
   const buffer = nextBuffer;

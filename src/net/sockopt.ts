@@ -2,6 +2,7 @@ import { createRequire } from 'node:module';
 import { constants as osConstants } from 'node:os';
 import { Socket, type Server } from 'node:net';
 import type { KeepaliveSide } from '../config/schema.js';
+import { handleFd } from './internals.js';
 
 // Full control of TCP keepalive on one socket. Up to Node 24.21 socket.setKeepAlive sets
 // only TCP_KEEPIDLE (libuv then forces a 1 s interval and 10 probes); Node 24.22+ and 26
@@ -11,7 +12,7 @@ import type { KeepaliveSide } from '../config/schema.js';
 // a socket's keepalive only where it does exactly the same: all four keepalive options and
 // no user timeout. Anywhere else (or when koffi cannot load) setKeepAlive is the fallback.
 //
-// The fd is `socket._handle.fd`: present at once on an accepted socket, only after
+// The fd (net/internals.ts handleFd) is present at once on an accepted socket, only after
 // 'connect' on an outgoing one (it is -1 while connecting), gone (null handle) once
 // destroyed. Call applyKeepalive after 'connect', and never call socket.setKeepAlive on
 // the same socket afterwards: libuv would overwrite the interval and count.
@@ -74,6 +75,8 @@ let probed: { native: NativeCalls | null; reason: string | null } | undefined;
 let forcedFallback = false;
 let warned = false;
 let lastError: string | null = null;
+/** The option of the last failure (a setsockopt label, or NO_FD), for sockopt_errors_total{option}. */
+let lastOption: string | null = null;
 
 /** Loads koffi and libc once; never throws: a failure becomes the fallback's reason. */
 function probe(): { native: NativeCalls | null; reason: string | null } {
@@ -141,6 +144,7 @@ export const sockoptSupport: SockoptSupport = {
  */
 export function applyKeepalive(socket: Socket, keepalive: KeepaliveSide, userTimeoutMs: number): boolean {
   lastError = null;
+  lastOption = null;
   const native = nativeCalls();
   if (!native) return applyThroughNode(socket, keepalive);
   const fd = fdOf(socket);
@@ -161,10 +165,11 @@ export function applyKeepalive(socket: Socket, keepalive: KeepaliveSide, userTim
  */
 export function applyKeepaliveToListener(server: Server, keepalive: KeepaliveSide, noDelay: boolean): boolean {
   lastError = null;
+  lastOption = null;
   const native = nativeCalls();
   if (!native || process.platform !== 'linux') return false;
-  const fd = (server as unknown as { _handle?: { fd?: unknown } | null })._handle?.fd;
-  if (typeof fd !== 'number' || fd < 0) return false;
+  const fd = handleFd(server);
+  if (fd === null) return false;
   return applyToFd(native, fd, keepalive, 0) === 'ok' && setInt(native, fd, IPPROTO_TCP, TCP_NODELAY, noDelay ? 1 : 0, 'TCP_NODELAY');
 }
 
@@ -196,6 +201,25 @@ function applyToFd(native: NativeCalls, fd: number, keepalive: KeepaliveSide, us
     if (!setInt(native, fd, IPPROTO_TCP, TCP_USER_TIMEOUT, ms, 'TCP_USER_TIMEOUT')) return 'user-timeout-refused';
   }
   return 'ok';
+}
+
+/**
+ * TCP_USER_TIMEOUT alone, keepalive left as it is (off on a fresh outgoing socket): for
+ * sacrificial probe connections (discover, canaries) that must die soon after a probe
+ * goes unacknowledged, without keepalive probes refreshing the middlebox under test.
+ * Returns false when not native or the socket has no fd (lastSockoptError() says why).
+ */
+export function applyUserTimeout(socket: Socket, userTimeoutMs: number): boolean {
+  lastError = null;
+  const native = nativeCalls();
+  if (!native) {
+    lastError = 'native socket options are not available';
+    return false;
+  }
+  const fd = fdOf(socket);
+  if (fd === null) return false;
+  const ms = clamp(Math.ceil(userTimeoutMs), 1, KEEPALIVE_LIMITS.maxUserTimeoutMs);
+  return setInt(native, fd, IPPROTO_TCP, TCP_USER_TIMEOUT, ms, 'TCP_USER_TIMEOUT');
 }
 
 /** getsockopt read-back (tests, /connections); null when not native or closed. */
@@ -240,6 +264,14 @@ export function lastSockoptError(): string | null {
   return lastError;
 }
 
+/** The option label for a socket with no fd to set options on (closed, or still connecting). */
+export const NO_FD = 'no_fd';
+
+/** The option the last applyKeepalive failed on (TCP_KEEPIDLE, ..., or NO_FD), or null. */
+export function lastSockoptOption(): string | null {
+  return lastOption;
+}
+
 /** @internal For tests: exercise the fallback path on Linux. Socket state set meanwhile stays in the kernel. */
 export function forceFallbackForTesting(forced: boolean): void {
   forcedFallback = forced;
@@ -249,6 +281,7 @@ export function forceFallbackForTesting(forced: boolean): void {
 function applyThroughNode(socket: Socket, keepalive: KeepaliveSide): boolean {
   if (socket.destroyed) {
     lastError = 'socket is closed';
+    lastOption = NO_FD;
     return false;
   }
   const { idleSeconds, intervalSeconds, count } = kernelKeepalive(keepalive);
@@ -262,11 +295,13 @@ function applyThroughNode(socket: Socket, keepalive: KeepaliveSide): boolean {
 function fdOf(socket: Socket): number | null {
   if (socket.destroyed) {
     lastError = 'socket is closed';
+    lastOption = NO_FD;
     return null;
   }
-  const fd = (socket as unknown as { _handle?: { fd?: unknown } | null })._handle?.fd;
-  if (typeof fd !== 'number' || fd < 0) {
+  const fd = handleFd(socket);
+  if (fd === null) {
     lastError = socket.connecting ? 'socket has no fd yet: still connecting' : 'socket has no fd';
+    lastOption = NO_FD;
     return null;
   }
   return fd;
@@ -276,6 +311,7 @@ function setInt(native: NativeCalls, fd: number, level: number, name: number, va
   intValue[0] = value;
   if (native.setsockopt(fd, level, name, intValue, INT_SIZE) === 0) return true;
   lastError = `setsockopt(${label}): ${errnoName(native.errno())}`;
+  lastOption = label;
   return false;
 }
 

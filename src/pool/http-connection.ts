@@ -1,6 +1,5 @@
 import type net from 'node:net';
-import type { EvictionReason } from '../metrics/registry.js';
-import { reasonForError } from '../tcp/session.js';
+import { reasonForError, type EvictionReason } from '../errors.js';
 import type { ReadBuffer } from './http-read-buffer.js';
 
 // One persistent upstream connection of the HTTP pool, from the handshake to its close.

@@ -1,6 +1,8 @@
 import type net from 'node:net';
+import type { Clock } from '../clock.js';
 import type { KeepaliveSide } from '../config/schema.js';
-import { dial, describe } from '../net/dial.js';
+import { dial } from '../net/dial.js';
+import type { SockoptRefusals } from '../net/sockopt-refusals.js';
 import { ReadBuffer } from './http-read-buffer.js';
 import type { TlsSessionCache } from '../net/tls-sessions.js';
 
@@ -31,6 +33,10 @@ export interface DialSettings {
   readonly keepalive: KeepaliveSide;
   readonly userTimeoutMs: number;
   readonly noDelay: boolean;
+  /** The route's keepalive, with refusals counted and logged. */
+  readonly sockopt: SockoptRefusals;
+  /** Measures connectMs. */
+  readonly clock: Clock;
 }
 
 export interface DialedSocket {
@@ -51,8 +57,6 @@ export interface DialAttempt {
   abort(): void;
 }
 
-export const describeTarget = describe;
-
 /**
  * `pooled`: the socket will carry the pool's own HTTP/1.1 exchanges, which read plain-TCP
  * sockets through a reused buffer; a tunnel or node's client needs ordinary 'data' events.
@@ -66,6 +70,8 @@ export function dialUpstream(target: DialTarget, settings: DialSettings, session
     timeoutMs: settings.connectTimeoutMs,
     noDelay: settings.noDelay,
     keepalive: settings.keepalive,
+    sockopt: settings.sockopt,
+    clock: settings.clock,
     userTimeoutMs: settings.userTimeoutMs,
     // HTTP connections end as a whole: the server's FIN closes ours too.
     halfOpen: false,

@@ -1,14 +1,14 @@
 import type { Clock } from '../clock.js';
 import type { HttpPoolConfig } from '../config/schema.js';
-import { ProxyError } from '../errors.js';
+import { ProxyError, type EvictionReason } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { BurstLog } from '../log-burst.js';
-import type { EvictionReason } from '../metrics/registry.js';
 import type { RouteMetrics } from '../metrics/route-metrics.js';
 import { PooledConnection, type ConnectionState, type ConnectionUser } from './http-connection.js';
-import { dialUpstream, describeTarget, type DialAttempt, type DialSettings, type DialTarget } from './http-dial.js';
+import { dialUpstream, type DialAttempt, type DialSettings, type DialTarget } from './http-dial.js';
 import { TlsSessionCache } from '../net/tls-sessions.js';
 import { atNextTurn, currentTurn, markTurn, type NextTurnTask } from './loop-turn.js';
+import { formatHostPort } from '../config/hostport.js';
 
 // The persistent upstream pool of an HTTP route: keep-alive connections reused by every
 // request of every client, whatever the clients do with their own connections.
@@ -219,7 +219,7 @@ export class OriginPool {
     this.key = key;
     const max = pool.settings.pool.maxSockets;
     this.maxSockets = max > 0 ? max : Infinity;
-    this.#description = `${target.tls ? 'https' : 'http'}://${describeTarget(target)}`;
+    this.#description = `${target.tls ? 'https' : 'http'}://${formatHostPort(target)}`;
   }
 
   get empty(): boolean {
@@ -377,7 +377,7 @@ export class OriginPool {
         this.#dials.delete(attempt);
         pool.moved('connecting', null);
         countDial(pool.metrics, dialed);
-        const connection = new PooledConnection(dialed.socket, dialed.raw, dialed.readBuffer, Date.now(), this.#onClosed);
+        const connection = new PooledConnection(dialed.socket, dialed.raw, dialed.readBuffer, pool.clock.now(), this.#onClosed);
         this.#busy.add(connection);
         pool.moved(null, 'busy');
         if (!connection.usable) {

@@ -11,7 +11,8 @@ import type { CodecOptions, HeartbeatCodec, Tracker, TrackerState } from './type
 // payloads are skipped by arithmetic.
 //
 // Conversation: the server greets; the client answers (an SSL request there means TLS:
-// off; compression negotiated: off); authentication runs (auth switch 0xFE and more-data
+// off, unless the proxy terminates that TLS and shows the codec the response inside it;
+// compression negotiated: off); authentication runs (auth switch 0xFE and more-data
 // 0x01 packets, each possibly answered by the client) until the server's OK or ERR. Then
 // each client packet with sequence id 0 is a command, queued; the server answers the
 // commands in order, and each response is followed to its end:
@@ -45,6 +46,8 @@ const CLIENT_MYSQL = 1; // MariaDB: set by MySQL servers/clients only (CLIENT_LO
 const CLIENT_COMPRESS = 0x20;
 const CLIENT_PROTOCOL_41 = 0x200;
 const CLIENT_SSL = 0x800;
+/** An SSL request's payload: a HandshakeResponse41 cut after its fixed part. */
+const SSL_REQUEST_PAYLOAD = 32;
 const CLIENT_DEPRECATE_EOF = 1 << 24;
 const CLIENT_OPTIONAL_RESULTSET_METADATA = 1 << 25;
 const CLIENT_ZSTD_COMPRESSION = 1 << 26;
@@ -306,7 +309,7 @@ class MysqlTracker implements Tracker {
     const capture = this.#client.capture;
     const captured = this.#client.captured;
     if (this.#phase === P_GREETING) return this.#goOff('desync');
-    if (this.#phase === P_HANDSHAKE_RESPONSE) return this.#handshakeResponse(capture, captured, lastSeq);
+    if (this.#phase === P_HANDSHAKE_RESPONSE) return this.#handshakeResponse(capture, captured, this.#client.firstLength, lastSeq);
     if (!this.#clientCommand) {
       // Authentication data answering an auth switch or more-data request.
       if (this.#headKind() !== R_AUTH) return this.#goOff('desync');
@@ -353,11 +356,14 @@ class MysqlTracker implements Tracker {
     }
   }
 
-  #handshakeResponse(capture: Buffer, captured: number, lastSeq: number): void {
+  #handshakeResponse(capture: Buffer, captured: number, length: number, lastSeq: number): void {
     if (captured < 4) return this.#goOff('desync');
     const client = capture.readUInt32LE(0);
     const both = client & this.#serverCapabilities;
-    if (client & CLIENT_SSL) return this.#goOff('tls');
+    // An SSL request (a response cut after its 32 fixed bytes): TLS follows, opaque to us.
+    // A whole response with CLIENT_SSL seen in the clear is the inside of a client TLS
+    // session the proxy terminated (clientTls): the conversation goes on in our view.
+    if (client & CLIENT_SSL && length <= SSL_REQUEST_PAYLOAD) return this.#goOff('tls');
     if (!(client & CLIENT_PROTOCOL_41)) return this.#goOff('desync');
     if (both & (CLIENT_COMPRESS | CLIENT_ZSTD_COMPRESSION)) return this.#goOff('compression');
     if (both & CLIENT_OPTIONAL_RESULTSET_METADATA) return this.#goOff('resultset-metadata');

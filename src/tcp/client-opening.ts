@@ -2,9 +2,11 @@ import type net from 'node:net';
 import tls from 'node:tls';
 import type { RouteConfig } from '../config/schema.js';
 import { ProxyError } from '../errors.js';
+import { resetOrDestroy } from '../net/internals.js';
 import { readInto } from '../net/shared-reads.js';
 import { MIN_TLS_VERSION, resettableTls, tlsFailureCause } from '../net/tls-socket.js';
 import { ACCEPT_TLS, classifyOpening, NEGOTIATION_REQUEST_LENGTH, REFUSE_ENCRYPTION } from '../protocols/negotiate-postgres.js';
+import type { StreamRewriter } from '../protocols/mysql-auth-shift.js';
 import type { Lease, LeaseAttempt } from './upstream.js';
 
 // The start of a client connection on a route that handles TLS itself (upstreamTls or
@@ -17,6 +19,8 @@ import type { Lease, LeaseAttempt } from './upstream.js';
 export interface ClientOpening {
   readonly socket: net.Socket;
   readonly early: readonly Buffer[];
+  /** What the session rewrites in flight because of what the opening did (MySQL sequence ids). */
+  readonly rewriter?: StreamRewriter | null;
 }
 
 export interface OpeningAttempt {
@@ -25,7 +29,7 @@ export interface OpeningAttempt {
 }
 
 /** How long a client may take to send its first bytes (PostgreSQL's authentication_timeout default). */
-const FIRST_BYTES_TIMEOUT_MS = 60_000;
+export const FIRST_BYTES_TIMEOUT_MS = 60_000;
 
 /** The server-side TLS of a route, built once per config (a SecureContext parses the PEM files). */
 export function clientSecureContext(config: RouteConfig): tls.SecureContext | null {
@@ -38,6 +42,11 @@ export function openClient(down: net.Socket, config: RouteConfig, context: tls.S
   if (config.protocol === 'postgres' && (config.upstreamTls || context)) return new Opening(down, context, config.connectTimeoutMs);
   if (context) return new Opening(down, context, config.connectTimeoutMs, true);
   return null;
+}
+
+/** A server-side TLS handshake on the client socket, now (MySQL after the client's SSL request). */
+export function acceptClientTls(down: net.Socket, context: tls.SecureContext, handshakeTimeoutMs: number): OpeningAttempt {
+  return new Opening(down, context, handshakeTimeoutMs, true);
 }
 
 /**
@@ -141,7 +150,7 @@ class Opening implements OpeningAttempt {
       // A failed client handshake is reset at once (before a failing TLS socket's own
       // destroy can end the TCP socket with a FIN that a half-open client would sit on);
       // the route then counts and logs it as tls_error.
-      if (error) this.#down.resetAndDestroy();
+      if (error) resetOrDestroy(this.#down);
     }
     this.#secure?.destroy();
     settle.reject(error ?? new ProxyError('CONNECT_FAILED', 'upstream', 'abandoned'));

@@ -1,24 +1,28 @@
 import net from 'node:net';
 import type { RouteConfig } from '../config/schema.js';
-import { ProxyError, type Side } from '../errors.js';
-import type { EvictionReason } from '../metrics/registry.js';
-import { applyKeepalive, applyKeepaliveToListener, readSocketOptions } from '../net/sockopt.js';
+import { ProxyError, type EvictionReason, type Side } from '../errors.js';
+import { applyKeepaliveToListener, readSocketOptions } from '../net/sockopt.js';
+import { SockoptRefusals } from '../net/sockopt-refusals.js';
 import { codecFor } from '../protocols/registry.js';
 import type { HeartbeatCodec } from '../protocols/types.js';
 import type { ConnectionInfo, RouteDeps, RouteHandle } from '../route.js';
 import { BurstLog } from '../log-burst.js';
-import { formatAddress, listenOn, watchListenerErrors } from '../net/listen.js';
+import { listenOn, watchListenerErrors } from '../net/listen.js';
 import { acceptWith } from '../net/accept.js';
 import { markSharedReads, sharedOnread } from '../net/shared-reads.js';
 import { RouteMetrics } from '../metrics/route-metrics.js';
 import { Session, type HeartbeatResult, type SessionEvents } from './session.js';
 import { UpstreamSource, type Lease } from './upstream.js';
 import { clientSecureContext, joinOpening, openClient, type ClientOpening } from './client-opening.js';
+import { openMysql } from './mysql-opening.js';
 import { tcpOf, tlsFailureCause, tlsSummary } from '../net/tls-socket.js';
 import type tls from 'node:tls';
+import { createRouteLearner, type RouteLearner } from '../heartbeat/route-learner.js';
+import { formatHostPort } from '../config/hostport.js';
+import { resetOrDestroy, START_PAUSED } from '../net/internals.js';
 
 /** Every accepted client socket: half-open allowed, not read until its upstream is ready. */
-const ACCEPTED_SOCKET = { options: { allowHalfOpen: true, pauseOnCreate: true, onread: sharedOnread }, context: null };
+const ACCEPTED_SOCKET = { options: { allowHalfOpen: true, ...START_PAUSED, onread: sharedOnread }, context: null };
 
 // A TCP-family route: accept -> keepalive on the client socket -> lease an upstream
 // (warm pool or fresh dial) -> Session. Owns its listener, its sessions and one
@@ -48,6 +52,8 @@ class TcpRoute implements RouteHandle {
   /** True when accepted sockets inherit keepalive and TCP_NODELAY from the listener (Linux). */
   #listenerSetsOptions = false;
   #unsubscribe: (() => void) | null = null;
+  /** heartbeat every: auto: the route's learned interval (null otherwise). */
+  #learner: RouteLearner | null = null;
   #unregisterFlush: (() => void) | null = null;
   #drainWaiters: Array<() => void> = [];
   readonly #events: SessionEvents;
@@ -55,6 +61,8 @@ class TcpRoute implements RouteHandle {
   readonly #clientTlsFailures: BurstLog;
   /** Evictions the proxy decided: a mass eviction is one line and per-second counts by reason. */
   readonly #evictions: BurstLog;
+  /** Keepalive on every socket of the route, refusals counted and logged (client side here, upstream in the warm pool). */
+  readonly #sockopt: SockoptRefusals;
   readonly #acceptErrors: BurstLog;
   readonly #refusedHeartbeats: BurstLog;
 
@@ -73,7 +81,8 @@ class TcpRoute implements RouteHandle {
       intervalMs: 60_000,
     });
     this.#clientTlsFailures = new BurstLog(deps.log, deps.clock, { level: 'warn', msg: 'client TLS failed; closing client' });
-    this.#upstream = new UpstreamSource(config, this.#codec, deps, this.#metrics);
+    this.#sockopt = new SockoptRefusals(this.name, deps);
+    this.#upstream = new UpstreamSource(config, this.#codec, deps, this.#metrics, this.#sockopt);
     this.#server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, (socket) => this.#accept(socket));
     this.#acceptErrors = watchListenerErrors(this.#server, this.name, this.#metrics, deps);
     this.#events = {
@@ -108,6 +117,7 @@ class TcpRoute implements RouteHandle {
       this.#accept(socket);
     });
     this.#listenerSetsOptions = applyKeepaliveToListener(this.#server, this.#config.keepalive.client, this.#config.noDelay);
+    this.#learner = this.#codec ? createRouteLearner(this.#config, this.#deps) : null;
     this.#unsubscribe = this.#deps.clock.subscribe((now) => this.#tick(now));
     this.#unregisterFlush = this.#deps.metrics.onScrape(() => this.#metrics.flush());
     this.#upstream.start();
@@ -124,9 +134,12 @@ class TcpRoute implements RouteHandle {
     if (this.#listening) this.#listenerSetsOptions = applyKeepaliveToListener(this.#server, config.keepalive.client, config.noDelay);
     this.#codec = heartbeatCodec(config);
     this.#clientContext = clientSecureContext(config);
+    // A reload starts the learner again (upstream or bounds may differ; stateDir keeps what it knew).
+    this.#learner?.close();
+    this.#learner = this.#listening && this.#codec ? createRouteLearner(config, this.#deps) : null;
     // A changed upstream or pool gets a fresh source; the old one's idle sockets go.
     const old = this.#upstream;
-    this.#upstream = new UpstreamSource(config, this.#codec, this.#deps, this.#metrics);
+    this.#upstream = new UpstreamSource(config, this.#codec, this.#deps, this.#metrics, this.#sockopt);
     old.close('reload');
     if (this.#listening) this.#upstream.start();
     warnAboutOneWayHeartbeat(config, this.#deps);
@@ -161,7 +174,9 @@ class TcpRoute implements RouteHandle {
       for (const session of this.#sessions.keys()) session.destroy(reason);
     }
     this.#metrics.flush();
-    for (const burst of [this.#connectFailures, this.#evictions, this.#acceptErrors]) burst.flush();
+    for (const burst of [this.#connectFailures, this.#evictions, this.#acceptErrors, this.#clientTlsFailures, this.#sockopt]) burst.flush();
+    this.#learner?.close();
+    this.#learner = null;
     this.#unsubscribe?.();
     this.#unsubscribe = null;
     this.#unregisterFlush?.();
@@ -169,13 +184,13 @@ class TcpRoute implements RouteHandle {
   }
 
   connections(): ConnectionInfo[] {
-    const now = Date.now();
+    const now = this.#deps.clock.now();
     return [...this.#sessions.keys()].map((s) => ({
       id: s.id,
       route: this.name,
       protocol: this.#config.protocol,
-      client: formatAddress(s.down.remoteAddress, s.down.remotePort),
-      upstream: formatAddress(s.up.remoteAddress, s.up.remotePort),
+      client: formatHostPort(s.down.remoteAddress, s.down.remotePort),
+      upstream: formatHostPort(s.up.remoteAddress, s.up.remotePort),
       ageSeconds: (now - s.startedAt) / 1000,
       idleSeconds: (now - s.lastPayloadAt) / 1000,
       bytesUpstream: s.bytesUp,
@@ -188,6 +203,7 @@ class TcpRoute implements RouteHandle {
 
   #tick(now: number): void {
     this.#metrics.flush();
+    this.#learner?.tick(now);
     for (const session of this.#sessions.keys()) session.tick(now);
     this.#upstream.tick(now);
   }
@@ -200,7 +216,7 @@ class TcpRoute implements RouteHandle {
     if (config.maxConnections > 0 && this.activeCount >= config.maxConnections) {
       // Like PgBouncer's max_client_conn: refuse at once rather than queue unboundedly.
       metrics.eviction('max_connections').inc();
-      log.warn({ route: this.name, client: formatAddress(down.remoteAddress, down.remotePort), maxConnections: config.maxConnections }, 'connection refused: maxConnections reached');
+      log.warn({ route: this.name, client: formatHostPort(down.remoteAddress, down.remotePort), maxConnections: config.maxConnections }, 'connection refused: maxConnections reached');
       down.on('error', () => {});
       down.destroy();
       return;
@@ -208,14 +224,20 @@ class TcpRoute implements RouteHandle {
     metrics.active.inc();
     if (!this.#listenerSetsOptions) {
       down.setNoDelay(config.noDelay);
-      applyKeepalive(down, config.keepalive.client, 0);
+      this.#sockopt.keepalive(down, 'client', config.keepalive.client, 0);
     }
     const lease = this.#upstream.lease();
-    // A route that handles TLS answers the client's opening while the upstream connects.
-    const opening = openClient(down, config, this.#clientContext);
+    // MySQL negotiates TLS inside its handshake, after the server's greeting (the lease's).
+    const mysqlTls = config.protocol === 'mysql' && config.upstreamTls !== null;
+    // Any other route that handles TLS answers the client's opening while the upstream connects.
+    const opening = mysqlTls ? null : openClient(down, config, this.#clientContext);
     // Read now: a socket's address is gone once it is destroyed.
-    const client = opening ? formatAddress(down.remoteAddress, down.remotePort) : '';
-    const attempt = opening ? joinOpening(lease, opening) : lease;
+    const client = opening || mysqlTls ? formatHostPort(down.remoteAddress, down.remotePort) : '';
+    const attempt = mysqlTls
+      ? openMysql(down, lease, this.#clientContext, config.connectTimeoutMs)
+      : opening
+        ? joinOpening(lease, opening)
+        : lease;
     let clientGone: EvictionReason | null = null;
     const onEarlyError = (error: NodeJS.ErrnoException): void => {
       clientGone = error.code === 'ECONNRESET' ? 'peer_reset' : 'error';
@@ -243,7 +265,7 @@ class TcpRoute implements RouteHandle {
           this.#endBeforeSession(down, clientGone ?? 'peer_closed', 'downstream');
           return;
         }
-        this.#startSession(client?.socket ?? down, lease, client?.early ?? []);
+        this.#startSession(client?.socket ?? down, lease, client ?? { socket: down, early: [] });
       },
       (error: unknown) => {
         this.#pending.delete(down);
@@ -259,17 +281,17 @@ class TcpRoute implements RouteHandle {
           // The upstream's failure was logged by the source; the client's own is logged here.
           if (error.side === 'downstream') this.#clientTlsFailures.note({ route: this.name, client, reason: 'tls_error', cause: tlsFailureCause(error.cause ?? error) });
           down.on('error', () => {});
-          if (!down.destroyed) down.resetAndDestroy();
+          if (!down.destroyed) resetOrDestroy(down);
           this.#endBeforeSession(down, 'tls_error', error.side);
           return;
         }
         // Out of descriptors: the client was taken but cannot be served, as a failed accept.
         const fdLimit = outOfDescriptors(error);
         if (fdLimit) this.#metrics.acceptError(fdLimit).inc();
-        this.#connectFailures.note({ route: this.name, client: formatAddress(down.remoteAddress, down.remotePort), err: String((error as Error).message ?? error) });
+        this.#connectFailures.note({ route: this.name, client: formatHostPort(down.remoteAddress, down.remotePort), err: String((error as Error).message ?? error) });
         down.on('error', () => {});
         // A reset tells the client at once that nothing is behind this connection.
-        if (!down.destroyed) down.resetAndDestroy();
+        resetOrDestroy(down);
         this.#endBeforeSession(down, timeout ? 'connect_timeout' : 'connect_error', 'upstream');
       },
     );
@@ -285,19 +307,21 @@ class TcpRoute implements RouteHandle {
     this.#checkDrained();
   }
 
-  #startSession(down: net.Socket, lease: Lease, clientEarlyData: readonly Buffer[]): void {
+  #startSession(down: net.Socket, lease: Lease, client: ClientOpening): void {
     const config = this.#config;
     if (down !== tcpOf(down)) this.#metrics.tlsHandshake((down as tls.TLSSocket).isSessionReused(), 'client').inc();
     const session = new Session(down, lease.socket, this.#events, {
       id: String(nextSessionId++),
       idleTimeoutMs: config.idleTimeoutMs,
       heartbeat: config.heartbeat,
+      ...(this.#learner ? { heartbeatInterval: this.#learner.interval } : {}),
       tracker: lease.tracker,
       responseTimeoutMs: config.responseTimeoutMs,
       reused: lease.reused,
       earlyData: lease.earlyData,
-      clientEarlyData,
-      now: Date.now(),
+      clientEarlyData: client.early,
+      rewriter: client.rewriter ?? null,
+      clock: this.#deps.clock,
     });
     this.#sessions.set(session, lease.release);
     down.resume();
@@ -311,12 +335,13 @@ class TcpRoute implements RouteHandle {
     this.#sessions.delete(session);
     metrics.active.dec();
     metrics.eviction(reason).inc();
+    this.#learner?.onEvicted(reason);
     const fields = {
       route: this.name,
       id: session.id,
       reason,
       side,
-      durationMs: Date.now() - session.startedAt,
+      durationMs: this.#deps.clock.now() - session.startedAt,
       bytesUpstream: session.bytesUp,
       bytesDownstream: session.bytesDown,
     };

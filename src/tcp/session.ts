@@ -1,10 +1,12 @@
 import type net from 'node:net';
+import type { Clock } from '../clock.js';
 import type { HeartbeatConfig } from '../config/schema.js';
-import type { Side } from '../errors.js';
-import type { EvictionReason } from '../metrics/registry.js';
+import { reasonForError, type EvictionReason, type Side } from '../errors.js';
 import type { Tracker } from '../protocols/types.js';
+import type { StreamRewriter } from '../protocols/mysql-auth-shift.js';
 import { readInto } from '../net/shared-reads.js';
 import { readOnAfterWriteError } from '../net/last-reads.js';
+import { resetOrDestroy } from '../net/internals.js';
 
 // One proxied pair: the downstream (client) socket and the upstream socket, spliced
 // both ways with backpressure and half-close, and closed exactly once through
@@ -30,6 +32,11 @@ export interface SessionOptions {
   readonly idleTimeoutMs: number;
   readonly heartbeat: HeartbeatConfig | null;
   readonly tracker: Tracker | null;
+  /**
+   * Rewrites bytes in flight while the proxy's part in the handshake makes the two sides
+   * differ (MySQL TLS: sequence ids); dropped once done. The tracker sees the client's view.
+   */
+  readonly rewriter?: StreamRewriter | null;
   /** TCP family: a reply owed this long with no byte from the server closes the pair (0 = never). */
   readonly responseTimeoutMs?: number;
   readonly reused: boolean;
@@ -37,24 +44,10 @@ export interface SessionOptions {
   readonly earlyData: readonly Buffer[];
   /** Client bytes read before the session (a PostgreSQL startup message after the proxy's 'N' or 'S'). */
   readonly clientEarlyData?: readonly Buffer[];
-  readonly now: number;
-}
-
-/** The kernel's verdicts that a peer is gone, mapped to eviction reasons. */
-export function reasonForError(error: NodeJS.ErrnoException): EvictionReason {
-  switch (error.code) {
-    case 'ETIMEDOUT': // keepalive probes unanswered, or TCP_USER_TIMEOUT expired
-      return 'keepalive_timeout';
-    case 'ECONNRESET':
-    case 'EPIPE':
-    case 'ECONNABORTED':
-      return 'peer_reset';
-    case 'EHOSTUNREACH':
-    case 'ENETUNREACH':
-      return 'keepalive_timeout';
-    default:
-      return 'error';
-  }
+  /** The route's interval in force, read at every tick (every: auto changes it for live sessions); default heartbeat.everyMs. */
+  readonly heartbeatInterval?: { readonly everyMs: number };
+  /** The route's shared clock: every timestamp of the pair (coarse), and the heartbeat RTT (precise). */
+  readonly clock: Clock;
 }
 
 /** The session a socket belongs to, for the shared event handlers. */
@@ -89,11 +82,14 @@ export class Session {
   lastWireAt: number;
 
   readonly #events: SessionEvents;
+  readonly #clock: Clock;
   readonly #idleTimeoutMs: number;
   readonly #heartbeat: HeartbeatConfig | null;
   readonly #tracker: Tracker | null;
+  readonly #heartbeatInterval: { readonly everyMs: number };
+  #rewriter: StreamRewriter | null;
   /** Fixed per session so that many sessions started together do not probe in lockstep. */
-  readonly #heartbeatDueAfterMs: number;
+  readonly #heartbeatJitter: number;
   readonly #responseTimeoutMs: number;
   /** When the oldest unanswered request went out, or the server's last byte since (0: nothing owed). */
   #replyOwedSince = 0;
@@ -119,17 +115,20 @@ export class Session {
     this.down = down;
     this.up = up;
     this.reused = options.reused;
-    this.startedAt = options.now;
-    this.lastPayloadAt = options.now;
-    this.lastWireAt = options.now;
+    this.#clock = options.clock;
+    const now = options.clock.now();
+    this.startedAt = now;
+    this.lastPayloadAt = now;
+    this.lastWireAt = now;
     this.#events = events;
     this.#idleTimeoutMs = options.idleTimeoutMs;
     this.#heartbeat = options.heartbeat;
     this.#tracker = options.tracker;
+    this.#rewriter = options.rewriter ?? null;
     this.#responseTimeoutMs = options.responseTimeoutMs ?? 0;
-    this.#lastClientAt = options.now;
-    const spread = options.heartbeat ? options.heartbeat.everyMs * options.heartbeat.jitter : 0;
-    this.#heartbeatDueAfterMs = options.heartbeat ? options.heartbeat.everyMs + spread * (Math.random() * 2 - 1) : 0;
+    this.#lastClientAt = now;
+    this.#heartbeatInterval = options.heartbeatInterval ?? options.heartbeat ?? { everyMs: 0 };
+    this.#heartbeatJitter = 1 + (options.heartbeat?.jitter ?? 0) * (Math.random() * 2 - 1);
 
     for (const chunk of options.earlyData) this.#forwardDownstream(chunk);
     this.#wire();
@@ -186,7 +185,7 @@ export class Session {
     const session = Session.#of(this);
     session.#upBlocked = false;
     // The server was not read while the client caught up: its reply deadline starts over.
-    if (session.#replyOwedSince !== 0) session.#replyOwedSince = nowCoarse();
+    if (session.#replyOwedSince !== 0) session.#replyOwedSince = session.#clock.now();
     session.up.resume();
   }
   static #downEnd(this: net.Socket): void {
@@ -220,7 +219,7 @@ export class Session {
     }
     // The peer is gone, but what it sent before going is still to be read: stop feeding
     // it (the other side pauses) and let its reads run to their end (see net/last-reads.ts).
-    session.#pendingFailure = { reason: reasonForError(error), side, error, at: Date.now() };
+    session.#pendingFailure = { reason: reasonForError(error), side, error, at: session.#clock.now() };
     (side === 'upstream' ? session.down : session.up).pause();
     socket.resume();
   }
@@ -240,7 +239,7 @@ export class Session {
   }
 
   #onClientData(chunk: Buffer): void {
-    this.lastPayloadAt = this.lastWireAt = this.#lastClientAt = nowCoarse();
+    this.lastPayloadAt = this.lastWireAt = this.#lastClientAt = this.#clock.now();
     this.bytesUp += chunk.length;
     this.#events.onBytes('upstream', chunk.length);
     if (this.#tracker) {
@@ -253,14 +252,15 @@ export class Session {
       this.#tracker.fromClient(chunk);
     }
     this.#armReplyDeadline(this.lastWireAt);
-    if (!this.up.write(chunk)) {
+    if (!this.up.write(this.#toServer(chunk))) {
       this.#downBlocked = true;
       this.down.pause();
     }
   }
 
-  #onUpstreamData(chunk: Buffer): void {
-    this.lastWireAt = nowCoarse();
+  #onUpstreamData(received: Buffer): void {
+    this.lastWireAt = this.#clock.now();
+    const chunk = this.#rewriter ? this.#rewritten(this.#rewriter.toClient(received)) : received;
     const tracker = this.#tracker;
     if (!tracker) {
       this.#replyOwedSince = 0;
@@ -279,6 +279,15 @@ export class Session {
     if (wasProbing && !tracker.probing) this.#onProbeAnswered();
   }
 
+  #toServer(chunk: Buffer): Buffer {
+    return this.#rewriter ? this.#rewritten(this.#rewriter.toServer(chunk)) : chunk;
+  }
+
+  #rewritten(chunk: Buffer): Buffer {
+    if (this.#rewriter?.done) this.#rewriter = null;
+    return chunk;
+  }
+
   #forwardDownstream(chunk: Buffer): void {
     this.bytesDown += chunk.length;
     this.#events.onBytes('downstream', chunk.length);
@@ -292,15 +301,15 @@ export class Session {
     // A tracker that lost the thread while a probe was out forwarded what came and went
     // off: that is no proof of life, and it is counted as unsupported at the next tick.
     const tracker = this.#tracker!;
-    if (tracker.state !== 'off') this.#events.onHeartbeat(this, tracker.probeRefused ? 'error' : 'ok', performance.now() - this.#probeSentPrecise);
+    if (tracker.state !== 'off') this.#events.onHeartbeat(this, tracker.probeRefused ? 'error' : 'ok', this.#clock.preciseNow() - this.#probeSentPrecise);
     const held = this.#held;
     if (held.length === 0) return;
     this.#held = [];
     for (const chunk of held) {
       tracker.fromClient(chunk);
-      if (!this.up.write(chunk)) this.#downBlocked = true;
+      if (!this.up.write(this.#toServer(chunk))) this.#downBlocked = true;
     }
-    this.#armReplyDeadline(nowCoarse());
+    this.#armReplyDeadline(this.#clock.now());
     if (this.#downEnded) this.up.end();
     this.#resumeDown();
   }
@@ -366,9 +375,9 @@ export class Session {
     // Leave the server's own guards to fire: idle-in-transaction, and idle timeouts set above maxIdle.
     if (tracker.inTransaction && !heartbeat.inTransaction) return;
     if (heartbeat.maxIdleMs > 0 && now - this.#lastClientAt >= heartbeat.maxIdleMs) return;
-    if (now - this.lastWireAt < this.#heartbeatDueAfterMs) return;
+    if (now - this.lastWireAt < this.#heartbeatInterval.everyMs * this.#heartbeatJitter) return;
     this.#probeSentAt = now;
-    this.#probeSentPrecise = performance.now();
+    this.#probeSentPrecise = this.#clock.preciseNow();
     this.lastWireAt = now;
     this.up.write(tracker.probe());
     // A one-way probe (custom, empty expect) keeps middleboxes fed but proves nothing.
@@ -398,7 +407,7 @@ export class Session {
   close(reason: EvictionReason, side: Side, error?: NodeJS.ErrnoException): void {
     if (this.#closed) return;
     this.#closed = true;
-    this.#closedAt = Date.now();
+    this.#closedAt = this.#clock.now();
     this.#closeReason = reason;
     this.#closeSide = side;
     void error;
@@ -439,23 +448,3 @@ function resetAfterFlush(socket: net.Socket): void {
   else socket.write(EMPTY, () => resetOrDestroy(socket));
 }
 const EMPTY = Buffer.alloc(0);
-
-/** RST where the socket allows it (a TLS socket or one still connecting throws), else a plain destroy. */
-function resetOrDestroy(socket: net.Socket): void {
-  if (socket.destroyed) return;
-  try {
-    if (!socket.connecting) {
-      socket.resetAndDestroy();
-      return;
-    }
-  } catch {
-    // fall through
-  }
-  socket.destroy();
-}
-
-// The coarse clock is the route's; sessions read Date.now() only when bytes move,
-// which costs about as much as reading a shared field and keeps Session free of deps.
-function nowCoarse(): number {
-  return Date.now();
-}

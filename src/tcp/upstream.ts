@@ -1,18 +1,18 @@
 import type net from 'node:net';
+import type tls from 'node:tls';
 import type { RouteConfig } from '../config/schema.js';
-import type { EvictionReason } from '../metrics/registry.js';
-import { dial, describe, type DialHandle } from '../net/dial.js';
+import { dial, secureOver, type DialHandle, type DialOptions } from '../net/dial.js';
+import { formatHostPort } from '../config/hostport.js';
 import { readInto } from '../net/shared-reads.js';
-import { lastSockoptError } from '../net/sockopt.js';
 import { TlsSessionCache } from '../net/tls-sessions.js';
 import { tlsFailureCause } from '../net/tls-socket.js';
 import { upstreamTlsDial } from './upstream-tls.js';
+import type { SockoptRefusals } from '../net/sockopt-refusals.js';
 import type { HeartbeatCodec, Tracker } from '../protocols/types.js';
 import type { RouteDeps } from '../route.js';
 import type { RouteMetrics } from '../metrics/route-metrics.js';
-import { ProxyError } from '../errors.js';
+import { ProxyError, reasonForError, type EvictionReason } from '../errors.js';
 import { BurstLog } from '../log-burst.js';
-import { reasonForError } from './session.js';
 
 // Where a TCP route's upstream sockets come from: a warm pool of pre-dialled,
 // single-use spares when `pool.warm` > 0, else a fresh dial per client.
@@ -26,8 +26,15 @@ export interface Lease {
   readonly socket: net.Socket;
   /** True when the socket already existed (a warm hand-off): counted in reuse_total. */
   readonly reused: boolean;
+  /** What the client is to be given first (a MySQL greeting), already seen by `tracker`. */
   readonly earlyData: readonly Buffer[];
   readonly tracker: Tracker | null;
+  /**
+   * For a TLS upstream whose handshake waits for the client (MySQL): writes `request` (the
+   * SSL request made from the client's response) on the TCP socket, then handshakes;
+   * resolves with the TLS socket to use from then on. null when there is nothing to do.
+   */
+  readonly secure: ((request: Buffer) => Promise<net.Socket>) | null;
   /** The session using the socket has ended (pool_active bookkeeping). */
   release(): void;
 }
@@ -68,17 +75,20 @@ export class UpstreamSource {
   #nextRefillAt = 0;
   /** Per source, so a reload with other CAs never resumes a session verified under the old ones. */
   readonly #tlsSessions = new TlsSessionCache();
-  #sockoptWarned = false;
   readonly #tlsFailures: BurstLog;
+  readonly #tlsDial: Pick<DialOptions, 'tls' | 'startTls'>;
   readonly #refillFailures: BurstLog;
   readonly #evictions: BurstLog;
+  readonly #sockopt: SockoptRefusals;
 
-  constructor(config: RouteConfig, codec: HeartbeatCodec | null, deps: RouteDeps, metrics: RouteMetrics) {
+  constructor(config: RouteConfig, codec: HeartbeatCodec | null, deps: RouteDeps, metrics: RouteMetrics, sockopt: SockoptRefusals) {
+    this.#sockopt = sockopt;
     this.#metrics = metrics;
     this.#config = config;
     this.#codec = codec;
     this.#deps = deps;
     this.#warm = config.warmPool?.warm ?? 0;
+    this.#tlsDial = upstreamTlsDial(config);
     this.#refillFailures = new BurstLog(deps.log, deps.clock, { level: 'warn', msg: 'warm pool refill failed; retrying with backoff', countBy: 'results' });
     this.#evictions = new BurstLog(deps.log, deps.clock, { level: 'info', msg: 'pooled upstream connection evicted', countBy: 'reasons' });
     this.#tlsFailures = new BurstLog(deps.log, deps.clock, { level: 'warn', msg: 'upstream TLS failed; closing the connection' });
@@ -109,7 +119,9 @@ export class UpstreamSource {
         }
         this.#inUse++;
         this.#updateGauges();
-        return { socket, reused: false, earlyData, tracker: this.#codec?.track(codecOptions(this.#config)) ?? null, release: this.#release };
+        const tracker = this.#codec?.track(codecOptions(this.#config)) ?? null;
+        for (const chunk of earlyData) tracker?.fromServer(chunk);
+        return { socket, reused: false, earlyData, tracker, secure: this.#secureLater(socket), release: this.#release };
       }),
       abort: () => {
         aborted = true;
@@ -171,22 +183,20 @@ export class UpstreamSource {
       timeoutMs: config.connectTimeoutMs,
       noDelay: config.noDelay,
       keepalive: config.keepalive.upstream,
+      sockopt: this.#sockopt,
+      clock: this.#deps.clock,
       userTimeoutMs: config.userTimeoutMs,
-      ...upstreamTlsDial(config),
+      ...this.#tlsDial,
       sessions: this.#tlsSessions,
       reads: 'shared',
     });
     this.#dialing.add(handle);
     const done = handle.done.then(
-      ({ socket, connectMs, tls, earlyData, keepaliveApplied }) => {
+      ({ socket, connectMs, tls, earlyData }) => {
         this.#dialing.delete(handle);
         metrics.connect('ok').inc();
         metrics.connectSeconds.observe(connectMs / 1000);
         if (tls) metrics.tlsHandshake(tls.resumed, 'upstream').inc();
-        if (!keepaliveApplied && !this.#sockoptWarned) {
-          this.#sockoptWarned = true;
-          log.warn({ route: config.name, err: lastSockoptError() }, 'the kernel refused a keepalive option on an upstream socket (logged once per route)');
-        }
         return { socket, earlyData };
       },
       (error: unknown) => {
@@ -197,14 +207,50 @@ export class UpstreamSource {
           metrics.connect(timeout ? 'timeout' : 'error').inc();
           // A certificate or TLS refusal is a configuration matter: say it, whoever was waiting.
           if (error instanceof ProxyError && error.code === 'TLS_FAILED') {
-            this.#tlsFailures.note({ route: config.name, upstream: describe(target), reason: 'tls_error', cause: tlsFailureCause(error.cause ?? error), err: error.message });
+            this.#tlsFailures.note({ route: config.name, upstream: formatHostPort(target), reason: 'tls_error', cause: tlsFailureCause(error.cause ?? error), err: error.message });
           }
-          log.debug({ route: config.name, upstream: describe(target), err: (error as Error).message }, 'upstream connect failed');
+          log.debug({ route: config.name, upstream: formatHostPort(target), err: (error as Error).message }, 'upstream connect failed');
         }
         throw error;
       },
     );
     return { done, abort: () => handle.abort() };
+  }
+
+  /** The lease's `secure` when the route's TLS waits for the client (see Lease). */
+  #secureLater(raw: net.Socket): Lease['secure'] {
+    if (!this.#tlsDial.tls || !this.#tlsDial.startTls?.deferred) return null;
+    return (request) => this.#secure(raw, request);
+  }
+
+  #secure(raw: net.Socket, request: Buffer): Promise<net.Socket> {
+    const config = this.#config;
+    const target = config.upstream!;
+    raw.write(request);
+    const upgrade = secureOver(raw, target, this.#tlsDial.tls!, this.#tlsSessions, true);
+    let timer: NodeJS.Timeout | undefined;
+    const expired = new Promise<never>((_resolve, reject) => {
+      if (config.connectTimeoutMs <= 0) return;
+      timer = setTimeout(() => {
+        upgrade.socket.destroy();
+        reject(new ProxyError('CONNECT_TIMEOUT', 'upstream', `${formatHostPort(target)} after ${config.connectTimeoutMs} ms (TLS handshake timeout)`));
+      }, config.connectTimeoutMs);
+    });
+    return Promise.race([upgrade.ready, expired]).then(
+      (socket) => {
+        clearTimeout(timer);
+        this.#metrics.tlsHandshake((upgrade.socket as tls.TLSSocket).isSessionReused(), 'upstream').inc();
+        return socket;
+      },
+      (error: unknown) => {
+        clearTimeout(timer);
+        upgrade.socket.destroy();
+        if (error instanceof ProxyError && error.code === 'TLS_FAILED') {
+          this.#tlsFailures.note({ route: config.name, upstream: formatHostPort(target), reason: 'tls_error', cause: tlsFailureCause(error.cause ?? error), err: error.message });
+        }
+        throw error;
+      },
+    );
   }
 
   #refill(): void {
@@ -220,10 +266,10 @@ export class UpstreamSource {
         (error: unknown) => {
           // The upstream is down: back off exponentially, retried from the shared tick.
           this.#backoffMs = Math.min(BACKOFF_MAX_MS, Math.max(BACKOFF_MIN_MS, this.#backoffMs * 2));
-          this.#nextRefillAt = Date.now() + this.#backoffMs;
+          this.#nextRefillAt = this.#deps.clock.now() + this.#backoffMs;
           if (this.#closed) return;
           const result = error instanceof ProxyError && error.code === 'CONNECT_TIMEOUT' ? 'timeout' : 'error';
-          const fields = { route: this.#config.name, upstream: describe(this.#config.upstream!), result, err: (error as Error).message, retryInMs: this.#backoffMs };
+          const fields = { route: this.#config.name, upstream: formatHostPort(this.#config.upstream!), result, err: (error as Error).message, retryInMs: this.#backoffMs };
           this.#refillFailures.note(fields, result);
         },
       );
@@ -231,10 +277,12 @@ export class UpstreamSource {
   }
 
   #park(socket: net.Socket, earlyData: readonly Buffer[]): void {
-    const now = Date.now();
+    const clock = this.#deps.clock;
+    const now = clock.now();
     const tracker = this.#codec?.track(codecOptions(this.#config)) ?? null;
+    for (const chunk of earlyData) tracker?.fromServer(chunk);
     const onData = (_socket: net.Socket, chunk: Buffer): void => {
-      spare.lastWireAt = Date.now();
+      spare.lastWireAt = clock.now();
       const forward = tracker ? tracker.fromServer(chunk) : chunk;
       if (forward.length === 0) return;
       spare.early.push(forward);
@@ -301,7 +349,7 @@ export class UpstreamSource {
           return;
         }
         this.#metrics.reuse.inc();
-        resolve({ socket: spare.socket, reused: true, earlyData: spare.early, tracker: spare.tracker, release: this.#release });
+        resolve({ socket: spare.socket, reused: true, earlyData: spare.early, tracker: spare.tracker, secure: this.#secureLater(spare.socket), release: this.#release });
       });
     });
     return { done, abort: () => (aborted = true) };
@@ -316,10 +364,10 @@ export class UpstreamSource {
     spare.socket.destroy();
     this.#metrics.eviction(reason).inc();
     if (reason !== 'shutdown' && reason !== 'reload') {
-      this.#evictions.note({ route: this.#config.name, reason, pooledMs: Date.now() - spare.parkedAt }, reason);
+      this.#evictions.note({ route: this.#config.name, reason, pooledMs: this.#deps.clock.now() - spare.parkedAt }, reason);
     }
     this.#updateGauges();
-    if (!this.#closed) this.#nextRefillAt = Math.max(this.#nextRefillAt, Date.now());
+    if (!this.#closed) this.#nextRefillAt = Math.max(this.#nextRefillAt, this.#deps.clock.now());
   }
 
   #updateGauges(): void {

@@ -1,7 +1,7 @@
 import net from 'node:net';
 import type { ProxyConfig } from '../config/schema.js';
 import { ProxyError } from '../errors.js';
-import { formatAddress } from '../net/listen.js';
+import { formatHostPort } from '../config/hostport.js';
 
 // `listen: host:0` asks for any free port. With workers every process must bind the same
 // one, and a worker that replaces a dead one must find it again: the primary picks the
@@ -23,7 +23,7 @@ export async function pinPorts(next: ProxyConfig, previous: { config: ProxyConfi
     const before = previous?.config.routes.find((r) => r.name === route.name);
     const kept = before && before.listen.host === route.listen.host && before.listen.port === 0 ? previous?.pins[route.name] : undefined;
     pins[route.name] = kept ?? (await freePort(route.listen.host).catch((error: NodeJS.ErrnoException) => {
-      throw new ProxyError('LISTEN_FAILED', 'proxy', `${route.name} on ${formatAddress(route.listen.host, 0)}: ${error.code ?? error.message}`, { cause: error });
+      throw new ProxyError('LISTEN_FAILED', 'proxy', `${route.name} on ${formatHostPort(route.listen.host, 0)}: ${error.code ?? error.message}`, { cause: error });
     }));
   }
   return pins;

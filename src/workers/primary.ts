@@ -163,7 +163,7 @@ export class Primary {
   /** Forks the slot's worker and starts it on the current config; resolves once it listens. */
   async #spawn(slot: Slot): Promise<void> {
     slot.restartTimer = null;
-    slot.startedAt = Date.now();
+    slot.startedAt = this.clock.now();
     const worker = cluster.fork();
     const link = new WorkerLink(worker);
     slot.link = link;
@@ -197,7 +197,7 @@ export class Primary {
 
   /** Forks the slot's next worker after its backoff; returns the delay. */
   #scheduleRestart(slot: Slot): number {
-    const ranMs = Date.now() - slot.startedAt;
+    const ranMs = this.clock.now() - slot.startedAt;
     slot.quickDeaths = ranMs < STABLE_AFTER_MS ? slot.quickDeaths + 1 : 0;
     const delayMs = slot.quickDeaths === 0 ? 0 : Math.min(MAX_BACKOFF_MS, FIRST_BACKOFF_MS * 2 ** (slot.quickDeaths - 1));
     slot.restartTimer = setTimeout(() => {

@@ -42,9 +42,9 @@ export interface RunningRoute {
   close(): Promise<void>;
 }
 
-export async function startRoute(config: RouteConfig): Promise<RunningRoute> {
+/** `clock`: a ManualClock lets a test drive the route's deadlines instead of sleeping. */
+export async function startRoute(config: RouteConfig, clock: Clock = new Clock(100)): Promise<RunningRoute> {
   const metrics = new Metrics(false);
-  const clock = new Clock(100);
   // The route's own listener is the one address of "this proxy" here.
   const ownListeners = (): Array<{ host: string; port: number }> => (route.address() ? [route.address()!] : []);
   const route = createHttpRoute(config, { metrics, log: pino({ level: 'silent' }), clock, ownListeners });

@@ -47,7 +47,8 @@ export interface ServerPlacement {
   readonly bind?: string;
   /**
    * TLS only: PostgreSQL with ssl=on and a pg_hba that rejects every non-TLS client;
-   * redis-server with a tls-port and no plaintext port. Readiness is then checked over TLS.
+   * redis-server with a tls-port and no plaintext port; MariaDB with its certificate and
+   * require_secure_transport=ON. Readiness is then checked over TLS.
    */
   readonly tlsOnly?: { readonly cert: string; readonly key: string; readonly ca: string };
 }
@@ -215,13 +216,21 @@ export async function startMariadb(placement: ServerPlacement = {}): Promise<Run
           '--skip-log-bin',
           '--innodb-buffer-pool-size=32M',
           '--innodb-flush-log-at-trx-commit=0',
+          ...(placement.tlsOnly
+            ? [
+                `--ssl-cert=${placement.tlsOnly.cert}`,
+                `--ssl-key=${placement.tlsOnly.key}`,
+                `--ssl-ca=${placement.tlsOnly.ca}`,
+                '--require-secure-transport=ON',
+              ]
+            : []),
         ],
         {},
       ),
     ready: (port) =>
       placement.netns
-        ? readyInNs(placement.netns, '/usr/bin/mariadb', ['--protocol=TCP', '-h', '127.0.0.1', '-P', String(port), '-u', MARIADB_USER, '-N', '-B', '-e', 'SELECT 1'], '1')
-        : mariadbQuery(port),
+        ? readyInNs(placement.netns, '/usr/bin/mariadb', ['--protocol=TCP', '-h', '127.0.0.1', '-P', String(port), '-u', MARIADB_USER, ...(placement.tlsOnly ? ['--ssl'] : []), '-N', '-B', '-e', 'SELECT 1'], '1')
+        : mariadbQuery(port, placement.tlsOnly !== undefined),
     logFile: join(dataDir, 'error.log'),
     stopSignal: 'SIGTERM',
   });
@@ -451,9 +460,10 @@ async function postgresQuery(port: number, overTls = false): Promise<boolean> {
   }
 }
 
-async function mariadbQuery(port: number): Promise<boolean> {
+async function mariadbQuery(port: number, overTls = false): Promise<boolean> {
   const mysql = await import('mysql2/promise');
-  const connection = await mysql.createConnection({ host: '127.0.0.1', port, user: MARIADB_USER, connectTimeout: 2_000 });
+  const ssl = overTls ? { ssl: { rejectUnauthorized: false } } : {};
+  const connection = await mysql.createConnection({ host: '127.0.0.1', port, user: MARIADB_USER, connectTimeout: 2_000, ...ssl });
   try {
     const [rows] = await connection.query('SELECT 1 AS one');
     return (rows as Array<{ one: number }>)[0]?.one === 1;

@@ -1,6 +1,7 @@
 import { readdirSync } from 'node:fs';
 import net from 'node:net';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { ManualClock } from '../../src/clock.js';
 import { httpRouteConfig, rawRequest, request, startRoute, startUpstream, type RunningRoute, type Upstream } from '../helpers/http.js';
 import { connect, freePort, listen0 } from '../helpers/net.js';
 import { startProxy, type RunningProxy } from '../helpers/proxy.js';
@@ -24,8 +25,8 @@ async function upstreamOf(handler: Parameters<typeof startUpstream>[0]): Promise
   return upstream;
 }
 
-async function routeOf(yaml: string): Promise<RunningRoute> {
-  const route = await startRoute(httpRouteConfig(yaml));
+async function routeOf(yaml: string, clock?: ManualClock): Promise<RunningRoute> {
+  const route = await startRoute(httpRouteConfig(yaml), clock);
   cleanups.push(() => route.close());
   return route;
 }
@@ -188,7 +189,9 @@ describe('slow request bodies', () => {
 
   it('a large body that stalls gets 408 after bodyTimeout, and its upstream connection is closed, not reused', async () => {
     const upstream = await countingUpstream();
-    const route = await routeOf(`protocol: http\nupstream: ${upstream.url}\npool: { maxSockets: 1 }\nhttp: { bodyTimeout: 1s, responseTimeout: 30s }`);
+    // The route's deadlines run on a manual clock: the test moves time instead of sleeping.
+    const clock = new ManualClock(100);
+    const route = await routeOf(`protocol: http\nupstream: ${upstream.url}\npool: { maxSockets: 1 }\nhttp: { bodyTimeout: 1s, responseTimeout: 30s }`, clock);
     const slow = await clientSocket(route.port);
     const answer: Buffer[] = [];
     slow.on('data', (chunk: Buffer) => answer.push(chunk));
@@ -196,9 +199,11 @@ describe('slow request bodies', () => {
     const closed = once(slow, 'end', 15_000);
     slow.write(`POST /big HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n${'c'.repeat(10)}`);
     await until(() => upstream.connections() === 1, 5_000, 'the large body streaming to the upstream');
-    const started = Date.now();
+    clock.advance(500);
+    await sleep(100); // real time for a wrong answer to arrive
+    expect(answer, 'no answer within half the bodyTimeout').toEqual([]);
+    clock.advance(700);
     await closed;
-    expect(Date.now() - started).toBeGreaterThanOrEqual(500);
     expect(Buffer.concat(answer).toString('latin1')).toMatch(/^HTTP\/1\.1 408 Request Timeout\r\n/);
     expect(await route.metric('evictions_total', { route: 'web', reason: 'body_timeout' })).toBe(1);
     expect(await route.metric('requests_total', { route: 'web', code: '408' })).toBe(1);

@@ -9,6 +9,7 @@ import { makePki, type Pki } from '../helpers/pki.js';
 import { parseMetrics, sample, startProxy, type RunningProxy } from '../helpers/proxy.js';
 import { startPostgres, startRedis, type RunningServer } from '../helpers/servers.js';
 import { until } from '../helpers/wait.js';
+import { warmVsCold } from '../helpers/warm-vs-cold.js';
 
 // TLS to the database (issue 10): plaintext clients on loopback reach TLS-only PostgreSQL
 // and Redis through the proxy, which speaks TLS upstream and keeps its heartbeats because
@@ -234,16 +235,13 @@ pool: { warm: ${warm} }`;
     const cold = await proxyWith(route(0));
     const warm = await proxyWith(route(2));
     await until(async () => (await metric(warm.proxy, 'pool_idle', { route: 'rd' })) === 2, 10_000, 'two TLS spares');
-    const colds: number[] = [];
-    const warms: number[] = [];
-    for (let i = 0; i < 5; i++) {
-      colds.push(await timed(cold.port));
-      await until(async () => (await metric(warm.proxy, 'pool_idle', { route: 'rd' })) === 2, 10_000, 'the pool refilled');
-      warms.push(await timed(warm.port));
-    }
-    const median = (values: number[]): number => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!;
-    const coldMs = median(colds);
-    const warmMs = median(warms);
+    const { coldMs, warmMs } = await warmVsCold({
+      rounds: 5,
+      timed,
+      coldPort: cold.port,
+      warmPort: warm.port,
+      refilled: async () => (await metric(warm.proxy, 'pool_idle', { route: 'rd' })) === 2,
+    });
     console.log(`first PING through a 20 ms-per-direction path, median of 5: cold (TCP + TLS + PING) ${coldMs.toFixed(1)} ms, warm spare ${warmMs.toFixed(1)} ms`);
     expect(await metric(warm.proxy, 'reuse_total', { route: 'rd' })).toBe(5);
     // A generous bound: the warm hand-off skips at least the TCP and TLS round trips.

@@ -52,7 +52,7 @@ describe('parseCli: help, version, usage errors', () => {
     [['--config'], '--config needs a value'],
     [['-c'], '--config needs a value'],
     [['chek'], 'unknown command "chek"; did you mean "check"?'],
-    [['start'], 'unknown command "start" (the only command is check)'],
+    [['start'], 'unknown command "start" (the commands are check and discover)'],
     [['check', 'extra'], 'unexpected argument "extra"'],
     [['--config', 'x.yaml', '--listen', '127.0.0.1:1'], '--listen cannot be combined with --config: put the route in the file'],
   ])('%j is a usage error', (argv, message) => {

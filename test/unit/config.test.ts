@@ -114,6 +114,7 @@ describe('a valid config', () => {
       clientTls: null,
       http: DEFAULTS.http,
       allow: [],
+      middlebox: null,
     });
   });
 
@@ -395,7 +396,7 @@ describe('config errors: FILE:LINE:COL key.path: message', () => {
       'test.yaml:8:3 defaults.usertimeout: unknown key; did you mean "userTimeout"?',
       'test.yaml:13:5 routes[0].hearbeat: unknown key; did you mean "heartbeat"?',
       'test.yaml:14:13 routes[0].pool.wram: unknown key; did you mean "warm"?',
-      'test.yaml:15:5 routes[0].colour: unknown key; valid keys here: name, listen, upstream, protocol, keepalive, userTimeout, connectTimeout, idleTimeout, maxConnections, noDelay, responseTimeout, heartbeat, pool, tls, upstreamTls, clientTls, http, allow',
+      'test.yaml:15:5 routes[0].colour: unknown key; valid keys here: name, listen, upstream, protocol, keepalive, userTimeout, connectTimeout, idleTimeout, maxConnections, noDelay, responseTimeout, middlebox, heartbeat, pool, tls, upstreamTls, clientTls, http, allow',
     ]);
   });
 

@@ -44,6 +44,34 @@ describe('formatHostPort', () => {
     expect(formatHostPort({ host: '::1', port: 80 })).toBe('[::1]:80');
     expect(formatHostPort({ host: 'db', port: 5432 })).toBe('db:5432');
   });
+
+  it('takes a socket\'s remote address as it comes (host and port apart, possibly undefined)', () => {
+    expect(formatHostPort('::ffff:127.0.0.1', 40_000)).toBe('[::ffff:127.0.0.1]:40000');
+    expect(formatHostPort('10.0.0.1', 1)).toBe('10.0.0.1:1');
+    expect(formatHostPort(undefined, undefined)).toBe('unknown');
+  });
+
+  it('gives back what parseHostPort reads, for generated IPv4, IPv6 and name hosts and ports', () => {
+    let seed = 7;
+    const next = (n: number): number => {
+      seed = (Math.imul(seed, 1_103_515_245) + 12_345) >>> 0;
+      return seed % n;
+    };
+    const hex = (): string => next(0x10000).toString(16);
+    const hosts = [
+      (): string => `${next(256)}.${next(256)}.${next(256)}.${next(256)}`,
+      (): string => Array.from({ length: 8 }, hex).join(':'),
+      (): string => `${hex()}::${hex()}`,
+      (): string => `::ffff:${next(256)}.${next(256)}.${next(256)}.${next(256)}`,
+      (): string => `db-${next(1000)}.svc${next(10)}.example`,
+    ];
+    for (let i = 0; i < 2_000; i++) {
+      const address = { host: hosts[i % hosts.length]!(), port: 1 + next(65_535) };
+      const text = formatHostPort(address);
+      expect(parseHostPort(text), text).toEqual(address);
+      expect(formatHostPort(address.host, address.port)).toBe(text);
+    }
+  });
 });
 
 describe('sameListenAddress', () => {

@@ -1,19 +1,19 @@
-import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { Clock } from '../../src/clock.js';
+import { describe, expect, it } from 'vitest';
+import { ManualClock } from '../../src/clock.js';
 import type { Logger } from '../../src/log.js';
 import { BurstLog } from '../../src/log-burst.js';
 
 // The one burst folding of the process: the first event of a burst is written at once,
 // the rest are counted into at most one line per interval (by kind), and nothing is left
-// unsaid once the burst stops. Driven by fake timers over many generated bursts.
+// unsaid once the burst stops. Driven by a manual clock over many generated bursts.
 
 interface Line {
   readonly at: number;
   readonly fields: Record<string, unknown>;
 }
 
-function recorder(lines: Line[]): Logger {
-  const write = (fields: Record<string, unknown>): void => void lines.push({ at: Date.now(), fields });
+function recorder(lines: Line[], clock: ManualClock): Logger {
+  const write = (fields: Record<string, unknown>): void => void lines.push({ at: clock.now(), fields });
   return { info: write, warn: write, error: write } as unknown as Logger;
 }
 
@@ -29,15 +29,12 @@ function random(seed: number): () => number {
 }
 
 describe('BurstLog', () => {
-  beforeEach(() => vi.useFakeTimers({ now: 1_000_000 }));
-  afterEach(() => vi.useRealTimers());
-
   for (let seed = 1; seed <= 40; seed++) {
     it(`accounts for every event of generated bursts, at most one line a second after the first (seed ${seed})`, () => {
       const next = random(seed);
       const lines: Line[] = [];
-      const clock = new Clock(250);
-      const burst = new BurstLog(recorder(lines), clock, { level: 'info', msg: 'evicted', countBy: 'reasons' });
+      const clock = new ManualClock(250);
+      const burst = new BurstLog(recorder(lines, clock), clock, { level: 'info', msg: 'evicted', countBy: 'reasons' });
       const reasons = ['peer_reset', 'idle_timeout', 'heartbeat_timeout'];
       const noted = new Map<string, number>();
       let total = 0;
@@ -49,9 +46,9 @@ describe('BurstLog', () => {
           burst.note({ reason }, reason);
           total++;
         }
-        vi.advanceTimersByTime(Math.floor(next() * 700));
+        clock.advance(Math.floor(next() * 700));
       }
-      vi.advanceTimersByTime(2_000); // the last summary comes from the clock, unprompted
+      clock.advance(2_000); // the last summary comes from the clock, unprompted
 
       // A first line is its own event; a summary line stands for the events it folded.
       const accounted = lines.reduce((n, l) => n + Number(l.fields.alsoInLastInterval ?? 1), 0);
@@ -70,13 +67,13 @@ describe('BurstLog', () => {
 
   it('writes a lone event at once and lets go of the clock after a quiet interval', () => {
     const lines: Line[] = [];
-    const clock = new Clock(250);
-    const burst = new BurstLog(recorder(lines), clock, { level: 'warn', msg: 'failed' });
+    const clock = new ManualClock(250);
+    const burst = new BurstLog(recorder(lines, clock), clock, { level: 'warn', msg: 'failed' });
     burst.note({ n: 1 });
     expect(lines).toHaveLength(1);
-    expect(vi.getTimerCount()).toBe(1);
-    vi.advanceTimersByTime(1_500);
-    expect(vi.getTimerCount()).toBe(0);
+    expect(clock.ticking).toBe(true);
+    clock.advance(1_500);
+    expect(clock.ticking).toBe(false);
     burst.note({ n: 2 });
     expect(lines.map((l) => l.fields)).toEqual([{ n: 1 }, { n: 2 }]);
     burst.flush();
@@ -84,10 +81,11 @@ describe('BurstLog', () => {
 
   it('flush() says what is folded and not yet written', () => {
     const lines: Line[] = [];
-    const burst = new BurstLog(recorder(lines), new Clock(250), { level: 'warn', msg: 'failed', countBy: 'codes' });
+    const clock = new ManualClock(250);
+    const burst = new BurstLog(recorder(lines, clock), clock, { level: 'warn', msg: 'failed', countBy: 'codes' });
     for (let i = 0; i < 5; i++) burst.note({ code: 'EMFILE' }, 'EMFILE');
     burst.flush();
     expect(lines.map((l) => l.fields)).toEqual([{ code: 'EMFILE' }, { code: 'EMFILE', alsoInLastInterval: 4, codes: { EMFILE: 4 } }]);
-    expect(vi.getTimerCount()).toBe(0);
+    expect(clock.ticking).toBe(false);
   });
 });

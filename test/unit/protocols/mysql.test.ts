@@ -215,6 +215,19 @@ describe('mysql codec', () => {
     run(tls, [{ server: greeting(BASE | SSL) }, { client: packet(1, Buffer.concat([u32(BASE | SSL), u32(1 << 24), Buffer.from([45]), Buffer.alloc(23)])), state: 'off' }]);
     expect(tls.offReason).toBe('tls');
 
+    // clientTls: the proxy terminated the client's TLS and shows the codec what is inside
+    // it: the whole response (sequence id 2, after the SSL request the codec never saw)
+    // with CLIENT_SSL, then authentication and commands as usual.
+    const terminated = mysqlCodec.track({});
+    run(terminated, [
+      { server: greeting(BASE | SSL) },
+      { client: handshakeResponse(BASE | SSL, 0, 2), state: 'busy' },
+      { server: ok(3), state: 'quiet' },
+      { client: query('SELECT 1'), state: 'busy' },
+      { server: ok(1), state: 'quiet' },
+    ]);
+    expect(terminated.offReason).toBeNull();
+
     const compressed = mysqlCodec.track({});
     run(compressed, [{ server: greeting(BASE | COMPRESS) }, { client: handshakeResponse(BASE | COMPRESS), state: 'off' }]);
     expect(compressed.offReason).toBe('compression');

@@ -1,0 +1,90 @@
+import net from 'node:net';
+
+// Every use of Node's private API, in one place. Each one is here because the public API
+// cannot do the job; each says why, and which Node versions it was checked on. A new Node
+// that changes one of them is found by test/unit/internals.test.ts (run on every Node line
+// CI runs: 20, 24 and 26), and test/unit/one-of-each.test.ts keeps them out of other files.
+//
+// Checked on: Node 20.20, 24.22 and 26.12 (linux-x64).
+
+// Relied on, not called: with `onread: { buffer: fn, callback }` (net.connect and sockets
+// built here), node calls `fn` once when the socket starts reading and then right after
+// each read callback of that same socket, before any other socket's read. The shared read
+// buffer (net/shared-reads.ts) hands a bulk reader its own buffer through that order.
+// Checked by test/unit/internals.test.ts.
+
+/** An accepted connection's libuv handle, as node passes it to a listening handle's onconnection. */
+export type AcceptedHandle = object;
+
+/**
+ * The file descriptor under a socket or a listening server: `_handle.fd`.
+ * Why: setsockopt(2)/getsockopt(2) (net/sockopt.ts) need the fd, and no public API gives it.
+ * Null while connecting (node reports -1), once destroyed (null handle), or where the
+ * handle has no fd (another platform).
+ */
+export function handleFd(owner: net.Socket | net.Server): number | null {
+  const fd = (owner as unknown as { _handle?: { fd?: unknown } | null })._handle?.fd;
+  return typeof fd === 'number' && fd >= 0 ? fd : null;
+}
+
+/**
+ * Replaces a listening server's `_handle.onconnection` callback, so that the accepted
+ * sockets are built by the caller (socketOnHandle), with options net.Server cannot pass
+ * (`onread`: reads into a shared buffer). Returns false, and changes nothing, when the
+ * handle is not what this expects (the server then goes on with its 'connection' event).
+ * Why: net.Server has no option for the sockets it builds.
+ */
+export function interceptAccepts(server: net.Server, onConnection: (errno: number, clientHandle: AcceptedHandle) => void): boolean {
+  const handle = (server as unknown as { _handle?: { onconnection?: unknown } | null })._handle;
+  if (!handle || typeof handle.onconnection !== 'function') return false;
+  handle.onconnection = onConnection;
+  return true;
+}
+
+/**
+ * Options of a Socket built around an accepted handle. `pauseOnCreate` (undocumented; what
+ * node's own server passes for pauseOnConnect) starts it paused: no read before its owner
+ * is ready.
+ */
+export type AcceptedSocketOptions = Omit<net.SocketConstructorOpts, 'handle' | 'fd'> & { pauseOnCreate?: boolean };
+
+/** Spread into AcceptedSocketOptions: the socket reads nothing until resume(). */
+export const START_PAUSED = { pauseOnCreate: true } as const;
+
+/**
+ * A Socket around an accepted handle: the construction node's own accept does, with the
+ * caller's options. Why: the `handle` constructor option is undocumented.
+ */
+export function socketOnHandle(clientHandle: AcceptedHandle, options: AcceptedSocketOptions): net.Socket {
+  return new net.Socket({ ...options, handle: clientHandle, readable: true, writable: true } as net.SocketConstructorOpts);
+}
+
+/**
+ * Clears the error node recorded on a socket's readable side when a write failed, so the
+ * 'end' of the peer's EOF (read after that failure) is still emitted.
+ * Why: the peer's last bytes before its reset (net/last-reads.ts); a destroy with the
+ * write's error marks `_readableState.errored`, and no public API undoes it.
+ */
+export function forgetReadableError(socket: net.Socket): void {
+  const state = (socket as unknown as { _readableState?: { errored: unknown } })._readableState;
+  if (state) state.errored = null;
+}
+
+/**
+ * Ends a socket with RST where it can (resetAndDestroy, public since Node 16.17/18.3), else
+ * destroys it: resetAndDestroy throws on a socket that is still connecting, and on one
+ * without a TCP handle (a TLS socket, unless its owner made it reset the TCP socket under
+ * it). The one reset of the process: every abrupt close goes through it.
+ */
+export function resetOrDestroy(socket: net.Socket): void {
+  if (socket.destroyed) return;
+  if (!socket.connecting) {
+    try {
+      socket.resetAndDestroy();
+      return;
+    } catch {
+      // no TCP handle: fall through to a plain destroy
+    }
+  }
+  socket.destroy();
+}

@@ -1,0 +1,41 @@
+import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+
+// Small learned values kept across restarts in `stateDir` (top-level config key): one
+// JSON file per key. A write goes to a temporary file renamed over the old one, so a
+// crash leaves the old value or the new one, never half of one. What is read back is
+// checked like any other input: a damaged or foreign file is ignored, never trusted.
+
+/** Larger files are not ours: they are not read. */
+const MAX_FILE_BYTES = 4_096;
+
+function fileFor(stateDir: string, key: string): string {
+  // Route names and host:port, made safe as one file name.
+  return join(stateDir, `${key.replace(/[^A-Za-z0-9_.-]/g, '_')}.json`);
+}
+
+/** The stored object for `key`, or null when absent or unreadable. */
+export function readState(stateDir: string, key: string): Record<string, unknown> | null {
+  try {
+    const text = readFileSync(fileFor(stateDir, key), 'utf8');
+    if (text.length > MAX_FILE_BYTES) return null;
+    const value: unknown = JSON.parse(text);
+    return typeof value === 'object' && value !== null && !Array.isArray(value) ? (value as Record<string, unknown>) : null;
+  } catch {
+    return null;
+  }
+}
+
+/** Stores `value` for `key`; returns the error message when it could not (the caller logs it). */
+export function writeState(stateDir: string, key: string, value: Record<string, unknown>): string | null {
+  try {
+    mkdirSync(stateDir, { recursive: true });
+    const file = fileFor(stateDir, key);
+    const temporary = `${file}.${process.pid}.tmp`;
+    writeFileSync(temporary, JSON.stringify(value));
+    renameSync(temporary, file);
+    return null;
+  } catch (error) {
+    return (error as Error).message;
+  }
+}

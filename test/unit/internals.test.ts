@@ -1,0 +1,135 @@
+import net from 'node:net';
+import { afterEach, describe, expect, it } from 'vitest';
+import { forgetReadableError, handleFd, interceptAccepts, resetOrDestroy, socketOnHandle } from '../../src/net/internals.js';
+import { listen0 } from '../helpers/net.js';
+import { once, sleep, until } from '../helpers/wait.js';
+
+// Every Node internal the proxy relies on (src/net/internals.ts), checked on the Node that
+// runs the suite: CI runs it on 20, 24 and 26, so a Node that drops or changes one fails
+// here, by name, before it breaks the data path. Real sockets on 127.0.0.1.
+
+const cleanup: (() => void)[] = [];
+afterEach(() => {
+  for (const undo of cleanup.splice(0)) undo();
+});
+
+async function connected(port: number): Promise<net.Socket> {
+  const socket = net.connect(port, '127.0.0.1');
+  socket.on('error', () => {});
+  cleanup.push(() => socket.destroy());
+  await once(socket, 'connect', 5_000);
+  return socket;
+}
+
+describe(`Node internals on ${process.version}`, () => {
+  it('handleFd: the fd of a listening server and of a connected socket; null while connecting and once destroyed', async () => {
+    const server = await listen0(() => {});
+    cleanup.push(() => void server.close());
+    expect(handleFd(server.server)).toBeGreaterThan(2);
+    const connecting = net.connect(server.port, '127.0.0.1');
+    connecting.on('error', () => {});
+    expect(handleFd(connecting)).toBeNull();
+    await once(connecting, 'connect', 5_000);
+    const fd = handleFd(connecting);
+    expect(fd).toBeGreaterThan(2);
+    expect(fd).not.toBe(handleFd(server.server));
+    connecting.destroy();
+    expect(handleFd(connecting)).toBeNull();
+  });
+
+  it('interceptAccepts + socketOnHandle: accepted sockets built with our options (onread, pauseOnCreate)', async () => {
+    const server = net.createServer();
+    cleanup.push(() => server.close());
+    server.on('connection', () => {
+      throw new Error('the connection event must not fire once accepts are intercepted');
+    });
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening', 5_000);
+    const reads: string[] = [];
+    const built = new Promise<net.Socket>((resolve) => {
+      expect(
+        interceptAccepts(server, (errno, handle) => {
+          expect(errno).toBe(0);
+          const buffer = Buffer.alloc(1024);
+          const onread = { buffer, callback: (bytes: number, into: Buffer) => void reads.push(into.toString('latin1', 0, bytes)) };
+          const options = { allowHalfOpen: true, pauseOnCreate: true, onread };
+          const socket = socketOnHandle(handle, options);
+          cleanup.push(() => socket.destroy());
+          resolve(socket);
+        }),
+      ).toBe(true);
+    });
+    const client = await connected((server.address() as net.AddressInfo).port);
+    const accepted = await built;
+    client.write('hello');
+    await sleep(50);
+    expect(reads, 'pauseOnCreate: nothing is read before resume()').toEqual([]);
+    accepted.resume();
+    await until(() => reads.join('') === 'hello', 5_000, 'the client bytes');
+    expect(accepted.remotePort).toBe(client.localPort);
+    accepted.write('back');
+    await once(client, 'data', 5_000);
+  });
+
+  it('onread: the buffer function runs right after each read callback of the same socket', async () => {
+    const server = await listen0((socket) => {
+      for (let i = 0; i < 20; i++) setTimeout(() => socket.write(`chunk ${i};`), i * 5);
+    });
+    cleanup.push(() => void server.close());
+    const events: string[] = [];
+    const buffer = Buffer.alloc(64 * 1024);
+    let received = '';
+    const socket = net.connect({
+      port: server.port,
+      // @types/node types `onread.callback` as returning boolean; node ignores anything but false.
+      host: '127.0.0.1',
+      onread: {
+        buffer: () => {
+          events.push('buffer');
+          return buffer;
+        },
+        callback: (bytes: number): boolean => {
+          events.push('callback');
+          received += buffer.toString('latin1', 0, bytes);
+          return true;
+        },
+      },
+    });
+    socket.on('error', () => {});
+    cleanup.push(() => socket.destroy());
+    await until(() => received.endsWith('chunk 19;'), 5_000, 'all chunks');
+    expect(events[0]).toBe('buffer');
+    events.forEach((event, i) => {
+      if (event === 'callback') expect(events[i + 1], `event ${i + 1} follows callback ${i}`).toBe('buffer');
+    });
+  });
+
+  it('forgetReadableError: the readable side keeps the state it clears', async () => {
+    const server = await listen0(() => {});
+    cleanup.push(() => void server.close());
+    const socket = await connected(server.port);
+    const state = (socket as unknown as { _readableState?: Record<string, unknown> })._readableState;
+    expect(state).toBeDefined();
+    expect('errored' in state!).toBe(true);
+    state!.errored = new Error('write failed');
+    forgetReadableError(socket);
+    expect(state!.errored).toBeNull();
+  });
+
+  it('resetOrDestroy: RST on a connected socket, a plain destroy on one still connecting', async () => {
+    let accepted: net.Socket | undefined;
+    const server = await listen0((socket) => (accepted = socket));
+    cleanup.push(() => void server.close());
+    const socket = await connected(server.port);
+    await until(() => accepted, 5_000, 'the accepted socket');
+    const peerError = new Promise<NodeJS.ErrnoException>((resolve) => accepted!.once('error', resolve));
+    resetOrDestroy(socket);
+    expect(socket.destroyed).toBe(true);
+    expect((await peerError).code).toBe('ECONNRESET');
+
+    const connecting = net.connect(server.port, '127.0.0.1');
+    connecting.on('error', () => {});
+    expect(() => resetOrDestroy(connecting)).not.toThrow();
+    expect(connecting.destroyed).toBe(true);
+  });
+});

@@ -1,5 +1,6 @@
 import { Cutter } from './cutter.js';
 import type { CodecOptions, HeartbeatCodec, Tracker, TrackerState } from './types.js';
+import { MAX_STARTUP_LENGTH } from './negotiate-postgres.js';
 
 // PostgreSQL heartbeat: a Sync message when the server's last message was ReadyForQuery
 // and the client has nothing in flight; the ReadyForQuery it produces is cut out.
@@ -38,8 +39,6 @@ const PROTOCOL_3 = 3;
 const SSL_REQUEST = 80877103;
 const GSSENC_REQUEST = 80877104;
 const CANCEL_REQUEST = 80877102;
-/** PostgreSQL's own limit on a startup packet. */
-const MAX_STARTUP_LENGTH = 10_000;
 const TLS_HANDSHAKE_RECORD = 0x16;
 
 // Client parser states.

@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { isIPv6 } from 'node:net';
+import { availableParallelism } from 'node:os';
 import { createSecureContext } from 'node:tls';
 import { resolve as resolvePath } from 'node:path';
 import { KEEPALIVE_LIMITS } from '../net/sockopt.js';
@@ -9,6 +10,7 @@ import { ConfigError, formatPath, IssueList, type ConfigPath } from './issues.js
 import {
   DEFAULTS,
   HTTP_FAMILY,
+  MAX_WORKERS,
   TCP_FAMILY,
   type HeartbeatConfig,
   type HostPort,
@@ -25,8 +27,15 @@ import {
   UPSTREAM_TLS_MODES,
   type WarmPoolConfig,
 } from './schema.js';
+import { caFileProblem } from './pem.js';
 import { closest } from './suggest.js';
 import { heartbeatEveryBelow, keepaliveBelow, MIDDLEBOX_PRESETS, type Middlebox } from '../middlebox.js';
+
+/** A PEM file as read: its absolute path (for messages) and its contents. */
+interface PemFile {
+  readonly file: string;
+  readonly pem: Buffer;
+}
 
 // The one validator: a plain object (from YAML, or built from command-line flags) in,
 // the resolved and frozen ProxyConfig out, or a ConfigError with every issue found.
@@ -102,6 +111,7 @@ const ROOT_KEYS: KeyTree = {
   admin: { listen: null },
   log: { level: null },
   shutdownTimeout: null,
+  workers: null,
   stateDir: null,
   defaults: ROUTE_KEYS,
   routes: null,
@@ -200,6 +210,14 @@ const replyTextBytes: Parse<Buffer> = (value) => {
 };
 const replyHexBytes: Parse<Buffer> = (value) => (value === '' ? Buffer.alloc(0) : hexBytes(value));
 
+/** `workers:` auto (one per core this process may use, capped) or a count from 1 to MAX_WORKERS. */
+function workerCount(value: unknown): number {
+  if (value === 'auto') return Math.min(availableParallelism(), MAX_WORKERS);
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < 1 || value > MAX_WORKERS) {
+    throw new RangeError(`expected auto or an integer from 1 to ${MAX_WORKERS}, got ${describe(value)}`);
+  }
+  return value;
+}
 /** `middlebox:` a preset name or a duration (the hop's idle timeout). */
 const middleboxValue: Parse<Middlebox> = (value) => {
   if (typeof value === 'string' && Object.hasOwn(MIDDLEBOX_PRESETS, value)) return { name: value, idleTimeoutMs: MIDDLEBOX_PRESETS[value]! };
@@ -335,6 +353,7 @@ class Resolver {
     const adminListen = this.#adminListen(top);
     const level = this.#read(top, ['log', 'level'], oneOf(LOG_LEVELS), DEFAULTS.logLevel);
     const shutdownTimeoutMs = this.#read(top, ['shutdownTimeout'], duration(), DEFAULTS.shutdownTimeoutMs);
+    const workers = this.#read(top, ['workers'], workerCount, DEFAULTS.workers);
     const stateDir = this.#read(top, ['stateDir'], (value) => resolvePath(this.#options.baseDir, nonEmptyString(value)), null);
     const defaults = this.#defaults(raw);
     const { routes, identities } = this.#routes(raw, defaults);
@@ -346,6 +365,7 @@ class Resolver {
       admin: { listen: adminListen },
       log: { level },
       shutdownTimeoutMs,
+      workers,
       stateDir,
       routes,
     });
@@ -800,7 +820,7 @@ class Resolver {
     this.#checkPair(view, 'upstreamTls');
     const servername = view.get(['upstreamTls', 'servername']);
     if (mode === 'off') return null;
-    this.#checkLoads(section.found.path, { ca: ca?.pem, cert: cert?.pem, key: key?.pem });
+    this.#checkLoads(section.found.path, { ca, cert, key });
     return {
       mode,
       ...(ca ? { ca: ca.pem, caFile: ca.file } : {}),
@@ -828,25 +848,26 @@ class Resolver {
       }
     }
     if (!cert || !key) return null;
-    this.#checkLoads(section.found.path, { cert: cert.pem, key: key.pem });
+    this.#checkLoads(section.found.path, { cert, key });
     return { cert: cert.pem, key: key.pem, certFile: cert.file, keyFile: key.file };
   }
 
-  /** PEM files that read but do not load (a key that is not the certificate's, a garbled CA) fail here, at load or reload. */
-  #checkLoads(path: ConfigPath, pems: { ca?: Buffer; cert?: Buffer; key?: Buffer }): void {
-    if ((pems.cert === undefined) !== (pems.key === undefined)) return; // the pair rule already reported it
+  /** PEM files that read but do not load (a key that is not the certificate's) fail here, at load or reload, naming the files. */
+  #checkLoads(path: ConfigPath, files: { ca?: PemFile; cert?: PemFile; key?: PemFile }): void {
+    if ((files.cert === undefined) !== (files.key === undefined)) return; // the pair rule already reported it
     try {
-      createSecureContext(pems);
+      createSecureContext({ ca: files.ca?.pem, cert: files.cert?.pem, key: files.key?.pem });
     } catch (error) {
-      this.#report(path, 'value', `the certificate files do not load: ${(error as Error).message}`);
+      const named = [files.cert, files.key, files.ca].flatMap((file) => (file ? [file.file] : [])).join(', ');
+      this.#report(path, 'value', `the certificate files do not load (${named}): ${(error as Error).message}`);
     }
   }
 
   /** A PEM file named at <section>.<key>, read now so a missing file fails at load, not at the first connection. */
-  #pem(view: RouteView, section: string, key: string): { file: string; pem: Buffer } | undefined {
+  #pem(view: RouteView, section: string, key: string): PemFile | undefined {
     const found = view.get([section, key]);
     if (!found) return undefined;
-    return this.#parse<{ file: string; pem: Buffer } | undefined>(
+    return this.#parse<PemFile | undefined>(
       found,
       (value) => {
         const file = resolvePath(this.#options.baseDir, nonEmptyString(value));
@@ -861,6 +882,8 @@ class Resolver {
         }
         if (contents instanceof Error) throw new RangeError(`cannot read ${file}: ${fsReason(contents)}`);
         if (!contents.includes('-----BEGIN ')) throw new RangeError(`${file} is not a PEM file (no "-----BEGIN" line)`);
+        const caProblem = key === 'ca' ? caFileProblem(contents) : null;
+        if (caProblem) throw new RangeError(`${file} is not a CA file: ${caProblem}`);
         return { file, pem: contents };
       },
       undefined,

@@ -61,6 +61,7 @@ class TcpRoute implements RouteHandle {
   readonly #events: SessionEvents;
   readonly #connectFailures: BurstLog;
   readonly #clientTlsFailures: BurstLog;
+  readonly #clientRefusals: BurstLog;
   /** Evictions the proxy decided: a mass eviction is one line and per-second counts by reason. */
   readonly #evictions: BurstLog;
   /** Keepalive on every socket of the route, refusals counted and logged (client side here, upstream in the warm pool). */
@@ -85,6 +86,7 @@ class TcpRoute implements RouteHandle {
       intervalMs: 60_000,
     });
     this.#clientTlsFailures = new BurstLog(deps.log, deps.clock, { level: 'warn', msg: 'client TLS failed; closing client' });
+    this.#clientRefusals = new BurstLog(deps.log, deps.clock, { level: 'warn', msg: 'client opening refused; closing client' });
     this.#sockopt = new SockoptRefusals(this.name, deps);
     this.#kernelWatch = new KernelWatch(this.name, deps);
     this.#upstream = new UpstreamSource(config, this.#codec, deps, this.#metrics, this.#sockopt);
@@ -179,7 +181,7 @@ class TcpRoute implements RouteHandle {
       for (const session of this.#sessions.keys()) session.destroy(reason);
     }
     this.#metrics.flush();
-    for (const burst of [this.#connectFailures, this.#evictions, this.#acceptErrors, this.#clientTlsFailures, this.#sockopt, this.#kernelWatch]) burst.flush();
+    for (const burst of [this.#connectFailures, this.#evictions, this.#acceptErrors, this.#clientTlsFailures, this.#clientRefusals, this.#sockopt, this.#kernelWatch]) burst.flush();
     this.#learner?.close();
     this.#learner = null;
     this.#unsubscribe?.();
@@ -279,7 +281,8 @@ class TcpRoute implements RouteHandle {
         down.off('error', onEarlyError);
         down.off('close', onEarlyClose);
         // The client left first (its close may race the dial's own failure).
-        if (clientGone || (error instanceof ProxyError && error.side === 'downstream' && error.code !== 'TLS_FAILED')) {
+        const refused = error instanceof ProxyError && error.code === 'CLIENT_REFUSED';
+        if (clientGone || (error instanceof ProxyError && error.side === 'downstream' && error.code !== 'TLS_FAILED' && !refused)) {
           this.#endBeforeSession(down, clientGone ?? 'peer_closed', 'downstream');
           return;
         }
@@ -290,6 +293,14 @@ class TcpRoute implements RouteHandle {
           down.on('error', () => {});
           if (!down.destroyed) resetOrDestroy(down);
           this.#endBeforeSession(down, 'tls_error', error.side);
+          return;
+        }
+        if (refused) {
+          // The client's opening broke PostgreSQL's rules or its deadline: reset, as the server would close it.
+          this.#clientRefusals.note({ route: this.name, client, reason: 'error', err: error.message });
+          down.on('error', () => {});
+          if (!down.destroyed) resetOrDestroy(down);
+          this.#endBeforeSession(down, 'error', 'downstream');
           return;
         }
         // Out of descriptors: the client was taken but cannot be served, as a failed accept.

@@ -153,7 +153,7 @@ export class HttpPool {
    * configured idleTimeout, below the upstream's advertised limit and below `closesAfterMs`,
    * the shortest idle age at which this origin was seen closing a connection.
    */
-  idleLimitMs(connection: PooledConnection, closesAfterMs: number): number {
+  idleLimitMs(connection: PooledConnection, closesAfterMs = Infinity): number {
     const configured = this.settings.pool.idleTimeoutMs > 0 ? this.settings.pool.idleTimeoutMs : Infinity;
     const hint = connection.keepAliveHintMs > 0 ? connection.keepAliveHintMs : Infinity;
     const upstreamLimit = Math.min(hint, closesAfterMs);
@@ -195,7 +195,7 @@ export class HttpPool {
   }
 
   /** Why a connection coming back from a request must not be parked, or null. */
-  retireReason(connection: PooledConnection, now: number, closesAfterMs: number): EvictionReason | null {
+  retireReason(connection: PooledConnection, now: number, closesAfterMs = Infinity): EvictionReason | null {
     const { maxRequests, maxAgeMs } = this.settings.pool;
     if (this.#closing) return this.#closing;
     if (!connection.usable) return 'peer_closed';
@@ -206,7 +206,7 @@ export class HttpPool {
   }
 
   /** Why a parked connection must go now, or null. */
-  expiryReason(connection: PooledConnection, now: number, closesAfterMs: number): EvictionReason | null {
+  expiryReason(connection: PooledConnection, now: number, closesAfterMs = Infinity): EvictionReason | null {
     const { maxAgeMs } = this.settings.pool;
     if (now - connection.idleSince >= this.idleLimitMs(connection, closesAfterMs)) return 'idle_timeout';
     if (maxAgeMs > 0 && now - connection.createdAt >= maxAgeMs) return 'max_age';

@@ -282,4 +282,43 @@ routes:
     console.log(`[lab] half-open upstream reported ${halfOpen} ms after the blackhole (kernel user timeout 60 s): ${line[0]}`);
     await client.destroy(conn);
   }, 60_000);
+
+  it('counts the unanswered keepalive probes of an idle upstream before the kernel gives up', async () => {
+    const port = await server.listenEcho(ADDRESSES.server);
+    // Probes every second after 1 s of silence; 30 unanswered ones before the kernel gives up.
+    const yaml = `
+admin:
+  listen: {{admin}}
+log:
+  level: info
+shutdownTimeout: 2s
+defaults:
+  keepalive:
+    upstream: { idle: 1s, interval: 1s, count: 30 }
+  userTimeout: 0
+routes:
+  - name: ${ROUTE}
+    listen: 127.0.0.1:${PROXY_PORT}
+    upstream: ${ADDRESSES.server}:${port}
+`;
+    proxy = await startProxyInNs(lab.client, yaml, client);
+    const conn = await client.connect('127.0.0.1', PROXY_PORT);
+    await client.roundTrip(conn, 'hello\n', 3_000);
+    await sleep(3_000); // answered probes: nothing counted
+    expect(sample(await proxy.metrics(), 'keepalive_proxy_keepalive_probes_total', { route: ROUTE })).toBe(0);
+    const since = client.node.mark();
+    await firewall.blackhole(true);
+    const probes = await until(
+      async () => {
+        const counted = sample(await proxy!.metrics(), 'keepalive_proxy_keepalive_probes_total', { route: ROUTE });
+        return counted >= 3 ? counted : null;
+      },
+      20_000,
+      'keepalive_probes_total >= 3',
+      250,
+    );
+    expect(await client.waitClosed(conn, 100, since), 'counted while the kernel still probes').toBeNull();
+    console.log(`[lab] unanswered keepalive probes counted behind the blackhole: ${probes}`);
+    await client.destroy(conn);
+  }, 60_000);
 });

@@ -12,7 +12,7 @@ import { acceptWith } from '../net/accept.js';
 import { markSharedReads, sharedOnread } from '../net/shared-reads.js';
 import { RouteMetrics } from '../metrics/route-metrics.js';
 import { Session, type HeartbeatResult, type SessionEvents } from './session.js';
-import { UpstreamSource, type Lease } from './upstream.js';
+import { WarmPool, type Lease } from '../pool/warm.js';
 import { clientSecureContext, joinOpening, openClient, type ClientOpening } from './client-opening.js';
 import { openMysql } from './mysql-opening.js';
 import { tcpOf, tlsFailureCause, tlsSummary } from '../net/tls-socket.js';
@@ -43,11 +43,11 @@ class TcpRoute implements RouteHandle {
   readonly #deps: RouteDeps;
   readonly #metrics: RouteMetrics;
   readonly #server: net.Server;
-  /** Live sessions, each with the release() of the lease it runs on. */
-  readonly #sessions = new Map<Session, () => void>();
+  /** Live sessions, each with the lease it runs on (given back to its pool when the session ends). */
+  readonly #sessions = new Map<Session, Lease>();
   /** Client sockets accepted whose upstream is still connecting. */
   readonly #pending = new Map<net.Socket, () => void>();
-  #upstream: UpstreamSource;
+  #upstream: WarmPool;
   #listening = false;
   /** True when accepted sockets inherit keepalive and TCP_NODELAY from the listener (Linux). */
   #listenerSetsOptions = false;
@@ -82,7 +82,7 @@ class TcpRoute implements RouteHandle {
     });
     this.#clientTlsFailures = new BurstLog(deps.log, deps.clock, { level: 'warn', msg: 'client TLS failed; closing client' });
     this.#sockopt = new SockoptRefusals(this.name, deps);
-    this.#upstream = new UpstreamSource(config, this.#codec, deps, this.#metrics, this.#sockopt);
+    this.#upstream = new WarmPool(config, this.#codec, deps, this.#metrics, this.#sockopt);
     this.#server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, (socket) => this.#accept(socket));
     this.#acceptErrors = watchListenerErrors(this.#server, this.name, this.#metrics, deps);
     this.#events = {
@@ -139,7 +139,7 @@ class TcpRoute implements RouteHandle {
     this.#learner = this.#listening && this.#codec ? createRouteLearner(config, this.#deps) : null;
     // A changed upstream or pool gets a fresh source; the old one's idle sockets go.
     const old = this.#upstream;
-    this.#upstream = new UpstreamSource(config, this.#codec, this.#deps, this.#metrics, this.#sockopt);
+    this.#upstream = new WarmPool(config, this.#codec, this.#deps, this.#metrics, this.#sockopt);
     old.close('reload');
     if (this.#listening) this.#upstream.start();
     warnAboutOneWayHeartbeat(config, this.#deps);
@@ -323,7 +323,7 @@ class TcpRoute implements RouteHandle {
       rewriter: client.rewriter ?? null,
       clock: this.#deps.clock,
     });
-    this.#sessions.set(session, lease.release);
+    this.#sessions.set(session, lease);
     down.resume();
     lease.socket.resume();
   }
@@ -331,7 +331,8 @@ class TcpRoute implements RouteHandle {
   #onSessionClosed(session: Session, reason: EvictionReason, side: Side): void {
     const { log } = this.#deps;
     const metrics = this.#metrics;
-    this.#sessions.get(session)?.();
+    const lease = this.#sessions.get(session);
+    lease?.pool.release(lease);
     this.#sessions.delete(session);
     metrics.active.dec();
     metrics.eviction(reason).inc();

@@ -60,3 +60,16 @@ describe('time comes from the injected clock', () => {
     expect(occurrences(/\bDate\.now\(|\bperformance\.now\(/, ['clock.ts'])).toEqual([]);
   });
 });
+
+describe('one heartbeat schedule (src/heartbeat/scheduler.ts)', () => {
+  it('writes probes and reads the jitter only through the schedule', () => {
+    const ALLOWED = [
+      'heartbeat/scheduler.ts',
+      // A canary takes the codec's probe bytes to send once; when it sends is the idle
+      // search's business (discover/search.ts), not a heartbeat schedule.
+      'discover/probes.ts',
+    ];
+    expect(occurrences(/\.probe\(\)/, ALLOWED)).toEqual([]);
+    expect(occurrences(/\.jitter\b/, ['heartbeat/scheduler.ts', 'config/resolve.ts'])).toEqual([]);
+  });
+});

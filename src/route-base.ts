@@ -155,6 +155,12 @@ export abstract class RouteBase implements RouteHandle {
     this.#unregisterFlush = null;
   }
 
+  /** bytes_total{direction}, batched. */
+  countBytes(direction: 'upstream' | 'downstream', count: number): void {
+    if (direction === 'upstream') this.metrics.bytesUpstream.inc(count);
+    else this.metrics.bytesDownstream.inc(count);
+  }
+
   // ---- for the route kinds ----
 
   /** A folded log of the route's, flushed when the route has drained. */

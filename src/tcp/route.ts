@@ -60,10 +60,7 @@ class TcpRoute extends RouteBase {
     this.#upstream = new WarmPool(config, this.#codec, deps, this.metrics, this.sockopt);
     this.#events = {
       onClosed: (session, reason, side) => this.#onSessionClosed(session, reason, side),
-      onBytes: (direction, count) => {
-        if (direction === 'upstream') this.metrics.bytesUpstream.inc(count);
-        else this.metrics.bytesDownstream.inc(count);
-      },
+      onBytes: (direction, count) => this.countBytes(direction, count),
       onHeartbeat: (session, result, ms, detail) => this.noteHeartbeat(session.id, result, ms, detail),
     };
   }

@@ -13,7 +13,7 @@ import { DestinationGuard } from './destination-guard.js';
 import { acceptWithSharedReads, type ClientReads } from './accept.js';
 import { ClientSession, type ClientEndReason, type SessionHost, type SessionSettings } from './client-session.js';
 import { Exchange } from './exchange.js';
-import { proxyConnect, resolveForwardRequest, type ForwardDestination, type ForwardPolicy } from './forward.js';
+import { proxyConnect, resolveForwardRequest, type ForwardDestination, type ForwardPolicy, type Resolution } from './forward.js';
 import { rawHeaders, type RequestHead } from './head-parser.js';
 import { upstreamRequestHead } from './head-writer.js';
 import { upstreamRequestHeaders } from './headers.js';
@@ -204,26 +204,11 @@ class HttpRoute extends RouteBase implements SessionHost {
   /** A parsed request: refused here, or an exchange over the pool (not started yet). */
   request(session: ClientSession, head: RequestHead): Exchange | null {
     const config = this.config;
-    let origin: DialTarget;
-    let path: string;
-    let authority: string;
-    if (this.#forward) {
-      const destination = resolveForwardRequest(head.url, this.#policy);
-      if (!destination.ok) return this.#refuse(session, head, destination.status, destination.detail);
-      const { value } = destination;
-      origin = this.#forwardTarget(value);
-      path = value.path;
-      authority = value.authority;
-    } else {
-      // RFC 9112 3.2: an HTTP/1.1 request without Host is answered 400.
-      if (head.httpVersion === '1.1' && head.headers.host === undefined) return this.#refuse(session, head, 400, 'Host header required');
-      const reverse = this.#reverse!;
-      const reversed = reversePath(reverse.basePath, head.url);
-      if (reversed === null) return this.#refuse(session, head, 400, 'invalid request target');
-      origin = reverse.dial;
-      path = reversed;
-      authority = reverse.authority;
-    }
+    // RFC 9112 3.2: an HTTP/1.1 request without Host is answered 400 (a forward request names its host in its target).
+    if (!this.#forward && head.httpVersion === '1.1' && head.headers.host === undefined) return this.#refuse(session, head, 400, 'Host header required');
+    const destination = this.#destination(head.url);
+    if (!destination.ok) return this.#refuse(session, head, destination.status, destination.detail);
+    const { dial, path, authority } = destination.value;
     const http = config.http;
     const pool = this.#pool;
     const text = upstreamRequestHead(head, {
@@ -235,7 +220,7 @@ class HttpRoute extends RouteBase implements SessionHost {
       dropProxyAuthorization: this.#forward,
     });
     return new Exchange(this.#exchanges, session, {
-      origin: pool.origin(origin),
+      origin: pool.origin(dial),
       method: head.method,
       head: text,
       hasBody: head.body !== 'none',
@@ -270,6 +255,20 @@ class HttpRoute extends RouteBase implements SessionHost {
     this.#sessions.set(socket, new ClientSession(socket, this, this.deps.clock.now(), reads));
   }
 
+  /** Where a request target goes on this route: the dial, the upstream's path and Host, or why it may not. */
+  #destination(target: string | undefined): Resolution<{ dial: DialTarget; path: string; authority: string }> {
+    if (this.#forward) {
+      const destination = resolveForwardRequest(target, this.#policy);
+      if (!destination.ok) return destination;
+      const { value } = destination;
+      return { ok: true, value: { dial: this.#forwardTarget(value), path: value.path, authority: value.authority } };
+    }
+    const reverse = this.#reverse!;
+    const path = reversePath(reverse.basePath, target);
+    if (path === null) return { ok: false, status: 400, detail: 'invalid request target' };
+    return { ok: true, value: { dial: reverse.dial, path, authority: reverse.authority } };
+  }
+
   /** A forward destination's dial: its name resolved once, through the guard. */
   #forwardTarget(destination: ForwardDestination): DialTarget {
     return {
@@ -289,32 +288,13 @@ class HttpRoute extends RouteBase implements SessionHost {
 
   #onUpgrade(req: RequestHead, client: ClientSession, head: Buffer): void {
     const config = this.config;
-    let dial: DialTarget;
-    let path: string;
-    let authority: string;
-    if (this.#forward) {
-      const destination = resolveForwardRequest(req.url, this.#policy);
-      if (!destination.ok) {
-        this.answered(destination.status);
-        respondRaw(client, destination.status, destination.status === 403 ? 'forbidden' : 'bad_request', destination.detail);
-        return;
-      }
-      const { value } = destination;
-      dial = this.#forwardTarget(value);
-      path = value.path;
-      authority = value.authority;
-    } else {
-      const reverse = this.#reverse!;
-      const reversed = reversePath(reverse.basePath, req.url);
-      if (reversed === null) {
-        this.answered(400);
-        respondRaw(client, 400, 'bad_request', 'invalid request target');
-        return;
-      }
-      dial = reverse.dial;
-      path = reversed;
-      authority = reverse.authority;
+    const destination = this.#destination(req.url);
+    if (!destination.ok) {
+      this.answered(destination.status);
+      respondRaw(client, destination.status, destination.status === 403 ? 'forbidden' : 'bad_request', destination.detail);
+      return;
     }
+    const { dial, path, authority } = destination.value;
     const headers = upstreamRequestHeaders({ method: req.method, rawHeaders: rawHeaders(req), headers: req.headers }, {
       host: authority,
       forwarded: config.http.xForwarded ? { clientIp: client.clientIp, proto: 'http', host: req.headers.host } : null,

@@ -21,11 +21,22 @@ export interface App {
   /** The process's shared ticker (process-wide checks subscribe to it too). */
   readonly clock: Clock;
   routes(): RouteHandle[];
+  /** Every live connection, of retiring routes too (the admin /connections rows). */
+  connections(): ConnectionInfo[];
   adminAddress(): { host: string; port: number } | null;
 }
 
-export function createApp(config: ProxyConfig, log: Logger, metrics = new Metrics()): App {
-  return new ProxyApp(config, log, metrics);
+/** How this process serves: alone (the default), or as one of the workers of a primary (src/workers/). */
+export interface AppOptions {
+  /**
+   * Set in a worker: the primary's own listeners (its admin), which a forward route must not
+   * dial either. A worker's configs come with admin off: the primary serves it.
+   */
+  readonly primaryListeners?: () => ReadonlyArray<{ readonly host: string; readonly port: number }>;
+}
+
+export function createApp(config: ProxyConfig, log: Logger, metrics = new Metrics(), options: AppOptions = {}): App {
+  return new ProxyApp(config, log, metrics, options);
 }
 
 class ProxyApp implements App {
@@ -38,11 +49,13 @@ class ProxyApp implements App {
   readonly #retiring = new Set<RouteHandle>();
   #admin: AdminServer | null = null;
   #draining = false;
+  readonly #options: AppOptions;
 
-  constructor(config: ProxyConfig, log: Logger, metrics: Metrics) {
+  constructor(config: ProxyConfig, log: Logger, metrics: Metrics, options: AppOptions) {
     this.#config = config;
     this.#log = log;
     this.metrics = metrics;
+    this.#options = options;
   }
 
   routes(): RouteHandle[] {
@@ -72,7 +85,9 @@ class ProxyApp implements App {
       this.#admin = null;
       throw error;
     }
-    this.#log.info({ routes: this.#config.routes.map(summary), source: this.#config.source }, 'keepalive-proxy ready');
+    // A worker's readiness is its primary's to announce, once for all.
+    const ready = this.#options.primaryListeners ? 'worker ready' : 'keepalive-proxy ready';
+    this.#log.info({ routes: this.#config.routes.map(summary), source: this.#config.source }, ready);
   }
 
   /**
@@ -145,10 +160,10 @@ class ProxyApp implements App {
     const app = this;
     const admin = new AdminServer(
       {
-        metrics: this.metrics,
+        registry: this.metrics.registry,
         // Every configured route, including one still being built (the HTTP code loads on demand).
         notReady: () => this.#config.routes.filter((r) => !this.#routes.get(r.name)?.listening).map((r) => r.name),
-        connections: () => this.#connections(),
+        connections: () => this.connections(),
         get draining() {
           return app.#draining;
         },
@@ -159,14 +174,15 @@ class ProxyApp implements App {
     return admin;
   }
 
-  #connections(): ConnectionInfo[] {
+  connections(): ConnectionInfo[] {
     return [...this.#routes.values(), ...this.#retiring].flatMap((r) => r.connections());
   }
 
   /** Bound addresses of the admin listener and of every route, retiring ones included. */
   #ownListeners(): Array<{ host: string; port: number }> {
     const handles = [...this.#routes.values(), ...this.#retiring];
-    return [this.#admin?.address() ?? null, ...handles.map((r) => r.address())].filter((a) => a !== null);
+    const primary = this.#options.primaryListeners?.() ?? [];
+    return [this.#admin?.address() ?? null, ...primary, ...handles.map((r) => r.address())].filter((a) => a !== null);
   }
 
   async #buildRoute(config: RouteConfig): Promise<RouteHandle> {
@@ -193,11 +209,12 @@ function needsNewListener(current: RouteConfig, next: RouteConfig): boolean {
   return !sameAddress(current.listen, next.listen) || kind(current) !== kind(next);
 }
 
-function sameAddress(a: { host: string; port: number } | null, b: { host: string; port: number } | null): boolean {
+export function sameAddress(a: { host: string; port: number } | null, b: { host: string; port: number } | null): boolean {
   return a === b || (a !== null && b !== null && a.host === b.host && a.port === b.port);
 }
 
-function summary(route: RouteConfig): Record<string, unknown> {
+/** A route's log fields. */
+export function summary(route: RouteConfig): Record<string, unknown> {
   return {
     route: route.name,
     protocol: route.protocol,

@@ -2,7 +2,9 @@
 // The flag above: a keepalive proxy mostly holds idle connections, and V8's default
 // young generation (up to 3 x 16 MiB) is RSS it never needs, several KB per idle
 // connection at thousands of them (BENCHMARKS.md). npm start and the Docker image pass it too.
-import { createApp, type App } from './app.js';
+import cluster from 'node:cluster';
+import { createApp } from './app.js';
+import type { Clock } from './clock.js';
 import { parseCli } from './config/cli.js';
 import { ConfigError, reportLines } from './config/load.js';
 import type { ProxyConfig } from './config/schema.js';
@@ -10,10 +12,27 @@ import { runDiscover } from './discover/run.js';
 import { watchLauncher } from './launcher-watch.js';
 import { configWarnings } from './middlebox.js';
 import { createRootLogger, type Logger } from './log.js';
+import type { Metrics } from './metrics/registry.js';
+import { Primary } from './workers/primary.js';
+import { runWorker } from './workers/worker.js';
 
-// argv -> config -> app.start(); signals. Nothing else lives here.
+// argv -> config -> app.start(); signals. Nothing else lives here. With `workers: N` the
+// app is a primary that runs the routes in N workers (src/workers/); a worker runs this
+// file too, and takes its config from the primary.
+
+/** What the signals act on: a single process's app, or a primary. */
+interface Running {
+  reload(next: ProxyConfig): Promise<void>;
+  close(): Promise<void>;
+  readonly metrics: Metrics;
+  readonly clock: Clock;
+}
 
 async function main(argv: string[]): Promise<number> {
+  if (cluster.isWorker) {
+    runWorker();
+    return new Promise<number>(() => {}); // runs until its primary stops it
+  }
   const command = parseCli(argv);
   switch (command.kind) {
     case 'help':
@@ -49,14 +68,8 @@ async function main(argv: string[]): Promise<number> {
       }
       const log = createRootLogger(loaded.log.level);
       for (const warning of configWarnings(loaded)) log.warn({ warning }, 'configuration warning');
-      const app = createApp(loaded, log);
-      try {
-        await app.start();
-      } catch (error) {
-        // One line that names what failed (e.g. the route, address and errno of a bind).
-        log.fatal({ err: error }, `not started: ${(error as Error).message}`);
-        return 1;
-      }
+      const app = loaded.workers > 1 ? new Primary(loaded, log) : createApp(loaded, log);
+      if (!(await started(app, log))) return 1;
       handleSignals(app, log, command.reloadable ? () => command.loadOffThread() : null);
       return new Promise<number>(() => {}); // runs until a signal ends it
     }
@@ -73,6 +86,17 @@ function reportCheckErrors(report: string): void {
   if (!(process.stdout.isTTY && process.stderr.isTTY)) process.stdout.write(report + '\n');
 }
 
+async function started(app: { start(): Promise<void> }, log: Logger): Promise<boolean> {
+  try {
+    await app.start();
+    return true;
+  } catch (error) {
+    // One line that names what failed (e.g. the route, address and errno of a bind).
+    log.fatal({ err: error }, `not started: ${(error as Error).message}`);
+    return false;
+  }
+}
+
 function tryLoad(load: () => ProxyConfig): ProxyConfig | ConfigError {
   try {
     return load();
@@ -82,7 +106,7 @@ function tryLoad(load: () => ProxyConfig): ProxyConfig | ConfigError {
   }
 }
 
-function handleSignals(app: App, log: Logger, reload: (() => Promise<ProxyConfig>) | null): void {
+function handleSignals(app: Running, log: Logger, reload: (() => Promise<ProxyConfig>) | null): void {
   let stopping = false;
   // Reloads run one at a time: a SIGHUP arriving during a reload waits its turn.
   let reloading: Promise<void> = Promise.resolve();

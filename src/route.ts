@@ -35,6 +35,9 @@ export interface ConnectionInfo {
   readonly socketOptions?: { readonly client: SocketOptions | null; readonly upstream: SocketOptions | null };
   /** TCP-family routes: the TLS version and cipher of each side (null where that side is plaintext). */
   readonly tls?: { readonly client: TlsSummary | null; readonly upstream: TlsSummary | null };
+  /** With workers (src/workers/): the worker slot (1..N) and process serving this connection. */
+  readonly worker?: number;
+  readonly pid?: number;
 }
 
 export interface RouteHandle {

@@ -51,6 +51,7 @@ export function throughputTable(rows, targetOrder) {
       const v = t.value;
       const notes = [];
       if (t.note) notes.push(t.note);
+      if (id === 'keepalive-proxy-2w') notes.push(`${ratio(v?.median, row.byTarget['keepalive-proxy']?.value?.median ?? null)} of 1 worker`);
       if (t.avg !== null && t.p50 === null) notes.push(`avg latency ${micros(t.avg)} us`);
       if (t.upstreamConns !== null) notes.push(`upstream conns opened: ${num(t.upstreamConns)}`);
       if (t.loadErrors) notes.push(`load-tool errors: ${num(t.loadErrors)}`);

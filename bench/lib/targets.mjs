@@ -4,7 +4,7 @@
 
 import { writeFileSync, mkdirSync, existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
-import { startProcess, stopProcess, waitForPort, httpGet, sleep, PROXY_CORE } from './procs.mjs';
+import { startProcess, stopProcess, waitForPort, httpGet, sleep, PROXY_CORE, CORES } from './procs.mjs';
 import { nginxPrefix, nginxHttpTemps } from './origins.mjs';
 
 const BENCH_DIR = path.dirname(path.dirname(new URL(import.meta.url).pathname));
@@ -45,13 +45,14 @@ async function listening(proc, port, what) {
 
 // ---------------------------------------------------------------- keepalive-proxy
 
-function kpYaml({ port, adminPort, upstreamPort, kind, protocol, heartbeat }) {
+function kpYaml({ port, adminPort, upstreamPort, kind, protocol, heartbeat, workers = 1 }) {
   const lines = [
     'admin:',
     `  listen: 127.0.0.1:${adminPort}`,
     'log:',
     '  level: warn',
     'shutdownTimeout: 2s',
+    `workers: ${workers}`,
     'routes:',
     '  - name: bench',
     `    listen: 127.0.0.1:${port}`,
@@ -77,6 +78,16 @@ export async function waitReady(adminPort, proc, timeoutMs = 15_000) {
   return false;
 }
 
+/**
+ * `workers: 2` on every core: its two workers cannot share the one proxy core, so they run
+ * where the load generator and the origin run too, and compete with them for the cores.
+ */
+async function startKeepaliveProxyWorkers(ctx) {
+  if (CORES < 2) throw new Error('needs 2 cores');
+  const handle = await startKeepaliveProxy({ ...ctx, workers: 2, core: `0-${CORES - 1}` });
+  return { ...handle, note: `2 workers on cores 0-${CORES - 1}, sharing them with the load generator and the origin` };
+}
+
 async function startKeepaliveProxy(ctx) {
   if (!existsSync(KP_MAIN)) throw new Error('dist/main.js not built');
   const attempt = async (protocol) => {
@@ -84,7 +95,7 @@ async function startKeepaliveProxy(ctx) {
     const file = path.join(ctx.workDir, `kp-${ctx.workloadId}-${protocol}.yaml`);
     writeFileSync(file, kpYaml({ ...ctx, protocol, adminPort }));
     const proc = startProcess('keepalive-proxy', process.execPath, [...kpNodeFlags(), ...(ctx.nodeFlags ?? []), KP_MAIN, '--config', file], {
-      core: PROXY_CORE,
+      core: ctx.core ?? PROXY_CORE,
       cwd: REPO_DIR,
     });
     await listening(proc, ctx.port, `keepalive-proxy (protocol ${protocol})`);
@@ -195,6 +206,7 @@ async function startNodeBaseline(ctx, script, upstream) {
 export const TARGETS = [
   { id: 'direct', label: 'direct (no proxy)', kinds: ['tcp', 'http'], start: async (ctx) => ({ proc: null, port: ctx.upstreamPort }) },
   { id: 'keepalive-proxy', label: 'keepalive-proxy', kinds: ['tcp', 'http'], jit: true, start: startKeepaliveProxy },
+  { id: 'keepalive-proxy-2w', label: 'keepalive-proxy, workers: 2', kinds: ['tcp'], jit: true, start: startKeepaliveProxyWorkers },
   { id: 'haproxy', label: 'HAProxy', kinds: ['tcp', 'http'], start: startHaproxy },
   { id: 'nginx', label: 'nginx', kinds: ['tcp', 'http'], start: startNginx },
   { id: 'socat', label: 'socat (fork)', kinds: ['tcp'], start: startSocat },

@@ -1,7 +1,7 @@
 import http from 'node:http';
 import type { HostPort } from '../config/schema.js';
+import type { Registry } from 'prom-client';
 import type { Logger } from '../log.js';
-import type { Metrics } from '../metrics/registry.js';
 import type { ConnectionInfo } from '../route.js';
 import { listenOn } from '../net/listen.js';
 import { formatHostPort } from '../config/hostport.js';
@@ -10,11 +10,13 @@ import { formatHostPort } from '../config/hostport.js';
 // /readyz (every route's listener is bound), /connections (JSON). Read-only; it binds
 // to loopback unless the config says otherwise.
 
+/** What the admin listener shows: this process's own state, or (workers) every worker's, gathered. */
 export interface AdminSource {
-  readonly metrics: Metrics;
+  /** The Prometheus exposition. */
+  readonly registry: Pick<Registry, 'contentType' | 'metrics'>;
   /** Names of routes whose listener is not bound; empty when ready. */
   notReady(): string[];
-  connections(): ConnectionInfo[];
+  connections(): ConnectionInfo[] | Promise<ConnectionInfo[]>;
   readonly draining: boolean;
 }
 
@@ -65,7 +67,7 @@ export class AdminServer {
     const path = (req.url ?? '/').split('?')[0];
     switch (path) {
       case '/metrics': {
-        const { registry } = this.#source.metrics;
+        const { registry } = this.#source;
         send(res, 200, registry.contentType, await registry.metrics());
         return;
       }
@@ -80,7 +82,7 @@ export class AdminServer {
         return;
       }
       case '/connections':
-        send(res, 200, 'application/json', JSON.stringify(this.#source.connections(), null, 1) + '\n');
+        send(res, 200, 'application/json', JSON.stringify(await this.#source.connections(), null, 1) + '\n');
         return;
       default:
         send(res, 404, 'text/plain', 'not found: try /metrics /healthz /readyz /connections\n');

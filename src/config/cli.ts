@@ -56,6 +56,7 @@ const OPTIONS = {
   version: { type: 'boolean', short: 'v' },
   admin: { type: 'string' },
   'log-level': { type: 'string' },
+  workers: { type: 'string' },
   listen: { type: 'string' },
   upstream: { type: 'string' },
   protocol: { type: 'string' },
@@ -95,7 +96,7 @@ export const HELP_TEXT = `keepalive-proxy: a local forwarding proxy that keeps u
 (TCP keepalive, application heartbeats, warm and persistent pools) for its clients.
 
 Usage:
-  keepalive-proxy [--config FILE] [--admin HOST:PORT|off] [--log-level LEVEL]
+  keepalive-proxy [--config FILE] [--admin HOST:PORT|off] [--log-level LEVEL] [--workers N|auto]
   keepalive-proxy --listen HOST:PORT --upstream HOST:PORT|URL [route flags]
   keepalive-proxy check [--config FILE]      validate only; print FILE:LINE:COL key.path: message per error
   keepalive-proxy discover --upstream HOST:PORT [--protocol P] [--max 30m] [--parallel N] [--json]
@@ -108,6 +109,8 @@ Options:
       --admin HOST:PORT|off    admin listener for /metrics /healthz /readyz /connections
                                (default 127.0.0.1:9901; overrides admin.listen of the file)
       --log-level LEVEL        trace | debug | info | warn | error (overrides log.level)
+      --workers N|auto         processes serving the routes (default 1; auto = one per core;
+                               overrides workers of the file)
   -v, --version                print the version
   -h, --help                   print this help
 
@@ -162,6 +165,7 @@ export function parseCli(argv: readonly string[], options: { cwd?: string } = {}
   const overrides: ConfigOverrides = {
     ...(values.admin !== undefined ? { admin: values.admin } : {}),
     ...(values['log-level'] !== undefined ? { logLevel: values['log-level'] } : {}),
+    ...(values.workers !== undefined ? { workers: countOrWord(values.workers) } : {}),
   };
   const kind = command === 'check' ? 'check' : 'run';
 
@@ -209,7 +213,7 @@ function flagsToRaw(values: Values): Record<string, unknown> {
     const parts = values[flag] === undefined ? null : keepaliveParts(values[flag]);
     if (parts === null) continue;
     const keepalive = (route['keepalive'] ??= {}) as Record<string, unknown>;
-    keepalive[side] = { idle: parts[0], interval: parts[1], count: /^\d+$/.test(parts[2]) ? Number(parts[2]) : parts[2] };
+    keepalive[side] = { idle: parts[0], interval: parts[1], count: countOrWord(parts[2]) };
   }
   if (values.allow !== undefined) route['allow'] = values.allow;
   if (values['heartbeat-every'] !== undefined || values['heartbeat-timeout'] !== undefined) {
@@ -221,7 +225,13 @@ function flagsToRaw(values: Values): Record<string, unknown> {
   const raw: Record<string, unknown> = { routes: [route] };
   if (values.admin !== undefined) raw['admin'] = { listen: values.admin };
   if (values['log-level'] !== undefined) raw['log'] = { level: values['log-level'] };
+  if (values.workers !== undefined) raw['workers'] = countOrWord(values.workers);
   return raw;
+}
+
+/** A flag's digits as the number YAML would give; anything else as written, for the validator to judge. */
+function countOrWord(value: string): string | number {
+  return /^\d+$/.test(value) ? Number(value) : value;
 }
 
 /** IDLE,INTERVAL,COUNT split in three non-empty parts, or null; the validator judges each part. */
@@ -245,6 +255,7 @@ const FLAG_OF_PATH: ReadonlyArray<readonly [string, string]> = [
   ['routes[0].name', '--name'],
   ['admin.listen', '--admin'],
   ['log.level', '--log-level'],
+  ['workers', '--workers'],
 ];
 
 function resolveFlags(raw: Record<string, unknown>, cwd: string): ProxyConfig {

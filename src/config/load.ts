@@ -13,7 +13,7 @@ import type { ProxyConfig } from './schema.js';
 // Public API:
 //   loadConfigFile(path, overrides?): ProxyConfig           throws ConfigError (an unreadable file too, at 1:1)
 //   parseConfigText(text, file, overrides?): ProxyConfig    throws ConfigError; `file` names the text in issues and resolves tls paths
-//   ConfigOverrides                                         --admin / --log-level given with --config
+//   ConfigOverrides                                         --admin / --log-level / --workers given with --config
 //   ConfigError, ConfigIssue, formatIssue, formatIssues,
 //   reportLines                                             (from issues.ts)
 //   MAX_CONFIG_BYTES, MAX_YAML_VALUES, MAX_ALIAS_EXPANSION   the limits that keep loading a hostile file bounded
@@ -26,6 +26,8 @@ export interface ConfigOverrides {
   readonly admin?: string;
   /** --log-level. */
   readonly logLevel?: string;
+  /** --workers: "auto" or a count. */
+  readonly workers?: string | number;
 }
 
 /** Largest config file accepted, checked before it is read or parsed (a config is a few KB). */
@@ -121,10 +123,11 @@ export function parseConfigText(text: string, file: string, overrides: ConfigOve
 
   const fileLocate = yamlLocator(doc, file, at);
   const flagged: Array<[string, string]> = [];
-  if (overrides.admin !== undefined || overrides.logLevel !== undefined) {
+  if (overrides.admin !== undefined || overrides.logLevel !== undefined || overrides.workers !== undefined) {
     raw = applyOverrides(raw, overrides);
     if (overrides.admin !== undefined) flagged.push(['admin.listen', '--admin']);
     if (overrides.logLevel !== undefined) flagged.push(['log.level', '--log-level']);
+    if (overrides.workers !== undefined) flagged.push(['workers', '--workers']);
   }
   const locate: Locate = (path, where) => {
     const text = formatPath(path);
@@ -143,6 +146,7 @@ function applyOverrides(raw: unknown, overrides: ConfigOverrides): unknown {
   };
   if (overrides.admin !== undefined) copy['admin'] = { ...section('admin'), listen: overrides.admin };
   if (overrides.logLevel !== undefined) copy['log'] = { ...section('log'), level: overrides.logLevel };
+  if (overrides.workers !== undefined) copy['workers'] = overrides.workers;
   return copy;
 }
 

@@ -14,6 +14,7 @@ import type { ProxyConfig } from './schema.js';
 // Public API:
 //   loadConfigFileOffThread(path, overrides?): Promise<ProxyConfig>   rejects with ConfigError, or Error if the worker died
 //   encodeConfig, WorkerReply                                         for load-worker.ts
+//   encodeConfig, decodeConfig                                        a config across any structured-clone channel (src/workers/)
 
 /** The worker's heap: a hostile file exhausts this, not the proxy's own. */
 const WORKER_HEAP_MB = 512;
@@ -66,7 +67,7 @@ export function encodeConfig(value: unknown): unknown {
 }
 
 /** The encoded config back as the loader returned it: URLs, Buffers, and frozen throughout. */
-function decodeConfig(value: unknown): unknown {
+export function decodeConfig(value: unknown): unknown {
   if (value instanceof Uint8Array) return Buffer.from(value.buffer, value.byteOffset, value.byteLength);
   if (Array.isArray(value)) return Object.freeze(value.map(decodeConfig));
   if (typeof value === 'object' && value !== null) {

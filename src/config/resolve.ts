@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { isIPv6 } from 'node:net';
+import { availableParallelism } from 'node:os';
 import { createSecureContext } from 'node:tls';
 import { resolve as resolvePath } from 'node:path';
 import { KEEPALIVE_LIMITS } from '../net/sockopt.js';
@@ -9,6 +10,7 @@ import { ConfigError, formatPath, IssueList, type ConfigPath } from './issues.js
 import {
   DEFAULTS,
   HTTP_FAMILY,
+  MAX_WORKERS,
   TCP_FAMILY,
   type HeartbeatConfig,
   type HostPort,
@@ -102,6 +104,7 @@ const ROOT_KEYS: KeyTree = {
   admin: { listen: null },
   log: { level: null },
   shutdownTimeout: null,
+  workers: null,
   stateDir: null,
   defaults: ROUTE_KEYS,
   routes: null,
@@ -200,6 +203,14 @@ const replyTextBytes: Parse<Buffer> = (value) => {
 };
 const replyHexBytes: Parse<Buffer> = (value) => (value === '' ? Buffer.alloc(0) : hexBytes(value));
 
+/** `workers:` auto (one per core this process may use, capped) or a count from 1 to MAX_WORKERS. */
+function workerCount(value: unknown): number {
+  if (value === 'auto') return Math.min(availableParallelism(), MAX_WORKERS);
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < 1 || value > MAX_WORKERS) {
+    throw new RangeError(`expected auto or an integer from 1 to ${MAX_WORKERS}, got ${describe(value)}`);
+  }
+  return value;
+}
 /** `middlebox:` a preset name or a duration (the hop's idle timeout). */
 const middleboxValue: Parse<Middlebox> = (value) => {
   if (typeof value === 'string' && Object.hasOwn(MIDDLEBOX_PRESETS, value)) return { name: value, idleTimeoutMs: MIDDLEBOX_PRESETS[value]! };
@@ -335,6 +346,7 @@ class Resolver {
     const adminListen = this.#adminListen(top);
     const level = this.#read(top, ['log', 'level'], oneOf(LOG_LEVELS), DEFAULTS.logLevel);
     const shutdownTimeoutMs = this.#read(top, ['shutdownTimeout'], duration(), DEFAULTS.shutdownTimeoutMs);
+    const workers = this.#read(top, ['workers'], workerCount, DEFAULTS.workers);
     const stateDir = this.#read(top, ['stateDir'], (value) => resolvePath(this.#options.baseDir, nonEmptyString(value)), null);
     const defaults = this.#defaults(raw);
     const { routes, identities } = this.#routes(raw, defaults);
@@ -346,6 +358,7 @@ class Resolver {
       admin: { listen: adminListen },
       log: { level },
       shutdownTimeoutMs,
+      workers,
       stateDir,
       routes,
     });

@@ -145,16 +145,22 @@ export interface ProxyConfig {
   readonly admin: { readonly listen: HostPort | null };
   readonly log: { readonly level: LogLevel };
   readonly shutdownTimeoutMs: number;
+  /** Processes that serve the routes: 1 = this process alone; more = a primary and this many workers (README "Workers"). */
+  readonly workers: number;
   /** Where learned values (adaptive heartbeats) are kept across restarts; null: not kept. */
   readonly stateDir: string | null;
   readonly routes: readonly RouteConfig[];
 }
+
+/** The most worker processes `workers:` takes (and `auto` gives): each is a whole Node process. */
+export const MAX_WORKERS = 64;
 
 /** Every default, in the units of the resolved config. */
 export const DEFAULTS = {
   adminListen: { host: '127.0.0.1', port: 9901 } as HostPort,
   logLevel: 'info' as LogLevel,
   shutdownTimeoutMs: 30_000,
+  workers: 1,
   protocol: 'tcp' as Protocol,
   keepaliveClient: { idleMs: 60_000, intervalMs: 10_000, count: 6 } as KeepaliveSide,
   keepaliveUpstream: { idleMs: 30_000, intervalMs: 5_000, count: 3 } as KeepaliveSide,

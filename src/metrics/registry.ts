@@ -123,6 +123,13 @@ export class Metrics {
     name: `${PREFIX}build_info`,
     help: 'Always 1; its labels version, node and commit say what is running.',
     labelNames: ['version', 'node', 'commit'] as const,
+    // With workers every process reports the same build: one of them, not their sum.
+    aggregator: 'first',
+    registers: [this.registry],
+  });
+  readonly workerRestarts = new client.Counter({
+    name: `${PREFIX}worker_restarts_total`,
+    help: 'Worker processes that exited unexpectedly and were replaced (always 0 with workers: 1).',
     registers: [this.registry],
   });
 

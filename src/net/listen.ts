@@ -1,3 +1,4 @@
+import cluster from 'node:cluster';
 import type net from 'node:net';
 import type { HostPort } from '../config/schema.js';
 import { ProxyError } from '../errors.js';
@@ -20,8 +21,25 @@ export function listenOn(server: net.Server, address: HostPort, owner: string): 
     server.once('error', onError);
     server.once('listening', onListening);
     // A deep backlog absorbs connection bursts (the kernel caps it at somaxconn).
-    server.listen({ host: address.host, port: address.port, backlog: 4096 });
+    server.listen({ host: address.host, port: address.port, backlog: 4096, ...(cluster.isWorker ? workerListenOptions() : {}) });
   });
+}
+
+/**
+ * How the workers of src/workers/ share a route's address. Where Node has listen({ reusePort })
+ * (22.12+, 23.1+; checked on 24.22, and the fallback on 20.20), each worker binds a socket of its own with
+ * SO_REUSEPORT (exclusive: not through the primary): the kernel spreads connections across
+ * them by address hash and no connection passes through another process. Node 20 cannot set
+ * it before bind, so there workers share the primary's socket through node:cluster, which
+ * accepts each connection and hands it to the next worker (round robin).
+ */
+export function workersReusePort(): boolean {
+  const [major = 0, minor = 0] = process.versions.node.split('.').map(Number);
+  return major > 23 || (major === 23 && minor >= 1) || (major === 22 && minor >= 12);
+}
+
+function workerListenOptions(): { reusePort?: boolean; exclusive?: boolean } {
+  return workersReusePort() ? { reusePort: true, exclusive: true } : {};
 }
 
 /**

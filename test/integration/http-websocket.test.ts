@@ -137,13 +137,20 @@ describe('WebSocket passthrough', () => {
     await until(async () => (await route.metric('evictions_total', { route: 'web', reason: 'heartbeat_timeout' })) === 1, 5_000, 'heartbeat_timeout eviction');
   });
 
-  it('sends no pings without a heartbeat', async () => {
-    const upstream = await wsUpstream();
-    const route = await routeTo(`http://127.0.0.1:${upstream.port}`);
-    const ws = await client(route.port);
-    await sleep(800);
-    expect(upstream.pings.length).toBe(0);
-    expect(ws.readyState).toBe(WebSocket.OPEN);
+  it('sends no pings without a heartbeat, in a silence where a heartbeat sends several', async () => {
+    const pings = new Map<string, number>();
+    for (const heartbeat of ['heartbeat: { every: 150ms, timeout: 2s, jitter: 0 }', '']) {
+      const upstream = await wsUpstream();
+      const route = await routeTo(`http://127.0.0.1:${upstream.port}`, heartbeat);
+      const ws = await client(route.port);
+      // clock: switch to the injected clock once src/clock.ts injection lands (the route's ticker is a real Clock).
+      await sleep(800);
+      pings.set(heartbeat ? 'on' : 'off', upstream.pings.length);
+      expect(ws.readyState).toBe(WebSocket.OPEN);
+    }
+    // The same silence with a heartbeat: proof that the window is long enough to show one.
+    expect(pings.get('on')).toBeGreaterThanOrEqual(2);
+    expect(pings.get('off')).toBe(0);
   });
 
   it('works over a wss upstream, and cuts it cleanly on a missing pong', async () => {

@@ -50,10 +50,20 @@ routes:
 `);
     expect((await fetch(`${proxy.adminUrl}/healthz`)).status).toBe(200);
     expect((await fetch(`${proxy.adminUrl}/readyz`)).status).toBe(200);
+    const beforeConnect = Date.now();
     const client = await connect(port);
     cleanups.push(() => client.destroy());
+    // The session exists once it is listed: its age counts from before this point.
+    await until(async () => (await proxy.connections()).length === 1, 5_000, 'the connection listed');
+    const listed = Date.now();
+    await sleep(800);
+    const beforeAsk = Date.now();
     expect(await ask(client, 'hello')).toBe('a:hello');
+    const afterAsk = Date.now();
+    await sleep(800); // silent: the idle time grows from the reply on
+    const beforeRows = Date.now();
     const rows = await proxy.connections();
+    const afterRows = Date.now();
     expect(rows).toHaveLength(1);
     const row = rows[0] as Record<string, any>;
     expect(row.route).toBe('r1');
@@ -61,8 +71,15 @@ routes:
     expect(row.upstream).toBe(`127.0.0.1:${upstream.port}`);
     expect(row.bytesUpstream).toBe(5);
     expect(row.bytesDownstream).toBe(7);
-    expect(row.ageSeconds).toBeGreaterThanOrEqual(0);
-    expect(row.idleSeconds).toBeGreaterThanOrEqual(0);
+    // The session started between our connect and its first listing; the last payload was
+    // the reply, between our request and its arrival. The same wall clock on both sides;
+    // each window is 800 ms apart, so age and idle cannot pass for each other. The proxy's
+    // timestamps come from its shared clock, good to one tick (250 ms).
+    const slackSeconds = 0.25 + 0.002; // one tick, plus the listing's fractions vs whole ms here
+    expect(row.ageSeconds).toBeGreaterThanOrEqual((beforeRows - listed) / 1000 - slackSeconds);
+    expect(row.ageSeconds).toBeLessThanOrEqual((afterRows - beforeConnect) / 1000 + slackSeconds);
+    expect(row.idleSeconds).toBeGreaterThanOrEqual((beforeRows - afterAsk) / 1000 - slackSeconds);
+    expect(row.idleSeconds).toBeLessThanOrEqual((afterRows - beforeAsk) / 1000 + slackSeconds);
     // Read back from the proxy's own sockets with getsockopt.
     expect(row.socketOptions.client).toMatchObject({ keepalive: true, idleSeconds: 42, intervalSeconds: 7, count: 4, noDelay: true });
     expect(row.socketOptions.upstream).toMatchObject({ keepalive: true, idleSeconds: 13, intervalSeconds: 3, count: 2, userTimeoutMs: 9000, noDelay: true });

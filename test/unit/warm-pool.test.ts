@@ -1,0 +1,210 @@
+import type net from 'node:net';
+import pino from 'pino';
+import { SockoptRefusals } from '../../src/net/sockopt-refusals.js';
+import { afterEach, describe, expect, it } from 'vitest';
+import { Clock } from '../../src/clock.js';
+import { parseConfigText } from '../../src/config/load.js';
+import type { RouteConfig } from '../../src/config/schema.js';
+import { readInto } from '../../src/net/shared-reads.js';
+import { codecFor } from '../../src/protocols/registry.js';
+import { UpstreamSource, type Lease } from '../../src/tcp/upstream.js';
+import { listen0 } from '../helpers/net.js';
+import { Received } from '../helpers/pairs.js';
+import { testRouteMetrics, type TestRouteMetrics } from '../helpers/route-metrics.js';
+import { until } from '../helpers/wait.js';
+
+// src/tcp/upstream.ts (the warm pool of a TCP-family route) against a real upstream
+// listener on loopback: lease and hand-off, refill, maxIdle eviction driven through
+// tick(now), a parked spare that gets EOF, RST or bytes, and the early data kept.
+
+const cleanups: Array<() => unknown> = [];
+afterEach(async () => {
+  while (cleanups.length) await cleanups.pop()!();
+});
+
+interface Upstream {
+  readonly port: number;
+  /** Server ends of every connection accepted so far, in order. */
+  readonly accepted: net.Socket[];
+  /** The server end whose peer is `socket` (matched by ports). */
+  serverEndOf(socket: net.Socket): net.Socket;
+}
+
+async function upstream(onConnection: (socket: net.Socket) => void = () => {}): Promise<Upstream> {
+  const accepted: net.Socket[] = [];
+  const server = await listen0((socket) => {
+    accepted.push(socket);
+    onConnection(socket);
+  });
+  cleanups.push(() => server.close());
+  return {
+    port: server.port,
+    accepted,
+    serverEndOf: (socket) => accepted.find((s) => s.remotePort === socket.localPort)!,
+  };
+}
+
+function routeConfig(upstreamPort: number, extra: string, protocol = 'tcp'): RouteConfig {
+  const text = `admin: { listen: off }\nroutes:\n  - { name: warm, protocol: ${protocol}, listen: "127.0.0.1:0", upstream: "127.0.0.1:${upstreamPort}"${extra} }\n`;
+  return parseConfigText(text, 'warm-pool.test.yaml').routes[0]!;
+}
+
+interface Pool {
+  readonly source: UpstreamSource;
+  readonly metric: TestRouteMetrics['metric'];
+}
+
+function pool(config: RouteConfig): Pool {
+  const metrics = testRouteMetrics(config.name);
+  const deps = { metrics: metrics.registry, log: pino({ level: 'silent' }), clock: new Clock(), ownListeners: () => [] };
+  const source = new UpstreamSource(config, codecFor(config.protocol, { send: config.heartbeat?.send }), deps, metrics.route, new SockoptRefusals(config.name, deps));
+  cleanups.push(() => source.close('shutdown'));
+  return { source, metric: metrics.metric };
+}
+
+async function leased(source: UpstreamSource): Promise<Lease> {
+  const lease = await source.lease().done;
+  cleanups.push(() => lease.socket.destroy());
+  return lease;
+}
+
+describe('warm pool (tcp/upstream.ts)', () => {
+  it('parks `warm` spares, hands one over as reused, and refills behind it', async () => {
+    const up = await upstream();
+    const p = pool(routeConfig(up.port, ', pool: { warm: 2, maxIdle: 1m }'));
+    p.source.start();
+    await until(async () => (await p.metric('pool_idle')) === 2, 5_000, 'two spares');
+    await until(() => up.accepted.length === 2, 5_000, 'two accepted at the upstream');
+
+    const lease = await leased(p.source);
+    expect(lease.reused).toBe(true);
+    // One of the two parked sockets, not a new one.
+    expect(up.accepted.slice(0, 2)).toContain(up.serverEndOf(lease.socket));
+    await until(() => up.accepted.length === 3, 5_000, 'the refill dial');
+    await until(async () => (await p.metric('pool_idle')) === 2, 5_000, 'two spares again');
+    expect(await p.metric('reuse_total')).toBe(1);
+    expect(await p.metric('pool_active')).toBe(1);
+
+    // The socket works both ways after the hand-off (its reads go to one reader, as a session's do).
+    const read: Buffer[] = [];
+    readInto(lease.socket, (_socket, chunk) => read.push(chunk));
+    lease.socket.resume();
+    const serverEnd = up.serverEndOf(lease.socket);
+    const atServer = new Received(serverEnd);
+    serverEnd.write('pong');
+    lease.socket.write('ping');
+    await until(() => Buffer.concat(read).toString() === 'pong', 5_000, 'bytes from the upstream');
+    await until(() => atServer.text() === 'ping', 5_000, 'bytes to the upstream');
+
+    lease.release();
+    expect(await p.metric('pool_active')).toBe(0);
+  });
+
+  it('dials a fresh socket per lease without a warm pool, counted as not reused', async () => {
+    const up = await upstream();
+    const p = pool(routeConfig(up.port, ''));
+    p.source.start();
+    const lease = await leased(p.source);
+    expect(lease.reused).toBe(false);
+    expect(lease.earlyData).toEqual([]);
+    expect(up.accepted).toHaveLength(1);
+    expect(await p.metric('reuse_total')).toBe(0);
+    expect(await p.metric('upstream_connects_total', { result: 'ok' })).toBe(1);
+  });
+
+  it('evicts spares parked for maxIdle on the tick, not before, and refills', async () => {
+    const up = await upstream();
+    const p = pool(routeConfig(up.port, ', pool: { warm: 2, maxIdle: 60s }'));
+    const before = Date.now();
+    p.source.start();
+    await until(async () => (await p.metric('pool_idle')) === 2, 5_000, 'two spares');
+    const parked = Date.now();
+    await until(() => up.accepted.length === 2, 5_000, 'two accepted at the upstream');
+    const first = up.accepted.map((socket) => new Received(socket));
+
+    p.source.tick(before + 60_000 - 1);
+    expect(await p.metric('evictions_total', { reason: 'idle_timeout' })).toBe(0);
+    expect(await p.metric('pool_idle')).toBe(2);
+
+    p.source.tick(parked + 60_000);
+    expect(await p.metric('evictions_total', { reason: 'idle_timeout' })).toBe(2);
+    await until(() => first.every((r) => r.ended || r.closed), 5_000, 'the evicted sockets closed at the upstream');
+    // The same tick asked for new spares.
+    await until(async () => (await p.metric('pool_idle')) === 2, 5_000, 'two new spares');
+    expect(up.accepted).toHaveLength(4);
+  });
+
+  const deaths = [
+    { name: 'EOF', kill: (socket: net.Socket) => socket.end(), reason: 'peer_closed' },
+    { name: 'RST', kill: (socket: net.Socket) => socket.resetAndDestroy(), reason: 'peer_reset' },
+    { name: 'more early bytes than a greeting', kill: (socket: net.Socket) => socket.write(Buffer.alloc(256 * 1024, 0x61)), reason: 'error' },
+  ] as const;
+
+  it.each(deaths)('evicts a spare that gets $name while parked, and never hands it out', async (death) => {
+    const up = await upstream();
+    const p = pool(routeConfig(up.port, ', pool: { warm: 1, maxIdle: 1m }'));
+    p.source.start();
+    await until(async () => (await p.metric('pool_idle')) === 1, 5_000, 'one spare');
+    await until(() => up.accepted.length === 1, 5_000, 'accepted at the upstream');
+    const doomed = up.accepted[0]!;
+    const atDoomed = new Received(doomed);
+    death.kill(doomed);
+    await until(async () => (await p.metric('evictions_total', { reason: death.reason })) === 1, 5_000, `eviction ${death.reason}`);
+    expect(await p.metric('pool_idle')).toBe(0);
+    await until(() => atDoomed.closed, 5_000, 'the evicted socket closed');
+    // The eviction makes the next tick refill.
+    p.source.tick(Date.now());
+    await until(async () => (await p.metric('pool_idle')) === 1, 5_000, 'a new spare');
+    const lease = await leased(p.source);
+    expect(up.serverEndOf(lease.socket)).toBe(up.accepted[1]);
+  });
+
+  it("keeps what the upstream sends first while parked and hands it over with the socket, in order", async () => {
+    const up = await upstream((socket) => {
+      socket.write('greet');
+      setTimeout(() => socket.write('ing\n'), 10);
+    });
+    const p = pool(routeConfig(up.port, ', pool: { warm: 1, maxIdle: 1m }'));
+    p.source.start();
+    await until(async () => (await p.metric('pool_idle')) === 1, 5_000, 'one spare');
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    const lease = await leased(p.source);
+    expect(lease.reused).toBe(true);
+    expect(Buffer.concat(lease.earlyData as Buffer[]).toString()).toBe('greeting\n');
+    expect(await p.metric('evictions_total', { reason: 'error' })).toBe(0);
+  });
+
+  it('probes a parked redis spare on the tick and evicts it when the reply is late', async () => {
+    const up = await upstream();
+    const p = pool(routeConfig(up.port, ', pool: { warm: 1, maxIdle: 1h }, heartbeat: { every: 10s, timeout: 2s, jitter: 0 }', 'redis'));
+    p.source.start();
+    await until(async () => (await p.metric('pool_idle')) === 1, 5_000, 'one spare');
+    await until(() => up.accepted.length === 1, 5_000, 'accepted at the upstream');
+    const atServer = new Received(up.accepted[0]!);
+    const parked = Date.now();
+    const probeAt = parked + 10_000;
+    p.source.tick(probeAt);
+    await until(() => atServer.text() === '*1\r\n$4\r\nPING\r\n', 5_000, 'a PING at the upstream');
+    p.source.tick(probeAt + 1_999);
+    expect(await p.metric('pool_idle')).toBe(1);
+    p.source.tick(probeAt + 2_000);
+    expect(await p.metric('evictions_total', { reason: 'heartbeat_timeout' })).toBe(1);
+    expect(await p.metric('heartbeats_total', { result: 'timeout' })).toBe(1);
+  });
+
+  it('closes every spare on close(reason), counts them, and dials no more', async () => {
+    const up = await upstream();
+    const p = pool(routeConfig(up.port, ', pool: { warm: 3, maxIdle: 1m }'));
+    p.source.start();
+    await until(async () => (await p.metric('pool_idle')) === 3, 5_000, 'three spares');
+    await until(() => up.accepted.length === 3, 5_000, 'three accepted at the upstream');
+    const atServer = up.accepted.map((socket) => new Received(socket));
+    p.source.close('shutdown');
+    expect(await p.metric('evictions_total', { reason: 'shutdown' })).toBe(3);
+    expect(await p.metric('pool_idle')).toBe(0);
+    await until(() => atServer.every((r) => r.ended || r.closed), 5_000, 'spares closed at the upstream');
+    p.source.tick(Date.now() + 3_600_000);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    expect(up.accepted).toHaveLength(3);
+  });
+});

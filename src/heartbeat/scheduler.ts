@@ -60,6 +60,11 @@ export class HeartbeatSchedule {
     return this.#interval.everyMs * this.#jitterFactor;
   }
 
+  /** When the upstream wire last carried a byte either way (probes included): the silence is measured from here. */
+  get lastWireAt(): number {
+    return this.#lastWireAt;
+  }
+
   /** A byte from the upstream: the silence starts over. */
   heard(now: number): void {
     this.#lastWireAt = now;

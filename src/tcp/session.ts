@@ -127,6 +127,11 @@ export class Session {
     for (const chunk of options.clientEarlyData ?? []) this.#onClientData(chunk);
   }
 
+  /** Last byte of any kind on the upstream wire, heartbeats included (without heartbeats every byte is payload). */
+  get lastWireAt(): number {
+    return this.#schedule?.lastWireAt ?? this.lastPayloadAt;
+  }
+
   get closed(): boolean {
     return this.#closed;
   }

@@ -86,8 +86,21 @@ export class WarmPool {
   readonly #refillFailures: BurstLog;
   readonly #evictions: BurstLog;
   readonly #sockopt: SockoptRefusals;
+  readonly #learnedInterval: () => { readonly everyMs: number } | null;
 
-  constructor(config: RouteConfig, codec: HeartbeatCodec | null, deps: RouteDeps, metrics: RouteMetrics, sockopt: SockoptRefusals) {
+  /**
+   * `learnedInterval`: the route's heartbeat interval in force when it learns one (every:
+   * auto), read when a spare is parked; spares follow it as live sessions do.
+   */
+  constructor(
+    config: RouteConfig,
+    codec: HeartbeatCodec | null,
+    deps: RouteDeps,
+    metrics: RouteMetrics,
+    sockopt: SockoptRefusals,
+    learnedInterval: () => { readonly everyMs: number } | null = () => null,
+  ) {
+    this.#learnedInterval = learnedInterval;
     this.#sockopt = sockopt;
     this.#metrics = metrics;
     this.#config = config;
@@ -285,7 +298,9 @@ export class WarmPool {
     const tracker = this.#codec?.track(codecOptions(this.#config)) ?? null;
     for (const chunk of earlyData) tracker?.fromServer(chunk);
     const heartbeat = this.#config.heartbeat;
-    const schedule = heartbeat && tracker && this.#codec?.probesBeforeClient ? new HeartbeatSchedule(heartbeat, clock, { clientSince: null }) : null;
+    const interval = this.#learnedInterval();
+    const schedule =
+      heartbeat && tracker && this.#codec?.probesBeforeClient ? new HeartbeatSchedule(heartbeat, clock, { clientSince: null, ...(interval ? { interval } : {}) }) : null;
     const onData = (_socket: net.Socket, chunk: Buffer): void => {
       schedule?.heard(clock.now());
       const wasProbing = tracker?.probing ?? false;

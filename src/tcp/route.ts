@@ -57,7 +57,7 @@ class TcpRoute extends RouteBase {
     this.#clientContext = clientSecureContext(config);
     this.#connectFailures = this.burst({ level: 'warn', msg: 'upstream connect failed; closing client' });
     this.#clientTlsFailures = this.burst({ level: 'warn', msg: 'client TLS failed; closing client' });
-    this.#upstream = new WarmPool(config, this.#codec, deps, this.metrics, this.sockopt);
+    this.#upstream = this.#warmPool(config);
     this.#events = {
       onClosed: (session, reason, side) => this.#onSessionClosed(session, reason, side),
       onBytes: (direction, count) => this.countBytes(direction, count),
@@ -90,10 +90,15 @@ class TcpRoute extends RouteBase {
     this.#learner = this.listening && this.#codec ? createRouteLearner(config, this.deps) : null;
     // A changed upstream or pool gets a fresh source; the old one's idle sockets go.
     const old = this.#upstream;
-    this.#upstream = new WarmPool(config, this.#codec, this.deps, this.metrics, this.sockopt);
+    this.#upstream = this.#warmPool(config);
     old.close('reload');
     if (this.listening) this.#upstream.start();
     warnAboutOneWayHeartbeat(config, this.deps);
+  }
+
+  /** The route's upstream source for `config`; its spares follow the learned interval as sessions do. */
+  #warmPool(config: RouteConfig): WarmPool {
+    return new WarmPool(config, this.#codec, this.deps, this.metrics, this.sockopt, () => this.#learner?.interval ?? null);
   }
 
   protected override onStopAccepting(reason: EvictionReason): void {

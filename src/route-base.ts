@@ -1,7 +1,7 @@
 import type net from 'node:net';
 import type { RouteConfig } from './config/schema.js';
 import type { EvictionReason } from './errors.js';
-import type { HeartbeatResult } from './tcp/session.js';
+import type { HeartbeatResult } from './heartbeat/scheduler.js';
 import { BurstLog, type BurstLogOptions } from './log-burst.js';
 import { formatHostPort } from './config/hostport.js';
 import { listenOn, watchListenerErrors } from './net/listen.js';

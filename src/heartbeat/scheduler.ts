@@ -18,6 +18,9 @@ import type { Tracker } from '../protocols/types.js';
 //  - a probe unanswered after `timeout` is the verdict: the upstream is dead;
 //  - the round trip is measured on the precise clock.
 
+/** ok: answered; error: answered with an error (alive, probe refused); timeout: unanswered (dead); unsupported: stream opaque; sent: one-way probe. */
+export type HeartbeatResult = 'ok' | 'error' | 'timeout' | 'unsupported' | 'sent';
+
 /** wait: nothing to do; probe: write probe(); timeout: the probe is overdue; off: the tracker went off (said once). */
 export type HeartbeatDecision = 'wait' | 'probe' | 'timeout' | 'off';
 

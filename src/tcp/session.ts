@@ -7,7 +7,7 @@ import type { StreamRewriter } from '../protocols/mysql-auth-shift.js';
 import { readInto } from '../net/shared-reads.js';
 import { readOnAfterWriteError } from '../net/last-reads.js';
 import { resetOrDestroy } from '../net/internals.js';
-import { HeartbeatSchedule } from '../heartbeat/scheduler.js';
+import { HeartbeatSchedule, type HeartbeatResult } from '../heartbeat/scheduler.js';
 
 // One proxied pair: the downstream (client) socket and the upstream socket, spliced
 // both ways with backpressure and half-close, and closed exactly once through
@@ -18,8 +18,7 @@ import { HeartbeatSchedule } from '../heartbeat/scheduler.js';
 // the client socket is paused) and released, in order, right after the reply. When to
 // probe is the one schedule's call (heartbeat/scheduler.ts).
 
-/** ok: answered; error: answered with an error (alive, probe refused); timeout: unanswered (dead); unsupported: stream opaque; sent: one-way probe. */
-export type HeartbeatResult = 'ok' | 'error' | 'timeout' | 'unsupported' | 'sent';
+export type { HeartbeatResult } from '../heartbeat/scheduler.js';
 
 export interface SessionEvents {
   /** Called once, after both sockets are destroyed. */

@@ -4,7 +4,9 @@
 // EXPOSITION_FILE: a scrape of /metrics. FILE: Grafana dashboards (.json) and Prometheus
 // rule files (.yaml). RULES_OUT: the dashboard's queries written as a rule file, with
 // Grafana's variables given values, so `promtool check rules` can parse them as PromQL.
-// Exits 1 naming each unknown metric.
+// Exits 1 naming each unknown metric, and each of the proxy's own metrics that no dashboard
+// panel or rule shows (a metric added later must reach the operator's screen or an alert;
+// the process_ and nodejs_ runtime metrics are exempt).
 import { readFileSync, writeFileSync } from 'node:fs';
 import { parse } from 'yaml';
 
@@ -14,15 +16,18 @@ if (!expositionFile || !rulesOut || files.length === 0) {
   process.exit(2);
 }
 
-/** Sample names a scrape can contain: each family, and a histogram's _bucket, _sum, _count. */
+/** Sample names a scrape can contain (each family, and a histogram's _bucket, _sum, _count) -> their family. */
 function exportedNames(text) {
-  const names = new Set();
+  const names = new Map();
   for (const [, name, type] of text.matchAll(/^# TYPE (\S+) (\S+)$/gm)) {
-    names.add(name);
-    if (type === 'histogram' || type === 'summary') for (const suffix of ['_bucket', '_sum', '_count']) names.add(name + suffix);
+    names.set(name, name);
+    if (type === 'histogram' || type === 'summary') for (const suffix of ['_bucket', '_sum', '_count']) names.set(name + suffix, name);
   }
   return names;
 }
+
+/** The proxy's own families, not the runtime's: each must be queried somewhere. */
+const RUNTIME_METRIC = /^keepalive_proxy_(process|nodejs)_/;
 
 /** [where, PromQL] of every query in a dashboard (panels, nested rows, template variables) or a rule file. */
 function queries(file) {
@@ -79,6 +84,7 @@ if (exported.size === 0) {
   process.exit(1);
 }
 const problems = [];
+const queried = new Set();
 const dashboardRules = [];
 let checked = 0;
 for (const file of files) {
@@ -89,10 +95,14 @@ for (const file of files) {
     if (names.length === 0) problems.push(`${where}: no metric in "${expr}"`);
     for (const name of names) {
       checked++;
-      if (!exported.has(name)) problems.push(`${where}: ${name} is not exported by the proxy`);
+      if (exported.has(name)) queried.add(exported.get(name));
+      else problems.push(`${where}: ${name} is not exported by the proxy`);
     }
     if (file.endsWith('.json')) dashboardRules.push({ record: `dashboard:query:${dashboardRules.length}`, expr: withVariables(expr) });
   }
+}
+for (const family of new Set(exported.values())) {
+  if (!RUNTIME_METRIC.test(family) && !queried.has(family)) problems.push(`${family}: exported, but no dashboard panel or alert rule queries it`);
 }
 writeFileSync(rulesOut, JSON.stringify({ groups: [{ name: 'dashboard-queries', rules: dashboardRules }] }, null, 2));
 if (problems.length > 0) {

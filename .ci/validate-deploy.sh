@@ -5,7 +5,9 @@
 #   check-deploy-metrics.mjs  every metric the dashboard and rules query is exported
 #   keepalive-proxy check     the config embedded in the ConfigMap
 #   systemd-analyze verify    the unit, with ExecStart pointed at this checkout's dist/main.js
-#   kubernetes-models   the manifests against the Kubernetes and Prometheus Operator schemas
+#   kubernetes-models   the manifests against the Kubernetes and Prometheus Operator schemas,
+#                       strictly (an unknown field anywhere fails, as kubectl --validate=strict),
+#                       and the break test: every field misspelled in turn must fail
 # Needs dist/ (npm run build). Installs promtool (Debian "prometheus") when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -77,8 +79,9 @@ echo "systemd-analyze verify: ok"
 echo "== kubernetes schemas"
 # Pinned, into a scratch directory: CI-only tools, not dependencies of the package.
 npm install --prefix "$work/k8s" --no-save --no-audit --no-fund --loglevel=error \
-  kubernetes-models@5.1.0 @kubernetes-models/prometheus-operator@6.0.0 yaml@2.9.1 >/dev/null
-cp .ci/validate-kubernetes.mjs "$work/k8s/"
+  kubernetes-models@5.1.0 @kubernetes-models/prometheus-operator@6.0.0 yaml@2.9.1 typescript@5.9.3 >/dev/null
+cp .ci/validate-kubernetes.mjs .ci/kubernetes-strict-fields.mjs .ci/kubernetes-misspellings.mjs "$work/k8s/"
 node "$work/k8s/validate-kubernetes.mjs" deploy/kubernetes/*.yaml
+node "$work/k8s/validate-kubernetes.mjs" --misspell deploy/kubernetes/*.yaml
 
 echo "validate-deploy: all checks passed"

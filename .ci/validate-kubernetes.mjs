@@ -1,22 +1,34 @@
 // Validates Kubernetes manifests against the API schemas of the npm packages
 // kubernetes-models and @kubernetes-models/prometheus-operator (JSON schema of each kind),
-// then checks what a kubelet enforces at admission and the schema cannot say:
+// rejects every field the schema does not have at its place (strict field validation, as
+// `kubectl --validate=strict`: kubernetes-strict-fields.mjs), then checks what a kubelet enforces at admission and the schema cannot say:
 // runAsNonRoot needs a numeric runAsUser when the image's user is a name (ours is "node"),
 // and restartPolicy on a container is only for native sidecars (initContainers, Always).
-// Run from a directory whose node_modules has those packages and yaml:
+// Run from a directory that holds kubernetes-strict-fields.mjs and whose node_modules has
+// those packages, yaml and typescript:
 //   node validate-kubernetes.mjs FILE...
+// With --misspell it runs the break test instead: every manifest with each of its fields
+// misspelled in turn (kubernetes-misspellings.mjs) must be rejected; exit 1 names each one
+// that passed.
 import { readFileSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { parseAllDocuments } from 'yaml';
+import { strictFieldChecker } from './kubernetes-strict-fields.mjs';
+import { misspellings } from './kubernetes-misspellings.mjs';
 
+// apiVersion/kind -> [module, the interface of its object]
 const MODELS = {
-  'v1/ConfigMap': 'kubernetes-models/v1/ConfigMap',
-  'apps/v1/Deployment': 'kubernetes-models/apps/v1/Deployment',
-  'monitoring.coreos.com/v1/PodMonitor': '@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/PodMonitor',
-  'monitoring.coreos.com/v1/ServiceMonitor': '@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/ServiceMonitor',
+  'v1/ConfigMap': ['kubernetes-models/v1/ConfigMap', 'IConfigMap'],
+  'v1/Pod': ['kubernetes-models/v1/Pod', 'IPod'],
+  'apps/v1/Deployment': ['kubernetes-models/apps/v1/Deployment', 'IDeployment'],
+  'monitoring.coreos.com/v1/PodMonitor': ['@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/PodMonitor', 'IPodMonitor'],
+  'monitoring.coreos.com/v1/ServiceMonitor': ['@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/ServiceMonitor', 'IServiceMonitor'],
 };
+const unknownFields = strictFieldChecker(MODELS, dirname(fileURLToPath(import.meta.url)));
 
 function kubeletRules(object) {
-  const spec = object.spec?.template?.spec;
+  const spec = object.kind === 'Pod' ? object.spec : object.spec?.template?.spec;
   if (!spec) return [];
   const problems = [];
   const podContext = spec.securityContext ?? {};
@@ -43,9 +55,26 @@ function kubeletRules(object) {
   return problems;
 }
 
+/** Every reason an API server or a kubelet would reject object, or [] when it would take it. */
+async function problemsOf(object) {
+  const key = `${object?.apiVersion}/${object?.kind}`;
+  const [module] = MODELS[key] ?? [];
+  if (!module) return [`no schema for ${key}`];
+  const exported = await import(module);
+  const Model = exported.default ?? exported[object.kind];
+  const problems = [];
+  try {
+    new Model(object).validate();
+  } catch (error) {
+    problems.push(error.message);
+  }
+  return [...problems, ...unknownFields(key, object), ...kubeletRules(object)];
+}
+
+const misspell = process.argv[2] === '--misspell';
 let failed = false;
 let checked = 0;
-for (const file of process.argv.slice(2)) {
+for (const file of process.argv.slice(misspell ? 3 : 2)) {
   for (const document of parseAllDocuments(readFileSync(file, 'utf8'))) {
     if (document.errors.length > 0) {
       console.error(`${file}: ${document.errors[0].message}`);
@@ -54,27 +83,22 @@ for (const file of process.argv.slice(2)) {
     }
     const object = document.toJS();
     if (object === null) continue;
-    const key = `${object.apiVersion}/${object.kind}`;
     const where = `${file}: ${object.kind ?? '?'} ${object.metadata?.name ?? '?'}`;
-    const module = MODELS[key];
-    if (!module) {
-      console.error(`${where}: no schema for ${key}`);
-      failed = true;
+    if (!misspell) {
+      for (const problem of await problemsOf(object)) {
+        console.error(`${where}: ${problem}`);
+        failed = true;
+      }
+      checked++;
       continue;
     }
-    const exported = await import(module);
-    const Model = exported.default ?? exported[object.kind];
-    try {
-      new Model(object).validate();
-    } catch (error) {
-      console.error(`${where}: ${error.message}`);
-      failed = true;
+    for (const [field, copy] of misspellings(object)) {
+      if ((await problemsOf(copy)).length === 0) {
+        console.error(`${where}: accepted with ${field} misspelled`);
+        failed = true;
+      }
+      checked++;
     }
-    for (const problem of kubeletRules(object)) {
-      console.error(`${where}: ${problem}`);
-      failed = true;
-    }
-    checked++;
   }
 }
 if (checked === 0) {
@@ -82,4 +106,4 @@ if (checked === 0) {
   failed = true;
 }
 if (failed) process.exit(1);
-console.log(`kubernetes: ${checked} manifests valid`);
+console.log(misspell ? `kubernetes: ${checked} misspelled fields, each rejected` : `kubernetes: ${checked} manifests valid`);

@@ -7,6 +7,7 @@ export const ERROR_CODES = {
   CONNECT_TIMEOUT: 'the upstream did not accept the connection in time',
   CONNECT_FAILED: 'the upstream refused or could not be reached',
   TLS_FAILED: 'the TLS handshake failed',
+  CLIENT_REFUSED: 'the client broke the protocol before its session began',
   DESTINATION_REFUSED: 'the destination is not one this proxy connects to',
   SOCKOPT_UNSUPPORTED: 'socket options cannot be set on this platform',
 } as const;

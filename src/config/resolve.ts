@@ -27,8 +27,15 @@ import {
   UPSTREAM_TLS_MODES,
   type WarmPoolConfig,
 } from './schema.js';
+import { caFileProblem } from './pem.js';
 import { closest } from './suggest.js';
 import { heartbeatEveryBelow, keepaliveBelow, MIDDLEBOX_PRESETS, type Middlebox } from '../middlebox.js';
+
+/** A PEM file as read: its absolute path (for messages) and its contents. */
+interface PemFile {
+  readonly file: string;
+  readonly pem: Buffer;
+}
 
 // The one validator: a plain object (from YAML, or built from command-line flags) in,
 // the resolved and frozen ProxyConfig out, or a ConfigError with every issue found.
@@ -813,7 +820,7 @@ class Resolver {
     this.#checkPair(view, 'upstreamTls');
     const servername = view.get(['upstreamTls', 'servername']);
     if (mode === 'off') return null;
-    this.#checkLoads(section.found.path, { ca: ca?.pem, cert: cert?.pem, key: key?.pem });
+    this.#checkLoads(section.found.path, { ca, cert, key });
     return {
       mode,
       ...(ca ? { ca: ca.pem, caFile: ca.file } : {}),
@@ -841,25 +848,26 @@ class Resolver {
       }
     }
     if (!cert || !key) return null;
-    this.#checkLoads(section.found.path, { cert: cert.pem, key: key.pem });
+    this.#checkLoads(section.found.path, { cert, key });
     return { cert: cert.pem, key: key.pem, certFile: cert.file, keyFile: key.file };
   }
 
-  /** PEM files that read but do not load (a key that is not the certificate's, a garbled CA) fail here, at load or reload. */
-  #checkLoads(path: ConfigPath, pems: { ca?: Buffer; cert?: Buffer; key?: Buffer }): void {
-    if ((pems.cert === undefined) !== (pems.key === undefined)) return; // the pair rule already reported it
+  /** PEM files that read but do not load (a key that is not the certificate's) fail here, at load or reload, naming the files. */
+  #checkLoads(path: ConfigPath, files: { ca?: PemFile; cert?: PemFile; key?: PemFile }): void {
+    if ((files.cert === undefined) !== (files.key === undefined)) return; // the pair rule already reported it
     try {
-      createSecureContext(pems);
+      createSecureContext({ ca: files.ca?.pem, cert: files.cert?.pem, key: files.key?.pem });
     } catch (error) {
-      this.#report(path, 'value', `the certificate files do not load: ${(error as Error).message}`);
+      const named = [files.cert, files.key, files.ca].flatMap((file) => (file ? [file.file] : [])).join(', ');
+      this.#report(path, 'value', `the certificate files do not load (${named}): ${(error as Error).message}`);
     }
   }
 
   /** A PEM file named at <section>.<key>, read now so a missing file fails at load, not at the first connection. */
-  #pem(view: RouteView, section: string, key: string): { file: string; pem: Buffer } | undefined {
+  #pem(view: RouteView, section: string, key: string): PemFile | undefined {
     const found = view.get([section, key]);
     if (!found) return undefined;
-    return this.#parse<{ file: string; pem: Buffer } | undefined>(
+    return this.#parse<PemFile | undefined>(
       found,
       (value) => {
         const file = resolvePath(this.#options.baseDir, nonEmptyString(value));
@@ -874,6 +882,8 @@ class Resolver {
         }
         if (contents instanceof Error) throw new RangeError(`cannot read ${file}: ${fsReason(contents)}`);
         if (!contents.includes('-----BEGIN ')) throw new RangeError(`${file} is not a PEM file (no "-----BEGIN" line)`);
+        const caProblem = key === 'ca' ? caFileProblem(contents) : null;
+        if (caProblem) throw new RangeError(`${file} is not a CA file: ${caProblem}`);
         return { file, pem: contents };
       },
       undefined,

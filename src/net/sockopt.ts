@@ -44,6 +44,8 @@ const TCP_KEEPIDLE = 4;
 const TCP_KEEPINTVL = 5;
 const TCP_KEEPCNT = 6;
 const TCP_USER_TIMEOUT = 18;
+/** ioctl SIOCOUTQ (= TIOCOUTQ, asm-generic/ioctls.h): bytes in a TCP send queue the peer has not acknowledged. */
+const SIOCOUTQ = 0x5411;
 
 /** Kernel bounds (net/ipv4/tcp.c: MAX_TCP_KEEPIDLE, MAX_TCP_KEEPINTVL, MAX_TCP_KEEPCNT); past them setsockopt fails with EINVAL. */
 export const KEEPALIVE_LIMITS = {
@@ -59,6 +61,8 @@ interface NativeCalls {
   readonly setsockopt: (fd: number, level: number, name: number, value: Int32Array, length: number) => number;
   readonly getsockopt: (fd: number, level: number, name: number, value: Int32Array, length: Uint32Array) => number;
   readonly errno: () => number;
+  /** ioctl(fd, request, int *): variadic in libc, so each call names its argument type. */
+  readonly ioctlInt: (fd: number, request: number, value: Int32Array) => number;
 }
 
 /** setKeepAlive(enable, initialDelayMs, intervalMs, count): Node 24.22+ and 26 (nodejs/node#63825); older types declare two arguments. */
@@ -107,10 +111,12 @@ function loadNative(): { native: NativeCalls | null; reason: string | null } {
   for (const library of ['libc.so.6', null]) {
     try {
       const libc = koffi.load(library);
+      const ioctl = libc.func('int ioctl(int fd, unsigned long request, ...)');
       const native: NativeCalls = {
         setsockopt: libc.func('int setsockopt(int fd, int level, int optname, const void *optval, uint32_t optlen)'),
         getsockopt: libc.func('int getsockopt(int fd, int level, int optname, _Out_ void *optval, _Inout_ uint32_t *optlen)'),
         errno: () => koffi.errno(),
+        ioctlInt: (fd, request, value) => ioctl(fd, request, '_Out_ int *', value) as number,
       };
       return { native, reason: null };
     } catch (error) {
@@ -245,6 +251,20 @@ export function readSocketOptions(socket: Socket): SocketOptions | null {
     return null;
   }
   return { keepalive: keepalive !== 0, idleSeconds, intervalSeconds, count, userTimeoutMs, noDelay: noDelay !== 0 };
+}
+
+/**
+ * Bytes written to the socket that the peer's kernel has not acknowledged yet (sent or
+ * not), or null when unknown (not native, closed). 0 means everything reached the peer's
+ * receive buffer, so a reset now loses none of it.
+ */
+export function unacknowledgedBytes(socket: Socket): number | null {
+  const native = nativeCalls();
+  if (!native) return null;
+  const fd = fdOf(socket);
+  if (fd === null) return null;
+  intValue[0] = 0;
+  return native.ioctlInt(fd, SIOCOUTQ, intValue) === 0 ? intValue[0]! : null;
 }
 
 /** Log once per process (warn) when the platform can't do it. */

@@ -54,10 +54,20 @@ export interface LeaseAttempt {
 const MAX_EARLY_BYTES = 64 * 1024;
 const BACKOFF_MIN_MS = 100;
 const BACKOFF_MAX_MS = 30_000;
+/**
+ * A spare the upstream closes sooner than this after its connect was refused in all but
+ * name (a server at its client limit answers "too many connections" and closes): it counts
+ * as a failed refill, so such an upstream is retried with backoff, not every tick.
+ */
+const SPARE_PROVEN_MS = 5_000;
+/** Evictions that say nothing about the upstream's health. */
+const LOCAL_EVICTIONS: ReadonlySet<EvictionReason> = new Set(['idle_timeout', 'shutdown', 'reload', 'route_removed']);
 
 interface Spare {
   readonly socket: net.Socket;
   readonly tracker: Tracker | null;
+  /** The refill round that dialled it. */
+  readonly round: number;
   readonly parkedAt: number;
   readonly early: Buffer[];
   earlyBytes: number;
@@ -83,6 +93,9 @@ export class WarmPool {
   readonly #tlsSessions = new TlsSessionCache();
   readonly #tlsFailures: BurstLog;
   readonly #tlsDial: Pick<DialOptions, 'tls' | 'startTls'>;
+  /** Refill rounds started, and the round whose failure last doubled the backoff: one doubling per round, not per dial. */
+  #refillRound = 0;
+  #backedOffRound = -1;
   readonly #refillFailures: BurstLog;
   readonly #evictions: BurstLog;
   readonly #sockopt: SockoptRefusals;
@@ -124,8 +137,14 @@ export class WarmPool {
       this.#inUse++;
       this.#updateGauges();
       const attempt = this.#handOff(spare);
-      // Refill after the hand-off, so the new dial's work does not delay this client.
-      attempt.done.finally(() => this.#refill()).catch(() => {});
+      // Refill after the hand-off, so the new dial's work does not delay this client; a
+      // spare that served a client proves the upstream healthy.
+      attempt.done
+        .then(() => (this.#backoffMs = 0))
+        .finally(() => {
+          if (this.#deps.clock.now() >= this.#nextRefillAt) this.#refill();
+        })
+        .catch(() => {});
       return attempt;
     }
     const handle = this.#dial();
@@ -272,27 +291,35 @@ export class WarmPool {
   #refill(): void {
     if (!this.#started || this.#closed || this.#warm === 0) return;
     const missing = this.#warm - this.#spares.length - this.#dialing.size;
+    if (missing <= 0) return;
+    const round = ++this.#refillRound;
     for (let i = 0; i < missing; i++) {
       this.#dial().done.then(
         ({ socket, earlyData }) => {
-          this.#backoffMs = 0;
           if (this.#closed) socket.destroy();
-          else this.#park(socket, earlyData);
+          else this.#park(socket, earlyData, round);
         },
         (error: unknown) => {
-          // The upstream is down: back off exponentially, retried from the shared tick.
-          this.#backoffMs = Math.min(BACKOFF_MAX_MS, Math.max(BACKOFF_MIN_MS, this.#backoffMs * 2));
-          this.#nextRefillAt = this.#deps.clock.now() + this.#backoffMs;
-          if (this.#closed) return;
           const result = error instanceof ProxyError && error.code === 'CONNECT_TIMEOUT' ? 'timeout' : 'error';
-          const fields = { route: this.#config.name, upstream: formatHostPort(this.#config.upstream!), result, err: (error as Error).message, retryInMs: this.#backoffMs };
-          this.#refillFailures.note(fields, result);
+          this.#refillFailed(round, result, (error as Error).message);
         },
       );
     }
   }
 
-  #park(socket: net.Socket, earlyData: readonly Buffer[]): void {
+  /** The upstream is down (or turns spares away): back off exponentially, retried from the shared tick. */
+  #refillFailed(round: number, result: string, message: string): void {
+    if (round !== this.#backedOffRound) {
+      this.#backedOffRound = round;
+      this.#backoffMs = Math.min(BACKOFF_MAX_MS, Math.max(BACKOFF_MIN_MS, this.#backoffMs * 2));
+    }
+    this.#nextRefillAt = this.#deps.clock.now() + this.#backoffMs;
+    if (this.#closed) return;
+    const fields = { route: this.#config.name, upstream: formatHostPort(this.#config.upstream!), result, err: message, retryInMs: this.#backoffMs };
+    this.#refillFailures.note(fields, result);
+  }
+
+  #park(socket: net.Socket, earlyData: readonly Buffer[], round: number): void {
     const clock = this.#deps.clock;
     const now = clock.now();
     const tracker = this.#codec?.track(codecOptions(this.#config)) ?? null;
@@ -317,6 +344,7 @@ export class WarmPool {
     const spare: Spare = {
       socket,
       tracker,
+      round,
       parkedAt: now,
       early: [...earlyData],
       earlyBytes: earlyData.reduce((sum, chunk) => sum + chunk.length, 0),
@@ -399,7 +427,14 @@ export class WarmPool {
       this.#evictions.note({ route: this.#config.name, reason, pooledMs: this.#deps.clock.now() - spare.parkedAt }, reason);
     }
     this.#updateGauges();
-    if (!this.#closed) this.#nextRefillAt = Math.max(this.#nextRefillAt, this.#deps.clock.now());
+    if (this.#closed) return;
+    const livedMs = this.#deps.clock.now() - spare.parkedAt;
+    if (LOCAL_EVICTIONS.has(reason)) this.#nextRefillAt = Math.max(this.#nextRefillAt, this.#deps.clock.now());
+    else if (livedMs < SPARE_PROVEN_MS) this.#refillFailed(spare.round, 'closed', `the upstream closed a spare ${livedMs} ms after connecting (${reason})`);
+    else {
+      this.#backoffMs = 0;
+      this.#nextRefillAt = Math.max(this.#nextRefillAt, this.#deps.clock.now());
+    }
   }
 
   #updateGauges(): void {

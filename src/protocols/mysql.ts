@@ -32,7 +32,10 @@ import type { CodecOptions, HeartbeatCodec, Tracker, TrackerState } from './type
 // MySQL's optional result set metadata: off. MariaDB progress reports (ERR 0xFFFF) are
 // skipped. When in doubt: off('desync').
 //
-// A reply is owed (responseTimeout) while any response is queued. The status flags of the
+// A reply is owed (responseTimeout) while any response is queued, except while the server
+// waits for the client's authentication data (after an auth switch or a more-data packet
+// other than caching_sha2's "fast auth done"): that silence is the client's, an interactive
+// PAM dialog prompt included. The status flags of the
 // last OK/EOF say whether a transaction is open (SERVER_STATUS_IN_TRANS): a COM_PING
 // there would restart wait_timeout and hold the transaction's locks for ever, so the
 // session does not probe unless the route opts in (heartbeat.inTransaction).
@@ -57,6 +60,10 @@ const MARIADB_CLIENT_CACHE_METADATA = 1 << 4;
 const SERVER_STATUS_IN_TRANS = 0x0001;
 const SERVER_MORE_RESULTS_EXISTS = 0x0008;
 const PROGRESS_REPORT = 0xffff;
+const AUTH_SWITCH = 0xfe;
+const AUTH_MORE_DATA = 0x01;
+/** caching_sha2_password: the more-data payload saying the fast path succeeded (the server's OK follows). */
+const FAST_AUTH_DONE = 0x03;
 
 // Commands.
 const COM_QUIT = 0x01;
@@ -225,6 +232,8 @@ class MysqlTracker implements Tracker {
   readonly #server: Framer;
   /** The logical packet the client is sending is a command (sequence id 0). */
   #clientCommand = false;
+  /** The server asked the client for authentication data and waits for it. */
+  #clientsTurn = false;
 
   readonly #cutter = new Cutter();
   /** Bytes of a possible probe reply held back until its first payload byte is seen. */
@@ -280,7 +289,7 @@ class MysqlTracker implements Tracker {
   }
 
   get awaitingReply(): boolean {
-    return this.#off === null && !this.#probing && this.#head < this.#queue.length;
+    return this.#off === null && !this.#probing && !this.#clientsTurn && this.#head < this.#queue.length;
   }
 
   /** Nothing in the protocol states how long a command may run (SLEEP(), locks): no grace. */
@@ -313,6 +322,7 @@ class MysqlTracker implements Tracker {
     if (!this.#clientCommand) {
       // Authentication data answering an auth switch or more-data request.
       if (this.#headKind() !== R_AUTH) return this.#goOff('desync');
+      this.#clientsTurn = false;
       this.#serverSeq = (lastSeq + 1) & 0xff;
       return;
     }
@@ -456,6 +466,7 @@ class MysqlTracker implements Tracker {
     if (first === OK || first === EOF || first === ERR) return 32;
     const kind = this.#headKind();
     if (kind === R_RESULT && this.#resultStep === RS_FIRST) return 32;
+    if (kind === R_AUTH) return 2; // a more-data packet's status byte
     return 0;
   }
 
@@ -482,6 +493,8 @@ class MysqlTracker implements Tracker {
       case R_AUTH:
         // Auth switch (0xFE) and more-data (0x01) packets go on; OK or ERR ends authentication.
         if (first === OK || (first === ERR && !this.#isProgress(capture, captured))) this.#responseDone();
+        // Each asks the client for data, but caching_sha2's fast-auth success (01 03): an OK follows.
+        else if (first === AUTH_SWITCH || (first === AUTH_MORE_DATA && !(captured >= 2 && capture[1] === FAST_AUTH_DONE))) this.#clientsTurn = true;
         return;
       case R_FIELD_LIST:
         if ((first === EOF && framer.firstLength < MAX_PAYLOAD) || first === ERR) this.#responseDone();

@@ -12,7 +12,8 @@ import { readPreludeReply } from '../net/prelude.js';
 //
 // Client: the first 8 bytes of a connection may be an SSLRequest or GSSENCRequest,
 // which the proxy answers itself ('S' with clientTls, else 'N'; always 'N' to GSSAPI);
-// anything else (a StartupMessage, a CancelRequest) goes to the upstream as it is.
+// anything else (a StartupMessage, a CancelRequest) goes to the upstream as it is, once
+// its length field is one PostgreSQL itself would accept.
 
 const SSL_REQUEST_CODE = 80877103;
 const GSSENC_REQUEST_CODE = 80877104;
@@ -21,6 +22,10 @@ export const NEGOTIATION_REQUEST_LENGTH = 8;
 const SSL_REQUEST = Buffer.from([0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]);
 export const ACCEPT_TLS = Buffer.from('S', 'latin1');
 export const REFUSE_ENCRYPTION = Buffer.from('N', 'latin1');
+/** PostgreSQL's MAX_STARTUP_PACKET_LENGTH: a longer startup packet is refused by the server too. */
+export const MAX_STARTUP_LENGTH = 10_000;
+/** The length word and the protocol version: the shortest startup packet PostgreSQL reads. */
+const MIN_STARTUP_LENGTH = 8;
 
 export const postgresStartTls: StartTls = {
   name: 'postgres',
@@ -34,12 +39,19 @@ export const postgresStartTls: StartTls = {
   },
 };
 
-export type PostgresOpening = 'more' | 'ssl-request' | 'gssenc-request' | 'other';
+export type PostgresOpening = 'more' | 'ssl-request' | 'gssenc-request' | 'other' | 'invalid';
 
-/** What a client's first bytes are; 'more' until 8 have come (or fewer that already rule a request out). */
+/**
+ * What a client's first bytes are: 'more' until 8 have come (or fewer that already rule a
+ * request out, once the 4 of the length word are known); 'invalid' for a length word
+ * PostgreSQL would refuse (under 8 or over MAX_STARTUP_LENGTH; a TLS ClientHello sent
+ * without SSLRequest is one).
+ */
 export function classifyOpening(bytes: Buffer): PostgresOpening {
-  const known = Math.min(bytes.length, 4);
-  for (let i = 0; i < known; i++) if (bytes[i] !== SSL_REQUEST[i]) return 'other';
+  if (bytes.length < 4) return 'more';
+  const length = bytes.readUInt32BE(0);
+  if (length < MIN_STARTUP_LENGTH || length > MAX_STARTUP_LENGTH) return 'invalid';
+  if (length !== NEGOTIATION_REQUEST_LENGTH) return 'other';
   if (bytes.length < NEGOTIATION_REQUEST_LENGTH) return 'more';
   const code = bytes.readUInt32BE(4);
   if (code === SSL_REQUEST_CODE) return 'ssl-request';

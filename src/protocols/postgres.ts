@@ -1,5 +1,6 @@
 import { Cutter } from './cutter.js';
 import type { CodecOptions, HeartbeatCodec, Tracker, TrackerState } from './types.js';
+import { MAX_STARTUP_LENGTH } from './negotiate-postgres.js';
 
 // PostgreSQL heartbeat: a Sync message when the server's last message was ReadyForQuery
 // and the client has nothing in flight; the ReadyForQuery it produces is cut out.
@@ -27,7 +28,9 @@ import type { CodecOptions, HeartbeatCodec, Tracker, TrackerState } from './type
 // connections (startup parameter replication other than false). A CancelRequest
 // connection is left busy: the server closes it at once.
 //
-// A reply is owed (responseTimeout) while a ReadyForQuery is. The transaction status byte
+// A reply is owed (responseTimeout) while a ReadyForQuery is, except while the server waits
+// for the client's answer to an authentication request (a password, a SASL or GSS step):
+// that silence is the client's, however long it thinks. The transaction status byte
 // of the last ReadyForQuery says whether the session is inside a block (T, or E when it
 // failed): a Sync there resets idle_in_transaction_session_timeout, so the session does
 // not probe unless the route opts in (heartbeat.inTransaction).
@@ -38,8 +41,6 @@ const PROTOCOL_3 = 3;
 const SSL_REQUEST = 80877103;
 const GSSENC_REQUEST = 80877104;
 const CANCEL_REQUEST = 80877102;
-/** PostgreSQL's own limit on a startup packet. */
-const MAX_STARTUP_LENGTH = 10_000;
 const TLS_HANDSHAKE_RECORD = 0x16;
 
 // Client parser states.
@@ -65,6 +66,9 @@ const PARAMETER_STATUS = 0x53; // S
 const COPY_IN = 0x47; // G
 const COPY_OUT = 0x48; // H
 const COPY_BOTH = 0x57; // W
+const AUTHENTICATION = 0x52; // R
+/** Authentication codes that need no answer from the client: AuthenticationOk, SASLFinal. */
+const AUTH_NO_ANSWER: ReadonlySet<number> = new Set([0, 12]);
 
 const CAPTURE = 16;
 const REPLICATION = Buffer.from('replication', 'latin1');
@@ -83,6 +87,10 @@ class PostgresTracker implements Tracker {
   #serverReady = false;
   /** The transaction status byte of the last ReadyForQuery: I, T or E. */
   #transactionStatus = 0;
+  /** The server asked the client to authenticate and waits for its answer ('p'). */
+  #clientsTurn = false;
+  /** The code of the Authentication message being read (its first four body bytes). */
+  #authCode = 0;
 
   // Client parser.
   #cState = C_STARTUP_LENGTH;
@@ -106,6 +114,8 @@ class PostgresTracker implements Tracker {
   #sLengthBytes = 0;
   #sLength = 0;
   #sLeft = 0;
+  /** The body length of the server message being read. */
+  #sBodyLength = 0;
 
   readonly #cutter = new Cutter();
   /** The message being parsed is the probe's ReadyForQuery. */
@@ -138,7 +148,7 @@ class PostgresTracker implements Tracker {
 
   /** A Query, Sync or FunctionCall (or the startup) awaits its ReadyForQuery. */
   get awaitingReply(): boolean {
-    return this.#off === null && this.#owedReady > 0;
+    return this.#off === null && this.#owedReady > 0 && !this.#clientsTurn;
   }
 
   // A Sync is always answered by ReadyForQuery (an ErrorResponse before it is the
@@ -296,6 +306,7 @@ class PostgresTracker implements Tracker {
         this.#serverReady = false;
         break;
       case 0x70: // p password / SASL response during authentication
+        this.#clientsTurn = false;
         break;
       case 0x58: // X Terminate
         this.#terminated = true;
@@ -344,15 +355,16 @@ class PostgresTracker implements Tracker {
               this.#goOff('desync', i);
               break;
             }
-            this.#sLeft = messageLength - 4;
+            this.#sLeft = this.#sBodyLength = messageLength - 4;
             if (this.#sLeft === 0) this.#serverMessageDone(i);
             else this.#sState = S_BODY;
           }
           break;
         case S_BODY: {
           const take = Math.min(this.#sLeft, length - i);
-          // ReadyForQuery's body is its one status byte.
+          // ReadyForQuery's body is its one status byte; Authentication's starts with its code.
           if (this.#sType === READY_FOR_QUERY && take > 0) this.#transactionStatus = chunk[i + take - 1]!;
+          if (this.#sType === AUTHENTICATION) this.#readAuthCode(chunk, i, take);
           this.#sLeft -= take;
           i += take;
           if (this.#sLeft === 0) this.#serverMessageDone(i);
@@ -388,8 +400,19 @@ class PostgresTracker implements Tracker {
     }
   }
 
+  /** Accumulates the big-endian code from the first four bytes of an Authentication body. */
+  #readAuthCode(chunk: Buffer, start: number, take: number): void {
+    const read = this.#sBodyLength - this.#sLeft;
+    for (let k = 0; k < take && read + k < 4; k++) this.#authCode = ((this.#authCode << 8) | chunk[start + k]!) >>> 0;
+  }
+
   #serverMessageDone(end: number): void {
     this.#sState = S_TYPE;
+    if (this.#sType === AUTHENTICATION) {
+      this.#clientsTurn = !AUTH_NO_ANSWER.has(this.#authCode);
+      this.#authCode = 0;
+      return;
+    }
     if (this.#sType !== READY_FOR_QUERY) return;
     this.#serverReady = true;
     if (this.#cutting) {

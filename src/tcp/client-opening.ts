@@ -5,7 +5,7 @@ import { ProxyError } from '../errors.js';
 import { resetOrDestroy } from '../net/internals.js';
 import { readInto } from '../net/shared-reads.js';
 import { MIN_TLS_VERSION, resettableTls, tlsFailureCause } from '../net/tls-socket.js';
-import { ACCEPT_TLS, classifyOpening, NEGOTIATION_REQUEST_LENGTH, REFUSE_ENCRYPTION } from '../protocols/negotiate-postgres.js';
+import { ACCEPT_TLS, classifyOpening, MAX_STARTUP_LENGTH, NEGOTIATION_REQUEST_LENGTH, REFUSE_ENCRYPTION } from '../protocols/negotiate-postgres.js';
 import type { StreamRewriter } from '../protocols/mysql-auth-shift.js';
 import type { Lease, LeaseAttempt } from '../pool/warm.js';
 
@@ -28,8 +28,17 @@ export interface OpeningAttempt {
   abort(): void;
 }
 
-/** How long a client may take to send its first bytes (PostgreSQL's authentication_timeout default). */
-export const FIRST_BYTES_TIMEOUT_MS = 60_000;
+/**
+ * The most a client's whole opening (first bytes, SSLRequest, TLS handshake) may take,
+ * whatever connectTimeout says (Envoy's listener_filters_timeout default): a client that
+ * sends nothing or stalls its handshake holds an upstream connection meanwhile.
+ */
+export const MAX_OPENING_MS = 15_000;
+
+/** One deadline for the opening: the route's connectTimeout, never off and never over MAX_OPENING_MS. */
+export function openingTimeoutMs(config: RouteConfig): number {
+  return config.connectTimeoutMs > 0 ? Math.min(config.connectTimeoutMs, MAX_OPENING_MS) : MAX_OPENING_MS;
+}
 
 /** The server-side TLS of a route, built once per config (a SecureContext parses the PEM files). */
 export function clientSecureContext(config: RouteConfig): tls.SecureContext | null {
@@ -39,8 +48,8 @@ export function clientSecureContext(config: RouteConfig): tls.SecureContext | nu
 
 /** null when the route passes the client's first bytes through untouched (no TLS handling). */
 export function openClient(down: net.Socket, config: RouteConfig, context: tls.SecureContext | null): OpeningAttempt | null {
-  if (config.protocol === 'postgres' && (config.upstreamTls || context)) return new Opening(down, context, config.connectTimeoutMs);
-  if (context) return new Opening(down, context, config.connectTimeoutMs, true);
+  if (config.protocol === 'postgres' && (config.upstreamTls || context)) return new Opening(down, context, openingTimeoutMs(config));
+  if (context) return new Opening(down, context, openingTimeoutMs(config), true);
   return null;
 }
 
@@ -51,28 +60,29 @@ export function acceptClientTls(down: net.Socket, context: tls.SecureContext, ha
 
 /**
  * Reads the client's first bytes (PostgreSQL) or goes straight to TLS (`tlsAtOnce`).
- * One timer at a time: the wait for the first bytes, then the handshake's.
+ * One timer for the whole opening, armed once: trickling bytes never extends it. As
+ * PostgreSQL does, a client gets one answer to SSLRequest and one to GSSENCRequest; a
+ * repeat is refused (each answer is a write the client need not read).
  */
 class Opening implements OpeningAttempt {
   readonly done: Promise<ClientOpening>;
   readonly #down: net.Socket;
   readonly #context: tls.SecureContext | null;
-  readonly #handshakeTimeoutMs: number;
+  #answered = { ssl: false, gssenc: false };
   #held: Buffer = Buffer.alloc(0);
   #timer: NodeJS.Timeout | null = null;
   #secure: tls.TLSSocket | null = null;
   #settle: { resolve(o: ClientOpening): void; reject(e: unknown): void } | null = null;
 
-  constructor(down: net.Socket, context: tls.SecureContext | null, handshakeTimeoutMs: number, tlsAtOnce = false) {
+  constructor(down: net.Socket, context: tls.SecureContext | null, timeoutMs: number, tlsAtOnce = false) {
     this.#down = down;
     this.#context = context;
-    this.#handshakeTimeoutMs = handshakeTimeoutMs;
     this.done = new Promise((resolve, reject) => (this.#settle = { resolve, reject }));
+    this.#timer = setTimeout(this.#timedOut, timeoutMs, timeoutMs);
     if (tlsAtOnce) {
       this.#handshake();
       return;
     }
-    this.#arm(FIRST_BYTES_TIMEOUT_MS, 'the client sent nothing');
     readInto(down, this.#onData);
     down.resume();
   }
@@ -86,12 +96,22 @@ class Opening implements OpeningAttempt {
     for (;;) {
       const opening = classifyOpening(this.#held);
       if (opening === 'more') return;
+      if (opening === 'invalid') {
+        this.#fail(new ProxyError('CLIENT_REFUSED', 'downstream', `invalid startup packet length ${this.#held.readUInt32BE(0)} (PostgreSQL accepts 8 to ${MAX_STARTUP_LENGTH})`));
+        return;
+      }
       if (opening === 'other') {
         // A StartupMessage or CancelRequest: from here on the session carries the bytes.
         this.#stopReading();
         this.#succeed(this.#down, [this.#held]);
         return;
       }
+      const request = opening === 'ssl-request' ? 'ssl' : 'gssenc';
+      if (this.#answered[request]) {
+        this.#fail(new ProxyError('CLIENT_REFUSED', 'downstream', `a second ${opening === 'ssl-request' ? 'SSLRequest' : 'GSSENCRequest'}`));
+        return;
+      }
+      this.#answered[request] = true;
       const rest = this.#held.subarray(NEGOTIATION_REQUEST_LENGTH);
       if (opening === 'ssl-request' && this.#context) {
         // Bytes after SSLRequest and before our 'S' would end up treated as TLS-protected
@@ -114,7 +134,6 @@ class Opening implements OpeningAttempt {
   };
 
   #handshake(): void {
-    this.#arm(this.#handshakeTimeoutMs, 'client TLS handshake timeout');
     const secure = new tls.TLSSocket(this.#down, { isServer: true, secureContext: this.#context!, allowHalfOpen: true } as tls.TLSSocketOptions);
     this.#secure = secure;
     secure.on('error', (error: Error) => this.#fail(new ProxyError('TLS_FAILED', 'downstream', tlsFailureCause(error), { cause: error })));
@@ -126,10 +145,11 @@ class Opening implements OpeningAttempt {
     this.#down.pause();
   }
 
-  #arm(ms: number, why: string): void {
-    if (this.#timer) clearTimeout(this.#timer);
-    this.#timer = ms > 0 ? setTimeout(() => this.#fail(new ProxyError('TLS_FAILED', 'downstream', why)), ms) : null;
-  }
+  readonly #timedOut = (ms: number): void => {
+    // Past the deadline in the handshake: a TLS failure ("handshake timeout"); before it, the client sent too little.
+    if (this.#secure) this.#fail(new ProxyError('TLS_FAILED', 'downstream', `no TLS handshake within ${ms} ms`, { cause: new Error('handshake timeout') }));
+    else this.#fail(new ProxyError('CLIENT_REFUSED', 'downstream', `no complete opening within ${ms} ms (${this.#held.length} bytes)`));
+  };
 
   #succeed(socket: net.Socket, early: readonly Buffer[]): void {
     const settle = this.#settle;

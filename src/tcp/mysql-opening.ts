@@ -4,7 +4,7 @@ import { ProxyError } from '../errors.js';
 import { readInto } from '../net/shared-reads.js';
 import { MysqlAuthShift } from '../protocols/mysql-auth-shift.js';
 import { asksForTls, classifyFirstPacket, offerTls, packetLength, SSL_REQUEST_LENGTH, sslRequestFrom } from '../protocols/negotiate-mysql.js';
-import { acceptClientTls, FIRST_BYTES_TIMEOUT_MS, type ClientOpening } from './client-opening.js';
+import { acceptClientTls, MAX_OPENING_MS, type ClientOpening } from './client-opening.js';
 import type { Lease, LeaseAttempt } from '../pool/warm.js';
 
 // The start of a MySQL connection on a route with upstreamTls (and maybe clientTls),
@@ -94,7 +94,7 @@ function readFirstPacket(down: net.Socket, onCancel: (cancel: () => void) => voi
       if (error) reject(error);
       else resolve(held);
     };
-    const timer = setTimeout(() => finish(new ProxyError('TLS_FAILED', 'downstream', 'the client did not answer the greeting')), FIRST_BYTES_TIMEOUT_MS);
+    const timer = setTimeout(() => finish(new ProxyError('TLS_FAILED', 'downstream', 'the client did not answer the greeting')), MAX_OPENING_MS);
     onCancel(() => finish(new ProxyError('CONNECT_FAILED', 'downstream', 'client left')));
     readInto(down, (_socket, chunk) => {
       held = held.length === 0 ? chunk : Buffer.concat([held, chunk]);

@@ -46,6 +46,7 @@ class TcpRoute extends RouteBase {
   readonly #events: SessionEvents;
   readonly #connectFailures: BurstLog;
   readonly #clientTlsFailures: BurstLog;
+  readonly #clientRefusals: BurstLog;
 
   constructor(config: RouteConfig, deps: RouteDeps) {
     super(config, deps, {
@@ -57,6 +58,7 @@ class TcpRoute extends RouteBase {
     this.#clientContext = clientSecureContext(config);
     this.#connectFailures = this.burst({ level: 'warn', msg: 'upstream connect failed; closing client' });
     this.#clientTlsFailures = this.burst({ level: 'warn', msg: 'client TLS failed; closing client' });
+    this.#clientRefusals = this.burst({ level: 'warn', msg: 'client opening refused; closing client' });
     this.#upstream = this.#warmPool(config);
     this.#events = {
       onClosed: (session, reason, side) => this.#onSessionClosed(session, reason, side),
@@ -190,7 +192,8 @@ class TcpRoute extends RouteBase {
         down.off('error', onEarlyError);
         down.off('close', onEarlyClose);
         // The client left first (its close may race the dial's own failure).
-        if (clientGone || (error instanceof ProxyError && error.side === 'downstream' && error.code !== 'TLS_FAILED')) {
+        const refused = error instanceof ProxyError && error.code === 'CLIENT_REFUSED';
+        if (clientGone || (error instanceof ProxyError && error.side === 'downstream' && error.code !== 'TLS_FAILED' && !refused)) {
           this.#endBeforeSession(down, clientGone ?? 'peer_closed', 'downstream');
           return;
         }
@@ -201,6 +204,14 @@ class TcpRoute extends RouteBase {
           down.on('error', () => {});
           if (!down.destroyed) resetOrDestroy(down);
           this.#endBeforeSession(down, 'tls_error', error.side);
+          return;
+        }
+        if (refused) {
+          // The client's opening broke PostgreSQL's rules or its deadline: reset, as the server would close it.
+          this.#clientRefusals.note({ route: this.name, client, reason: 'error', err: error.message });
+          down.on('error', () => {});
+          if (!down.destroyed) resetOrDestroy(down);
+          this.#endBeforeSession(down, 'error', 'downstream');
           return;
         }
         // Out of descriptors: the client was taken but cannot be served, as a failed accept.

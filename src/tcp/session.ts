@@ -8,6 +8,7 @@ import { readInto } from '../net/shared-reads.js';
 import { readOnAfterWriteError } from '../net/last-reads.js';
 import { resetOrDestroy } from '../net/internals.js';
 import { HeartbeatSchedule, type HeartbeatResult } from '../heartbeat/scheduler.js';
+import { unacknowledgedBytes } from '../net/sockopt.js';
 
 // One proxied pair: the downstream (client) socket and the upstream socket, spliced
 // both ways with backpressure and half-close, and closed exactly once through
@@ -101,6 +102,8 @@ export class Session {
   #closeReason: EvictionReason | null = null;
   #closeSide: Side = 'proxy';
   #pendingFailure: PendingFailure | null = null;
+  /** The survivor of an abrupt close, reset once the peer's kernel has acknowledged every byte it was sent. */
+  #resetWhenDelivered: net.Socket | null = null;
 
   constructor(down: net.Socket, up: net.Socket, events: SessionEvents, options: SessionOptions) {
     this.id = options.id;
@@ -336,7 +339,13 @@ export class Session {
     if (this.#closed) {
       // A clean close waits for queued bytes to flush; a peer that never reads them
       // must not keep the pair alive for ever.
-      if (now - this.#closedAt >= CLEAN_CLOSE_GRACE_MS) this.destroy(this.#closeReason ?? 'peer_closed');
+      const survivor = this.#resetWhenDelivered;
+      if (now - this.#closedAt >= CLEAN_CLOSE_GRACE_MS) {
+        if (survivor) resetOrDestroy(survivor);
+        this.destroy(this.#closeReason ?? 'peer_closed');
+      } else if (survivor && !unacknowledgedBytes(survivor)) {
+        resetOrDestroy(survivor);
+      }
       return;
     }
     const failure = this.#pendingFailure;
@@ -407,7 +416,7 @@ export class Session {
     for (const socket of [this.down, this.up]) {
       if (socket.destroyed) continue;
       const survivor = (side === 'upstream' && socket === this.down) || (side === 'downstream' && socket === this.up);
-      if (abrupt && survivor) resetAfterFlush(socket);
+      if (abrupt && survivor) this.#resetAfterDelivery(socket);
       else if (abrupt) resetOrDestroy(socket);
       else {
         // Clean close: flush what is queued, send FIN, and make sure the socket goes away
@@ -416,6 +425,22 @@ export class Session {
       }
     }
     if (this.#closedSockets === 2) this.#finish();
+  }
+
+  /**
+   * RST once every byte queued for the socket has reached the peer: first out of node into
+   * the kernel, then out of the kernel's send queue into the peer's receive buffer, which
+   * a reset empties too (a client not reading at that moment would lose what is still
+   * there). The send queue is polled on the shared tick, bounded by the close grace.
+   */
+  #resetAfterDelivery(socket: net.Socket): void {
+    const resetIfDelivered = (): void => {
+      if (unacknowledgedBytes(socket)) this.#resetWhenDelivered = socket;
+      else resetOrDestroy(socket);
+    };
+    if (socket.writableLength === 0) resetIfDelivered();
+    else if (socket.writableEnded) socket.once('finish', resetIfDelivered);
+    else socket.write(EMPTY, resetIfDelivered);
   }
 
   /** Forces both sockets down (drain deadline passed). */
@@ -430,10 +455,4 @@ export class Session {
   }
 }
 
-/** RST once every byte queued in node for the socket has reached the kernel (bounded by the close grace). */
-function resetAfterFlush(socket: net.Socket): void {
-  if (socket.writableLength === 0) resetOrDestroy(socket);
-  else if (socket.writableEnded) socket.once('finish', () => resetOrDestroy(socket));
-  else socket.write(EMPTY, () => resetOrDestroy(socket));
-}
 const EMPTY = Buffer.alloc(0);

@@ -51,6 +51,8 @@ export interface ServerPlacement {
    * require_secure_transport=ON. Readiness is then checked over TLS.
    */
   readonly tlsOnly?: { readonly cert: string; readonly key: string; readonly ca: string };
+  /** A fixed port (a server restarted where the old one was); a free one by default. */
+  readonly port?: number;
 }
 
 export async function startRedis(placement: ServerPlacement = {}): Promise<RunningServer> {
@@ -58,6 +60,7 @@ export async function startRedis(placement: ServerPlacement = {}): Promise<Runni
   return launch({
     name: 'redis-server',
     dataDir,
+    port: placement.port,
     spawnServer: (port) =>
       spawnPlaced(
         placement,
@@ -278,6 +281,7 @@ function readyInNs(ns: string, command: string, args: string[], expected: string
 interface LaunchSpec {
   name: string;
   dataDir: string;
+  port?: number;
   spawnServer(port: number): ChildProcess;
   /** Resolves true once a real client query succeeded. */
   ready(port: number): Promise<boolean>;
@@ -290,7 +294,7 @@ async function launch(spec: LaunchSpec): Promise<RunningServer> {
   try {
     // A free port can be taken between freePort() and the server's bind: retry a few times.
     for (let attempt = 0; attempt < PORT_ATTEMPTS; attempt++) {
-      const port = await freePort();
+      const port = spec.port ?? (await freePort());
       const child = spec.spawnServer(port);
       running.add(child);
       let output = '';

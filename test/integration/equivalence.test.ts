@@ -1,7 +1,11 @@
+import { readFileSync } from 'node:fs';
+import net from 'node:net';
+import tls from 'node:tls';
 import mysql from 'mysql2/promise';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, it, type ExpectStatic } from 'vitest';
-import { freePort } from '../helpers/net.js';
+import { freePort, readBytes } from '../helpers/net.js';
+import { makePki, type Pki } from '../helpers/pki.js';
 import { parseMetrics, sample, startProxy, type RunningProxy } from '../helpers/proxy.js';
 import { recordingRelay, type RecordingRelay } from '../helpers/recording-relay.js';
 import { MARIADB_USER, startMariadb, startPostgres, startRedis, type RunningServer } from '../helpers/servers.js';
@@ -26,6 +30,10 @@ import { describeDifference, runScript, totalGapMs, type ReplyReader, type RunRe
 // swept across the probe schedule make client writes land inside probe windows. The relay's
 // recording shows when each probe went out and when its reply came back, so the test counts
 // the writes that really raced a probe (the proxy held them and sent them after the reply).
+//
+// Over TLS (issue 10): the same scripts against TLS-only servers, direct with a TLS client
+// (PostgreSQL's SSLRequest first; Redis TLS from the first byte) and proxied from a
+// plaintext client through a route with upstreamTls.
 
 const SEED = Number(process.env.EQ_SEED ?? Math.floor(Math.random() * 2 ** 31));
 console.log(`equivalence seed ${SEED} (replay with EQ_SEED=${SEED})`);
@@ -39,16 +47,23 @@ const TICK_MS = 250;
 let redis: RunningServer;
 let postgres: RunningServer;
 let mariadb: RunningServer;
+let tlsRedis: RunningServer;
+let tlsPostgres: RunningServer;
+let pki: Pki;
 let proxy: RunningProxy;
 const ports: Record<string, number> = {};
 const relays: Record<string, RecordingRelay> = {};
 
 beforeAll(async () => {
-  [redis, postgres, mariadb] = await Promise.all([startRedis(), startPostgres(), startMariadb()]);
-  const pgClient = new pg.Client({ host: '127.0.0.1', port: postgres.port, user: 'postgres', database: 'postgres' });
-  await pgClient.connect();
-  await pgClient.query('CREATE TABLE eq (id int PRIMARY KEY, v text)');
-  await pgClient.end();
+  pki = makePki();
+  const tlsOnly = { cert: pki.server.cert, key: pki.server.key, ca: pki.ca };
+  [redis, postgres, mariadb, tlsRedis, tlsPostgres] = await Promise.all([startRedis(), startPostgres(), startMariadb(), startRedis({ tlsOnly }), startPostgres({ tlsOnly })]);
+  for (const [server, ssl] of [[postgres, false], [tlsPostgres, { ca: readFileSync(pki.ca) }]] as const) {
+    const pgClient = new pg.Client({ host: '127.0.0.1', port: server.port, user: 'postgres', database: 'postgres', ssl });
+    await pgClient.connect();
+    await pgClient.query('CREATE TABLE eq (id int PRIMARY KEY, v text)');
+    await pgClient.end();
+  }
   const mysqlClient = await mysql.createConnection({ host: '127.0.0.1', port: mariadb.port, user: MARIADB_USER, database: 'test' });
   await mysqlClient.query('CREATE TABLE eq (id INT PRIMARY KEY, v VARCHAR(100)) ENGINE=InnoDB');
   await mysqlClient.end();
@@ -58,12 +73,15 @@ beforeAll(async () => {
   relays.mysql = await recordingRelay(mariadb.port, { delayMs: RACE_DELAY_MS });
   relays['redis-pubsub'] = await recordingRelay(redis.port, { delayMs: RACE_DELAY_MS });
   const routes: string[] = [];
-  const route = async (name: string, protocol: string, upstreamPort: number, everyMs: number): Promise<void> => {
+  const route = async (name: string, protocol: string, upstreamPort: number, everyMs: number, extra = ''): Promise<void> => {
     ports[name] = await freePort();
     routes.push(
-      `  - { name: ${name}, protocol: ${protocol}, listen: "127.0.0.1:${ports[name]}", upstream: "127.0.0.1:${upstreamPort}", heartbeat: { every: ${everyMs}ms, timeout: 2s } }`,
+      `  - { name: ${name}, protocol: ${protocol}, listen: "127.0.0.1:${ports[name]}", upstream: "127.0.0.1:${upstreamPort}", heartbeat: { every: ${everyMs}ms, timeout: 2s }${extra} }`,
     );
   };
+  const upstreamTls = `, upstreamTls: { mode: verify-full, ca: "${pki.ca}" }`;
+  await route('tls-redis', 'redis', tlsRedis.port, EVERY_MS, upstreamTls);
+  await route('tls-postgres', 'postgres', tlsPostgres.port, EVERY_MS, upstreamTls);
   await route('eq-redis', 'redis', redis.port, EVERY_MS);
   await route('eq-postgres', 'postgres', postgres.port, EVERY_MS);
   await route('eq-mysql', 'mysql', mariadb.port, EVERY_MS);
@@ -77,8 +95,32 @@ beforeAll(async () => {
 afterAll(async () => {
   await proxy?.stop('SIGKILL');
   for (const relay of Object.values(relays)) await relay.close();
-  await Promise.all([redis?.stop(), postgres?.stop(), mariadb?.stop()]);
+  await Promise.all([redis?.stop(), postgres?.stop(), mariadb?.stop(), tlsRedis?.stop(), tlsPostgres?.stop()]);
+  pki?.cleanup();
 });
+
+/** A TLS client connection, verified against the test CA, once its handshake is done. */
+function tlsClient(socketOrPort: net.Socket | number): Promise<net.Socket> {
+  const target = typeof socketOrPort === 'number' ? { host: '127.0.0.1', port: socketOrPort } : { socket: socketOrPort };
+  const secure = tls.connect({ ...target, servername: 'localhost', ca: readFileSync(pki.ca) });
+  return new Promise((resolve, reject) => {
+    secure.once('secureConnect', () => resolve(secure));
+    secure.once('error', reject);
+  });
+}
+
+/** Direct to a TLS-only PostgreSQL as libpq does it: SSLRequest, 'S', then the handshake. */
+async function postgresTlsClient(port: number): Promise<net.Socket> {
+  const raw = net.connect({ host: '127.0.0.1', port });
+  await new Promise<void>((resolve, reject) => {
+    raw.once('connect', resolve);
+    raw.once('error', reject);
+  });
+  const answer = readBytes(raw, 1);
+  raw.write(Buffer.from([0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]));
+  if ((await answer).toString('latin1') !== 'S') throw new Error('the TLS-only server did not answer S');
+  return tlsClient(raw);
+}
 
 async function heartbeatCounts(route: string): Promise<{ ok: number; timeout: number; unsupported: number }> {
   const metrics = parseMetrics(await proxy.metrics());
@@ -89,6 +131,8 @@ async function heartbeatCounts(route: string): Promise<{ ok: number; timeout: nu
 interface Comparison<R extends ReplyReader> {
   readonly script: Script<R>;
   readonly directPort: number;
+  /** How the direct run connects when not plain TCP to directPort (a TLS client). */
+  readonly directOpen?: () => Promise<net.Socket>;
   readonly proxiedPort: number;
   readonly reader: () => R;
   readonly normalise: (bytes: Buffer, reader: R) => Buffer;
@@ -97,7 +141,7 @@ interface Comparison<R extends ReplyReader> {
 /** Runs a script both ways; returns the difference (null when byte-identical) and the proxied run. */
 async function compare<R extends ReplyReader>(comparison: Comparison<R>): Promise<{ difference: string | null; proxied: RunResult<R>; direct: RunResult<R> }> {
   const { script, reader, normalise } = comparison;
-  const direct = await runScript(script, { port: comparison.directPort, reader, keepGaps: false });
+  const direct = await runScript(script, { port: comparison.directPort, open: comparison.directOpen, reader, keepGaps: false });
   // The tail lets the proxy's tick look at the connection once more before it closes: a
   // codec that lost track would be counted as heartbeats_total{result="unsupported"}.
   const proxied = await runScript(script, { port: comparison.proxiedPort, reader, keepGaps: true, tailMs: 2 * TICK_MS });
@@ -105,46 +149,65 @@ async function compare<R extends ReplyReader>(comparison: Comparison<R>): Promis
 }
 
 describe.concurrent('equivalence: the client sees byte-identical replies with heartbeats on', () => {
-  it('redis: pipelines, MULTI/EXEC, errors, blocking, pub/sub, RESP2 and RESP3', async ({ expect }) => {
-    const prng = new Prng(SEED).fork(1);
-    const side = await redisSide(redis.port);
+  /** The redis scripts direct (`direct`) and through `route`; the side connection reaches the same server through `sidePort`. */
+  async function redisEquivalence(expect: ExpectStatic, label: string, route: string, direct: { port: number; open?: () => Promise<net.Socket> }, sidePort: number, fork: number): Promise<void> {
+    const prng = new Prng(SEED).fork(fork);
+    const side = await redisSide(sidePort);
     try {
       const scripts = [
-        redisScript('redis RESP2', prng, EVERY_MS, side, { resp3: false, blocks: 9 }),
-        redisScript('redis RESP3 (HELLO 3)', prng, EVERY_MS, side, { resp3: true, blocks: 9 }),
+        redisScript(`${label} RESP2`, prng, EVERY_MS, side, { resp3: false, blocks: 9 }),
+        redisScript(`${label} RESP3 (HELLO 3)`, prng, EVERY_MS, side, { resp3: true, blocks: 9 }),
       ];
       let bytes = 0;
       for (const script of scripts) {
-        const { difference, direct } = await compare({ script, directPort: redis.port, proxiedPort: ports['eq-redis']!, reader: () => new RespReader(), normalise: normaliseRedis });
+        const { difference, direct: run } = await compare({ script, directPort: direct.port, directOpen: direct.open, proxiedPort: ports[route]!, reader: () => new RespReader(), normalise: normaliseRedis });
         expect(difference, `seed ${SEED}`).toBeNull();
-        bytes += direct.received.length;
-        console.log(`[equivalence] ${script.name}: ${script.steps.length} steps, ${totalGapMs(script)} ms of silences, ${direct.received.length} reply bytes identical`);
+        bytes += run.received.length;
+        console.log(`[equivalence] ${script.name}: ${script.steps.length} steps, ${totalGapMs(script)} ms of silences, ${run.received.length} reply bytes identical`);
       }
-      const counts = await heartbeatCounts('eq-redis');
-      console.log(`[equivalence] redis: ${bytes} bytes compared; heartbeats ${JSON.stringify(counts)}`);
+      const counts = await heartbeatCounts(route);
+      console.log(`[equivalence] ${label}: ${bytes} bytes compared; heartbeats ${JSON.stringify(counts)}`);
       expect(counts.ok).toBeGreaterThan(0);
       expect(counts.timeout).toBe(0);
       expect(counts.unsupported, 'the codec followed every sequence (never went off)').toBe(0);
     } finally {
       side.close();
     }
-  });
+  }
 
-  it('postgres: simple and extended query, unsynced batches, transactions, errors', async ({ expect }) => {
-    const prng = new Prng(SEED).fork(2);
+  async function postgresEquivalence(expect: ExpectStatic, label: string, route: string, direct: { port: number; open?: () => Promise<net.Socket> }, fork: number): Promise<void> {
+    const prng = new Prng(SEED).fork(fork);
     let bytes = 0;
     for (const index of [1, 2]) {
-      const script = postgresScript(`postgres #${index}`, prng, EVERY_MS, 11);
-      const { difference, direct } = await compare({ script, directPort: postgres.port, proxiedPort: ports['eq-postgres']!, reader: () => new PgReader(), normalise: normalisePostgres });
+      const script = postgresScript(`${label} #${index}`, prng, EVERY_MS, 11);
+      const { difference, direct: run } = await compare({ script, directPort: direct.port, directOpen: direct.open, proxiedPort: ports[route]!, reader: () => new PgReader(), normalise: normalisePostgres });
       expect(difference, `seed ${SEED}`).toBeNull();
-      bytes += direct.received.length;
-      console.log(`[equivalence] ${script.name}: ${script.steps.length} steps, ${totalGapMs(script)} ms of silences, ${direct.received.length} reply bytes identical`);
+      bytes += run.received.length;
+      console.log(`[equivalence] ${script.name}: ${script.steps.length} steps, ${totalGapMs(script)} ms of silences, ${run.received.length} reply bytes identical`);
     }
-    const counts = await heartbeatCounts('eq-postgres');
-    console.log(`[equivalence] postgres: ${bytes} bytes compared; heartbeats ${JSON.stringify(counts)}`);
+    const counts = await heartbeatCounts(route);
+    console.log(`[equivalence] ${label}: ${bytes} bytes compared; heartbeats ${JSON.stringify(counts)}`);
     expect(counts.ok).toBeGreaterThan(0);
     expect(counts.timeout).toBe(0);
     expect(counts.unsupported, 'the codec followed every sequence (never went off)').toBe(0);
+  }
+
+  it('redis: pipelines, MULTI/EXEC, errors, blocking, pub/sub, RESP2 and RESP3', async ({ expect }) => {
+    await redisEquivalence(expect, 'redis', 'eq-redis', { port: redis.port }, redis.port, 1);
+  });
+
+  it('postgres: simple and extended query, unsynced batches, transactions, errors', async ({ expect }) => {
+    await postgresEquivalence(expect, 'postgres', 'eq-postgres', { port: postgres.port }, 2);
+  });
+
+  it('redis over TLS: a TLS client direct vs a plaintext client through upstreamTls', async ({ expect }) => {
+    const port = tlsRedis.port;
+    await redisEquivalence(expect, 'redis over TLS', 'tls-redis', { port, open: () => tlsClient(port) }, ports['tls-redis']!, 4);
+  });
+
+  it('postgres over TLS: SSLRequest and TLS direct vs a plaintext client through upstreamTls', async ({ expect }) => {
+    const port = tlsPostgres.port;
+    await postgresEquivalence(expect, 'postgres over TLS', 'tls-postgres', { port, open: () => postgresTlsClient(port) }, 5);
   });
 
   it('mysql: queries, prepared statements, transactions, errors', async ({ expect }) => {

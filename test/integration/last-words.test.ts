@@ -1,8 +1,10 @@
+import { execFileSync } from 'node:child_process';
 import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePort, listen0 } from '../helpers/net.js';
-import { startProxy, type RunningProxy } from '../helpers/proxy.js';
+import { parseMetrics, sample, startProxy, type RunningProxy } from '../helpers/proxy.js';
 import { startRedis, type RunningServer } from '../helpers/servers.js';
+import { sleep, until } from '../helpers/wait.js';
 
 // An upstream's last words before a reset reach the client (issue 8, defect 11): a server
 // that answers with an error and then resets the connection while input is still unread
@@ -109,4 +111,79 @@ describe('a reply followed by a reset reaches the client', () => {
     const { port } = await proxyTo(upstream.port, 'tcp');
     expectEveryErrorSeen(await runTries(port, Buffer.alloc(1024 * 1024, 'b')), reply);
   }, 120_000);
+});
+
+// The same last words when the client is not reading at the moment of the reset: the
+// server's bytes sit in the proxy (node's queue, then the kernel's send queue toward the
+// client), and a reset of the client socket empties that send queue. They must all be
+// delivered, in order, before the client sees the reset.
+describe('a reply followed by a reset reaches a client that is not reading at that moment', () => {
+  const CLIENT_STALL_MS = 1_500;
+  /** Whether the server's kernel saw every byte acknowledged (by the proxy) before the reset. */
+  const acknowledged = new Map<number, boolean>();
+
+  /** Bytes in the send queue of the connection from local port `from` to `to` (iproute2 `ss`), or null when it is gone. */
+  function sendQueue(from: number, to: number): number | null {
+    const line = execFileSync('ss', ['-tnH', 'state', 'established', `( sport = :${from} and dport = :${to} )`]).toString().trim();
+    return line ? Number(line.split(/\s+/)[1]) : null;
+  }
+
+  /** An upstream that answers the first client bytes with `reply`, waits until the proxy has it all, then resets. */
+  async function replyThenReset(reply: Buffer): Promise<number> {
+    const upstream = await listen0((socket) => {
+      socket.once('data', () => {
+        socket.write(reply, async () => {
+          let delivered = false;
+          for (let i = 0; i < 100 && !delivered; i++) {
+            delivered = sendQueue(socket.localPort!, socket.remotePort!) === 0;
+            if (!delivered) await sleep(50);
+          }
+          acknowledged.set(socket.remotePort!, delivered);
+          socket.resetAndDestroy();
+        });
+      });
+    });
+    cleanups.push(() => upstream.close());
+    return upstream.port;
+  }
+
+  /** Deterministic, position-dependent bytes: a loss, duplicate or reorder anywhere changes them. */
+  function patterned(length: number): Buffer {
+    const bytes = Buffer.alloc(length);
+    for (let i = 0; i < length; i++) bytes[i] = 0x61 + ((i * 7 + (i >> 12)) % 26);
+    return bytes;
+  }
+
+  const cases = [
+    { protocol: 'tcp', frame: (body: Buffer) => body, request: 'go' },
+    { protocol: 'redis', frame: (body: Buffer) => Buffer.concat([Buffer.from(`$${body.length}\r\n`), body, Buffer.from('\r\n')]), request: '*2\r\n$3\r\nGET\r\n$1\r\nk\r\n' },
+  ];
+  for (const { protocol, frame, request } of cases) {
+    for (const size of [128 << 10, 512 << 10, 1 << 20]) {
+      it(`${protocol} route, ${size >> 10} KiB then RST while the client stalls ${CLIENT_STALL_MS} ms`, async () => {
+        const reply = frame(patterned(size));
+        const { proxy, port } = await proxyTo(await replyThenReset(reply), protocol);
+        const client = net.connect({ host: '127.0.0.1', port });
+        const chunks: Buffer[] = [];
+        let error = '';
+        client.on('error', (e: NodeJS.ErrnoException) => (error = e.code ?? e.message));
+        await new Promise((resolve) => client.once('connect', resolve));
+        client.pause();
+        client.write(request);
+        await sleep(CLIENT_STALL_MS);
+        client.on('data', (chunk: Buffer) => chunks.push(chunk));
+        client.resume();
+        await until(() => client.destroyed, 10_000, 'client connection ended');
+        const received = Buffer.concat(chunks);
+        // The scenario holds only if the server's bytes all reached the proxy before its reset.
+        expect([...acknowledged.values()].at(-1)).toBe(true);
+        // Whether the client reads the reset as ECONNRESET or as an EOF after the data is the
+        // kernel's choice (an RST that finds the data already queued ends the stream at EOF).
+        expect({ length: received.length, intact: received.equals(reply), error }).toMatchObject({ length: reply.length, intact: true });
+        expect(['', 'ECONNRESET']).toContain(error);
+        await until(async () => sample(parseMetrics(await proxy.metrics()), 'keepalive_proxy_evictions_total', { route: 'r', reason: 'peer_reset' }) === 1, 5_000, 'the pair closed as the upstream reset');
+        expect(proxy.child.exitCode).toBeNull();
+      });
+    }
+  }
 });

@@ -20,6 +20,9 @@ async function startUnderNpx(port: number): Promise<{ npx: ChildProcess; proxyPi
   const npx = spawn('npx', ['keepalive-proxy', '--listen', `127.0.0.1:${port}`, '--upstream', '127.0.0.1:1', '--admin', 'off'], {
     cwd: REPO_ROOT,
     stdio: ['ignore', 'pipe', 'pipe'],
+    // npx links the clone into its cache and would run its `prepare` (a rebuild of dist/)
+    // while the rest of the suite runs dist/main.js: the build is already there.
+    env: { ...process.env, npm_config_ignore_scripts: 'true' },
   });
   const logs: string[] = [];
   npx.stdout!.setEncoding('utf8').on('data', (text: string) => logs.push(...text.split('\n').filter(Boolean)));

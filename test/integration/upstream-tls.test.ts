@@ -251,6 +251,51 @@ pool: { warm: ${warm} }`;
   }, 60_000);
 });
 
+describe('redis: warm TLS spares whose server goes away', () => {
+  it('spares closed by a restarting TLS-only server are evicted and replaced, never handed to a client', async () => {
+    let server = await startRedis({ tlsOnly: { cert: pki.server.cert, key: pki.server.key, ca: pki.ca } });
+    cleanups.push(() => server.stop());
+    const { proxy, port } = await proxyWith(`name: rd
+protocol: redis
+upstream: 127.0.0.1:${server.port}
+upstreamTls: { mode: verify-full, ca: ${pki.ca} }
+pool: { warm: 3 }`);
+    const idle = (): Promise<number> => metric(proxy, 'pool_idle', { route: 'rd' });
+    const runId = async (): Promise<string> => {
+      const client = new Redis({ host: '127.0.0.1', port, lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
+      client.on('error', () => {});
+      try {
+        await client.connect();
+        return /run_id:(\w+)/.exec(await client.info('server'))![1]!;
+      } finally {
+        client.disconnect();
+      }
+    };
+    await until(async () => (await idle()) === 3, 10_000, 'three TLS spares');
+    const first = await runId();
+    await until(async () => (await idle()) === 3, 10_000, 'the pool refilled');
+    const closedBefore = await metric(proxy, 'evictions_total', { route: 'rd', reason: 'peer_closed' });
+
+    // The server restarts on the same port: each parked TLS spare sees it close.
+    const samePort = server.port;
+    await server.stop();
+    await until(async () => (await metric(proxy, 'evictions_total', { route: 'rd', reason: 'peer_closed' })) >= closedBefore + 3, 10_000, 'the three spares evicted');
+    expect(await idle()).toBe(0);
+    server = await startRedis({ tlsOnly: { cert: pki.server.cert, key: pki.server.key, ca: pki.ca }, port: samePort });
+    await until(async () => (await idle()) === 3, 20_000, 'three new TLS spares after the restart');
+
+    // Every client from here on is served by a new spare, on the new server.
+    const reusedBefore = await metric(proxy, 'reuse_total', { route: 'rd' });
+    for (let i = 0; i < 4; i++) {
+      const id = await runId();
+      expect(id).not.toBe(first);
+      await until(async () => (await idle()) === 3, 10_000, 'the pool refilled');
+    }
+    expect(await metric(proxy, 'reuse_total', { route: 'rd' })).toBe(reusedBefore + 4);
+    expect(proxy.logs.some((line) => line['reason'] === 'tls_error')).toBe(false);
+  }, 90_000);
+});
+
 describe('redis and tcp with clientTls: TLS from the first byte on both sides', () => {
   it('a TLS client reaches the TLS server through two separate sessions', async () => {
     const { proxy, port } = await proxyWith(`name: rd

@@ -115,6 +115,46 @@ describe('warm pool', () => {
     await until(async () => (await gauge(proxy, 'pool_idle')) === 2, 10_000, 'refilled after the upstream came back');
   });
 
+  it('backs off from an upstream that accepts and closes at once (a server at its client limit): a bounded number of dials, folded logs', async () => {
+    let accepted = 0;
+    // Redis at maxclients, MySQL "Too many connections": the connect succeeds, the spare dies at once.
+    const full = await listen0((socket) => {
+      accepted++;
+      socket.end('-ERR max number of clients reached\r\n');
+    });
+    cleanups.push(() => full.close());
+    const { proxy } = await warmProxy(full.port, '{ warm: 20, maxIdle: 1m }');
+    const WINDOW_MS = 5_000;
+    await new Promise((r) => setTimeout(r, WINDOW_MS));
+    const dials = sample(parseMetrics(await proxy.metrics()), 'keepalive_proxy_upstream_connects_total', { route: 'warm', result: 'ok' });
+    const refillLines = proxy.logs.filter((l) => l.msg === 'warm pool refill failed; retrying with backoff').length;
+    console.log(`accept-and-close upstream, warm 20: ${accepted} accepts, ${dials} dials, ${refillLines} refill log lines in ${WINDOW_MS} ms`);
+    // With backoff from 100 ms doubling once per round, 5 s hold at most about 7 rounds of 20;
+    // without it the shared tick (4/s) would redial all 20 every tick: 400.
+    expect(dials).toBeLessThanOrEqual(8 * 20);
+    expect(refillLines).toBeLessThanOrEqual(2 + WINDOW_MS / 1_000);
+    expect(proxy.logs.some((l) => l.result === 'closed')).toBe(true);
+  });
+
+  it('doubles the backoff once per refill round, not once per failed dial: a wide pool is back soon after its upstream', async () => {
+    const port = await freePort();
+    const { proxy } = await warmProxy(port, '{ warm: 20, maxIdle: 1m }');
+    // Down for 2 s: the rounds back off 100, 200, 400, 800 ms (not 30 s after the first round of 20 failures).
+    await new Promise((r) => setTimeout(r, 2_000));
+    const up = net.createServer((s) => s.on('error', () => {}));
+    up.listen(port, '127.0.0.1');
+    await once(up, 'listening', 5_000);
+    const sockets = new Set<net.Socket>();
+    up.on('connection', (s) => sockets.add(s));
+    cleanups.push(() => {
+      for (const s of sockets) s.destroy();
+      up.close();
+    });
+    const startedAt = Date.now();
+    await until(async () => (await gauge(proxy, 'pool_idle')) === 20, 8_000, 'refilled within a few seconds of the upstream coming back');
+    console.log(`refilled 20 spares ${Date.now() - startedAt} ms after the upstream came back`);
+  });
+
   it('hands MariaDB a pooled socket whose greeting reaches a real mysql2 client', async () => {
     const mariadb = await startMariadb();
     cleanups.push(() => mariadb.stop());

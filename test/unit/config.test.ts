@@ -1,9 +1,10 @@
-import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, relative, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { ConfigError, formatIssues, loadConfigFile, parseConfigText } from '../../src/config/load.js';
 import { DEFAULTS } from '../../src/config/schema.js';
+import { makePki } from '../helpers/pki.js';
 
 const REPO_ROOT = resolve(import.meta.dirname, '..', '..');
 
@@ -288,7 +289,11 @@ describe('a valid config', () => {
     const dir = mkdtempSync(join(tmpdir(), 'kp-config-'));
     try {
       const pem = '-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n';
-      writeFileSync(join(dir, 'ca.pem'), pem);
+      // A CA file must hold certificates that parse (src/config/pem.ts): a real one.
+      const pki = makePki();
+      const caPem = readFileSync(pki.ca, 'utf8');
+      writeFileSync(join(dir, 'ca.pem'), caPem);
+      pki.cleanup();
       writeFileSync(join(dir, 'client.pem'), pem);
       writeFileSync(join(dir, 'client-key.pem'), pem.replaceAll('CERTIFICATE', 'PRIVATE KEY'));
       const config = parseConfigText(
@@ -315,7 +320,7 @@ describe('a valid config', () => {
         servername: 'api.example.com',
         rejectUnauthorized: true,
       });
-      expect(partner!.tls!.ca!.toString()).toBe(pem);
+      expect(partner!.tls!.ca!.toString()).toBe(caPem);
       expect(plain!.upstream).toEqual({ host: 'example.com', port: 8443 });
       expect(plain!.tls).toEqual({ rejectUnauthorized: true });
     } finally {

@@ -74,17 +74,26 @@ describe('client opening', () => {
     expect(classifyOpening(gssenc)).toBe('gssenc-request');
   });
 
-  it('a startup message, a CancelRequest, a TLS ClientHello and other bytes are passed on', () => {
+  it('a startup message and a CancelRequest are passed on once their length word is known', () => {
     expect(classifyOpening(startup)).toBe('other');
     expect(classifyOpening(cancel)).toBe('other');
-    expect(classifyOpening(Buffer.from([0x16, 0x03, 0x01]))).toBe('other');
-    // Generated: any 8 bytes that are not exactly a request are passed on.
-    for (let seed = 1; seed < 2_000; seed++) {
+    for (let n = 0; n < 4; n++) expect(classifyOpening(startup.subarray(0, n))).toBe('more');
+    expect(classifyOpening(startup.subarray(0, 4))).toBe('other');
+  });
+
+  it('a length word PostgreSQL refuses (under 8, over 10000, a TLS ClientHello) is invalid, whatever follows', () => {
+    expect(classifyOpening(Buffer.from([0x16, 0x03, 0x01, 0x02, 0x00]))).toBe('invalid');
+    // Generated: every length word, judged by PostgreSQL's own rule (8 <= length <= 10000).
+    for (let seed = 1; seed < 5_000; seed++) {
       const bytes = Buffer.alloc(8);
       for (let i = 0; i < 8; i++) bytes[i] = (seed * (i + 31) * 2654435761) >>> 24;
+      // Every fourth input has a length word near the bounds.
+      if (seed % 4 === 0) bytes.writeUInt32BE([0, 7, 8, 9, 9_999, 10_000, 10_001, 0xffffffff][seed % 8]!, 0);
       if (bytes.equals(ssl) || bytes.equals(gssenc)) continue;
+      const length = bytes.readUInt32BE(0);
       const verdict = classifyOpening(bytes);
-      expect(verdict, bytes.toString('hex')).toBe('other');
+      expect(verdict, bytes.toString('hex')).toBe(length < 8 || length > 10_000 ? 'invalid' : 'other');
+      expect(classifyOpening(bytes.subarray(0, 4)), bytes.toString('hex')).toBe(length < 8 || length > 10_000 ? 'invalid' : length === 8 ? 'more' : 'other');
     }
   });
 });

@@ -49,6 +49,8 @@ export interface RunResult<R extends ReplyReader = ReplyReader> {
 
 export interface RunOptions<R extends ReplyReader> {
   readonly port: number;
+  /** Opens the connection instead of a plain TCP connect to `port` (a TLS client); resolves once it can carry the script. */
+  readonly open?: () => Promise<net.Socket>;
   readonly reader: () => R;
   /** Keep the silences between steps (the proxied run) or skip them (the direct run). */
   readonly keepGaps: boolean;
@@ -60,7 +62,7 @@ export interface RunOptions<R extends ReplyReader> {
 
 export async function runScript<R extends ReplyReader>(script: Script<R>, options: RunOptions<R>): Promise<RunResult<R>> {
   const reader = options.reader();
-  const socket = net.connect({ port: options.port, host: '127.0.0.1' });
+  const socket = options.open ? await options.open() : net.connect({ port: options.port, host: '127.0.0.1' });
   socket.setNoDelay(true);
   const chunks: Buffer[] = [];
   let size = 0;
@@ -77,10 +79,12 @@ export async function runScript<R extends ReplyReader>(script: Script<R>, option
   socket.on('error', (error) => (failure ??= error));
   let closed = false;
   socket.on('close', () => (closed = true));
-  await new Promise<void>((resolve, reject) => {
-    socket.once('connect', resolve);
-    socket.once('error', reject);
-  });
+  if (!options.open) {
+    await new Promise<void>((resolve, reject) => {
+      socket.once('connect', resolve);
+      socket.once('error', reject);
+    });
+  }
   const stepOffsets: number[] = [];
   const writeTimes: number[] = [];
   // Replies owed by the steps so far, counted from the start: a reply that came before its

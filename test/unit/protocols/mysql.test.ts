@@ -321,3 +321,44 @@ describe('mysql codec', () => {
   });
 });
 
+
+describe('mysql reply deadline during authentication', () => {
+  const authSwitch = (seq: number, plugin = 'mysql_native_password'): Buffer => packet(seq, Buffer.concat([Buffer.from([0xfe]), bytes(`${plugin}\0`), bytes('12345678901234567890\0')]));
+  const moreData = (seq: number, data: number[]): Buffer => packet(seq, [0x01, ...data]);
+  const handshaken = (): Tracker => {
+    const t = mysqlCodec.track({});
+    t.fromServer(greeting(BASE | DEPRECATE_EOF));
+    t.fromClient(handshakeResponse(BASE));
+    return t;
+  };
+
+  it('owes nothing while the server waits for the client (auth switch, full-auth request, PAM dialog prompt), at every split', () => {
+    const asks: Array<[string, Buffer]> = [
+      ['auth switch', authSwitch(2)],
+      ['dialog (PAM) prompt', authSwitch(2, 'dialog')],
+      ['caching_sha2 full authentication', moreData(2, [0x04])],
+      ['sha256 public key', moreData(2, [...bytes('-----BEGIN PUBLIC KEY-----\n')])],
+    ];
+    for (const [name, ask] of asks) {
+      for (let cut = 0; cut <= ask.length; cut++) {
+        const t = handshaken();
+        expect(t.awaitingReply, `${name}: the handshake response owes the server's answer`).toBe(true);
+        t.fromServer(ask.subarray(0, cut));
+        t.fromServer(ask.subarray(cut));
+        expect(t.awaitingReply, `${name}, cut ${cut}: the client's turn`).toBe(false);
+        t.fromClient(packet(3, bytes('secret')));
+        expect(t.awaitingReply, `${name}, cut ${cut}: answered, the server's turn`).toBe(true);
+        t.fromServer(ok(4));
+        expect([t.awaitingReply, t.state]).toEqual([false, 'quiet']);
+      }
+    }
+  });
+
+  it("still owes the OK after caching_sha2's fast-auth success (01 03), which needs no answer", () => {
+    const t = handshaken();
+    t.fromServer(moreData(2, [0x03]));
+    expect(t.awaitingReply).toBe(true);
+    t.fromServer(ok(3));
+    expect([t.awaitingReply, t.state]).toEqual([false, 'quiet']);
+  });
+});

@@ -249,3 +249,42 @@ describe('postgres codec', () => {
   });
 });
 
+
+describe('postgres reply deadline during authentication', () => {
+  // Codes that ask the client for an answer (RFC-less: protocol docs, "Message Formats"):
+  // cleartext 3, MD5 5, GSS 7, GSSContinue 8, SSPI 9, SASL 10, SASLContinue 11.
+  const ASKS = [3, 5, 7, 8, 9, 10, 11];
+  const authRequest = (code: number): Buffer => msg('R', Buffer.concat([int32(code), code === 5 ? Buffer.from([1, 2, 3, 4]) : code === 10 ? bytes('SCRAM-SHA-256\0\0') : Buffer.alloc(0)]));
+
+  it('owes nothing while the server waits for the client to answer an authentication request (every code, every split)', () => {
+    for (const code of ASKS) {
+      everySplit(postgresCodec, (t) => t.fromClient(startup({ user: 'u', database: 'd' })), 'server', authRequest(code), { state: 'busy' });
+      const t = postgresCodec.track({});
+      t.fromClient(startup({ user: 'u', database: 'd' }));
+      expect(t.awaitingReply, `startup, code ${code}`).toBe(true);
+      for (let cut = 0; cut <= authRequest(code).length; cut++) {
+        const split = postgresCodec.track({});
+        split.fromClient(startup({ user: 'u', database: 'd' }));
+        split.fromServer(authRequest(code).subarray(0, cut));
+        split.fromServer(authRequest(code).subarray(cut));
+        expect(split.awaitingReply, `code ${code}, cut ${cut}: the client's turn`).toBe(false);
+      }
+      t.fromServer(authRequest(code));
+      expect(t.awaitingReply, `code ${code}: the client's turn`).toBe(false);
+      t.fromClient(msg('p', 'secret\0'));
+      expect(t.awaitingReply, `code ${code}: answered, the server's turn again`).toBe(true);
+    }
+  });
+
+  it('still owes a reply after AuthenticationOk and SASLFinal (no answer expected), until ReadyForQuery', () => {
+    for (const code of [0, 12]) {
+      const t = postgresCodec.track({});
+      t.fromClient(startup({ user: 'u', database: 'd' }));
+      t.fromServer(msg('R', Buffer.concat([int32(code), code === 12 ? bytes('v=abc') : Buffer.alloc(0)])));
+      expect(t.awaitingReply, `code ${code}`).toBe(true);
+      t.fromServer(Buffer.concat([param('server_version', '15'), ready('I')]));
+      expect(t.awaitingReply).toBe(false);
+      expect(t.state).toBe('quiet');
+    }
+  });
+});

@@ -1,4 +1,4 @@
-import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { closeSync, constants, fstatSync, mkdirSync, openSync, readSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 // Small learned values kept across restarts in `stateDir` (top-level config key): one
@@ -16,13 +16,22 @@ function fileFor(stateDir: string, key: string): string {
 
 /** The stored object for `key`, or null when absent or unreadable. */
 export function readState(stateDir: string, key: string): Record<string, unknown> | null {
+  let fd = -1;
   try {
-    const text = readFileSync(fileFor(stateDir, key), 'utf8');
-    if (text.length > MAX_FILE_BYTES) return null;
-    const value: unknown = JSON.parse(text);
+    // Opened without blocking and checked before reading: a FIFO or a device put in the
+    // directory must neither hang the start nor be read without end.
+    fd = openSync(fileFor(stateDir, key), constants.O_RDONLY | constants.O_NONBLOCK);
+    const stat = fstatSync(fd);
+    if (!stat.isFile() || stat.size > MAX_FILE_BYTES) return null;
+    const buffer = Buffer.alloc(MAX_FILE_BYTES + 1);
+    const length = readSync(fd, buffer, 0, buffer.length, 0);
+    if (length > MAX_FILE_BYTES) return null;
+    const value: unknown = JSON.parse(buffer.toString('utf8', 0, length));
     return typeof value === 'object' && value !== null && !Array.isArray(value) ? (value as Record<string, unknown>) : null;
   } catch {
     return null;
+  } finally {
+    if (fd !== -1) closeSync(fd);
   }
 }
 

@@ -674,6 +674,12 @@ class Resolver {
     if (section.state !== 'map') return null;
     const sectionPath = section.found.path;
     const everyFound = view.get(['heartbeat', 'every']);
+    if (everyFound?.value === 'auto' && HTTP_FAMILY.includes(protocol) && view.ownValue(['heartbeat', 'every'])) {
+      // The learner's canaries probe with the upstream's own protocol (redis, postgres, mysql, tcp bytes); an
+      // http route's heartbeat is a WebSocket ping inside a live tunnel, with nothing to learn it with.
+      this.#report(everyFound.path, 'value', 'every: auto is for tcp, redis, postgres and mysql routes; an http route takes a duration for its WebSocket pings (e.g. "20s")');
+      return null;
+    }
     const adaptive = everyFound?.value === 'auto' ? this.#adaptiveBounds(view) : undefined;
     const everyMs = adaptive ? adaptive.minMs : everyFound && adaptive === undefined ? this.#parse(everyFound, duration(), null) : null;
     if (adaptive === undefined) for (const key of ['min', 'max']) this.#onlyWithAuto(view, key);

@@ -17,6 +17,7 @@ import type { CanaryProbe } from './probes.js';
 export type DeathKind = 'reset' | 'closed' | 'silence' | 'timeout' | 'error';
 
 export type CanaryOutcome =
+  /** `idleMs`: the silence the flow was measured to survive (about the planned idle). */
   | { readonly kind: 'survived'; readonly idleMs: number }
   /** `idleMs`: the silence after which the death showed (shorter than planned when it came while idle). */
   | { readonly kind: 'died'; readonly idleMs: number; readonly how: DeathKind }
@@ -45,7 +46,9 @@ export class Canary {
   #phase: Phase = 'connecting';
   /** When the current phase's clock started (connect asked, idle started, probe sent). */
   #since: number;
-  /** How long the flow really stayed silent before the probe (the tick may be later than planned). */
+  /** When the flow went silent (preciseNow): the coarse #since may be a tick early, which would overstate a survival. */
+  #silentSince = 0;
+  /** How long the flow really stayed silent before the probe, measured precisely. */
   #actualIdleMs = 0;
   #reply: Buffer[] = [];
   #replyBytes = 0;
@@ -102,6 +105,7 @@ export class Canary {
     readInto(socket, (_socket, chunk) => this.#onData(chunk));
     this.#phase = this.#options.probe.awaitGreeting ? 'greeting' : 'idle';
     this.#since = this.#options.clock.now();
+    this.#silentSince = this.#options.clock.preciseNow();
   }
 
   #onData(chunk: Buffer): void {
@@ -109,12 +113,13 @@ export class Canary {
       // The idle period starts after the server's last greeting byte.
       this.#phase = 'idle';
       this.#since = this.#options.clock.now();
+      this.#silentSince = this.#options.clock.preciseNow();
       return;
     }
     if (this.#phase !== 'probing') return; // unsolicited bytes while idle: not an answer to anything
     const expect = this.#options.probe.expect;
     if (!expect) {
-      this.#finish({ kind: 'survived', idleMs: this.idleMs });
+      this.#finish({ kind: 'survived', idleMs: this.#provenIdleMs() });
       return;
     }
     // Bounded: only as many bytes as the expected reply are kept.
@@ -122,12 +127,12 @@ export class Canary {
     this.#replyBytes += chunk.length;
     if (this.#replyBytes < expect.length) return;
     const reply = Buffer.concat(this.#reply).subarray(0, expect.length);
-    if (reply.equals(expect)) this.#finish({ kind: 'survived', idleMs: this.idleMs });
+    if (reply.equals(expect)) this.#finish({ kind: 'survived', idleMs: this.#provenIdleMs() });
     else this.#finish({ kind: 'failed', reason: `unexpected reply ${reply.toString('hex')} (expected ${expect.toString('hex')})` });
   }
 
   #sendProbe(now: number): void {
-    this.#actualIdleMs = Math.max(this.idleMs, now - this.#since);
+    this.#actualIdleMs = this.#options.clock.preciseNow() - this.#silentSince;
     this.#phase = 'probing';
     this.#since = now;
     this.#socket!.write(this.#options.probe.send);
@@ -149,12 +154,18 @@ export class Canary {
       this.#finish({ kind: 'failed', reason: `the server ${how === 'closed' ? 'closed' : 'reset'} the connection before its greeting` });
       return;
     }
-    const idleSoFar = this.#phase === 'idle' ? Math.max(1, this.#options.clock.now() - this.#since) : this.#actualIdleMs;
+    const idleSoFar = this.#phase === 'idle' ? this.#options.clock.preciseNow() - this.#silentSince : this.#actualIdleMs;
     this.#died(how, idleSoFar);
   }
 
+  /** The silence this flow survived, in whole ms rounded down (a survival must not be overstated). */
+  #provenIdleMs(): number {
+    return Math.floor(this.#actualIdleMs);
+  }
+
+  /** A death is placed at the silence before it, in whole ms rounded up (a bound above the timeout). */
   #died(how: DeathKind, idleMs: number): void {
-    this.#finish({ kind: 'died', idleMs, how });
+    this.#finish({ kind: 'died', idleMs: Math.max(1, Math.ceil(idleMs)), how });
   }
 
   #finish(outcome: CanaryOutcome): void {

@@ -106,12 +106,13 @@ function search(options: DiscoverOptions, clock: Clock, io: DiscoverIo): Promise
     const onOutcome = (canary: Canary, outcome: CanaryOutcome): void => {
       if (settled || canaries.get(canary.idleMs) !== canary) return;
       canaries.delete(canary.idleMs);
-      if (outcome.kind === 'failed') {
+      const failed = outcome.kind === 'failed' ? outcome.reason : diedBeforeShortestIdle(outcome, options.minMs);
+      if (failed !== null) {
         planner.forget(canary.idleMs);
-        if (++failures > MAX_FAILURES) return settle(`${failures} probe connections failed; last: ${outcome.reason}`);
+        if (++failures > MAX_FAILURES) return settle(`${failures} probe connections failed; last: ${failed}`);
       } else if (outcome.kind === 'survived') {
-        planner.record(canary.idleMs, true);
-      } else {
+        planner.record(canary.idleMs, true, outcome.idleMs);
+      } else if (outcome.kind === 'died') {
         planner.record(canary.idleMs, false, outcome.idleMs);
         deaths.set(outcome.how, (deaths.get(outcome.how) ?? 0) + 1);
       }
@@ -137,6 +138,16 @@ function search(options: DiscoverOptions, clock: Clock, io: DiscoverIo): Promise
     });
     step(clock.now());
   });
+}
+
+/**
+ * A connection ended while idle before the shortest idle tried (`--min`): the server or a
+ * hop refuses to keep new connections at all (it closed or reset them right after the
+ * preflight worked), which is not an idle timeout this search can bracket.
+ */
+function diedBeforeShortestIdle(outcome: CanaryOutcome, minMs: number): string | null {
+  if (outcome.kind !== 'died' || outcome.idleMs >= minMs) return null;
+  return `the connection was ${outcome.how === 'closed' ? 'closed' : outcome.how} after ${formatDuration(outcome.idleMs)} of silence, before the shortest idle tried (--min ${formatDuration(minMs)})`;
 }
 
 function startCanary(options: DiscoverOptions, idleMs: number, clock: Clock): Canary {

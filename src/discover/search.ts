@@ -4,8 +4,10 @@
 // Every canary is a connection left idle for one duration and then probed. Canaries run
 // in parallel, so the planner keeps up to `parallel` of them in flight and places each
 // new one where it splits the widest unknown gap: on a log scale while nothing has died
-// yet (the timeout may be anywhere up to `maxMs`), linearly once a death bounds it. A
-// canary whose answer is already implied (its duration is below a survivor or above a
+// yet (the timeout may be anywhere up to `maxMs`), linearly once a death bounds it. With
+// too few slots to cover that log scale at once (small `parallel`), an untried duration is
+// never more than LADDER_FACTOR x the longest idle proven or in flight, so the time to a
+// first death grows with the timeout, not with `maxMs`. A canary whose answer is already implied (its duration is below a survivor or above a
 // death) is moot and is cancelled at once, freeing its slot for a useful one.
 //
 // Used by the `discover` command (discover/run.ts) and by the adaptive heartbeat learner.
@@ -36,9 +38,16 @@ export const DEFAULT_SEARCH: Omit<SearchOptions, 'maxMs'> = {
   resolutionFraction: 0.15,
 };
 
+/** With few slots, each new duration is at most this many times the longest one proven or in flight. */
+const LADDER_FACTOR = 2;
+
 export class IdleSearch {
   readonly #options: SearchOptions;
+  /** Enough slots to put canaries at every LADDER_FACTOR step up to maxMs at once: then maxMs is tried first. */
+  readonly #slotsForLadder: boolean;
   readonly #inFlight = new Set<number>();
+  /** Every duration planned so far (outcomes are recorded at the silence observed, which may differ). */
+  readonly #planned = new Set<number>();
   /** Every duration tested, with whether it survived. */
   readonly #survived: number[] = [];
   readonly #died: number[] = [];
@@ -48,6 +57,7 @@ export class IdleSearch {
       throw new RangeError('search needs 0 < minMs <= maxMs and parallel >= 1');
     }
     this.#options = options;
+    this.#slotsForLadder = options.parallel > Math.log(options.maxMs / options.minMs) / Math.log(LADDER_FACTOR) + 1;
   }
 
   get bracket(): Bracket {
@@ -68,26 +78,31 @@ export class IdleSearch {
   }
 
   /**
-   * The outcome of the canary planned for `durationMs`. A death is recorded at the
-   * silence the flow really had when it showed (`diedAtMs`: shorter when it came while
-   * idle, longer when the probe went out late); a survival at the plan, which it exceeded.
+   * The outcome of the canary planned for `durationMs`, recorded at the silence the flow
+   * really had (`observedMs`): a death shorter when it came while idle, longer when the
+   * probe went out late; a survival is proof only of the silence measured, which a coarse
+   * clock may make a little shorter than planned.
    */
-  record(durationMs: number, survived: boolean, diedAtMs = durationMs): void {
+  record(durationMs: number, survived: boolean, observedMs = durationMs): void {
     this.#inFlight.delete(durationMs);
-    if (survived) this.#survived.push(durationMs);
-    else this.#died.push(diedAtMs);
+    if (survived) this.#survived.push(observedMs);
+    else this.#died.push(observedMs);
   }
 
   /** A canary that could not tell (connect failed, cancelled): its slot is free again. */
   forget(durationMs: number): void {
     this.#inFlight.delete(durationMs);
+    this.#planned.delete(durationMs);
   }
 
   /** In-flight durations whose outcome is already implied: cancel them (they are forgotten here). */
   moot(): number[] {
     const { minMs, maxMs } = this.bracket;
     const moot = [...this.#inFlight].filter((ms) => ms <= minMs || (maxMs !== null && ms >= maxMs) || this.finished);
-    for (const ms of moot) this.#inFlight.delete(ms);
+    for (const ms of moot) {
+      this.#inFlight.delete(ms);
+      this.#planned.delete(ms);
+    }
     return moot;
   }
 
@@ -98,6 +113,7 @@ export class IdleSearch {
       const next = this.#nextDuration();
       if (next === null) break;
       this.#inFlight.add(next);
+      this.#planned.add(next);
       planned.push(next);
     }
     return planned;
@@ -113,7 +129,8 @@ export class IdleSearch {
     const open = high === null;
     // Ends of the unknown range first: the shortest idle tried, then (no death yet) --max itself.
     if (low === 0 && !this.#tested(options.minMs) && (open || options.minMs < high)) return options.minMs;
-    if (open && !this.#tested(options.maxMs)) return options.maxMs;
+    const reach = Math.max(low, ...this.#inFlight);
+    if (open && !this.#tested(options.maxMs) && (this.#slotsForLadder || reach * LADDER_FACTOR >= options.maxMs)) return options.maxMs;
     const top = open ? options.maxMs : high;
     const points = [low, ...[...this.#inFlight].filter((ms) => ms > low && ms < top), top].sort((a, b) => a - b);
     let best: { from: number; to: number; width: number } | null = null;
@@ -129,12 +146,13 @@ export class IdleSearch {
       if (!best || width > best.width) best = { from, to, width };
     }
     if (!best) return null;
-    const middle = open ? Math.sqrt(Math.max(best.from, options.minMs / 2) * best.to) : (best.from + best.to) / 2;
+    const floor = Math.max(best.from, options.minMs / 2);
+    const middle = !open ? (best.from + best.to) / 2 : this.#slotsForLadder ? Math.sqrt(floor * best.to) : Math.min(Math.sqrt(floor * best.to), floor * LADDER_FACTOR);
     const rounded = Math.round(middle / 100) * 100; // whole tenths of a second read better
     return rounded > best.from && rounded < best.to && !this.#tested(rounded) ? rounded : null;
   }
 
   #tested(ms: number): boolean {
-    return this.#inFlight.has(ms) || this.#survived.includes(ms) || this.#died.includes(ms);
+    return this.#planned.has(ms) || this.#survived.includes(ms) || this.#died.includes(ms);
   }
 }

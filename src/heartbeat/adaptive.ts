@@ -22,6 +22,10 @@ import { IdleSearch } from '../discover/search.js';
  */
 export const LEARNED_FRACTION = 0.75;
 
+/** After a canary could not tell (upstream down, refused), the next waits this long, doubling up to RETRY_MAX_MS. */
+const RETRY_FIRST_MS = 1_000;
+const RETRY_MAX_MS = 60_000;
+
 export interface CanaryHandle {
   readonly done: Promise<CanaryOutcome>;
   tick(now: number): void;
@@ -61,6 +65,10 @@ export class AdaptiveHeartbeat {
   #search: IdleSearch;
   #nextSearchAt = 0;
   #closed = false;
+  /** Canaries in a row that could not tell, and when the next may start: an unreachable upstream is not dialled every tick. */
+  #failures = 0;
+  #retryAt = 0;
+  #now = 0;
   /** The learned value last reported through onChange. */
   #reportedMs = -1;
 
@@ -80,7 +88,9 @@ export class AdaptiveHeartbeat {
 
   tick(now: number): void {
     if (this.#closed) return;
+    this.#now = now;
     for (const canary of this.#canaries.values()) canary.tick(now);
+    if (now < this.#retryAt) return;
     if (this.#search.finished && this.#canaries.size === 0) {
       if (this.#nextSearchAt === 0) this.#nextSearchAt = now + this.#options.reprobeMs;
       if (now < this.#nextSearchAt) return;
@@ -121,10 +131,12 @@ export class AdaptiveHeartbeat {
     this.#canaries.delete(ms);
     if (outcome.kind === 'failed') {
       search.forget(ms);
+      this.#retryAt = this.#now + Math.min(RETRY_MAX_MS, RETRY_FIRST_MS * 2 ** this.#failures++);
       // An upstream that cannot be reached is not a path verdict; try again at the next search.
       if (!search.finished) this.#nextSearchAt = 0;
       return;
     }
+    this.#failures = 0;
     search.record(ms, outcome.kind === 'survived', outcome.idleMs);
     const why = outcome.kind === 'survived' ? `a canary survived ${Math.round(ms / 1000)}s idle` : `a canary died after ${Math.round(outcome.idleMs / 1000)}s idle (${outcome.how})`;
     this.#apply(why);

@@ -7,7 +7,7 @@ import { readInto } from '../net/shared-reads.js';
 import { MIN_TLS_VERSION, resettableTls, tlsFailureCause } from '../net/tls-socket.js';
 import { ACCEPT_TLS, classifyOpening, MAX_STARTUP_LENGTH, NEGOTIATION_REQUEST_LENGTH, REFUSE_ENCRYPTION } from '../protocols/negotiate-postgres.js';
 import type { StreamRewriter } from '../protocols/mysql-auth-shift.js';
-import type { Lease, LeaseAttempt } from './upstream.js';
+import type { Lease, LeaseAttempt } from '../pool/warm.js';
 
 // The start of a client connection on a route that handles TLS itself (upstreamTls or
 // clientTls), before the session: PostgreSQL's SSLRequest / GSSENCRequest answered by
@@ -195,7 +195,7 @@ export function joinOpening(attempt: LeaseAttempt, opening: OpeningAttempt): { d
       const lease = await attempt.done.catch(() => null);
       if (lease) {
         lease.socket.destroy();
-        lease.release();
+        lease.pool.release(lease);
       }
       throw error;
     },

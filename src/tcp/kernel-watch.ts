@@ -1,8 +1,6 @@
 import type net from 'node:net';
-import type { Clock } from '../clock.js';
 import { formatHostPort } from '../config/hostport.js';
-import type { Logger } from '../log.js';
-import { BurstLog } from '../log-burst.js';
+import type { BurstLog, BurstLogOptions } from '../log-burst.js';
 import type { Metrics } from '../metrics/registry.js';
 import { readTcpInfo, type TcpInfo } from '../net/tcp-info.js';
 import { tcpOf } from '../net/tls-socket.js';
@@ -25,6 +23,12 @@ const SUSPECT_EVERY_MS = 1_000;
 const MAX_SAMPLES_PER_TICK = 64;
 /** Samples with unacked data and more timeouts in a row than the sample before, with no progress between them. */
 const HALF_OPEN_SAMPLES = 2;
+
+/** The folded log line of a half-open upstream (the route owns the BurstLog and flushes it). */
+export const HALF_OPEN_LOG: BurstLogOptions = {
+  level: 'warn',
+  msg: 'upstream half-open: sent data unacknowledged and retransmissions growing; the kernel has not given up yet',
+};
 
 /** What the watch needs of a session: its id and its upstream socket (TLS or TCP). */
 export interface WatchedConnection {
@@ -50,17 +54,14 @@ export class KernelWatch {
   /** Per upstream socket; gone with the socket. */
   readonly #previous = new WeakMap<net.Socket, Previous>();
 
-  constructor(route: string, deps: { readonly metrics: Metrics; readonly log: Logger; readonly clock: Clock }) {
+  constructor(route: string, deps: { readonly metrics: Metrics }, halfOpenLog: BurstLog) {
     this.#route = route;
     this.#rtt = deps.metrics.upstreamRtt.labels(route);
     this.#probes = deps.metrics.keepaliveProbes.labels(route);
     this.#halfOpen = deps.metrics.upstreamHalfOpen.labels(route);
     this.#probes.inc(0);
     this.#halfOpen.inc(0);
-    this.#halfOpenLog = new BurstLog(deps.log, deps.clock, {
-      level: 'warn',
-      msg: 'upstream half-open: sent data unacknowledged and retransmissions growing; the kernel has not given up yet',
-    });
+    this.#halfOpenLog = halfOpenLog;
   }
 
   tick(now: number, connections: Iterable<WatchedConnection>): void {
@@ -73,11 +74,6 @@ export class KernelWatch {
       if (info) this.#sampled(connection, tcp, info, previous, now);
       if (--budget === 0) return;
     }
-  }
-
-  /** Writes a folded half-open summary still unsaid (the route is closing). */
-  flush(): void {
-    this.#halfOpenLog.flush();
   }
 
   #sampled(connection: WatchedConnection, tcp: net.Socket, info: TcpInfo, previous: Previous | undefined, now: number): void {

@@ -5,7 +5,7 @@ import { readInto } from '../net/shared-reads.js';
 import { MysqlAuthShift } from '../protocols/mysql-auth-shift.js';
 import { asksForTls, classifyFirstPacket, offerTls, packetLength, SSL_REQUEST_LENGTH, sslRequestFrom } from '../protocols/negotiate-mysql.js';
 import { acceptClientTls, MAX_OPENING_MS, type ClientOpening } from './client-opening.js';
-import type { Lease, LeaseAttempt } from './upstream.js';
+import type { Lease, LeaseAttempt } from '../pool/warm.js';
 
 // The start of a MySQL connection on a route with upstreamTls (and maybe clientTls),
 // before the session. The server's greeting (read whole by the dial) must reach the
@@ -73,7 +73,7 @@ export function openMysql(down: net.Socket, attempt: LeaseAttempt, context: tls.
     } catch (error) {
       upstream.destroy();
       if (upstream !== lease.socket) lease.socket.destroy();
-      lease.release();
+      lease.pool.release(lease);
       throw error;
     }
   });

@@ -1,18 +1,16 @@
 import net from 'node:net';
 import type { RouteConfig } from '../config/schema.js';
 import { ProxyError, type EvictionReason, type Side } from '../errors.js';
-import { applyKeepaliveToListener, readSocketOptions } from '../net/sockopt.js';
-import { SockoptRefusals } from '../net/sockopt-refusals.js';
+import { readSocketOptions } from '../net/sockopt.js';
 import { codecFor } from '../protocols/registry.js';
 import type { HeartbeatCodec } from '../protocols/types.js';
 import type { ConnectionInfo, RouteDeps, RouteHandle } from '../route.js';
-import { BurstLog } from '../log-burst.js';
-import { listenOn, watchListenerErrors } from '../net/listen.js';
+import { RouteBase } from '../route-base.js';
+import type { BurstLog } from '../log-burst.js';
 import { acceptWith } from '../net/accept.js';
 import { markSharedReads, sharedOnread } from '../net/shared-reads.js';
-import { RouteMetrics } from '../metrics/route-metrics.js';
-import { Session, type HeartbeatResult, type SessionEvents } from './session.js';
-import { UpstreamSource, type Lease } from './upstream.js';
+import { Session, type SessionEvents } from './session.js';
+import { WarmPool, type Lease } from '../pool/warm.js';
 import { clientSecureContext, joinOpening, openClient, type ClientOpening } from './client-opening.js';
 import { openMysql } from './mysql-opening.js';
 import { tcpOf, tlsFailureCause, tlsSummary } from '../net/tls-socket.js';
@@ -21,14 +19,14 @@ import { createRouteLearner, type RouteLearner } from '../heartbeat/route-learne
 import { formatHostPort } from '../config/hostport.js';
 import { resetOrDestroy, START_PAUSED } from '../net/internals.js';
 import { readTcpInfo } from '../net/tcp-info.js';
-import { KernelWatch } from './kernel-watch.js';
+import { HALF_OPEN_LOG, KernelWatch } from './kernel-watch.js';
 
 /** Every accepted client socket: half-open allowed, not read until its upstream is ready. */
 const ACCEPTED_SOCKET = { options: { allowHalfOpen: true, ...START_PAUSED, onread: sharedOnread }, context: null };
 
 // A TCP-family route: accept -> keepalive on the client socket -> lease an upstream
-// (warm pool or fresh dial) -> Session. Owns its listener, its sessions and one
-// subscription to the shared clock that drives idle timeouts and heartbeats.
+// (warm pool or fresh dial) -> Session. The lifecycle every route shares (listener,
+// refusal, drain, the shared clock's tick) is route-base.ts's; what is here is TCP's.
 
 let nextSessionId = 1;
 
@@ -36,166 +34,101 @@ export function createTcpRoute(config: RouteConfig, deps: RouteDeps): RouteHandl
   return new TcpRoute(config, deps);
 }
 
-class TcpRoute implements RouteHandle {
-  readonly name: string;
-  #config: RouteConfig;
+class TcpRoute extends RouteBase {
   #codec: HeartbeatCodec | null;
   /** clientTls's certificate, parsed once per config. */
   #clientContext: tls.SecureContext | null;
-  readonly #deps: RouteDeps;
-  readonly #metrics: RouteMetrics;
-  readonly #server: net.Server;
-  /** Live sessions, each with the release() of the lease it runs on. */
-  readonly #sessions = new Map<Session, () => void>();
+  /** Live sessions, each with the lease it runs on (given back to its pool when the session ends). */
+  readonly #sessions = new Map<Session, Lease>();
   /** Client sockets accepted whose upstream is still connecting. */
   readonly #pending = new Map<net.Socket, () => void>();
-  #upstream: UpstreamSource;
-  #listening = false;
-  /** True when accepted sockets inherit keepalive and TCP_NODELAY from the listener (Linux). */
-  #listenerSetsOptions = false;
-  #unsubscribe: (() => void) | null = null;
+  #upstream: WarmPool;
   /** heartbeat every: auto: the route's learned interval (null otherwise). */
   #learner: RouteLearner | null = null;
-  #unregisterFlush: (() => void) | null = null;
-  #drainWaiters: Array<() => void> = [];
   readonly #events: SessionEvents;
   readonly #connectFailures: BurstLog;
   readonly #clientTlsFailures: BurstLog;
   readonly #clientRefusals: BurstLog;
-  /** Evictions the proxy decided: a mass eviction is one line and per-second counts by reason. */
-  readonly #evictions: BurstLog;
-  /** Keepalive on every socket of the route, refusals counted and logged (client side here, upstream in the warm pool). */
-  readonly #sockopt: SockoptRefusals;
-  readonly #acceptErrors: BurstLog;
-  readonly #refusedHeartbeats: BurstLog;
   /** TCP_INFO of the upstream sockets, sampled on the tick: RTT, probes, half-open. */
   readonly #kernelWatch: KernelWatch;
 
   constructor(config: RouteConfig, deps: RouteDeps) {
-    this.name = config.name;
-    this.#config = config;
-    this.#deps = deps;
+    super(config, deps, {
+      server: (accept) => net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, accept),
+      evictedMsg: 'connection evicted',
+      heartbeat: { off: 'heartbeats off for this connection (TCP keepalive only)', dead: 'heartbeat unanswered: upstream considered dead' },
+    });
     this.#codec = heartbeatCodec(config);
     this.#clientContext = clientSecureContext(config);
-    this.#metrics = new RouteMetrics(deps.metrics, this.name);
-    this.#connectFailures = new BurstLog(deps.log, deps.clock, { level: 'warn', msg: 'upstream connect failed; closing client' });
-    this.#evictions = new BurstLog(deps.log, deps.clock, { level: 'info', msg: 'connection evicted', countBy: 'reasons' });
-    this.#refusedHeartbeats = new BurstLog(deps.log, deps.clock, {
-      level: 'warn',
-      msg: 'heartbeat answered with an error: the upstream is alive but refuses the probe (e.g. a Redis ACL user without +ping)',
-      intervalMs: 60_000,
-    });
-    this.#clientTlsFailures = new BurstLog(deps.log, deps.clock, { level: 'warn', msg: 'client TLS failed; closing client' });
-    this.#clientRefusals = new BurstLog(deps.log, deps.clock, { level: 'warn', msg: 'client opening refused; closing client' });
-    this.#sockopt = new SockoptRefusals(this.name, deps);
-    this.#kernelWatch = new KernelWatch(this.name, deps);
-    this.#upstream = new UpstreamSource(config, this.#codec, deps, this.#metrics, this.#sockopt);
-    this.#server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, (socket) => this.#accept(socket));
-    this.#acceptErrors = watchListenerErrors(this.#server, this.name, this.#metrics, deps);
+    this.#connectFailures = this.burst({ level: 'warn', msg: 'upstream connect failed; closing client' });
+    this.#clientTlsFailures = this.burst({ level: 'warn', msg: 'client TLS failed; closing client' });
+    this.#clientRefusals = this.burst({ level: 'warn', msg: 'client opening refused; closing client' });
+    this.#upstream = this.#warmPool(config);
+    this.#kernelWatch = new KernelWatch(this.name, deps, this.burst(HALF_OPEN_LOG));
     this.#events = {
       onClosed: (session, reason, side) => this.#onSessionClosed(session, reason, side),
-      onBytes: (direction, count) => {
-        if (direction === 'upstream') this.#metrics.bytesUpstream.inc(count);
-        else this.#metrics.bytesDownstream.inc(count);
-      },
-      onHeartbeat: (session, result, ms, detail) => this.#onHeartbeat(session, result, ms, detail),
+      onBytes: (direction, count) => this.countBytes(direction, count),
+      onHeartbeat: (session, result, ms, detail) => this.noteHeartbeat(session.id, result, ms, detail),
     };
-  }
-
-  get config(): RouteConfig {
-    return this.#config;
-  }
-
-  get listening(): boolean {
-    return this.#listening;
   }
 
   get activeCount(): number {
     return this.#sessions.size + this.#pending.size;
   }
 
-  async listen(): Promise<void> {
-    await listenOn(this.#server, this.#config.listen, this.name);
-    this.#listening = true;
+  protected override onListening(): void {
     // Accepted sockets read through the shared buffer; where node's handle is not what
     // acceptWith expects they come through 'connection' and read through 'data' events.
-    acceptWith(this.#server, () => ACCEPTED_SOCKET, (socket) => {
+    acceptWith(this.server, () => ACCEPTED_SOCKET, (socket) => {
       markSharedReads(socket);
-      this.#accept(socket);
+      this.accept(socket);
     });
-    this.#listenerSetsOptions = applyKeepaliveToListener(this.#server, this.#config.keepalive.client, this.#config.noDelay);
-    this.#learner = this.#codec ? createRouteLearner(this.#config, this.#deps) : null;
-    this.#unsubscribe = this.#deps.clock.subscribe((now) => this.#tick(now));
-    this.#unregisterFlush = this.#deps.metrics.onScrape(() => this.#metrics.flush());
+    this.#learner = this.#codec ? createRouteLearner(this.config, this.deps) : null;
     this.#upstream.start();
-    warnAboutOneWayHeartbeat(this.#config, this.#deps);
+    warnAboutOneWayHeartbeat(this.config, this.deps);
   }
 
-  address(): { host: string; port: number } | null {
-    const address = this.#server.address();
-    return address && typeof address === 'object' ? { host: address.address, port: address.port } : null;
-  }
-
-  update(config: RouteConfig): void {
-    this.#config = config;
-    if (this.#listening) this.#listenerSetsOptions = applyKeepaliveToListener(this.#server, config.keepalive.client, config.noDelay);
+  override update(config: RouteConfig): void {
+    super.update(config);
     this.#codec = heartbeatCodec(config);
     this.#clientContext = clientSecureContext(config);
     // A reload starts the learner again (upstream or bounds may differ; stateDir keeps what it knew).
     this.#learner?.close();
-    this.#learner = this.#listening && this.#codec ? createRouteLearner(config, this.#deps) : null;
+    this.#learner = this.listening && this.#codec ? createRouteLearner(config, this.deps) : null;
     // A changed upstream or pool gets a fresh source; the old one's idle sockets go.
     const old = this.#upstream;
-    this.#upstream = new UpstreamSource(config, this.#codec, this.#deps, this.#metrics, this.#sockopt);
+    this.#upstream = this.#warmPool(config);
     old.close('reload');
-    if (this.#listening) this.#upstream.start();
-    warnAboutOneWayHeartbeat(config, this.#deps);
+    if (this.listening) this.#upstream.start();
+    warnAboutOneWayHeartbeat(config, this.deps);
   }
 
-  async stopAccepting(): Promise<void> {
-    await this.#stopAccepting('shutdown');
+  /** The route's upstream source for `config`; its spares follow the learned interval as sessions do. */
+  #warmPool(config: RouteConfig): WarmPool {
+    return new WarmPool(config, this.#codec, this.deps, this.metrics, this.sockopt, () => this.#learner?.interval ?? null);
   }
 
-  async #stopAccepting(sparesReason: EvictionReason): Promise<void> {
-    if (!this.#listening) return;
-    this.#listening = false;
-    this.#upstream.close(sparesReason);
-    // The listening socket closes at once; close()'s callback would wait for every
-    // accepted connection to end, which is drain's job, not this one's.
-    this.#server.close();
-  }
-
-  async drain(deadlineMs: number, reason: EvictionReason): Promise<void> {
+  protected override onStopAccepting(reason: EvictionReason): void {
     // A route retired by a reload drops its spares for the reload; live clients go on.
-    await this.#stopAccepting(reason === 'route_removed' ? 'reload' : reason);
-    if (this.activeCount > 0) {
-      const drained = new Promise<void>((resolve) => this.#drainWaiters.push(resolve));
-      // An infinite deadline (a route retired by reload) waits for the clients to finish.
-      let timer: NodeJS.Timeout | undefined;
-      const deadline = Number.isFinite(deadlineMs)
-        ? new Promise<void>((resolve) => (timer = setTimeout(resolve, deadlineMs)))
-        : new Promise<void>(() => {});
-      await Promise.race([drained, deadline]);
-      clearTimeout(timer);
-      for (const abort of this.#pending.values()) abort();
-      for (const session of this.#sessions.keys()) session.destroy(reason);
-    }
-    this.#metrics.flush();
-    for (const burst of [this.#connectFailures, this.#evictions, this.#acceptErrors, this.#clientTlsFailures, this.#clientRefusals, this.#sockopt, this.#kernelWatch]) burst.flush();
+    this.#upstream.close(reason === 'route_removed' ? 'reload' : reason);
+  }
+
+  protected closeRemaining(reason: EvictionReason): void {
+    for (const abort of this.#pending.values()) abort();
+    for (const session of this.#sessions.keys()) session.destroy(reason);
+  }
+
+  protected override onDrained(): void {
     this.#learner?.close();
     this.#learner = null;
-    this.#unsubscribe?.();
-    this.#unsubscribe = null;
-    this.#unregisterFlush?.();
-    this.#unregisterFlush = null;
   }
 
   connections(): ConnectionInfo[] {
-    const now = this.#deps.clock.now();
+    const now = this.deps.clock.now();
     return [...this.#sessions.keys()].map((s) => ({
       id: s.id,
       route: this.name,
-      protocol: this.#config.protocol,
+      protocol: this.config.protocol,
       client: formatHostPort(s.down.remoteAddress, s.down.remotePort),
       upstream: formatHostPort(s.up.remoteAddress, s.up.remotePort),
       ageSeconds: (now - s.startedAt) / 1000,
@@ -209,32 +142,17 @@ class TcpRoute implements RouteHandle {
     }));
   }
 
-  #tick(now: number): void {
-    this.#metrics.flush();
+  protected tick(now: number): void {
     this.#learner?.tick(now);
     for (const session of this.#sessions.keys()) session.tick(now);
     this.#kernelWatch.tick(now, this.#sessions.keys());
     this.#upstream.tick(now);
   }
 
-  #accept(down: net.Socket): void {
-    const { log } = this.#deps;
-    const metrics = this.#metrics;
-    const config = this.#config;
-    metrics.accepted.inc();
-    if (config.maxConnections > 0 && this.activeCount >= config.maxConnections) {
-      // Like PgBouncer's max_client_conn: refuse at once rather than queue unboundedly.
-      metrics.eviction('max_connections').inc();
-      log.warn({ route: this.name, client: formatHostPort(down.remoteAddress, down.remotePort), maxConnections: config.maxConnections }, 'connection refused: maxConnections reached');
-      down.on('error', () => {});
-      down.destroy();
-      return;
-    }
-    metrics.active.inc();
-    if (!this.#listenerSetsOptions) {
-      down.setNoDelay(config.noDelay);
-      this.#sockopt.keepalive(down, 'client', config.keepalive.client, 0);
-    }
+  protected accept(down: net.Socket): void {
+    if (!this.admit(down)) return;
+    const config = this.config;
+    this.metrics.active.inc();
     const lease = this.#upstream.lease();
     // MySQL negotiates TLS inside its handshake, after the server's greeting (the lease's).
     const mysqlTls = config.protocol === 'mysql' && config.upstreamTls !== null;
@@ -305,7 +223,7 @@ class TcpRoute implements RouteHandle {
         }
         // Out of descriptors: the client was taken but cannot be served, as a failed accept.
         const fdLimit = outOfDescriptors(error);
-        if (fdLimit) this.#metrics.acceptError(fdLimit).inc();
+        if (fdLimit) this.metrics.acceptError(fdLimit).inc();
         this.#connectFailures.note({ route: this.name, client: formatHostPort(down.remoteAddress, down.remotePort), err: String((error as Error).message ?? error) });
         down.on('error', () => {});
         // A reset tells the client at once that nothing is behind this connection.
@@ -316,18 +234,18 @@ class TcpRoute implements RouteHandle {
   }
 
   #endBeforeSession(down: net.Socket, reason: EvictionReason, side: Side): void {
-    const { log } = this.#deps;
-    const metrics = this.#metrics;
+    const { log } = this.deps;
+    const metrics = this.metrics;
     if (!down.destroyed) down.destroy();
     metrics.active.dec();
     metrics.eviction(reason === 'connect_timeout' ? 'connect_error' : reason).inc();
     log.debug({ route: this.name, reason, side }, 'connection closed before the upstream was ready');
-    this.#checkDrained();
+    this.checkDrained();
   }
 
   #startSession(down: net.Socket, lease: Lease, client: ClientOpening): void {
-    const config = this.#config;
-    if (down !== tcpOf(down)) this.#metrics.tlsHandshake((down as tls.TLSSocket).isSessionReused(), 'client').inc();
+    const config = this.config;
+    if (down !== tcpOf(down)) this.metrics.tlsHandshake((down as tls.TLSSocket).isSessionReused(), 'client').inc();
     const session = new Session(down, lease.socket, this.#events, {
       id: String(nextSessionId++),
       idleTimeoutMs: config.idleTimeoutMs,
@@ -339,52 +257,29 @@ class TcpRoute implements RouteHandle {
       earlyData: lease.earlyData,
       clientEarlyData: client.early,
       rewriter: client.rewriter ?? null,
-      clock: this.#deps.clock,
+      clock: this.deps.clock,
     });
-    this.#sessions.set(session, lease.release);
+    this.#sessions.set(session, lease);
     down.resume();
     lease.socket.resume();
   }
 
   #onSessionClosed(session: Session, reason: EvictionReason, side: Side): void {
-    const { log } = this.#deps;
-    const metrics = this.#metrics;
-    this.#sessions.get(session)?.();
+    const lease = this.#sessions.get(session);
+    lease?.pool.release(lease);
     this.#sessions.delete(session);
-    metrics.active.dec();
-    metrics.eviction(reason).inc();
+    this.metrics.active.dec();
     this.#learner?.onEvicted(reason);
     const fields = {
-      route: this.name,
       id: session.id,
       reason,
       side,
-      durationMs: this.#deps.clock.now() - session.startedAt,
+      durationMs: this.deps.clock.now() - session.startedAt,
       bytesUpstream: session.bytesUp,
       bytesDownstream: session.bytesDown,
     };
-    // Evictions the proxy decided (a dead peer, a timeout) are news; ordinary ends are not.
-    if (reason === 'peer_closed' || reason === 'shutdown') log.debug(fields, 'connection closed');
-    else this.#evictions.note(fields, reason);
-    this.#checkDrained();
-  }
-
-  #onHeartbeat(session: Session, result: HeartbeatResult, ms: number, detail?: string): void {
-    const { log } = this.#deps;
-    const metrics = this.#metrics;
-    metrics.heartbeat(result).inc();
-    if (result === 'ok') metrics.heartbeatRtt.observe(ms / 1000);
-    else if (result === 'sent') return;
-    else if (result === 'error') this.#refusedHeartbeats.note({ route: this.name, id: session.id });
-    else if (result === 'unsupported') log.info({ route: this.name, id: session.id, why: detail }, 'heartbeats off for this connection (TCP keepalive only)');
-    else log.warn({ route: this.name, id: session.id, waitedMs: ms }, 'heartbeat unanswered: upstream considered dead');
-  }
-
-  #checkDrained(): void {
-    if (this.activeCount > 0 || this.#drainWaiters.length === 0) return;
-    const waiters = this.#drainWaiters;
-    this.#drainWaiters = [];
-    for (const resolve of waiters) resolve();
+    this.noteEnded(fields, 'connection closed');
+    this.checkDrained();
   }
 }
 

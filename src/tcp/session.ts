@@ -7,6 +7,7 @@ import type { StreamRewriter } from '../protocols/mysql-auth-shift.js';
 import { readInto } from '../net/shared-reads.js';
 import { readOnAfterWriteError } from '../net/last-reads.js';
 import { resetOrDestroy } from '../net/internals.js';
+import { HeartbeatSchedule, type HeartbeatResult } from '../heartbeat/scheduler.js';
 import { unacknowledgedBytes } from '../net/sockopt.js';
 
 // One proxied pair: the downstream (client) socket and the upstream socket, spliced
@@ -15,10 +16,10 @@ import { unacknowledgedBytes } from '../net/sockopt.js';
 //
 // Heartbeats live here too because they are part of the splice: while a probe is
 // outstanding the client's bytes are held back (bounded by the socket's own buffer:
-// the client socket is paused) and released, in order, right after the reply.
+// the client socket is paused) and released, in order, right after the reply. When to
+// probe is the one schedule's call (heartbeat/scheduler.ts).
 
-/** ok: answered; error: answered with an error (alive, probe refused); timeout: unanswered (dead); unsupported: stream opaque; sent: one-way probe. */
-export type HeartbeatResult = 'ok' | 'error' | 'timeout' | 'unsupported' | 'sent';
+export type { HeartbeatResult } from '../heartbeat/scheduler.js';
 
 export interface SessionEvents {
   /** Called once, after both sockets are destroyed. */
@@ -79,30 +80,21 @@ export class Session {
   bytesDown = 0;
   /** Last payload byte either way (idleTimeout). */
   lastPayloadAt: number;
-  /** Last byte of any kind on the upstream wire, heartbeats included (heartbeat schedule). */
-  lastWireAt: number;
 
   readonly #events: SessionEvents;
   readonly #clock: Clock;
   readonly #idleTimeoutMs: number;
-  readonly #heartbeat: HeartbeatConfig | null;
   readonly #tracker: Tracker | null;
-  readonly #heartbeatInterval: { readonly everyMs: number };
+  /** When to probe (null without a heartbeat or a tracker to probe with). */
+  readonly #schedule: HeartbeatSchedule | null;
   #rewriter: StreamRewriter | null;
-  /** Fixed per session so that many sessions started together do not probe in lockstep. */
-  readonly #heartbeatJitter: number;
   readonly #responseTimeoutMs: number;
   /** When the oldest unanswered request went out, or the server's last byte since (0: nothing owed). */
   #replyOwedSince = 0;
-  /** Last byte from the client (heartbeat.maxIdle). */
-  #lastClientAt: number;
-  #probeSentAt = 0;
-  #probeSentPrecise = 0;
   #held: Buffer[] = [];
   #downBlocked = false; // upstream's write buffer is full
   #upBlocked = false; // client's write buffer is full
   #closed = false;
-  #offReported = false;
   #downEnded = false;
   #upEnded = false;
   #closedSockets = 0;
@@ -122,20 +114,24 @@ export class Session {
     const now = options.clock.now();
     this.startedAt = now;
     this.lastPayloadAt = now;
-    this.lastWireAt = now;
     this.#events = events;
     this.#idleTimeoutMs = options.idleTimeoutMs;
-    this.#heartbeat = options.heartbeat;
     this.#tracker = options.tracker;
+    this.#schedule =
+      options.heartbeat && options.tracker
+        ? new HeartbeatSchedule(options.heartbeat, options.clock, { clientSince: now, ...(options.heartbeatInterval ? { interval: options.heartbeatInterval } : {}) })
+        : null;
     this.#rewriter = options.rewriter ?? null;
     this.#responseTimeoutMs = options.responseTimeoutMs ?? 0;
-    this.#lastClientAt = now;
-    this.#heartbeatInterval = options.heartbeatInterval ?? options.heartbeat ?? { everyMs: 0 };
-    this.#heartbeatJitter = 1 + (options.heartbeat?.jitter ?? 0) * (Math.random() * 2 - 1);
 
     for (const chunk of options.earlyData) this.#forwardDownstream(chunk);
     this.#wire();
     for (const chunk of options.clientEarlyData ?? []) this.#onClientData(chunk);
+  }
+
+  /** Last byte of any kind on the upstream wire, heartbeats included (without heartbeats every byte is payload). */
+  get lastWireAt(): number {
+    return this.#schedule?.lastWireAt ?? this.lastPayloadAt;
   }
 
   get closed(): boolean {
@@ -242,7 +238,8 @@ export class Session {
   }
 
   #onClientData(chunk: Buffer): void {
-    this.lastPayloadAt = this.lastWireAt = this.#lastClientAt = this.#clock.now();
+    const now = (this.lastPayloadAt = this.#clock.now());
+    this.#schedule?.clientSent(now);
     this.bytesUp += chunk.length;
     this.#events.onBytes('upstream', chunk.length);
     if (this.#tracker) {
@@ -254,7 +251,7 @@ export class Session {
       }
       this.#tracker.fromClient(chunk);
     }
-    this.#armReplyDeadline(this.lastWireAt);
+    this.#armReplyDeadline(now);
     if (!this.up.write(this.#toServer(chunk))) {
       this.#downBlocked = true;
       this.down.pause();
@@ -262,21 +259,22 @@ export class Session {
   }
 
   #onUpstreamData(received: Buffer): void {
-    this.lastWireAt = this.#clock.now();
+    const now = this.#clock.now();
+    this.#schedule?.heard(now);
     const chunk = this.#rewriter ? this.#rewritten(this.#rewriter.toClient(received)) : received;
     const tracker = this.#tracker;
     if (!tracker) {
       this.#replyOwedSince = 0;
-      this.lastPayloadAt = this.lastWireAt;
+      this.lastPayloadAt = now;
       this.#forwardDownstream(chunk);
       return;
     }
     const wasProbing = tracker.probing;
     const forward = tracker.fromServer(chunk);
     // Any byte from the server restarts the reply deadline.
-    if (this.#replyOwedSince !== 0) this.#replyOwedSince = tracker.awaitingReply ? this.lastWireAt : 0;
+    if (this.#replyOwedSince !== 0) this.#replyOwedSince = tracker.awaitingReply ? now : 0;
     if (forward.length > 0) {
-      this.lastPayloadAt = this.lastWireAt;
+      this.lastPayloadAt = now;
       this.#forwardDownstream(forward);
     }
     if (wasProbing && !tracker.probing) this.#onProbeAnswered();
@@ -304,7 +302,7 @@ export class Session {
     // A tracker that lost the thread while a probe was out forwarded what came and went
     // off: that is no proof of life, and it is counted as unsupported at the next tick.
     const tracker = this.#tracker!;
-    if (tracker.state !== 'off') this.#events.onHeartbeat(this, tracker.probeRefused ? 'error' : 'ok', this.#clock.preciseNow() - this.#probeSentPrecise);
+    if (tracker.state !== 'off' && this.#schedule) this.#events.onHeartbeat(this, tracker.probeRefused ? 'error' : 'ok', this.#schedule.answered());
     const held = this.#held;
     if (held.length === 0) return;
     this.#held = [];
@@ -364,33 +362,24 @@ export class Session {
       return;
     }
     const tracker = this.#tracker;
-    const heartbeat = this.#heartbeat;
-    if (!tracker || !heartbeat) return;
-    if (tracker.probing) {
-      if (now - this.#probeSentAt >= heartbeat.timeoutMs) {
-        this.#events.onHeartbeat(this, 'timeout', now - this.#probeSentAt);
+    const schedule = this.#schedule;
+    if (!tracker || !schedule) return;
+    switch (schedule.next(now, tracker, !this.#upEnded && !this.#downEnded)) {
+      case 'timeout':
+        this.#events.onHeartbeat(this, 'timeout', schedule.waited(now));
         this.close('heartbeat_timeout', 'upstream');
-      }
-      return;
-    }
-    if (tracker.state === 'off') {
-      if (!this.#offReported) {
-        this.#offReported = true;
+        return;
+      case 'off':
         this.#events.onHeartbeat(this, 'unsupported', 0, tracker.offReason ?? 'unknown');
-      }
-      return;
+        return;
+      case 'probe':
+        this.up.write(schedule.probe(tracker, now));
+        // A one-way probe (custom, empty expect) keeps middleboxes fed but proves nothing.
+        if (!tracker.probing) this.#events.onHeartbeat(this, 'sent', 0);
+        return;
+      case 'wait':
+        return;
     }
-    if (tracker.state !== 'quiet' || this.#upEnded || this.#downEnded) return;
-    // Leave the server's own guards to fire: idle-in-transaction, and idle timeouts set above maxIdle.
-    if (tracker.inTransaction && !heartbeat.inTransaction) return;
-    if (heartbeat.maxIdleMs > 0 && now - this.#lastClientAt >= heartbeat.maxIdleMs) return;
-    if (now - this.lastWireAt < this.#heartbeatInterval.everyMs * this.#heartbeatJitter) return;
-    this.#probeSentAt = now;
-    this.#probeSentPrecise = this.#clock.preciseNow();
-    this.lastWireAt = now;
-    this.up.write(tracker.probe());
-    // A one-way probe (custom, empty expect) keeps middleboxes fed but proves nothing.
-    if (!tracker.probing) this.#events.onHeartbeat(this, 'sent', 0);
   }
 
   #onSocketClosed(side: Side): void {

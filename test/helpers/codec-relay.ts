@@ -1,4 +1,7 @@
 import net from 'node:net';
+import { Clock } from '../../src/clock.js';
+import type { HeartbeatConfig } from '../../src/config/schema.js';
+import { HeartbeatSchedule } from '../../src/heartbeat/scheduler.js';
 import type { HeartbeatCodec, Tracker } from '../../src/protocols/types.js';
 import { listen0 } from './net.js';
 import { until } from './wait.js';
@@ -6,8 +9,13 @@ import { until } from './wait.js';
 // A test-only relay that runs a heartbeat codec between a real client and a real server,
 // as the proxy's engine does (client bytes held while a probe is out, probe replies cut),
 // but probing as often as the codec allows instead of after a silence: the harshest
-// schedule for a codec. It records every chunk each way, which is how the unit tests'
-// fixtures were captured from real servers.
+// schedule for a codec. Whether a probe may go is the proxy's own schedule's call
+// (src/heartbeat/scheduler.ts) with no interval, no jitter and no transaction or idle
+// limit. It records every chunk each way, which is how the unit tests' fixtures were
+// captured from real servers.
+
+/** The proxy's schedule at its harshest: due at once whenever the codec is quiet, never timed out. */
+const AS_OFTEN_AS_ALLOWED: HeartbeatConfig = { everyMs: 0, timeoutMs: Infinity, jitter: 0, inTransaction: true, maxIdleMs: 0 };
 
 export interface RecordedEvent {
   from: 'client' | 'server' | 'probe' | 'probe-reply';
@@ -42,6 +50,7 @@ export async function startCodecRelay(
   options: { probeEveryMs?: number } = {},
 ): Promise<CodecRelay> {
   const connections: RelayedConnection[] = [];
+  const clock = new Clock();
   const upstreams = new Set<net.Socket>();
   const server = await listen0((down) => {
     const up = net.connect(upstreamPort, '127.0.0.1');
@@ -50,6 +59,7 @@ export async function startCodecRelay(
     up.on('error', () => down.destroy());
     down.on('error', () => up.destroy());
     const tracker = codec.track({});
+    const schedule = new HeartbeatSchedule(AS_OFTEN_AS_ALLOWED, clock, { clientSince: null });
     const held: Buffer[] = [];
     const connection: RelayedConnection = {
       tracker,
@@ -59,9 +69,9 @@ export async function startCodecRelay(
       clientSpoke: false,
       closed: false,
       probe() {
-        if (up.destroyed || down.destroyed || tracker.state !== 'quiet' || tracker.probing) return false;
-        if (!connection.clientSpoke && !codec.probesBeforeClient) return false;
-        const bytes = tracker.probe();
+        if (up.destroyed || down.destroyed) return false;
+        if (schedule.next(clock.now(), tracker, connection.clientSpoke || codec.probesBeforeClient) !== 'probe') return false;
+        const bytes = schedule.probe(tracker, clock.now());
         connection.events.push({ from: 'probe', hex: bytes.toString('hex') });
         connection.probesSent++;
         up.write(bytes);

@@ -119,6 +119,34 @@ describe('discover', () => {
     }
   }, 30_000);
 
+  it('exits 1, reporting no bracket, when the upstream answers the preflight and then ends every new connection', async () => {
+    // Not an idle timeout: connections die right after connecting (reset, close, reset after
+    // a short pause), before the shortest idle tried. Each way must be an error, never a
+    // bracket of a few milliseconds with exit 0.
+    const endings: Array<(socket: import('node:net').Socket) => void> = [
+      (socket) => socket.resetAndDestroy(),
+      (socket) => socket.end(),
+      (socket) => setTimeout(() => socket.resetAndDestroy(), 300),
+      (socket) => setTimeout(() => socket.end(), 600),
+    ];
+    for (const end of endings) {
+      let accepted = 0;
+      const server = await listen0((socket) => {
+        socket.on('error', () => {});
+        if (accepted++ === 0) socket.on('data', (chunk: Buffer) => socket.write(chunk));
+        else end(socket);
+      });
+      try {
+        const run = await discover(['--upstream', `127.0.0.1:${server.port}`, '--send', 'ping\n', '--expect', 'ping\n', '--json']);
+        expect(run.code, run.stdout).toBe(1);
+        expect(run.stdout).not.toMatch(/idleTimeoutSeconds/);
+        expect(run.stderr).toMatch(/probe connections failed; last: /);
+      } finally {
+        await server.close();
+      }
+    }
+  }, 60_000);
+
   it('rejects bad usage with exit 2', async () => {
     for (const args of [[], ['--upstream', 'nohost'], ['--upstream', '127.0.0.1:1', '--protocol', 'tcp'], ['--upstream', '127.0.0.1:1', '--protocol', 'redis', '--max', '20'], ['--upstream', '127.0.0.1:1', '--parallel', '0', '--send', 'x']]) {
       const run = await discover(args);

@@ -77,6 +77,25 @@ describe('AdaptiveHeartbeat', () => {
     }
   });
 
+  it('backs off while canaries cannot tell (upstream down) instead of dialling at every tick', async () => {
+    let dials = 0;
+    const unreachable = (): CanaryHandle => {
+      dials++;
+      return { done: Promise.resolve({ kind: 'failed', reason: 'connect: ECONNREFUSED' }), tick: () => {}, cancel: () => {} };
+    };
+    const learner = new AdaptiveHeartbeat(OPTIONS, unreachable, { onChange: () => {} });
+    for (let now = 0; now <= 10 * 60_000; now += 250) {
+      learner.tick(now);
+      await Promise.resolve();
+      await Promise.resolve();
+    }
+    // 2,400 ticks in 10 minutes: with a doubling pause up to a minute, a few dozen dials at most.
+    expect(dials).toBeGreaterThan(2);
+    expect(dials).toBeLessThan(40);
+    expect(learner.interval.everyMs).toBe(OPTIONS.minMs);
+    learner.close();
+  });
+
   it('never exceeds max on a path with no timeout', async () => {
     const path = new FakePath(Number.POSITIVE_INFINITY);
     const learner = new AdaptiveHeartbeat({ ...OPTIONS, maxMs: 10_000 }, path.start, { onChange: () => {} });

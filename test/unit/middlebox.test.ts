@@ -96,3 +96,13 @@ describe('heartbeat: { every: auto }', () => {
     expect(config.stateDir).toMatch(/state$/);
   });
 });
+
+describe('every: auto on an http route', () => {
+  it('is refused with the reason, whatever the other heartbeat keys, while tcp-family routes accept it', () => {
+    for (const extra of ['', ', min: 2s', ', min: 2s, max: 1m', ', max: 30s']) {
+      const text = yaml('routes:', '  - name: h', '    listen: 127.0.0.1:10001', '    upstream: http://127.0.0.1:20001', '    protocol: http', `    heartbeat: { every: auto, timeout: 2s${extra} }`);
+      expect(issuesOf(text).join('\n'), extra).toMatch(/routes\[0\]\.heartbeat\.every: every: auto is for tcp, redis, postgres and mysql routes/);
+      expect(parseConfigText(route('redis', `heartbeat: { every: auto, timeout: 2s${extra} }`), 'test.yaml').routes[0]!.heartbeat?.adaptive).toBeDefined();
+    }
+  });
+});

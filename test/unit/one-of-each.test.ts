@@ -60,3 +60,30 @@ describe('time comes from the injected clock', () => {
     expect(occurrences(/\bDate\.now\(|\bperformance\.now\(/, ['clock.ts'])).toEqual([]);
   });
 });
+
+describe('one heartbeat schedule (src/heartbeat/scheduler.ts)', () => {
+  it('writes probes and reads the jitter only through the schedule', () => {
+    const ALLOWED = [
+      'heartbeat/scheduler.ts',
+      // A canary takes the codec's probe bytes to send once; when it sends is the idle
+      // search's business (discover/search.ts), not a heartbeat schedule.
+      'discover/probes.ts',
+    ];
+    expect(occurrences(/\.probe\(\)/, ALLOWED)).toEqual([]);
+    expect(occurrences(/\.jitter\b/, ['heartbeat/scheduler.ts', 'config/resolve.ts'])).toEqual([]);
+  });
+});
+
+describe('one route lifecycle (src/route-base.ts)', () => {
+  it('binds route listeners, refuses past maxConnections and waits for drains only in the route base', () => {
+    // The admin server binds through listenOn too: it is no route.
+    expect(occurrences(/\blistenOn\(/, ['route-base.ts', 'net/listen.ts', 'admin/server.ts'])).toEqual([]);
+    expect(occurrences(/\bapplyKeepaliveToListener\(/, ['route-base.ts', 'net/sockopt.ts'])).toEqual([]);
+    expect(occurrences(/maxConnections reached|\bdrainWaiters\b/, ['route-base.ts'])).toEqual([]);
+  });
+
+  it('keeps every upstream pool in src/pool/ (the warm pool beside the HTTP pool)', () => {
+    const pools = sources().filter(({ file }) => !file.startsWith('pool/')).map(({ file }) => file);
+    expect(occurrences(/\bclass \w*(Pool|Source)\b/, []).filter((line) => pools.some((file) => line.startsWith(`${file}:`)))).toEqual([]);
+  });
+});

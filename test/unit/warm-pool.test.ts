@@ -7,13 +7,13 @@ import { parseConfigText } from '../../src/config/load.js';
 import type { RouteConfig } from '../../src/config/schema.js';
 import { readInto } from '../../src/net/shared-reads.js';
 import { codecFor } from '../../src/protocols/registry.js';
-import { UpstreamSource, type Lease } from '../../src/tcp/upstream.js';
+import { WarmPool, type Lease } from '../../src/pool/warm.js';
 import { listen0 } from '../helpers/net.js';
 import { Received } from '../helpers/pairs.js';
 import { testRouteMetrics, type TestRouteMetrics } from '../helpers/route-metrics.js';
 import { until } from '../helpers/wait.js';
 
-// src/tcp/upstream.ts (the warm pool of a TCP-family route) against a real upstream
+// src/pool/warm.ts (the warm pool of a TCP-family route) against a real upstream
 // listener on loopback: lease and hand-off, refill, maxIdle eviction driven through
 // tick(now), a parked spare that gets EOF, RST or bytes, and the early data kept.
 
@@ -50,25 +50,25 @@ function routeConfig(upstreamPort: number, extra: string, protocol = 'tcp'): Rou
 }
 
 interface Pool {
-  readonly source: UpstreamSource;
+  readonly source: WarmPool;
   readonly metric: TestRouteMetrics['metric'];
 }
 
 function pool(config: RouteConfig): Pool {
   const metrics = testRouteMetrics(config.name);
   const deps = { metrics: metrics.registry, log: pino({ level: 'silent' }), clock: new Clock(), ownListeners: () => [] };
-  const source = new UpstreamSource(config, codecFor(config.protocol, { send: config.heartbeat?.send }), deps, metrics.route, new SockoptRefusals(config.name, deps));
+  const source = new WarmPool(config, codecFor(config.protocol, { send: config.heartbeat?.send }), deps, metrics.route, new SockoptRefusals(config.name, deps));
   cleanups.push(() => source.close('shutdown'));
   return { source, metric: metrics.metric };
 }
 
-async function leased(source: UpstreamSource): Promise<Lease> {
+async function leased(source: WarmPool): Promise<Lease> {
   const lease = await source.lease().done;
   cleanups.push(() => lease.socket.destroy());
   return lease;
 }
 
-describe('warm pool (tcp/upstream.ts)', () => {
+describe('warm pool (pool/warm.ts)', () => {
   it('parks `warm` spares, hands one over as reused, and refills behind it', async () => {
     const up = await upstream();
     const p = pool(routeConfig(up.port, ', pool: { warm: 2, maxIdle: 1m }'));
@@ -96,7 +96,7 @@ describe('warm pool (tcp/upstream.ts)', () => {
     await until(() => Buffer.concat(read).toString() === 'pong', 5_000, 'bytes from the upstream');
     await until(() => atServer.text() === 'ping', 5_000, 'bytes to the upstream');
 
-    lease.release();
+    lease.pool.release(lease);
     expect(await p.metric('pool_active')).toBe(0);
   });
 

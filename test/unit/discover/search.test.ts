@@ -65,6 +65,21 @@ describe('IdleSearch', () => {
     expect(result.bracket.maxMs).toBeGreaterThanOrEqual(12_000);
   });
 
+  it('with few slots, the time to a bracket grows with the timeout, not with --max', () => {
+    // One to four slots cannot cover a log scale up to 30 m at once: a slot spent idling
+    // for --max (or for a point far above anything proven) makes a 3 s timeout take 30 m.
+    for (const parallel of [1, 2, 3, 4]) {
+      for (let timeoutMs = 1_500; timeoutMs <= 20 * 60_000; timeoutMs = Math.round(timeoutMs * 1.37)) {
+        const result = simulate(timeoutMs, { maxMs: 30 * 60_000, parallel });
+        const where = `timeout ${timeoutMs}, parallel ${parallel}`;
+        expect(result.bracket.maxMs, where).not.toBeNull();
+        expect(result.bracket.minMs, where).toBeLessThan(timeoutMs);
+        expect(result.bracket.maxMs!, where).toBeGreaterThanOrEqual(timeoutMs);
+        expect(result.elapsedMs, where).toBeLessThan(10 * timeoutMs + 5_000);
+      }
+    }
+  });
+
   it('holds a death below the first probe: the timeout is shorter than the shortest idle tried', () => {
     const result = simulate(400, { maxMs: 60_000, parallel: 4 });
     expect(result.bracket).toEqual({ minMs: 0, maxMs: 1_000 });

@@ -6,26 +6,34 @@ import { formatHostPort } from '../config/hostport.js';
 import { readInto } from '../net/shared-reads.js';
 import { TlsSessionCache } from '../net/tls-sessions.js';
 import { tlsFailureCause } from '../net/tls-socket.js';
-import { upstreamTlsDial } from './upstream-tls.js';
+import { upstreamTlsDial } from '../tcp/upstream-tls.js';
 import type { SockoptRefusals } from '../net/sockopt-refusals.js';
 import type { HeartbeatCodec, Tracker } from '../protocols/types.js';
 import type { RouteDeps } from '../route.js';
 import type { RouteMetrics } from '../metrics/route-metrics.js';
 import { ProxyError, reasonForError, type EvictionReason } from '../errors.js';
 import { BurstLog } from '../log-burst.js';
+import { HeartbeatSchedule } from '../heartbeat/scheduler.js';
 
-// Where a TCP route's upstream sockets come from: a warm pool of pre-dialled,
-// single-use spares when `pool.warm` > 0, else a fresh dial per client.
+// Where a TCP-family route's upstream sockets come from: a warm pool of pre-dialled,
+// single-use spares when `pool.warm` > 0, else a fresh dial per client. The HTTP pool's
+// sibling (pool/http-pool.ts), with the same shape: a lease gives pingora's
+// `(stream, reused)`, and the user gives it back with release(lease) (the HTTP pool's
+// origin.release(connection)); a warm socket is single-use, so giving it back only ends
+// its pool_active share.
 //
 // A parked spare is watched: any EOF, reset or error evicts it (pingora's rule). Bytes
 // the server sends first (a MySQL greeting) are kept, bounded, and handed to the client
 // with the socket. Protocols whose codec may probe before any client byte (redis) get
-// heartbeats while parked, so a spare that went dead behind a middlebox is found.
+// heartbeats while parked, on the schedule live sessions use (heartbeat/scheduler.ts:
+// jitter, RTT, timeout), so a spare that went dead behind a middlebox is found.
 
 export interface Lease {
   readonly socket: net.Socket;
   /** True when the socket already existed (a warm hand-off): counted in reuse_total. */
   readonly reused: boolean;
+  /** The pool this lease came from, to give it back to (a reload may have replaced the route's). */
+  readonly pool: WarmPool;
   /** What the client is to be given first (a MySQL greeting), already seen by `tracker`. */
   readonly earlyData: readonly Buffer[];
   readonly tracker: Tracker | null;
@@ -35,8 +43,6 @@ export interface Lease {
    * resolves with the TLS socket to use from then on. null when there is nothing to do.
    */
   readonly secure: ((request: Buffer) => Promise<net.Socket>) | null;
-  /** The session using the socket has ended (pool_active bookkeeping). */
-  release(): void;
 }
 
 export interface LeaseAttempt {
@@ -65,12 +71,12 @@ interface Spare {
   readonly parkedAt: number;
   readonly early: Buffer[];
   earlyBytes: number;
-  lastWireAt: number;
-  probeSentAt: number;
+  /** Heartbeats while parked (null when the codec may not probe before the client speaks). */
+  readonly schedule: HeartbeatSchedule | null;
   detach(): void;
 }
 
-export class UpstreamSource {
+export class WarmPool {
   readonly #config: RouteConfig;
   readonly #codec: HeartbeatCodec | null;
   readonly #deps: RouteDeps;
@@ -93,8 +99,21 @@ export class UpstreamSource {
   readonly #refillFailures: BurstLog;
   readonly #evictions: BurstLog;
   readonly #sockopt: SockoptRefusals;
+  readonly #learnedInterval: () => { readonly everyMs: number } | null;
 
-  constructor(config: RouteConfig, codec: HeartbeatCodec | null, deps: RouteDeps, metrics: RouteMetrics, sockopt: SockoptRefusals) {
+  /**
+   * `learnedInterval`: the route's heartbeat interval in force when it learns one (every:
+   * auto), read when a spare is parked; spares follow it as live sessions do.
+   */
+  constructor(
+    config: RouteConfig,
+    codec: HeartbeatCodec | null,
+    deps: RouteDeps,
+    metrics: RouteMetrics,
+    sockopt: SockoptRefusals,
+    learnedInterval: () => { readonly everyMs: number } | null = () => null,
+  ) {
+    this.#learnedInterval = learnedInterval;
     this.#sockopt = sockopt;
     this.#metrics = metrics;
     this.#config = config;
@@ -140,7 +159,7 @@ export class UpstreamSource {
         this.#updateGauges();
         const tracker = this.#codec?.track(codecOptions(this.#config)) ?? null;
         for (const chunk of earlyData) tracker?.fromServer(chunk);
-        return { socket, reused: false, earlyData, tracker, secure: this.#secureLater(socket), release: this.#release };
+        return { socket, reused: false, pool: this, earlyData, tracker, secure: this.#secureLater(socket) };
       }),
       abort: () => {
         aborted = true;
@@ -149,32 +168,29 @@ export class UpstreamSource {
     };
   }
 
-  /** One function for every lease (not a closure per connection). */
-  readonly #release = (): void => this.#released();
-
-  #released(): void {
-    if (this.#inUse > 0) this.#inUse--;
+  /** The session using the lease's socket has ended (pool_active bookkeeping). */
+  release(lease: Lease): void {
+    // Single-use: the socket is closed by its session, never parked again.
+    if (lease.pool !== this || this.#inUse === 0) return;
+    this.#inUse--;
     this.#updateGauges();
   }
 
   tick(now: number): void {
     if (this.#closed) return;
     const maxIdleMs = this.#config.warmPool?.maxIdleMs ?? 0;
-    const heartbeat = this.#config.heartbeat;
     for (const spare of [...this.#spares]) {
       if (maxIdleMs > 0 && now - spare.parkedAt >= maxIdleMs) {
         this.#evict(spare, 'idle_timeout');
         continue;
       }
-      if (!heartbeat || !spare.tracker || !this.#codec?.probesBeforeClient) continue;
-      if (spare.tracker.probing) {
-        if (now - spare.probeSentAt >= heartbeat.timeoutMs) {
-          this.#metrics.heartbeat('timeout').inc();
-          this.#evict(spare, 'heartbeat_timeout');
-        }
-      } else if (spare.tracker.state === 'quiet' && now - spare.lastWireAt >= heartbeat.everyMs) {
-        spare.probeSentAt = spare.lastWireAt = now;
-        spare.socket.write(spare.tracker.probe());
+      if (!spare.schedule || !spare.tracker) continue;
+      const decision = spare.schedule.next(now, spare.tracker);
+      if (decision === 'timeout') {
+        this.#metrics.heartbeat('timeout').inc();
+        this.#evict(spare, 'heartbeat_timeout');
+      } else if (decision === 'probe') {
+        spare.socket.write(spare.schedule.probe(spare.tracker, now));
       }
     }
     if (now >= this.#nextRefillAt) this.#refill();
@@ -308,9 +324,15 @@ export class UpstreamSource {
     const now = clock.now();
     const tracker = this.#codec?.track(codecOptions(this.#config)) ?? null;
     for (const chunk of earlyData) tracker?.fromServer(chunk);
+    const heartbeat = this.#config.heartbeat;
+    const interval = this.#learnedInterval();
+    const schedule =
+      heartbeat && tracker && this.#codec?.probesBeforeClient ? new HeartbeatSchedule(heartbeat, clock, { clientSince: null, ...(interval ? { interval } : {}) }) : null;
     const onData = (_socket: net.Socket, chunk: Buffer): void => {
-      spare.lastWireAt = clock.now();
+      schedule?.heard(clock.now());
+      const wasProbing = tracker?.probing ?? false;
       const forward = tracker ? tracker.fromServer(chunk) : chunk;
+      if (wasProbing && !tracker!.probing && schedule) this.#probeAnswered(tracker!, schedule);
       if (forward.length === 0) return;
       spare.early.push(forward);
       spare.earlyBytes += forward.length;
@@ -326,8 +348,7 @@ export class UpstreamSource {
       parkedAt: now,
       early: [...earlyData],
       earlyBytes: earlyData.reduce((sum, chunk) => sum + chunk.length, 0),
-      lastWireAt: now,
-      probeSentAt: 0,
+      schedule,
       detach: () => {
         // Paused, so nothing is read until the session takes over the socket.
         socket.pause();
@@ -377,10 +398,21 @@ export class UpstreamSource {
           return;
         }
         this.#metrics.reuse.inc();
-        resolve({ socket: spare.socket, reused: true, earlyData: spare.early, tracker: spare.tracker, secure: this.#secureLater(spare.socket), release: this.#release });
+        resolve({ socket: spare.socket, reused: true, pool: this, earlyData: spare.early, tracker: spare.tracker, secure: this.#secureLater(spare.socket) });
       });
     });
     return { done, abort: () => (aborted = true) };
+  }
+
+  /** A parked spare's probe came back: counted as a live session's is, with its round trip. */
+  #probeAnswered(tracker: Tracker, schedule: HeartbeatSchedule): void {
+    if (tracker.state === 'off') return;
+    if (tracker.probeRefused) {
+      this.#metrics.heartbeat('error').inc();
+      return;
+    }
+    this.#metrics.heartbeat('ok').inc();
+    this.#metrics.heartbeatRtt.observe(schedule.answered() / 1000);
   }
 
   #evict(spare: Spare, reason: EvictionReason): void {

@@ -22,6 +22,8 @@ const AGGREGATOR_OVERRIDES: Readonly<Record<string, string>> = {
   // a path's idle timeout and of the interval in force is the smallest any worker holds.
   [`${PREFIX}path_idle_timeout_seconds`]: 'min',
   [`${PREFIX}heartbeat_interval_seconds`]: 'min',
+  // Each worker's HTTP pool learns its upstreams' close-after-idle on its own: the shortest holds.
+  [`${PREFIX}pool_learned_idle_timeout_seconds`]: 'min',
 };
 
 const MONOTONIC_TYPES: ReadonlySet<string> = new Set(['counter', 'histogram']);

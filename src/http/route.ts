@@ -4,6 +4,7 @@ import type { RouteConfig } from '../config/schema.js';
 import type { EvictionReason, Side } from '../errors.js';
 import type { Logger } from '../log.js';
 import { listenOn, watchListenerErrors } from '../net/listen.js';
+import { handleFd } from '../net/internals.js';
 import { applyKeepaliveToListener, readSocketOptions } from '../net/sockopt.js';
 import { SockoptRefusals } from '../net/sockopt-refusals.js';
 import { dialUpstream, type DialAttempt, type DialTarget } from '../pool/http-dial.js';
@@ -70,6 +71,7 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
   /** Accepted sockets inherit keepalive and TCP_NODELAY from the listener (Linux). */
   #listenerSetsOptions = false;
   #unsubscribe: (() => void) | null = null;
+  #unwatchFds: () => void = () => {};
   #drainWaiters: Array<() => void> = [];
   /** The route's series, batched (flushed on the clock's tick and on scrape); the pools count into them too. */
   readonly #metrics: RouteMetrics;
@@ -132,6 +134,7 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
     if (!acceptWithSharedReads(this.#server, (socket, reads) => this.#accept(socket, reads))) {
       this.#deps.log.debug({ route: this.name }, "accepting through node's 'connection' event (no shared read buffer on this Node)");
     }
+    this.#unwatchFds = this.#deps.fdBudget?.watch(this.#server) ?? (() => {});
     this.#listenerSetsOptions = applyKeepaliveToListener(this.#server, this.#config.keepalive.client, this.#config.noDelay);
     this.#unsubscribe ??= this.#deps.clock.subscribe((now) => this.#tick(now));
   }
@@ -165,6 +168,7 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
   async stopAccepting(): Promise<void> {
     if (!this.#listening) return;
     this.#listening = false;
+    this.#unwatchFds();
     // Closes the listening socket at once; live connections go on.
     this.#server.close();
   }
@@ -362,6 +366,7 @@ class HttpRoute implements RouteHandle, ExchangeHost, TunnelHost, SessionHost {
     const { log } = this.#deps;
     const config = this.#config;
     this.#metrics.accepted.inc();
+    this.#deps.fdBudget?.accepted(handleFd(socket));
     if (config.maxConnections > 0 && this.#sessions.size >= config.maxConnections) {
       this.#metrics.eviction('max_connections').inc();
       log.warn({ route: this.name, client: formatHostPort(socket.remoteAddress, socket.remotePort), maxConnections: config.maxConnections }, 'connection refused: maxConnections reached');

@@ -19,7 +19,7 @@ import { tcpOf, tlsFailureCause, tlsSummary } from '../net/tls-socket.js';
 import type tls from 'node:tls';
 import { createRouteLearner, type RouteLearner } from '../heartbeat/route-learner.js';
 import { formatHostPort } from '../config/hostport.js';
-import { resetOrDestroy, START_PAUSED } from '../net/internals.js';
+import { handleFd, resetOrDestroy, START_PAUSED } from '../net/internals.js';
 
 /** Every accepted client socket: half-open allowed, not read until its upstream is ready. */
 const ACCEPTED_SOCKET = { options: { allowHalfOpen: true, ...START_PAUSED, onread: sharedOnread }, context: null };
@@ -52,6 +52,7 @@ class TcpRoute implements RouteHandle {
   /** True when accepted sockets inherit keepalive and TCP_NODELAY from the listener (Linux). */
   #listenerSetsOptions = false;
   #unsubscribe: (() => void) | null = null;
+  #unwatchFds: () => void = () => {};
   /** heartbeat every: auto: the route's learned interval (null otherwise). */
   #learner: RouteLearner | null = null;
   #unregisterFlush: (() => void) | null = null;
@@ -118,6 +119,7 @@ class TcpRoute implements RouteHandle {
       markSharedReads(socket);
       this.#accept(socket);
     });
+    this.#unwatchFds = this.#deps.fdBudget?.watch(this.#server) ?? (() => {});
     this.#listenerSetsOptions = applyKeepaliveToListener(this.#server, this.#config.keepalive.client, this.#config.noDelay);
     this.#learner = this.#codec ? createRouteLearner(this.#config, this.#deps) : null;
     this.#unsubscribe = this.#deps.clock.subscribe((now) => this.#tick(now));
@@ -154,6 +156,7 @@ class TcpRoute implements RouteHandle {
   async #stopAccepting(sparesReason: EvictionReason): Promise<void> {
     if (!this.#listening) return;
     this.#listening = false;
+    this.#unwatchFds();
     this.#upstream.close(sparesReason);
     // The listening socket closes at once; close()'s callback would wait for every
     // accepted connection to end, which is drain's job, not this one's.
@@ -215,6 +218,7 @@ class TcpRoute implements RouteHandle {
     const metrics = this.#metrics;
     const config = this.#config;
     metrics.accepted.inc();
+    this.#deps.fdBudget?.accepted(handleFd(down));
     if (config.maxConnections > 0 && this.activeCount >= config.maxConnections) {
       // Like PgBouncer's max_client_conn: refuse at once rather than queue unboundedly.
       metrics.eviction('max_connections').inc();

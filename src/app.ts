@@ -1,4 +1,5 @@
 import { Clock } from './clock.js';
+import { FdBudget } from './fd-budget.js';
 import { HTTP_FAMILY, type ProxyConfig, type RouteConfig } from './config/schema.js';
 import type { Logger } from './log.js';
 import { Metrics } from './metrics/registry.js';
@@ -48,6 +49,8 @@ class ProxyApp implements App {
   /** Routes removed by a reload whose live connections are still running. */
   readonly #retiring = new Set<RouteHandle>();
   #admin: AdminServer | null = null;
+  /** The process's fd budget, shared by every route listener (HAProxy's maxconn from ulimit-n). */
+  readonly #fdBudget: FdBudget;
   #draining = false;
   readonly #options: AppOptions;
 
@@ -56,6 +59,7 @@ class ProxyApp implements App {
     this.#log = log;
     this.metrics = metrics;
     this.#options = options;
+    this.#fdBudget = new FdBudget({ log, clock: this.clock, metrics });
   }
 
   routes(): RouteHandle[] {
@@ -151,6 +155,7 @@ class ProxyApp implements App {
     this.#log.info({ live, deadlineMs: this.#config.shutdownTimeoutMs }, 'shutting down: draining live connections');
     await Promise.all(all.map((r) => r.drain(this.#config.shutdownTimeoutMs, 'shutdown')));
     await this.#admin?.close();
+    this.#fdBudget.close();
     this.#log.info('shutdown complete');
   }
 
@@ -186,7 +191,7 @@ class ProxyApp implements App {
   }
 
   async #buildRoute(config: RouteConfig): Promise<RouteHandle> {
-    const deps: RouteDeps = { metrics: this.metrics, log: this.#log, clock: this.clock, ownListeners: () => this.#ownListeners(), stateDir: this.#config.stateDir };
+    const deps: RouteDeps = { metrics: this.metrics, log: this.#log, clock: this.clock, fdBudget: this.#fdBudget, ownListeners: () => this.#ownListeners(), stateDir: this.#config.stateDir };
     return HTTP_FAMILY.includes(config.protocol)
       ? // Loaded on demand: a TCP-only deployment never pays for the HTTP code.
         (await import('./http/route.js')).createHttpRoute(config, deps)

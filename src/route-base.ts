@@ -4,6 +4,7 @@ import type { EvictionReason } from './errors.js';
 import type { HeartbeatResult } from './heartbeat/scheduler.js';
 import { BurstLog, type BurstLogOptions } from './log-burst.js';
 import { formatHostPort } from './config/hostport.js';
+import { handleFd } from './net/internals.js';
 import { listenOn, watchListenerErrors } from './net/listen.js';
 import { applyKeepaliveToListener } from './net/sockopt.js';
 import { SockoptRefusals } from './net/sockopt-refusals.js';
@@ -53,6 +54,8 @@ export abstract class RouteBase implements RouteHandle {
   /** True when accepted sockets inherit keepalive and TCP_NODELAY from the listener (Linux). */
   #listenerSetsOptions = false;
   #unsubscribe: (() => void) | null = null;
+  /** Takes the listener out of the process's fd budget watch (src/fd-budget.ts). */
+  #unwatchFds: () => void = () => {};
   #unregisterFlush: (() => void) | null = null;
   #drainWaiters: Array<() => void> = [];
   readonly #heartbeatWording: HeartbeatWording;
@@ -115,6 +118,7 @@ export abstract class RouteBase implements RouteHandle {
   async listen(): Promise<void> {
     await listenOn(this.server, this.#config.listen, this.name);
     this.#listening = true;
+    this.#unwatchFds = this.deps.fdBudget?.watch(this.server) ?? (() => {});
     this.onListening();
     this.#listenerSetsOptions = applyKeepaliveToListener(this.server, this.#config.keepalive.client, this.#config.noDelay);
     this.#unsubscribe ??= this.deps.clock.subscribe((now) => {
@@ -178,6 +182,8 @@ export abstract class RouteBase implements RouteHandle {
   protected admit(socket: net.Socket): boolean {
     const config = this.#config;
     this.metrics.accepted.inc();
+    // The lowest free fd is taken: fd N accepted proves N + 1 open (a free budget check).
+    this.deps.fdBudget?.accepted(handleFd(socket));
     if (config.maxConnections > 0 && this.activeCount >= config.maxConnections) {
       this.metrics.eviction('max_connections').inc();
       this.deps.log.warn({ route: this.name, client: formatHostPort(socket.remoteAddress, socket.remotePort), maxConnections: config.maxConnections }, 'connection refused: maxConnections reached');
@@ -220,6 +226,7 @@ export abstract class RouteBase implements RouteHandle {
   #stopAccepting(reason: EvictionReason): void {
     if (!this.#listening) return;
     this.#listening = false;
+    this.#unwatchFds();
     this.onStopAccepting(reason);
     // The listening socket closes at once; close()'s callback would wait for every
     // accepted connection to end, which is drain's job, not this one's.

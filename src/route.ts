@@ -1,4 +1,5 @@
 import type { Clock } from './clock.js';
+import type { FdBudget } from './fd-budget.js';
 import type { RouteConfig } from './config/schema.js';
 import type { Logger } from './log.js';
 import type { EvictionReason } from './errors.js';
@@ -16,6 +17,8 @@ export interface RouteDeps {
   readonly clock: Clock;
   /** Every address this process listens on (admin and routes): a forward route never dials them. */
   readonly ownListeners: () => ReadonlyArray<{ readonly host: string; readonly port: number }>;
+  /** The process's fd budget: route listeners register with it and report each accepted fd. */
+  readonly fdBudget?: FdBudget;
   /** The config's stateDir (learned values kept across restarts), or null. */
   readonly stateDir?: string | null;
 }

@@ -125,6 +125,35 @@ export class Metrics {
     labelNames: ['route', 'code'] as const,
     registers: [this.registry],
   });
+  readonly fdLimit = new client.Gauge({
+    name: `${PREFIX}fd_limit`,
+    help: 'The process\'s file descriptor limit (soft RLIMIT_NOFILE).',
+    aggregator: 'sum',
+    registers: [this.registry],
+  });
+  readonly fdBudget = new client.Gauge({
+    name: `${PREFIX}fd_budget`,
+    help: 'Open file descriptors at which the route listeners stop accepting: fd_limit less a reserve for admin, logs, reloads and DNS.',
+    aggregator: 'sum',
+    registers: [this.registry],
+  });
+  readonly fdsOpen = new client.Gauge({
+    name: `${PREFIX}fds_open`,
+    help: 'Open file descriptors at the last count (every 10 s, every second near the budget).',
+    aggregator: 'sum',
+    registers: [this.registry],
+  });
+  readonly acceptPaused = new client.Gauge({
+    name: `${PREFIX}accept_paused`,
+    help: '1 while the route listeners do not accept because open descriptors reached fd_budget (new clients wait in the kernel backlog).',
+    aggregator: 'max',
+    registers: [this.registry],
+  });
+  readonly fdBudgetReached = new client.Counter({
+    name: `${PREFIX}fd_budget_reached_total`,
+    help: 'Times open descriptors reached fd_budget and the route listeners paused their accepts.',
+    registers: [this.registry],
+  });
   readonly sockoptErrors = new client.Counter({
     name: `${PREFIX}sockopt_errors_total`,
     help: 'Socket options the kernel refused on a connection, or could not be set because the socket had no fd left, by option (SO_KEEPALIVE, TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT, TCP_USER_TIMEOUT, no_fd).',

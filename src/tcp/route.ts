@@ -189,6 +189,7 @@ class TcpRoute extends RouteBase {
         const { lease, client } = 'lease' in ready ? ready : { lease: ready, client: null };
         if (clientGone || down.destroyed) {
           lease.socket.destroy();
+          lease.pool.release(lease); // no session will: pool_active must not keep it
           this.#endBeforeSession(down, clientGone ?? 'peer_closed', 'downstream');
           return;
         }

@@ -129,7 +129,8 @@ describe('failures are counted and logged, folded', () => {
   });
 
   it('clients the fd limit refuses are counted in accept_errors_total, and the route serves again once fds free up', async () => {
-    const echo = await listen0((socket) => socket.on('data', (c: Buffer) => socket.write(c)));
+    // The echo closes its side on the client's half-close (as a server does), so released pairs free their fds.
+    const echo = await listen0((socket) => socket.on('data', (c: Buffer) => socket.write(c)).on('end', () => socket.end()));
     cleanups.push(() => echo.close());
     const port = await freePort();
     const proxy = await proxyWith(`  - { name: lim, protocol: tcp, listen: 127.0.0.1:${port}, upstream: 127.0.0.1:${echo.port} }\n`, {
@@ -137,10 +138,20 @@ describe('failures are counted and logged, folded', () => {
     });
     // Each proxied client takes two of the proxy's 64 descriptors: 60 clients cannot all fit.
     const release = openClients(port, 60);
-    // The admin listener is out of descriptors too: read the log first, scrape once they are free.
-    await until(() => lines(proxy, 'upstream connect failed; closing client').some((l) => String(l.err).includes('EMFILE')), 10_000, 'the fd limit logged');
+    // The fd budget pauses accepts before EMFILE (the clients past it wait in the backlog);
+    // an upstream connect that still meets EMFILE is counted in accept_errors_total. Either
+    // way the limit leaves a log line and a count.
+    await until(
+      () => lines(proxy, 'file descriptor budget reached; accepts paused, new clients wait in the backlog').length > 0 || lines(proxy, 'upstream connect failed; closing client').some((l) => String(l.err).includes('EMFILE')),
+      10_000,
+      'the fd limit logged',
+    );
+    await until(
+      async () => (await metric(proxy, 'fd_budget_reached_total', {})) + (await metric(proxy, 'accept_errors_total', { route: 'lim', code: 'EMFILE' })) > 0,
+      10_000,
+      'the fd limit counted',
+    );
     release();
-    await until(async () => (await metric(proxy, 'accept_errors_total', { route: 'lim', code: 'EMFILE' })) > 0, 10_000, 'EMFILE counted');
     // Descriptors are free again: the same listener proxies a new client.
     const echoed = await until(async () => {
       const socket = await connect(port);
@@ -152,6 +163,60 @@ describe('failures are counted and logged, folded', () => {
     expect(echoed).toBe(true);
     expect(proxy.child.exitCode).toBeNull();
   }, 60_000);
+
+  // Issue 8, defect 10: at EMFILE libuv accepts the queued clients and closes them unseen.
+  // The proxy stops accepting at its fd budget instead: the rest wait in the backlog.
+  it('at the fd limit no client is closed unseen: accepts pause, the rest wait and are served, admin answers', async () => {
+    // The echo closes its side when the client's half-close reaches it, so each pair's fds free up.
+    const echo = await listen0((socket) => socket.on('data', (c: Buffer) => socket.write(c)).on('end', () => socket.end()));
+    cleanups.push(() => echo.close());
+    const port = await freePort();
+    const proxy = await proxyWith(`  - { name: lim, protocol: tcp, listen: 127.0.0.1:${port}, upstream: 127.0.0.1:${echo.port} }\n`, {
+      wrap: ['bash', '-c', 'ulimit -n 64; exec "$@"', 'bash'],
+    });
+    // Each client holds its pair a while after its echo, so 80 of them cannot fit at once.
+    const HOLD_MS = 1_500;
+    let healthzDuringPause: number | null = null;
+    const outcomes = await Promise.all(
+      Array.from({ length: 80 }, (_, i) =>
+        new Promise<string>((resolve) => {
+          const payload = `client-${i}\n`;
+          let got = '';
+          const client = net.connect({ host: '127.0.0.1', port });
+          cleanups.push(() => client.destroy());
+          const deadline = setTimeout(() => finish('no echo within 45 s'), 45_000);
+          const finish = (outcome: string): void => {
+            clearTimeout(deadline);
+            resolve(outcome);
+            setTimeout(() => client.destroy(), outcome === 'echoed' ? HOLD_MS : 0);
+          };
+          client.on('error', (error) => finish(`error ${(error as NodeJS.ErrnoException).code}`));
+          client.on('close', () => finish(`closed after ${JSON.stringify(got)}`));
+          client.on('data', (chunk: Buffer) => {
+            got += chunk.toString();
+            if (got === payload) finish('echoed');
+          });
+          client.write(payload);
+        }),
+      ).concat([
+        (async () => {
+          await until(async () => (await metric(proxy, 'accept_paused', {})) === 1, 20_000, 'accepts paused at the fd budget', 50);
+          healthzDuringPause = (await fetch(`${proxy.adminUrl}/healthz`)).status;
+          return 'echoed';
+        })(),
+      ]),
+    );
+    expect(outcomes.filter((o) => o !== 'echoed')).toEqual([]);
+    expect(healthzDuringPause).toBe(200);
+    expect(await metric(proxy, 'fd_budget_reached_total', {})).toBeGreaterThanOrEqual(1);
+    expect(lines(proxy, 'file descriptor budget reached; accepts paused, new clients wait in the backlog').length).toBeGreaterThanOrEqual(1);
+    await until(async () => (await metric(proxy, 'accept_paused', {})) === 0, 10_000, 'accepts resumed');
+    const socket = await connect(port);
+    cleanups.push(() => socket.destroy());
+    socket.write('after');
+    expect((await readBytes(socket, 5, 5_000)).toString()).toBe('after');
+    expect(proxy.child.exitCode).toBeNull();
+  }, 90_000);
 
   // A guard rather than a defect's proof (it passes on the code before issue 8 too): libuv
   // accepts and closes what it cannot keep, and the listener must stay up through it.

@@ -507,11 +507,12 @@ export class OriginPool {
   }
 
   #learnCloseAfterIdle(ageMs: number): void {
-    // An age with no room for a parking limit below it (the margin and a clock tick) is not
-    // learned: it would end reuse altogether, on what may be a restart as much as an idle
+    // An age that leaves less than one clock tick of parking below it (after the margin and
+    // the tick) is not learned: the tick that enforces the limit could not keep it, and it
+    // would all but end reuse on what may be a restart or a slow moment as much as an idle
     // timeout; the idle watch, the one-turn wait and the retry handle such closes as before.
     const idleLimitMs = this.#pool.parkLimitBelow(ageMs);
-    if (idleLimitMs <= 0) return;
+    if (idleLimitMs < this.#pool.clock.periodMs) return;
     const now = this.#pool.clock.now();
     if (!this.#pool.observeCloseAfterIdle(this.key, ageMs, now)) return;
     this.#pool.log?.info(

@@ -6,7 +6,7 @@ import { readTcpInfo, type TcpInfo } from '../../src/net/tcp-info.js';
 import { connect, freePort, listen0, readBytes } from '../helpers/net.js';
 import { parseMetrics, sample, startProxy } from '../helpers/proxy.js';
 import { Prng } from '../helpers/wire/prng.js';
-import { until } from '../helpers/wait.js';
+import { sleep, until } from '../helpers/wait.js';
 
 // TCP_INFO read through koffi, checked against the kernel's other reader of the same struct:
 // `ss -tin` for the same connection (rtt/rttvar, retrans, unacked, lastsnd/lastrcv), on
@@ -49,6 +49,22 @@ function ssInfo(filter: string): SsInfo {
     lastSendMs: num(/\blastsnd:(\d+)/),
     lastRecvMs: num(/\blastrcv:(\d+)/),
   };
+}
+
+/**
+ * ss of a connection once it is quiet: the last ACKs of the traffic (delayed ACKs, a slow
+ * reader under load) still move the RTT for a moment after the data is read. Quiet = two
+ * reads 200 ms apart with the same rtt/rttvar (bounded: 25 tries).
+ */
+async function quietSsInfo(filter: string): Promise<SsInfo> {
+  let last = ssInfo(filter);
+  for (let i = 0; i < 25; i++) {
+    await sleep(200);
+    const next = ssInfo(filter);
+    if (next.rttMs === last.rttMs && next.rttVarMs === last.rttVarMs && next.unacked === 0) return next;
+    last = next;
+  }
+  throw new Error(`ss ${filter}: the connection did not go quiet: ${JSON.stringify(last)}`);
 }
 
 /** Our read-back and ss's, taken back to back on an idle connection: the same values, within a generous margin. */
@@ -94,6 +110,7 @@ describe.runIf(process.platform === 'linux' && SS !== undefined)('TCP_INFO read-
         }
       }
       for (const client of clients) {
+        await quietSsInfo(`sport = :${client.localPort}`);
         const ours = readTcpInfo(client);
         expectSameAsSs(ours, ssInfo(`sport = :${client.localPort}`), `client :${client.localPort}`);
         expect(ours!.rttUs, 'an RTT was measured').toBeGreaterThan(0);
@@ -121,6 +138,8 @@ describe.runIf(process.platform === 'linux' && SS !== undefined)('TCP_INFO read-
         client.write(Buffer.alloc(20_000, i));
         await readBytes(client, 20_000);
       }
+      await quietSsInfo(`dport = :${echo.port}`);
+      await quietSsInfo(`sport = :${port}`);
       const row = (await proxy.connections()).find((c) => c['route'] === 't') as { tcpInfo?: { client: TcpInfo | null; upstream: TcpInfo | null } } | undefined;
       expect(row?.tcpInfo, '/connections shows TCP_INFO').toBeDefined();
       // The proxy's socket to the echo server is the only established one with that destination port.

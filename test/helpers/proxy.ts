@@ -148,3 +148,31 @@ export function sample(values: Map<string, number>, name: string, labels: Record
   }
   return 0;
 }
+
+/**
+ * The built proxy with one route of `protocol` on a free port to 127.0.0.1:upstreamPort;
+ * `routeLines` are more YAML lines of the route (indented four spaces), `topLines` lines at
+ * the top level. The caller stops it.
+ */
+export async function startOneRoute(options: {
+  readonly name: string;
+  readonly protocol: string;
+  readonly upstreamPort: number;
+  readonly routeLines?: string;
+  readonly topLines?: string;
+}): Promise<{ proxy: RunningProxy; port: number }> {
+  const port = await freePort();
+  const proxy = await startProxy({
+    yaml: `
+admin: { listen: "{{admin}}" }
+${options.topLines ?? ''}
+routes:
+  - name: ${options.name}
+    protocol: ${options.protocol}
+    listen: 127.0.0.1:${port}
+    upstream: 127.0.0.1:${options.upstreamPort}
+${options.routeLines ?? ''}
+`,
+  });
+  return { proxy, port };
+}

@@ -2,8 +2,8 @@ import { Redis } from 'ioredis';
 import mysql from 'mysql2/promise';
 import pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { connect, delayingRelay, freePort, listen0, readBytes } from '../helpers/net.js';
-import { parseMetrics, sample, startProxy, type RunningProxy } from '../helpers/proxy.js';
+import { connect, delayingRelay, listen0, readBytes } from '../helpers/net.js';
+import { parseMetrics, sample, startOneRoute, type RunningProxy } from '../helpers/proxy.js';
 import { MARIADB_USER, startMariadb, startPostgres, startRedis, type RunningServer } from '../helpers/servers.js';
 import { sleep, until } from '../helpers/wait.js';
 
@@ -20,21 +20,10 @@ afterEach(async () => {
 });
 
 async function proxyFor(protocol: string, upstreamPort: number, extra = ''): Promise<{ proxy: RunningProxy; port: number }> {
-  const port = await freePort();
-  const proxy = await startProxy({
-    yaml: `
-admin: { listen: "{{admin}}" }
-log: { level: debug }
-routes:
-  - name: hb
-    protocol: ${protocol}
-    listen: 127.0.0.1:${port}
-    upstream: 127.0.0.1:${upstreamPort}
-    heartbeat: { every: ${EVERY_MS}ms, timeout: ${TIMEOUT_MS}ms${extra} }
-`,
-  });
-  cleanups.push(() => proxy.stop('SIGKILL'));
-  return { proxy, port };
+  const routeLines = `    heartbeat: { every: ${EVERY_MS}ms, timeout: ${TIMEOUT_MS}ms${extra} }`;
+  const started = await startOneRoute({ name: 'hb', protocol, upstreamPort, routeLines, topLines: 'log: { level: debug }' });
+  cleanups.push(() => started.proxy.stop('SIGKILL'));
+  return started;
 }
 
 async function heartbeats(proxy: RunningProxy, result: string): Promise<number> {

@@ -1,7 +1,7 @@
 import pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { connect, freePort, listen0, readBytes } from '../helpers/net.js';
-import { parseMetrics, sample, startProxy, type RunningProxy } from '../helpers/proxy.js';
+import { connect, listen0, readBytes } from '../helpers/net.js';
+import { parseMetrics, sample, startOneRoute, type RunningProxy } from '../helpers/proxy.js';
 import { startPostgres, startRedis, type RunningServer } from '../helpers/servers.js';
 import { sleep, until } from '../helpers/wait.js';
 
@@ -20,20 +20,9 @@ afterEach(async () => {
 });
 
 async function proxyFor(protocol: string, upstreamPort: number, extra = ''): Promise<{ proxy: RunningProxy; port: number }> {
-  const port = await freePort();
-  const proxy = await startProxy({
-    yaml: `
-admin: { listen: "{{admin}}" }
-routes:
-  - name: rt
-    protocol: ${protocol}
-    listen: 127.0.0.1:${port}
-    upstream: 127.0.0.1:${upstreamPort}
-${extra}
-`,
-  });
-  cleanups.push(() => proxy.stop('SIGKILL'));
-  return { proxy, port };
+  const started = await startOneRoute({ name: 'rt', protocol, upstreamPort, routeLines: extra });
+  cleanups.push(() => started.proxy.stop('SIGKILL'));
+  return started;
 }
 
 async function evictions(proxy: RunningProxy, reason: string): Promise<number> {

@@ -2,8 +2,7 @@ import { Redis } from 'ioredis';
 import mysql from 'mysql2/promise';
 import pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { freePort } from '../helpers/net.js';
-import { parseMetrics, sample, startProxy, type RunningProxy } from '../helpers/proxy.js';
+import { parseMetrics, sample, startOneRoute, type RunningProxy } from '../helpers/proxy.js';
 import { MARIADB_USER, startMariadb, startPostgres, startRedis, type RunningServer } from '../helpers/servers.js';
 import { sleep, until } from '../helpers/wait.js';
 
@@ -22,20 +21,10 @@ afterEach(async () => {
 });
 
 async function proxyFor(protocol: string, upstreamPort: number, heartbeatExtra = ''): Promise<{ proxy: RunningProxy; port: number }> {
-  const port = await freePort();
-  const proxy = await startProxy({
-    yaml: `
-admin: { listen: "{{admin}}" }
-routes:
-  - name: g
-    protocol: ${protocol}
-    listen: 127.0.0.1:${port}
-    upstream: 127.0.0.1:${upstreamPort}
-    heartbeat: { every: ${EVERY_MS}ms, timeout: 2s${heartbeatExtra} }
-`,
-  });
-  cleanups.push(() => proxy.stop('SIGKILL'));
-  return { proxy, port };
+  const routeLines = `    heartbeat: { every: ${EVERY_MS}ms, timeout: 2s${heartbeatExtra} }`;
+  const started = await startOneRoute({ name: 'g', protocol, upstreamPort, routeLines });
+  cleanups.push(() => started.proxy.stop('SIGKILL'));
+  return started;
 }
 
 async function heartbeats(proxy: RunningProxy, result: string): Promise<number> {

@@ -47,7 +47,10 @@ interface PemFile {
 // inherited interval and count). A section written as `off` (heartbeat) is not merged.
 // A null value counts as absent. Keys that do not apply to a route's protocol are an
 // error when written on the route, and silently skipped when inherited from defaults,
-// so one defaults block can serve tcp and http routes alike.
+// so one defaults block can serve tcp and http routes alike. A value that a route's
+// protocol cannot take in a key that does apply to it (heartbeat.every: auto on an http
+// route) is an error either way: inherited, it is reported at the defaults key, naming
+// the route.
 //
 // Public API: resolveConfig(raw, { source, baseDir, locate }): ProxyConfig (throws ConfigError)
 
@@ -674,10 +677,17 @@ class Resolver {
     if (section.state !== 'map') return null;
     const sectionPath = section.found.path;
     const everyFound = view.get(['heartbeat', 'every']);
-    if (everyFound?.value === 'auto' && HTTP_FAMILY.includes(protocol) && view.ownValue(['heartbeat', 'every'])) {
+    if (everyFound?.value === 'auto' && HTTP_FAMILY.includes(protocol)) {
       // The learner's canaries probe with the upstream's own protocol (redis, postgres, mysql, tcp bytes); an
       // http route's heartbeat is a WebSocket ping inside a live tunnel, with nothing to learn it with.
-      this.#report(everyFound.path, 'value', 'every: auto is for tcp, redis, postgres and mysql routes; an http route takes a duration for its WebSocket pings (e.g. "20s")');
+      // Inherited, it is refused too (at the defaults key, naming the route): a heartbeat does apply to
+      // an http route, so skipping it would quietly drop the pings the user asked for.
+      if (!everyFound.inherited) {
+        this.#report(everyFound.path, 'value', 'every: auto is for tcp, redis, postgres and mysql routes; an http route takes a duration for its WebSocket pings (e.g. "20s")');
+      } else if (!virtual) {
+        const route = this.#describeRoute(view);
+        this.#report(everyFound.path, 'value', `${route} is protocol ${protocol} and inherits every: auto, which is for tcp, redis, postgres and mysql routes; give it a duration (e.g. "20s") or heartbeat: off`);
+      }
       return null;
     }
     const adaptive = everyFound?.value === 'auto' ? this.#adaptiveBounds(view) : undefined;
@@ -741,6 +751,14 @@ class Resolver {
       return null;
     }
     return { minMs, maxMs };
+  }
+
+  /** `route "api" (routes[1] at FILE:LINE:COL)`, for an issue reported elsewhere (at an inherited key). */
+  #describeRoute(view: RouteView): string {
+    const { file, line, col } = this.#options.locate(view.path, 'key');
+    const name = view.ownValue(['name']);
+    const named = typeof name?.value === 'string' ? `route ${JSON.stringify(name.value)} ` : 'route ';
+    return `${named}(${formatPath(view.path)} at ${file}:${line}:${col})`;
   }
 
   /** heartbeat.min/max written on a route whose every is not auto. */

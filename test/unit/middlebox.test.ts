@@ -106,3 +106,53 @@ describe('every: auto on an http route', () => {
     }
   });
 });
+
+describe('every: auto inherited from defaults by an http route', () => {
+  // The outcome must not depend on where auto is written: refused on the route (above), and
+  // refused when inherited, at the defaults key and naming each http route that inherits it.
+  const defaultsAuto = (extra: string): string[] => ['defaults:', `  heartbeat: { every: auto, timeout: 2s${extra} }`];
+  const httpRoute = (name: string, port: number, protocol: string, ...own: string[]): string[] => [
+    `  - name: ${name}`,
+    `    listen: 127.0.0.1:${port}`,
+    ...(protocol === 'http' ? ['    upstream: http://127.0.0.1:20001'] : ['    allow: ["127.0.0.1:*"]']),
+    `    protocol: ${protocol}`,
+    ...own.map((line) => `    ${line}`),
+  ];
+  const redisRoute = (port: number): string[] => [`  - name: db${port}`, `    listen: 127.0.0.1:${port}`, '    upstream: 127.0.0.1:6379', '    protocol: redis'];
+
+  it('is refused at the defaults key, naming every http route that inherits it with its place', () => {
+    for (const protocol of ['http', 'http-forward']) {
+      for (const extra of ['', ', min: 2s', ', max: 1m']) {
+        for (let redisFirst = 0; redisFirst < 2; redisFirst++) {
+          const routes = redisFirst ? [...redisRoute(10000), ...httpRoute('web', 10001, protocol)] : [...httpRoute('web', 10001, protocol), ...redisRoute(10000)];
+          routes.push(...httpRoute('api', 10002, protocol, 'keepalive: { client: { idle: 30s } }'));
+          const lines = [...defaultsAuto(extra), 'routes:', ...routes];
+          const issues = issuesOf(yaml(...lines));
+          const label = `${protocol}${extra} redisFirst=${redisFirst}`;
+          expect(issues, label).toHaveLength(2);
+          for (const name of ['web', 'api']) {
+            const index = redisFirst ? (name === 'web' ? 1 : 2) : name === 'web' ? 0 : 2;
+            const line = lines.indexOf(`  - name: ${name}`) + 1;
+            expect(issues, label).toContainEqual(
+              `test.yaml:2:23 defaults.heartbeat.every: route "${name}" (routes[${index}] at test.yaml:${line}:5) is protocol ${protocol} and inherits every: auto, which is for tcp, redis, postgres and mysql routes; give it a duration (e.g. "20s") or heartbeat: off`,
+            );
+          }
+        }
+      }
+    }
+  });
+
+  it('is refused when the route writes other heartbeat keys but inherits every', () => {
+    const issues = issuesOf(yaml(...defaultsAuto(''), 'routes:', ...httpRoute('web', 10001, 'http', 'heartbeat: { timeout: 1s }')));
+    expect(issues).toEqual([expect.stringMatching(/^test\.yaml:2:23 defaults\.heartbeat\.every: route "web" \(routes\[0\] at test\.yaml:4:5\) is protocol http and inherits every: auto/)]);
+  });
+
+  it('serves tcp-family routes, and an http route that overrides it, unchanged', () => {
+    for (const own of ['heartbeat: { every: 20s }', 'heartbeat: off', 'heartbeat: { every: 0 }']) {
+      const config = parseConfigText(yaml(...defaultsAuto(''), 'routes:', ...redisRoute(10000), ...httpRoute('web', 10001, 'http', own)), 'test.yaml');
+      expect(config.routes[0]!.heartbeat?.adaptive, own).toEqual(DEFAULTS.adaptiveHeartbeat);
+      expect(config.routes[1]!.heartbeat, own).toEqual(own.includes('20s') ? expect.objectContaining({ everyMs: 20_000, timeoutMs: 2_000 }) : null);
+      expect(config.routes[1]!.heartbeat?.adaptive, own).toBeUndefined();
+    }
+  });
+});

@@ -7,7 +7,7 @@ import { listenOn } from '../net/listen.js';
 import { formatHostPort } from '../config/hostport.js';
 
 // The admin listener: /metrics (Prometheus text), /healthz (the process answers),
-// /readyz (every route's listener is bound), /connections (JSON). Read-only; it binds
+// /readyz (every route's listener is bound and, with workers, every worker answers), /connections (JSON). Read-only; it binds
 // to loopback unless the config says otherwise.
 
 /** What the admin listener shows: this process's own state, or (workers) every worker's, gathered. */
@@ -16,6 +16,8 @@ export interface AdminSource {
   readonly registry: Pick<Registry, 'contentType' | 'metrics'>;
   /** Names of routes whose listener is not bound; empty when ready. */
   notReady(): string[];
+  /** Worker processes that stopped answering (workers: N), described for /readyz; empty or absent when all answer. */
+  unresponsive?(): string[];
   connections(): ConnectionInfo[] | Promise<ConnectionInfo[]>;
   readonly draining: boolean;
 }
@@ -76,8 +78,10 @@ export class AdminServer {
         return;
       case '/readyz': {
         const missing = this.#source.notReady();
+        const silent = this.#source.unresponsive?.() ?? [];
+        const problems = [...(missing.length > 0 ? [`not listening: ${missing.join(', ')}`] : []), ...(silent.length > 0 ? [`not answering: ${silent.join(', ')}`] : [])];
         if (this.#source.draining) send(res, 503, 'text/plain', 'draining\n');
-        else if (missing.length > 0) send(res, 503, 'text/plain', `not listening: ${missing.join(', ')}\n`);
+        else if (problems.length > 0) send(res, 503, 'text/plain', `${problems.join('\n')}\n`);
         else send(res, 200, 'text/plain', 'ready\n');
         return;
       }

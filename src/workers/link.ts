@@ -5,7 +5,8 @@ import { isHello, isReply, type Answers, type Kind, type Request } from './messa
 // fails after its timeout or when the worker exits. Nothing is sent before the worker says
 // hello: a message that arrives before its listener is attached is dropped, and a worker
 // spends its first tens of milliseconds loading modules. Pending requests are bounded by what
-// the primary asks (a scrape, a listing, a reload at a time), each with its own timer.
+// the primary asks (a scrape, a listing, a reload at a time), each with its own timer; the
+// liveness ping is one at a time, timed by the primary's clock.
 
 interface Pending {
   readonly resolve: (answer: unknown) => void;
@@ -21,6 +22,9 @@ export class WorkerLink {
   readonly #pending = new Map<number, Pending>();
   /** Messages held until the worker's hello. */
   #unsent: object[] | null = [];
+  /** The liveness ping in flight (its id and when it was sent); null when none is. */
+  #ping: { readonly id: number; readonly sentAtMs: number } | null = null;
+  #lastPingAtMs = -Infinity;
 
   constructor(worker: Worker) {
     this.worker = worker;
@@ -44,6 +48,23 @@ export class WorkerLink {
     });
   }
 
+  /**
+   * Called on the primary's shared clock: sends a liveness ping when none is in flight and
+   * `everyMs` has passed since the last one. One at a time, so a stopped worker does not pile
+   * pings up in the channel; its reply is matched by id, with no timer of its own.
+   */
+  ping(nowMs: number, everyMs: number): void {
+    if (this.#ping || nowMs - this.#lastPingAtMs < everyMs) return;
+    this.#lastPingAtMs = nowMs;
+    this.#ping = { id: this.#nextId++, sentAtMs: nowMs };
+    this.#send({ kp: 'ping', id: this.#ping.id });
+  }
+
+  /** How long the ping in flight has gone unanswered; 0 when none is. */
+  unansweredMs(nowMs: number): number {
+    return this.#ping ? Math.max(0, nowMs - this.#ping.sentAtMs) : 0;
+  }
+
   #send(message: object): void {
     if (this.#unsent) this.#unsent.push(message);
     else if (this.worker.isConnected()) this.worker.send(message as Parameters<Worker['send']>[0]);
@@ -57,6 +78,10 @@ export class WorkerLink {
       return;
     }
     if (!isReply(message)) return;
+    if (message.id === this.#ping?.id) {
+      this.#ping = null;
+      return;
+    }
     if (message.ok) this.#settle(message.id, null, message.answer);
     else this.#settle(message.id, new Error(message.error));
   }

@@ -19,6 +19,8 @@ export type Request =
   | ({ readonly kp: 'reload'; readonly admin: { host: string; port: number } | null } & EncodedConfig)
   | { readonly kp: 'metrics' }
   | { readonly kp: 'connections' }
+  /** Liveness: answered at once by a worker whose event loop runs (see WorkerLink.ping). */
+  | { readonly kp: 'ping' }
   | { readonly kp: 'stop' };
 
 export type Kind = Request['kp'];
@@ -33,6 +35,7 @@ export interface Answers {
   reload: { readonly listening: string[] };
   metrics: { readonly metrics: MetricsJson };
   connections: { readonly connections: ConnectionInfo[] };
+  ping: Record<string, never>;
   stop: Record<string, never>;
 }
 
@@ -47,7 +50,7 @@ export function isHello(message: unknown): boolean {
   return typeof message === 'object' && message !== null && (message as { kp?: unknown }).kp === HELLO.kp;
 }
 
-const REQUEST_KINDS: ReadonlySet<string> = new Set<Kind>(['start', 'reload', 'metrics', 'connections', 'stop']);
+const REQUEST_KINDS: ReadonlySet<string> = new Set<Kind>(['start', 'reload', 'metrics', 'connections', 'ping', 'stop']);
 
 export function isRequest(message: unknown): message is Envelope {
   return hasId(message) && REQUEST_KINDS.has(String(message.kp));

@@ -16,7 +16,7 @@ import { pinPorts, workerConfig, type Pins } from './ports.js';
 // `workers: N` (N > 1): this process is the primary. It owns the config (read and
 // validated once per load), the admin listener, reloads and signals; N worker processes
 // (node:cluster) run the routes. The primary gathers /metrics, /connections and readiness
-// from them, fans reloads and shutdown out to them, and replaces a worker that dies, with a
+// (every route listening, every worker answering its liveness ping) from them, fans reloads and shutdown out to them, and replaces a worker that dies, with a
 // backoff so a worker that crashes at once does not spin.
 
 /** How long a worker may take to answer, per request. */
@@ -29,6 +29,14 @@ const EXIT_GRACE_MS = 5_000;
 const STABLE_AFTER_MS = 10_000;
 const FIRST_BACKOFF_MS = 500;
 const MAX_BACKOFF_MS = 30_000;
+/**
+ * Liveness: each serving worker is pinged over the channel this often. One whose ping has
+ * gone unanswered for LIVENESS_DEADLINE_MS (stopped, or its event loop blocked) makes /readyz
+ * 503, naming it, until it answers: it still holds its share of the listening sockets, so
+ * the load balancer must send its clients elsewhere.
+ */
+const LIVENESS_EVERY_MS = 1_000;
+const LIVENESS_DEADLINE_MS = 3_000;
 
 /** One of the N places a worker runs in; its worker is replaced when it dies. */
 interface Slot {
@@ -43,6 +51,8 @@ interface Slot {
   /** Consecutive deaths within STABLE_AFTER_MS of starting. */
   quickDeaths: number;
   restartTimer: NodeJS.Timeout | null;
+  /** Its liveness ping is past LIVENESS_DEADLINE_MS (logged once per change). */
+  silent: boolean;
 }
 
 export class Primary {
@@ -57,6 +67,7 @@ export class Primary {
   /** Set once every worker has started: from then on a dead worker is replaced. */
   #serving = false;
   #stopping = false;
+  #stopLiveness: (() => void) | null = null;
 
   constructor(config: ProxyConfig, log: Logger) {
     this.#current = config;
@@ -69,6 +80,7 @@ export class Primary {
       startedAt: 0,
       quickDeaths: 0,
       restartTimer: null,
+      silent: false,
     }));
     // Round robin where workers share the primary's socket (Node without reusePort):
     // the kernel's own spread over processes sharing one socket is very uneven.
@@ -92,6 +104,7 @@ export class Primary {
       throw error;
     }
     this.#serving = true;
+    this.#stopLiveness = this.clock.subscribe((nowMs) => this.#checkLiveness(nowMs));
     this.#log.info(
       { routes: workerConfig(config, this.#pins).routes.map(summary), source: config.source, workers: this.#slots.length, sharing: workersReusePort() ? 'SO_REUSEPORT' : 'round-robin' },
       'keepalive-proxy ready',
@@ -152,12 +165,39 @@ export class Primary {
   /** Every worker drains (up to shutdownTimeout) and exits; then the admin listener closes. Rejects when a worker had to be killed. */
   async close(): Promise<void> {
     this.#stopping = true;
+    this.#stopLiveness?.();
+    this.#stopLiveness = null;
     const deadlineMs = this.#current.shutdownTimeoutMs;
     this.#log.info({ workers: this.#slots.filter((s) => s.link).length, deadlineMs }, 'shutting down: every worker drains its live connections');
     const killed = await this.#stopWorkers(deadlineMs + EXIT_GRACE_MS);
     await this.#admin?.close();
     if (killed.length > 0) throw new Error(`worker ${killed.join(', ')} did not exit in time and was killed`);
     this.#log.info('shutdown complete');
+  }
+
+  /** On each tick: pings the serving workers, and logs each one that stops or starts answering again. */
+  #checkLiveness(nowMs: number): void {
+    for (const slot of this.#slots) {
+      const link = slot.link;
+      if (!link || !slot.listening) continue;
+      link.ping(nowMs, LIVENESS_EVERY_MS);
+      const silent = link.unansweredMs(nowMs) >= LIVENESS_DEADLINE_MS;
+      if (silent === slot.silent) continue;
+      slot.silent = silent;
+      const fields = { worker: slot.number, pid: link.worker.process.pid };
+      if (silent) this.#log.error({ ...fields, deadlineMs: LIVENESS_DEADLINE_MS }, 'worker stopped answering; not ready until it does');
+      else this.#log.info(fields, 'worker answers again');
+    }
+  }
+
+  /** Serving workers whose liveness ping is past its deadline, as /readyz names them. */
+  #unresponsive(): string[] {
+    const nowMs = this.clock.now();
+    return this.#slots.flatMap((slot) => {
+      const silentMs = slot.link && slot.listening ? slot.link.unansweredMs(nowMs) : 0;
+      if (silentMs < LIVENESS_DEADLINE_MS) return [];
+      return [`worker ${slot.number} (pid ${slot.link!.worker.process.pid}) silent for ${(silentMs / 1_000).toFixed(1)}s`];
+    });
   }
 
   /** Forks the slot's worker and starts it on the current config; resolves once it listens. */
@@ -168,6 +208,7 @@ export class Primary {
     const link = new WorkerLink(worker);
     slot.link = link;
     slot.listening = null;
+    slot.silent = false;
     worker.once('exit', (code, signal) => this.#onExit(slot, link, code, signal));
     const config = this.#current;
     let answer = await link.request(
@@ -242,6 +283,7 @@ export class Primary {
       {
         registry: { contentType: this.metrics.registry.contentType, metrics: () => this.#scrape() },
         notReady: () => this.#notReady(),
+        unresponsive: () => this.#unresponsive(),
         connections: () => this.#connections(),
         get draining() {
           return primary.#stopping;

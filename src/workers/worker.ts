@@ -8,9 +8,9 @@ import { HELLO, isRequest, type Answers, type Envelope, type Kind, type Reply } 
 
 // One worker process: it runs the routes of the config its primary sends (validated there,
 // never read or parsed here: the event loop serving traffic never parses YAML), and answers the
-// primary's requests (reload, metrics, connections, stop). Signals are the primary's to
-// handle and fan out: a terminal's SIGINT or SIGHUP reaches the whole process group, and
-// acting on it here too would apply it twice. A SIGTERM sent to this process alone drains
+// primary's requests (reload, metrics, connections, liveness pings, stop). Signals are the
+// primary's to handle and fan out: a terminal's SIGINT or SIGHUP reaches the whole process
+// group, and acting on it here too would apply it twice. A SIGTERM sent to this process alone drains
 // it like a stop request (the primary then replaces it). When the primary goes away
 // node:cluster ends this process at once.
 
@@ -44,6 +44,8 @@ export function runWorker(): void {
         return { metrics: app ? await app.metrics.registry.getMetricsAsJSON() : [] };
       case 'connections':
         return { connections: app?.connections() ?? [] };
+      case 'ping':
+        return {};
       case 'stop':
         await stop();
         return {};

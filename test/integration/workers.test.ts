@@ -149,6 +149,40 @@ describe('workers: 2', () => {
     expect(await metric(proxy, 'worker_restarts_total')).toBe(1);
   });
 
+  it('a worker stopped with SIGSTOP makes /readyz 503 naming it, and 200 again once SIGCONT lets it answer', async () => {
+    const [port, upstream] = [await freePort(), await echoUpstream()];
+    const proxy = await start(config(port, upstream));
+    const readyz = async (): Promise<{ status: number; body: string }> => {
+      const res = await fetch(`${proxy.adminUrl}/readyz`);
+      return { status: res.status, body: await res.text() };
+    };
+    expect(await readyz()).toEqual({ status: 200, body: 'ready\n' });
+    const stopped = await workerPid(proxy, 2);
+    const other = await workerPid(proxy, 1);
+    process.kill(stopped, 'SIGSTOP');
+    // Pushed after start(): runs before the proxy is killed, which a stopped worker would outlive.
+    cleanups.push(() => processAlive(stopped) && process.kill(stopped, 'SIGCONT'));
+    // Pinged every 1 s with a 3 s deadline on a 250 ms clock: noticed within about 4.5 s; generous for a loaded machine.
+    const notReady = await until(async () => {
+      const answer = await readyz();
+      return answer.status === 503 ? answer : undefined;
+    }, 15_000, '/readyz 503 while a worker is stopped', 200);
+    expect(notReady.body).toMatch(new RegExp(`^not answering: worker 2 \\(pid ${stopped}\\) silent for \\d+\\.\\ds\n$`));
+    expect(notReady.body).not.toContain(String(other));
+    expect(proxy.logs.filter((l) => l.msg === 'worker stopped answering; not ready until it does').map((l) => [l.worker, l.pid])).toEqual([[2, stopped]]);
+    // The primary and the running worker still answer the admin.
+    expect((await fetch(`${proxy.adminUrl}/healthz`)).status).toBe(200);
+
+    process.kill(stopped, 'SIGCONT');
+    await until(async () => (await readyz()).status === 200, 10_000, '/readyz 200 after SIGCONT', 200);
+    expect(await readyz()).toEqual({ status: 200, body: 'ready\n' });
+    await until(() => proxy.logs.some((l) => l.msg === 'worker answers again' && l.worker === 2), 5_000, 'logged');
+    // Nothing was replaced: the same worker serves again.
+    expect(await metric(proxy, 'worker_restarts_total')).toBe(0);
+    await openClients(port, 20, 'w');
+    expect(new Set((await proxy.connections()).map((row) => row.pid))).toEqual(new Set([stopped, other]));
+  });
+
   it('a worker that keeps dying soon after its start is replaced after a growing delay, each death counted', async () => {
     const [port, upstream] = [await freePort(), await echoUpstream()];
     const proxy = await start(config(port, upstream));

@@ -4,7 +4,7 @@ import { formatHostPort } from '../config/hostport.js';
 import type { HostPort } from '../config/schema.js';
 import { Canary, type CanaryOutcome, type DeathKind } from './canary.js';
 import type { CanaryProbe } from './probes.js';
-import { formatSeconds, safeIntervalMs } from './recommend.js';
+import { formatSeconds, heartbeatBelowProven, safeIntervalMs } from './recommend.js';
 import { DEFAULT_SEARCH, IdleSearch, type Bracket } from './search.js';
 
 // The `discover` command: a preflight canary proves the upstream answers the probe at
@@ -61,12 +61,12 @@ export async function runDiscover(options: DiscoverOptions, io: DiscoverIo): Pro
 }
 
 export function toReport(upstream: string, bracket: Bracket, maxMs: number): DiscoverReport {
-  const lower = bracket.maxMs === null ? maxMs : bracket.minMs;
-  const interval = formatSeconds(safeIntervalMs(lower));
+  // The longest idle proven to survive: the bracket's lower bound, or --max when nothing dropped.
+  const provenMs = bracket.maxMs === null ? maxMs : bracket.minMs;
   return {
     upstream,
     idleTimeoutSeconds: bracket.maxMs === null ? null : { min: bracket.minMs / 1_000, max: bracket.maxMs / 1_000 },
-    recommended: { heartbeatEvery: interval, keepaliveIdle: interval },
+    recommended: { heartbeatEvery: formatSeconds(heartbeatBelowProven(provenMs)), keepaliveIdle: formatSeconds(safeIntervalMs(provenMs)) },
   };
 }
 

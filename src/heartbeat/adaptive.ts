@@ -1,4 +1,5 @@
 import type { CanaryOutcome } from '../discover/canary.js';
+import { heartbeatBelowProven } from '../discover/recommend.js';
 import { IdleSearch } from '../discover/search.js';
 
 // `heartbeat: { every: auto }`: one learner per route. It runs the discover search
@@ -6,21 +7,14 @@ import { IdleSearch } from '../discover/search.js';
 // route's heartbeat interval, which live sessions read at every tick:
 //   - start at `min`;
 //   - each canary that survives an idle period proves it: the interval rises to the safe
-//     fraction of the longest proven idle (never above `max`);
+//     fraction of the longest proven idle (heartbeatBelowProven, LEARNED_FRACTION: the rule
+//     `discover` recommends by), never above `max`;
 //   - a canary that dies bounds the timeout: the interval is the safe fraction of the
 //     longest idle still known to survive below that death;
 //   - when the search has narrowed the bracket, it runs again after `reprobeMs` (paths change);
 //   - a client connection lost to the path (keepalive or heartbeat timeout) drops the
 //     interval to `min` at once and starts learning anew.
 // No sockets and no clock of its own: canaries come from `startCanary`, time from tick(now).
-
-/**
- * The share of the longest proven idle used as the interval. Higher than discover's one-off
- * recommendation (SAFE_FRACTION): the bound here is proven by live canaries, re-probed,
- * and a client lost to the path drops the interval to min at once. 0.75 plus the 10%
- * jitter still probes before the proven idle ends.
- */
-export const LEARNED_FRACTION = 0.75;
 
 /** After a canary could not tell (upstream down, refused), the next waits this long, doubling up to RETRY_MAX_MS. */
 const RETRY_FIRST_MS = 1_000;
@@ -161,13 +155,12 @@ export class AdaptiveHeartbeat {
 
   #intervalFor(provenMs: number): number {
     const { minMs, maxMs } = this.#options;
-    const safeMs = Math.floor((provenMs * LEARNED_FRACTION) / 100) * 100;
-    return provenMs <= 0 ? minMs : Math.min(maxMs, Math.max(minMs, safeMs));
+    return provenMs <= 0 ? minMs : Math.min(maxMs, Math.max(minMs, heartbeatBelowProven(provenMs)));
   }
 
   #newSearch(): IdleSearch {
     const { minMs, maxMs, canaries } = this.#options;
-    // Proving `max` safe takes an idle of max / SAFE_FRACTION; start from just above what is proven.
+    // Proving `max` safe takes an idle of max / LEARNED_FRACTION (under 2 x max); start from just above what is proven.
     const from = Math.max(minMs, Math.min(this.#provenMs, 2 * maxMs));
     return new IdleSearch({ minMs: from, maxMs: 2 * maxMs, parallel: canaries, resolutionMs: 1_000, resolutionFraction: 0.15 });
   }

@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import type { CanaryOutcome } from '../../src/discover/canary.js';
-import { AdaptiveHeartbeat, LEARNED_FRACTION, type CanaryHandle, type Learned } from '../../src/heartbeat/adaptive.js';
+import { LEARNED_FRACTION } from '../../src/discover/recommend.js';
+import { AdaptiveHeartbeat, type CanaryHandle, type Learned } from '../../src/heartbeat/adaptive.js';
 
 // The learning state machine on a fake clock with scripted canaries: a canary that idles
 // `ms` on a path whose timeout is `timeoutMs` survives when ms < timeoutMs, and answers

@@ -7,13 +7,9 @@ import { nodeInNs, type JsonLine, type NsNode } from './netns.js';
 
 const AGENT_SOURCE = String.raw`
 import net from 'node:net';
-import readline from 'node:readline';
-
-setTimeout(() => process.exit(3), Number(process.env.KP_MAX_LIFETIME_MS || 600000)).unref();
 
 const sockets = new Map();
 let nextConn = 1;
-const emit = (line) => process.stdout.write(JSON.stringify({ t: Date.now(), ...line }) + '\n');
 
 function watch(socket) {
   const conn = nextConn++;
@@ -75,20 +71,6 @@ const ops = {
     return { status: response.status, body: await response.text() };
   },
 };
-
-const input = readline.createInterface({ input: process.stdin });
-input.on('line', async (line) => {
-  let request;
-  try {
-    request = JSON.parse(line);
-    const result = await ops[request.op](request);
-    emit({ id: request.id, ok: true, ...result });
-  } catch (error) {
-    emit({ id: request?.id, ok: false, error: String(error?.message ?? error), code: error?.code });
-  }
-});
-// The test process went away (or stopped us): leave with it.
-input.on('close', () => process.exit(0));
 `;
 
 export interface Agent {

@@ -11,9 +11,6 @@ import { nodeInNs, type JsonLine, type NsNode } from './netns.js';
 const DB_CLIENT_SOURCE = String.raw`
 import { createRequire } from 'node:module';
 import net from 'node:net';
-import readline from 'node:readline';
-
-setTimeout(() => process.exit(3), Number(process.env.KP_MAX_LIFETIME_MS || 600000)).unref();
 
 // The script lives in a temp dir: resolve the client libraries from the repository.
 const require = createRequire(REPO_PACKAGE_JSON);
@@ -23,7 +20,6 @@ const mysql = require('mysql2/promise');
 
 const sessions = new Map();
 let nextSession = 1;
-const emit = (line) => process.stdout.write(JSON.stringify({ t: Date.now(), ...line }) + '\n');
 
 function watchSocket(session, socket) {
   socket.once('close', () => emit({ event: 'closed', session }));
@@ -113,19 +109,6 @@ const ops = {
     }
   },
 };
-
-const input = readline.createInterface({ input: process.stdin });
-input.on('line', async (line) => {
-  let request;
-  try {
-    request = JSON.parse(line);
-    const result = await ops[request.op](request);
-    emit({ id: request.id, ok: true, ...result });
-  } catch (error) {
-    emit({ id: request?.id, ok: false, error: String(error?.message ?? error) });
-  }
-});
-input.on('close', () => process.exit(0));
 `.replace('REPO_PACKAGE_JSON', JSON.stringify(`${REPO_ROOT}/package.json`));
 
 export type DbKind = 'redis' | 'postgres' | 'mysql';

@@ -1,9 +1,9 @@
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { until, sleep } from '../helpers/wait.js';
-import { startAgent, type Agent } from './agent.js';
-import { installFirewall, type Firewall } from './firewall.js';
-import { ADDRESSES, createLab, type Lab } from './netns.js';
-import { reportFailure, startProxyInNs, type ProxyInNs } from './proxy-in-ns.js';
+import { behindFirewall } from './behind-middlebox.js';
+import { useEchoLab } from './echo-lab.js';
+import { ADDRESSES, labAllowed } from './netns.js';
+import { CLIENT_KEEPALIVE, labProxyYaml } from './proxy-yaml.js';
 
 // The middlebox lab, conntrack firewall (issue 2):
 //   client ns (legacy client, keepalive-proxy as sidecar) -- fw ns (nftables + conntrack) -- server ns (echo)
@@ -11,10 +11,7 @@ import { reportFailure, startProxyInNs, type ProxyInNs } from './proxy-in-ns.js'
 // (b) when the firewall starts dropping the flow, the proxy's kernel declares the upstream dead and
 //     the proxy closes the client at once, counting evictions_total{reason="keepalive_timeout"}.
 
-const isRoot = process.getuid?.() === 0;
-if (!isRoot) {
-  console.warn('test/lab/firewall.lab.test.ts skipped: the middlebox lab needs root (ip netns, nftables, conntrack)');
-}
+const isRoot = labAllowed('test/lab/firewall.lab.test.ts', 'ip netns, nftables, conntrack');
 
 /** The firewall forgets an established flow after this much silence. */
 const CONNTRACK_TIMEOUT_S = 3;
@@ -28,107 +25,66 @@ const PROXY_PORT = 15_000;
 const ROUTE = 'lab';
 
 function proxyYaml(echoPort: number, upstream: { idle: string; interval: string; count: number; userTimeout: string }): string {
-  return `
-admin:
-  listen: {{admin}}
-log:
-  level: debug
-shutdownTimeout: 2s
-defaults:
-  keepalive:
-    client: { idle: 60s, interval: 10s, count: 6 }
-    upstream: { idle: ${upstream.idle}, interval: ${upstream.interval}, count: ${upstream.count} }
-  userTimeout: ${upstream.userTimeout}
-routes:
-  - name: ${ROUTE}
-    listen: 127.0.0.1:${PROXY_PORT}
-    upstream: ${ADDRESSES.server}:${echoPort}
-`;
+  const { userTimeout, ...keepalive } = upstream;
+  return labProxyYaml(
+    { logLevel: 'debug', keepalive: { client: CLIENT_KEEPALIVE, upstream: keepalive }, userTimeout },
+    [{ name: ROUTE, port: PROXY_PORT, upstream: `${ADDRESSES.server}:${echoPort}` }],
+  );
 }
 
 describe.skipIf(!isRoot)('middlebox lab: stateful firewall with a short conntrack timeout', () => {
-  let lab: Lab;
-  let firewall: Firewall;
-  let server: Agent;
-  let client: Agent;
-  let echoPort: number;
-  let proxy: ProxyInNs | null = null;
-
-  beforeAll(async () => {
-    lab = await createLab({ forwarding: true });
-    firewall = await installFirewall(lab.middle, { establishedTimeoutSeconds: CONNTRACK_TIMEOUT_S });
-    server = await startAgent(lab.server);
-    echoPort = await server.listenEcho(ADDRESSES.server);
-    client = await startAgent(lab.client);
-  });
-
-  afterEach(async (context) => {
-    await reportFailure(context, proxy, { firewall: () => firewall.ruleset() });
-    await proxy?.stop();
-    proxy = null;
-    await firewall?.blackhole(false);
-  });
-
-  afterAll(async () => {
-    await client?.stop();
-    await server?.stop();
-    await lab?.destroy();
-  });
+  const lab = useEchoLab(() => behindFirewall({ establishedTimeoutSeconds: CONNTRACK_TIMEOUT_S }));
 
   it('control: a direct client silent for less than the conntrack timeout keeps its connection', async () => {
-    const conn = await client.connect(ADDRESSES.server, echoPort);
-    await client.roundTrip(conn, 'hello\n', 3_000);
+    const conn = await lab.client.connect(ADDRESSES.server, lab.echo.port);
+    await lab.client.roundTrip(conn, 'hello\n', 3_000);
     await sleep((CONNTRACK_TIMEOUT_S * 1_000) / 2);
-    await client.roundTrip(conn, 'still here\n', 3_000);
-    await client.destroy(conn);
+    await lab.client.roundTrip(conn, 'still here\n', 3_000);
+    await lab.client.destroy(conn);
   });
 
   it('(a) direct: a client without keepalive that idles past the conntrack timeout loses its connection', async () => {
-    const conn = await client.connect(ADDRESSES.server, echoPort);
-    await client.roundTrip(conn, 'hello before idle\n', 3_000);
+    const conn = await lab.client.connect(ADDRESSES.server, lab.echo.port);
+    await lab.client.roundTrip(conn, 'hello before idle\n', 3_000);
 
     // The flow is tracked with the firewall's short timeout, not the kernel's 5 days.
-    const ofThisConnection = (line: string): boolean => line.includes(`sport=${client.localPort(conn)} dport=${echoPort}`);
-    const flow = (await firewall.flows()).find(ofThisConnection);
+    const ofThisConnection = (line: string): boolean => line.includes(`sport=${lab.client.localPort(conn)} dport=${lab.echo.port}`);
+    const flow = (await lab.path.firewall.flows()).find(ofThisConnection);
     expect(flow, 'the firewall tracks the flow').toBeDefined();
     const remaining = Number(/^tcp\s+\d+\s+(\d+)/.exec(flow!)?.[1]);
     expect(remaining).toBeLessThanOrEqual(CONNTRACK_TIMEOUT_S);
 
     await sleep(CLIENT_IDLE_MS);
-    expect((await firewall.flows()).some(ofThisConnection), 'the firewall forgot the flow').toBe(false);
+    expect((await lab.path.firewall.flows()).some(ofThisConnection), 'the firewall forgot the flow').toBe(false);
 
     // The next write goes nowhere: the firewall drops the mid-stream segment (no conntrack
     // entry, not a SYN), the client retransmits into the void. Lost = no echo within the bound
     // (or an error, should the stack give up first).
     const started = Date.now();
-    const outcome = await client.roundTrip(conn, 'hello after idle\n', NO_REPLY_MS).then(
+    const outcome = await lab.client.roundTrip(conn, 'hello after idle\n', NO_REPLY_MS).then(
       () => 'echoed',
       (error: Error) => error.message,
     );
     console.log(`[lab] direct, no keepalive, idle ${CLIENT_IDLE_MS} ms: after ${Date.now() - started} ms: ${outcome}`);
     expect(outcome).not.toBe('echoed');
-    await client.destroy(conn);
+    await lab.client.destroy(conn);
   });
 
   it('(a) through the proxy: the same idle client keeps its connection (upstream keepalive below the firewall timeout)', async () => {
-    proxy = await startProxyInNs(
-      lab.client,
-      proxyYaml(echoPort, { idle: '1s', interval: '1s', count: 3, userTimeout: '0' }),
-      client,
-    );
-    const conn = await client.connect('127.0.0.1', PROXY_PORT);
-    await client.roundTrip(conn, 'hello before idle\n', 3_000);
+    await lab.startProxy(proxyYaml(lab.echo.port, { idle: '1s', interval: '1s', count: 3, userTimeout: '0' }));
+    const conn = await lab.client.connect('127.0.0.1', PROXY_PORT);
+    await lab.client.roundTrip(conn, 'hello before idle\n', 3_000);
 
     await sleep(CLIENT_IDLE_MS);
-    const established = (await firewall.flows()).filter((line) => line.includes('ESTABLISHED') && line.includes(`dport=${echoPort}`));
+    const established = (await lab.path.firewall.flows()).filter((line) => line.includes('ESTABLISHED') && line.includes(`dport=${lab.echo.port}`));
     expect(established, 'the probes kept the flow').toHaveLength(1);
 
     const started = Date.now();
-    await client.roundTrip(conn, 'hello after idle\n', NO_REPLY_MS);
+    await lab.client.roundTrip(conn, 'hello after idle\n', NO_REPLY_MS);
     console.log(
       `[lab] through the proxy, idle ${CLIENT_IDLE_MS} ms (firewall timeout ${CONNTRACK_TIMEOUT_S} s): echo back in ${Date.now() - started} ms`,
     );
-    await client.destroy(conn);
+    await lab.client.destroy(conn);
   });
 
   /**
@@ -136,16 +92,16 @@ describe.skipIf(!isRoot)('middlebox lab: stateful firewall with a short conntrac
    * how long after the blackhole the client saw its connection end (bounded by boundMs).
    */
   async function blackholeDetection(upstream: Parameters<typeof proxyYaml>[1], boundMs: number): Promise<number> {
-    proxy = await startProxyInNs(lab.client, proxyYaml(echoPort, upstream), client);
-    const conn = await client.connect('127.0.0.1', PROXY_PORT);
-    await client.roundTrip(conn, 'hello\n', 3_000);
+    const proxy = await lab.startProxy(proxyYaml(lab.echo.port, upstream));
+    const conn = await lab.client.connect('127.0.0.1', PROXY_PORT);
+    await lab.client.roundTrip(conn, 'hello\n', 3_000);
     await sleep(2_000); // idle: probes flowing and answered
 
-    const since = client.node.mark();
-    await firewall.blackhole(true);
+    const since = lab.client.node.mark();
+    await lab.path.firewall.blackhole(true);
     const blackholeAt = Date.now();
-    const closed = await client.waitClosed(conn, boundMs, since);
-    const dropped = await firewall.blackholeDrops();
+    const closed = await lab.client.waitClosed(conn, boundMs, since);
+    const dropped = await lab.path.firewall.blackholeDrops();
     const detectionMs = closed ? Number(closed.t) - blackholeAt : null;
     console.log(
       `[lab] dead-peer detection (upstream keepalive idle ${upstream.idle} interval ${upstream.interval} count ${upstream.count}, userTimeout ${upstream.userTimeout}): ` +
@@ -154,7 +110,7 @@ describe.skipIf(!isRoot)('middlebox lab: stateful firewall with a short conntrac
     expect(closed, `the proxy closes the client within ${boundMs} ms`).not.toBeNull();
     expect(dropped).toBeGreaterThan(0);
 
-    await until(async () => (await proxy!.eviction(ROUTE, 'keepalive_timeout')) === 1, 3_000, 'evictions_total{reason="keepalive_timeout"} == 1', 100);
+    await until(async () => (await proxy.eviction(ROUTE, 'keepalive_timeout')) === 1, 3_000, 'evictions_total{reason="keepalive_timeout"} == 1', 100);
     console.log(`[lab] proxy log:\n${proxy.logLinesWith('"reason"').join('\n')}`);
     return detectionMs!;
   }

@@ -32,6 +32,16 @@ const ownedNamespaces = new Set<string>();
 const ownedPids = new Set<number>();
 const ownedTempDirs = new Set<string>();
 
+/**
+ * Whether this process may build labs (root: ip netns, nftables, servers in namespaces). When
+ * not, warns that `file` is skipped and what it needs, so a skipped lab never passes unseen.
+ */
+export function labAllowed(file: string, needs: string): boolean {
+  const isRoot = process.getuid?.() === 0;
+  if (!isRoot) console.warn(`${file} skipped: the middlebox lab needs root (${needs})`);
+  return isRoot;
+}
+
 export interface CommandResult {
   readonly stdout: string;
   readonly stderr: string;
@@ -225,11 +235,39 @@ export interface NsNode {
   stop(): Promise<void>;
 }
 
-/** Writes `source` (plain ESM JavaScript) to a temp file and runs it with node inside `ns`. */
+// The frame of every script: `emit` prints a JSON line with its time, the script leaves by
+// itself after KP_MAX_LIFETIME_MS, and each stdin line { id, op, ... } is answered from the
+// script's `ops` table with { id, ok: true, ...result } or { id, ok: false, error, code }.
+const SCRIPT_HEAD = String.raw`
+import readline from 'node:readline';
+
+setTimeout(() => process.exit(3), Number(process.env.KP_MAX_LIFETIME_MS || 600000)).unref();
+const emit = (line) => process.stdout.write(JSON.stringify({ t: Date.now(), ...line }) + '\n');
+`;
+const SCRIPT_TAIL = String.raw`
+const input = readline.createInterface({ input: process.stdin });
+input.on('line', async (line) => {
+  let request;
+  try {
+    request = JSON.parse(line);
+    const result = await ops[request.op](request);
+    emit({ id: request.id, ok: true, ...result });
+  } catch (error) {
+    emit({ id: request?.id, ok: false, error: String(error?.message ?? error), code: error?.code });
+  }
+});
+// The test process went away (or stopped us): leave with it.
+input.on('close', () => process.exit(0));
+`;
+
+/**
+ * Runs `source` (plain ESM JavaScript) with node inside `ns`, in the frame above: the source
+ * defines `const ops = { name(request) { ... } }` and may call emit(); it imports no readline.
+ */
 export async function nodeInNs(ns: string, source: string): Promise<NsNode> {
   const dir = ownTempDir('kp-lab-node-');
   const file = join(dir, 'script.mjs');
-  writeFileSync(file, source);
+  writeFileSync(file, SCRIPT_HEAD + source + SCRIPT_TAIL);
   const child = spawn('ip', ['netns', 'exec', ns, process.execPath, file], {
     stdio: ['pipe', 'pipe', 'pipe'],
     env: { ...process.env, KP_MAX_LIFETIME_MS: String(NODE_MAX_LIFETIME_MS) },

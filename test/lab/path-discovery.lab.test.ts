@@ -1,14 +1,14 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MAIN, sample } from '../helpers/proxy.js';
 import { sleep, until } from '../helpers/wait.js';
-import { startAgent, type Agent } from './agent.js';
-import { installFirewall, type Firewall } from './firewall.js';
-import { startLoadBalancer, type LoadBalancer } from './lb.js';
-import { ADDRESSES, createLab, inNs, type Lab } from './netns.js';
-import { reportFailure, startProxyInNs, type ProxyInNs } from './proxy-in-ns.js';
+import { behindBalancer, behindFirewall, type BehindMiddlebox } from './behind-middlebox.js';
+import { useEchoLab } from './echo-lab.js';
+import { ADDRESSES, inNs, labAllowed } from './netns.js';
+import type { ProxyInNs } from './proxy-in-ns.js';
+import { CLIENT_KEEPALIVE, labProxyYaml, type KeepaliveYaml } from './proxy-yaml.js';
 
 // Knowing the path (issue 11), in the namespace lab, against the two middleboxes that forget
 // idle flows:
@@ -22,10 +22,7 @@ import { reportFailure, startProxyInNs, type ProxyInNs } from './proxy-in-ns.js'
 // unacknowledged and the proxy reports the half-open upstream from TCP_INFO long before the
 // kernel gives up.
 
-const isRoot = process.getuid?.() === 0;
-if (!isRoot) {
-  console.warn('test/lab/path-discovery.lab.test.ts skipped: the middlebox lab needs root (ip netns, nftables, haproxy)');
-}
+const isRoot = labAllowed('test/lab/path-discovery.lab.test.ts', 'ip netns, nftables, haproxy');
 
 const TIMEOUT_S = 4;
 const CLIENT_IDLE_MS = 20_000;
@@ -34,32 +31,25 @@ const LB_PORT = 8_100;
 const ROUTE = 'path';
 const PROBE = 'kp-path-probe\n';
 
-interface Middlebox {
-  /** Where the proxy and discover dial: the server itself behind the firewall, the LB's frontend. */
-  readonly upstream: string;
-  describe(): Promise<string>;
-  stop(): Promise<void>;
+/** Kernel probes far apart: only the heartbeats keep the path, as behind a real LB. */
+const SLOW_UPSTREAM_KEEPALIVE: KeepaliveYaml = { idle: '60s', interval: '10s', count: 3 };
+
+function proxyYaml(upstream: string, stateDir: string): string {
+  return labProxyYaml({ logLevel: 'info', stateDir, keepalive: { client: CLIENT_KEEPALIVE, upstream: SLOW_UPSTREAM_KEEPALIVE } }, [
+    {
+      name: ROUTE,
+      port: PROXY_PORT,
+      upstream,
+      more: { heartbeat: `{ every: auto, min: 1s, max: 20s, timeout: 1s, send: ${JSON.stringify(PROBE)}, expect: ${JSON.stringify(PROBE)} }` },
+    },
+  ]);
 }
 
-function proxyYaml(upstream: string, stateDir: string, extra = ''): string {
-  return `
-admin:
-  listen: {{admin}}
-log:
-  level: info
-shutdownTimeout: 2s
-stateDir: ${stateDir}
-defaults:
-  keepalive:
-    client: { idle: 60s, interval: 10s, count: 6 }
-    # Kernel probes far apart: only the heartbeats keep the path, as behind a real LB.
-    upstream: { idle: 60s, interval: 10s, count: 3 }
-routes:
-  - name: ${ROUTE}
-    listen: 127.0.0.1:${PROXY_PORT}
-    upstream: ${upstream}
-    heartbeat: { every: auto, min: 1s, max: 20s, timeout: 1s, send: ${JSON.stringify(PROBE)}, expect: ${JSON.stringify(PROBE)} }
-${extra}`;
+/** One plain route to the echo server behind the firewall, with these upstream keepalive settings. */
+function kernelTruthYaml(echoPort: number, upstream: KeepaliveYaml, userTimeout: string): string {
+  return labProxyYaml({ logLevel: 'info', keepalive: { upstream }, userTimeout }, [
+    { name: ROUTE, port: PROXY_PORT, upstream: `${ADDRESSES.server}:${echoPort}` },
+  ]);
 }
 
 interface DiscoverRun {
@@ -80,38 +70,26 @@ async function discoverIn(ns: string, upstream: string): Promise<DiscoverRun> {
   return { elapsedMs: Date.now() - started, result: JSON.parse(lines[lines.length - 1]!) as DiscoverRun['result'], stderr };
 }
 
-/** The three claims of the brief against one middlebox. */
-function pathTests(name: string, setup: () => Promise<{ lab: Lab; box: Middlebox }>): void {
+/** The three claims of the brief against one middlebox, in front of an echo server. */
+function pathTests(name: string, middlebox: () => Promise<BehindMiddlebox>): void {
   describe.skipIf(!isRoot)(`knowing the path through ${name} (idle timeout ${TIMEOUT_S} s)`, () => {
-    let lab: Lab;
-    let box: Middlebox;
-    let client: Agent;
-    let proxy: ProxyInNs | null = null;
+    // lab.echo.upstream is where the proxy and discover dial: the server itself behind the
+    // firewall, the LB's frontend.
+    const lab = useEchoLab(middlebox, { frontPort: LB_PORT, hookTimeoutMs: 60_000 });
     let stateDir: string;
     const figures: string[] = [];
 
-    beforeAll(async () => {
-      ({ lab, box } = await setup());
-      client = await startAgent(lab.client);
+    beforeAll(() => {
       stateDir = mkdtempSync(join(tmpdir(), 'kp-lab-state-'));
-    }, 60_000);
-
-    afterEach(async (context) => {
-      await reportFailure(context, proxy, { middlebox: () => box.describe() });
-      await proxy?.stop();
-      proxy = null;
     });
 
-    afterAll(async () => {
+    afterAll(() => {
       if (figures.length > 0) console.log(`[lab] ${name}:\n${figures.join('\n')}`);
-      await client?.stop();
-      await box?.stop();
-      await lab?.destroy();
       if (stateDir) rmSync(stateDir, { recursive: true, force: true });
     });
 
     it('discover brackets the idle timeout within 1 s, in under a minute', async () => {
-      const run = await discoverIn(lab.client, box.upstream);
+      const run = await discoverIn(lab.path.lab.client, lab.echo.upstream);
       figures.push(`  discover: ${JSON.stringify(run.result)} in ${run.elapsedMs} ms`);
       expect(run.result.idleTimeoutSeconds, run.stderr).not.toBeNull();
       const { min, max } = run.result.idleTimeoutSeconds!;
@@ -122,17 +100,17 @@ function pathTests(name: string, setup: () => Promise<{ lab: Lab; box: Middlebox
     }, 100_000);
 
     it('every: auto converges to [T/2, T) while an idle client keeps its session, and a restart keeps the interval', async () => {
-      proxy = await startProxyInNs(lab.client, proxyYaml(box.upstream, stateDir), client);
+      let proxy = await lab.startProxy(proxyYaml(lab.echo.upstream, stateDir));
       const interval = async (running: ProxyInNs): Promise<number> => sample(await running.metrics(), 'keepalive_proxy_heartbeat_interval_seconds', { route: ROUTE });
-      const conn = await client.connect('127.0.0.1', PROXY_PORT);
-      await client.roundTrip(conn, 'before the silence\n', 3_000);
-      const idleFrom = client.node.mark();
+      const conn = await lab.client.connect('127.0.0.1', PROXY_PORT);
+      await lab.client.roundTrip(conn, 'before the silence\n', 3_000);
+      const idleFrom = lab.client.node.mark();
       const started = Date.now();
       expect(await interval(proxy)).toBe(1);
 
       const learned = await until(
         async () => {
-          const seconds = await interval(proxy!);
+          const seconds = await interval(proxy);
           return seconds >= TIMEOUT_S / 2 && seconds < TIMEOUT_S ? seconds : null;
         },
         45_000,
@@ -142,8 +120,8 @@ function pathTests(name: string, setup: () => Promise<{ lab: Lab; box: Middlebox
       const convergedMs = Date.now() - started;
       // The client stays silent for the whole CLIENT_IDLE_MS (learning included).
       await sleep(Math.max(0, CLIENT_IDLE_MS - (Date.now() - started)));
-      expect(await client.waitClosed(conn, 100, idleFrom), 'the idle client was never closed').toBeNull();
-      await client.roundTrip(conn, 'after the silence\n', 3_000);
+      expect(await lab.client.waitClosed(conn, 100, idleFrom), 'the idle client was never closed').toBeNull();
+      await lab.client.roundTrip(conn, 'after the silence\n', 3_000);
       const metrics = await proxy.metrics();
       const pathIdle = sample(metrics, 'keepalive_proxy_path_idle_timeout_seconds', { route: ROUTE });
       expect(pathIdle).toBeGreaterThan(0);
@@ -152,11 +130,11 @@ function pathTests(name: string, setup: () => Promise<{ lab: Lab; box: Middlebox
         expect(sample(metrics, 'keepalive_proxy_evictions_total', { route: ROUTE, reason }), `no client lost (${reason})`).toBe(0);
       }
       figures.push(`  every: auto: ${learned} s after ${convergedMs} ms (path proven idle ${pathIdle} s); client idle ${CLIENT_IDLE_MS} ms kept its session`);
-      await client.destroy(conn);
+      await lab.client.destroy(conn);
       await proxy.stop();
 
       const restartedAt = Date.now();
-      proxy = await startProxyInNs(lab.client, proxyYaml(box.upstream, stateDir), client);
+      proxy = await lab.startProxy(proxyYaml(lab.echo.upstream, stateDir));
       const restored = await interval(proxy);
       const inForceMs = Date.now() - restartedAt;
       expect(restored).toBeGreaterThanOrEqual(TIMEOUT_S / 2);
@@ -164,109 +142,39 @@ function pathTests(name: string, setup: () => Promise<{ lab: Lab; box: Middlebox
       expect(Math.abs(restored - learned)).toBeLessThanOrEqual(0.5);
       expect(inForceMs).toBeLessThan(10_000);
       // In force, not only shown: a client idling past the timeout keeps its session at once.
-      const again = await client.connect('127.0.0.1', PROXY_PORT);
-      await client.roundTrip(again, 'restarted\n', 3_000);
+      const again = await lab.client.connect('127.0.0.1', PROXY_PORT);
+      await lab.client.roundTrip(again, 'restarted\n', 3_000);
       await sleep(2 * TIMEOUT_S * 1_000);
-      await client.roundTrip(again, 'still here\n', 3_000);
-      await client.destroy(again);
+      await lab.client.roundTrip(again, 'still here\n', 3_000);
+      await lab.client.destroy(again);
       figures.push(`  restart with the same stateDir: ${restored} s in force ${inForceMs} ms after the start`);
     }, 120_000);
   });
 }
 
-pathTests('a conntrack firewall', async () => {
-  const lab = await createLab({ forwarding: true });
-  const firewall = await installFirewall(lab.middle, { establishedTimeoutSeconds: TIMEOUT_S });
-  const server = await startAgent(lab.server);
-  const port = await server.listenEcho(ADDRESSES.server);
-  return {
-    lab,
-    box: { upstream: `${ADDRESSES.server}:${port}`, describe: () => firewall.ruleset(), stop: () => server.stop() },
-  };
-});
+pathTests('a conntrack firewall', () => behindFirewall({ establishedTimeoutSeconds: TIMEOUT_S }));
 
-pathTests('a payload-counting load balancer', async () => {
-  const lab = await createLab({ forwarding: false });
-  const server = await startAgent(lab.server);
-  const port = await server.listenEcho(ADDRESSES.server);
-  const lb: LoadBalancer = await startLoadBalancer(lab.middle, {
-    listenHost: ADDRESSES.middleClientSide,
-    listenPort: LB_PORT,
-    upstreamHost: ADDRESSES.server,
-    upstreamPort: port,
-    idleTimeoutMs: TIMEOUT_S * 1_000,
-  });
-  return {
-    lab,
-    box: {
-      upstream: `${ADDRESSES.middleClientSide}:${LB_PORT}`,
-      describe: async () => lb.output(),
-      stop: async () => {
-        await lb.stop();
-        await server.stop();
-      },
-    },
-  };
-});
+pathTests('a payload-counting load balancer', () => behindBalancer({ idleTimeoutMs: TIMEOUT_S * 1_000 }));
 
 describe.skipIf(!isRoot)('kernel truth: a half-open upstream behind a blackholing firewall', () => {
-  let lab: Lab;
-  let firewall: Firewall;
-  let server: Agent;
-  let client: Agent;
-  let proxy: ProxyInNs | null = null;
-
-  beforeAll(async () => {
-    lab = await createLab({ forwarding: true });
-    firewall = await installFirewall(lab.middle, { establishedTimeoutSeconds: 60 });
-    server = await startAgent(lab.server);
-    client = await startAgent(lab.client);
-  }, 60_000);
-
-  afterEach(async (context) => {
-    await reportFailure(context, proxy, { firewall: () => firewall.ruleset() });
-    await proxy?.stop();
-    proxy = null;
-    await firewall?.blackhole(false);
-  });
-
-  afterAll(async () => {
-    await client?.stop();
-    await server?.stop();
-    await lab?.destroy();
-  });
+  const lab = useEchoLab(() => behindFirewall({ establishedTimeoutSeconds: 60 }), { hookTimeoutMs: 60_000 });
 
   it('reports the half-open upstream from TCP_INFO while the kernel is still retransmitting', async () => {
-    const port = await server.listenEcho(ADDRESSES.server);
+    const port = lab.echo.port;
     // userTimeout 60s: the kernel would give up after a minute; the report must come well before.
-    const yaml = `
-admin:
-  listen: {{admin}}
-log:
-  level: info
-shutdownTimeout: 2s
-defaults:
-  keepalive:
-    upstream: { idle: 60s, interval: 10s, count: 3 }
-  userTimeout: 60s
-routes:
-  - name: ${ROUTE}
-    listen: 127.0.0.1:${PROXY_PORT}
-    upstream: ${ADDRESSES.server}:${port}
-`;
-    proxy = await startProxyInNs(lab.client, yaml, client);
-    const conn = await client.connect('127.0.0.1', PROXY_PORT);
-    await client.roundTrip(conn, 'hello\n', 3_000);
+    const proxy = await lab.startProxy(kernelTruthYaml(port, SLOW_UPSTREAM_KEEPALIVE, '60s'));
+    const conn = await lab.client.connect('127.0.0.1', PROXY_PORT);
+    await lab.client.roundTrip(conn, 'hello\n', 3_000);
     const before = (await proxy.connections()).find((row) => row['route'] === ROUTE) as { tcpInfo: { upstream: { rttUs: number; totalRetrans: number } } };
     expect(before.tcpInfo.upstream.rttUs).toBeGreaterThan(0);
     expect(before.tcpInfo.upstream.totalRetrans).toBe(0);
 
-    await firewall.blackhole(true);
-    const since = client.node.mark();
+    await lab.path.firewall.blackhole(true);
+    const since = lab.client.node.mark();
     const blackholedAt = Date.now();
-    await client.write(conn, 'into the void\n');
+    await lab.client.write(conn, 'into the void\n');
     const halfOpen = await until(
-      async () => sample(await proxy!.metrics(), 'keepalive_proxy_upstream_half_open_total', { route: ROUTE }) === 1,
+      async () => sample(await proxy.metrics(), 'keepalive_proxy_upstream_half_open_total', { route: ROUTE }) === 1,
       20_000,
       'upstream_half_open_total == 1',
       250,
@@ -278,47 +186,31 @@ routes:
     expect(row, 'reported while the session is still open: before the kernel gave up').toBeDefined();
     expect(row!.tcpInfo.upstream.unacked).toBeGreaterThan(0);
     expect(row!.tcpInfo.upstream.totalRetrans).toBeGreaterThanOrEqual(2);
-    expect(await client.waitClosed(conn, 100, since)).toBeNull();
+    expect(await lab.client.waitClosed(conn, 100, since)).toBeNull();
     console.log(`[lab] half-open upstream reported ${halfOpen} ms after the blackhole (kernel user timeout 60 s): ${line[0]}`);
-    await client.destroy(conn);
+    await lab.client.destroy(conn);
   }, 60_000);
 
   it('counts the unanswered keepalive probes of an idle upstream before the kernel gives up', async () => {
-    const port = await server.listenEcho(ADDRESSES.server);
     // Probes every second after 1 s of silence; 30 unanswered ones before the kernel gives up.
-    const yaml = `
-admin:
-  listen: {{admin}}
-log:
-  level: info
-shutdownTimeout: 2s
-defaults:
-  keepalive:
-    upstream: { idle: 1s, interval: 1s, count: 30 }
-  userTimeout: 0
-routes:
-  - name: ${ROUTE}
-    listen: 127.0.0.1:${PROXY_PORT}
-    upstream: ${ADDRESSES.server}:${port}
-`;
-    proxy = await startProxyInNs(lab.client, yaml, client);
-    const conn = await client.connect('127.0.0.1', PROXY_PORT);
-    await client.roundTrip(conn, 'hello\n', 3_000);
+    const proxy = await lab.startProxy(kernelTruthYaml(lab.echo.port, { idle: '1s', interval: '1s', count: 30 }, '0'));
+    const conn = await lab.client.connect('127.0.0.1', PROXY_PORT);
+    await lab.client.roundTrip(conn, 'hello\n', 3_000);
     await sleep(3_000); // answered probes: nothing counted
     expect(sample(await proxy.metrics(), 'keepalive_proxy_keepalive_probes_total', { route: ROUTE })).toBe(0);
-    const since = client.node.mark();
-    await firewall.blackhole(true);
+    const since = lab.client.node.mark();
+    await lab.path.firewall.blackhole(true);
     const probes = await until(
       async () => {
-        const counted = sample(await proxy!.metrics(), 'keepalive_proxy_keepalive_probes_total', { route: ROUTE });
+        const counted = sample(await proxy.metrics(), 'keepalive_proxy_keepalive_probes_total', { route: ROUTE });
         return counted >= 3 ? counted : null;
       },
       20_000,
       'keepalive_probes_total >= 3',
       250,
     );
-    expect(await client.waitClosed(conn, 100, since), 'counted while the kernel still probes').toBeNull();
+    expect(await lab.client.waitClosed(conn, 100, since), 'counted while the kernel still probes').toBeNull();
     console.log(`[lab] unanswered keepalive probes counted behind the blackhole: ${probes}`);
-    await client.destroy(conn);
+    await lab.client.destroy(conn);
   }, 60_000);
 });

@@ -1,11 +1,12 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { sample } from '../helpers/proxy.js';
-import { startMariadb, type RunningServer } from '../helpers/servers.js';
 import { sleep, until } from '../helpers/wait.js';
 import { startAgent, type Agent } from './agent.js';
+import { behindRouter, type BehindRouter, type Served } from './behind-middlebox.js';
 import { startDbClient, type DbClient } from './db-client.js';
-import { ADDRESSES, createLab, inNs, type Lab } from './netns.js';
+import { ADDRESSES, labAllowed } from './netns.js';
 import { reportFailure, startProxyInNs, type ProxyInNs } from './proxy-in-ns.js';
+import { labProxyYaml } from './proxy-yaml.js';
 
 // The warm pool across the lab (issue 3): a client in the client namespace reaches MariaDB
 // in the server namespace through a router namespace, via keepalive-proxy as its sidecar,
@@ -16,10 +17,7 @@ import { reportFailure, startProxyInNs, type ProxyInNs } from './proxy-in-ns.js'
 // without sch_netem the figures are for the bare veth path, and the log says so. Only a
 // generous bound is asserted: the warm path is not slower than a cold connect.
 
-const isRoot = process.getuid?.() === 0;
-if (!isRoot) {
-  console.warn('test/lab/warm-pool.lab.test.ts skipped: the lab needs root (ip netns, tc, a server in a namespace)');
-}
+const isRoot = labAllowed('test/lab/warm-pool.lab.test.ts', 'ip netns, tc, a server in a namespace');
 
 /** One-way delay netem adds on each of the router's two interfaces (round trip: twice this). */
 const NETEM_DELAY_MS = 10;
@@ -39,48 +37,26 @@ const summary = (values: readonly number[]): string =>
   `median ${median(values).toFixed(2)} ms (min ${Math.min(...values).toFixed(2)}, max ${Math.max(...values).toFixed(2)}, n=${values.length})`;
 
 describe.skipIf(!isRoot)('middlebox lab: warm-pool hand-off against a cold connect', () => {
-  let lab: Lab;
-  let mariadb: RunningServer;
+  let path: BehindRouter;
+  let mariadb: Served;
   let agent: Agent;
   let db: DbClient;
   let proxy: ProxyInNs;
-  let latency = 'no added latency';
 
   beforeAll(async () => {
-    lab = await createLab({ forwarding: true });
-    try {
-      for (const device of ['labc', 'labs']) {
-        await inNs(lab.middle, 'tc', ['qdisc', 'add', 'dev', device, 'root', 'netem', 'delay', `${NETEM_DELAY_MS}ms`]);
-      }
-      latency = `netem ${NETEM_DELAY_MS} ms each way on the router (round trip +${2 * NETEM_DELAY_MS} ms)`;
-    } catch (error) {
-      const lines = String((error as Error).message).split('\n').map((line) => line.trim()).filter(Boolean);
-      latency = `no added latency: tc netem failed here (${lines.find((line) => line.startsWith('Error')) ?? lines.at(-1)})`;
-    }
-    mariadb = await startMariadb({ netns: lab.server, bind: ADDRESSES.server });
-    agent = await startAgent(lab.client);
+    path = await behindRouter({ netemDelayMs: NETEM_DELAY_MS });
+    mariadb = await path.serve('mysql');
+    agent = await startAgent(path.lab.client);
     proxy = await startProxyInNs(
-      lab.client,
-      `
-admin:
-  listen: {{admin}}
-log:
-  level: info
-shutdownTimeout: 2s
-routes:
-  - name: cold
-    protocol: mysql
-    listen: 127.0.0.1:${PORTS.cold}
-    upstream: ${ADDRESSES.server}:${mariadb.port}
-  - name: warm
-    protocol: mysql
-    listen: 127.0.0.1:${PORTS.warm}
-    upstream: ${ADDRESSES.server}:${mariadb.port}
-    pool: { warm: ${WARM}, maxIdle: 8s }   # below MariaDB's connect_timeout (10 s)
-`,
+      path.lab.client,
+      labProxyYaml({ logLevel: 'info' }, [
+        { name: 'cold', protocol: 'mysql', port: PORTS.cold, upstream: mariadb.upstream },
+        // maxIdle below MariaDB's connect_timeout (10 s).
+        { name: 'warm', protocol: 'mysql', port: PORTS.warm, upstream: mariadb.upstream, more: { pool: `{ warm: ${WARM}, maxIdle: 8s }` } },
+      ]),
       agent,
     );
-    db = await startDbClient(lab.client);
+    db = await startDbClient(path.lab.client);
   }, 120_000);
 
   afterEach(async (context) => {
@@ -91,8 +67,7 @@ routes:
     await db?.stop();
     await proxy?.stop();
     await agent?.stop();
-    await mariadb?.stop();
-    await lab?.destroy();
+    await path?.destroy();
   });
 
   async function poolRefilled(): Promise<void> {
@@ -135,7 +110,7 @@ routes:
     }
     const reused = sample(await proxy.metrics(), 'keepalive_proxy_reuse_total', { route: 'warm' }) - reuseBefore;
     console.log(
-      `[lab] warm pool across the lab (${latency}):\n` +
+      `[lab] warm pool across the lab (${path.latency}):\n` +
         `  connect -> MySQL greeting: direct ${summary(handOff.direct)}; proxy cold ${summary(handOff.cold)}; proxy warm ${summary(handOff.warm)}\n` +
         `  mysql2 connect + auth + first query: direct ${summary(session.direct)}; proxy cold ${summary(session.cold)}; proxy warm ${summary(session.warm)}\n` +
         `  warm hand-offs counted in reuse_total: ${reused}`,

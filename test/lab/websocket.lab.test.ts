@@ -4,9 +4,10 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { REPO_ROOT, sample } from '../helpers/proxy.js';
 import { sleep } from '../helpers/wait.js';
 import { startAgent, type Agent } from './agent.js';
-import { startLoadBalancer, type LoadBalancer } from './lb.js';
-import { ADDRESSES, createLab, nodeInNs, type Lab, type NsNode } from './netns.js';
+import { behindBalancer, type BehindMiddlebox } from './behind-middlebox.js';
+import { ADDRESSES, labAllowed, nodeInNs, type NsNode } from './netns.js';
 import { reportFailure, startProxyInNs, type ProxyInNs } from './proxy-in-ns.js';
+import { labProxyYaml } from './proxy-yaml.js';
 
 // A WebSocket across the payload-counting load balancer (HAProxy, mode tcp, 3 s idle
 // timeout), with a real ws client and server in their own namespaces and keepalive-proxy
@@ -14,10 +15,7 @@ import { reportFailure, startProxyInNs, type ProxyInNs } from './proxy-in-ns.js'
 //   client ns: ws client -> keepalive-proxy 127.0.0.1:15000 -- lb ns: HAProxy -- server ns: ws server
 // Idle past the LB's timeout, the WebSocket dies without a heartbeat and survives with one.
 
-const isRoot = process.getuid?.() === 0;
-if (!isRoot) {
-  console.warn('test/lab/websocket.lab.test.ts skipped: the middlebox lab needs root (ip netns, haproxy in a namespace)');
-}
+const isRoot = labAllowed('test/lab/websocket.lab.test.ts', 'ip netns, haproxy in a namespace');
 
 const LB_IDLE_TIMEOUT_MS = 3_000;
 const LB_PORT = 8_000;
@@ -27,11 +25,8 @@ const WS_MODULE = pathToFileURL(join(REPO_ROOT, 'node_modules', 'ws', 'wrapper.m
 
 // A ws client or server driven over JSON lines (see netns.ts nodeInNs).
 const WS_AGENT_SOURCE = String.raw`
-import readline from 'node:readline';
 import WebSocket, { WebSocketServer } from '${WS_MODULE}';
 
-setTimeout(() => process.exit(3), Number(process.env.KP_MAX_LIFETIME_MS || 600000)).unref();
-const emit = (line) => process.stdout.write(JSON.stringify({ t: Date.now(), ...line }) + '\n');
 const clients = new Map();
 let nextConn = 1;
 
@@ -64,45 +59,28 @@ const ops = {
     return {};
   },
 };
-
-const input = readline.createInterface({ input: process.stdin });
-input.on('line', async (line) => {
-  let request;
-  try {
-    request = JSON.parse(line);
-    emit({ id: request.id, ok: true, ...(await ops[request.op](request)) });
-  } catch (error) {
-    emit({ id: request?.id, ok: false, error: String(error?.message ?? error) });
-  }
-});
-input.on('close', () => process.exit(0));
 `;
 
 describe.skipIf(!isRoot)('middlebox lab: a WebSocket through HAProxy (mode tcp) with a 3 s idle timeout', () => {
-  let lab: Lab;
-  let lb: LoadBalancer;
+  let path: BehindMiddlebox;
+  /** host:port of the LB's frontend for the ws server. */
+  let lbUpstream: string;
   let wsServer: NsNode;
   let wsClient: NsNode;
   let admin: Agent;
   let proxy: ProxyInNs | null = null;
 
   beforeAll(async () => {
-    lab = await createLab({ forwarding: false });
-    wsServer = await nodeInNs(lab.server, WS_AGENT_SOURCE);
+    path = await behindBalancer({ idleTimeoutMs: LB_IDLE_TIMEOUT_MS });
+    wsServer = await nodeInNs(path.lab.server, WS_AGENT_SOURCE);
     const { port } = await wsServer.request({ op: 'serve', host: ADDRESSES.server });
-    lb = await startLoadBalancer(lab.middle, {
-      listenHost: ADDRESSES.middleClientSide,
-      listenPort: LB_PORT,
-      upstreamHost: ADDRESSES.server,
-      upstreamPort: port as number,
-      idleTimeoutMs: LB_IDLE_TIMEOUT_MS,
-    });
-    wsClient = await nodeInNs(lab.client, WS_AGENT_SOURCE);
-    admin = await startAgent(lab.client);
+    lbUpstream = await path.front(port as number, LB_PORT);
+    wsClient = await nodeInNs(path.lab.client, WS_AGENT_SOURCE);
+    admin = await startAgent(path.lab.client);
   });
 
   afterEach(async (context) => {
-    await reportFailure(context, proxy, { 'haproxy output': () => lb.output() });
+    await reportFailure(context, proxy, path?.outputs);
     await proxy?.stop();
     proxy = null;
   });
@@ -111,25 +89,15 @@ describe.skipIf(!isRoot)('middlebox lab: a WebSocket through HAProxy (mode tcp) 
     await wsClient?.stop();
     await wsServer?.stop();
     await admin?.stop();
-    await lb?.stop();
-    await lab?.destroy();
+    await path?.destroy();
   });
 
-  function yaml(heartbeat: string): string {
+  /** `heartbeat`: the route's heartbeat as YAML text, or none. */
+  function yaml(heartbeat?: string): string {
     proxyPort += 1;
-    return `
-admin:
-  listen: {{admin}}
-log:
-  level: debug
-shutdownTimeout: 2s
-routes:
-  - name: ws
-    listen: 127.0.0.1:${proxyPort}
-    protocol: http
-    upstream: http://${ADDRESSES.middleClientSide}:${LB_PORT}
-${heartbeat}
-`;
+    return labProxyYaml({ logLevel: 'debug' }, [
+      { name: 'ws', protocol: 'http', port: proxyPort, upstream: `http://${lbUpstream}`, more: heartbeat ? { heartbeat } : {} },
+    ]);
   }
 
   async function openAndEcho(): Promise<number> {
@@ -141,7 +109,7 @@ ${heartbeat}
   }
 
   it('without a heartbeat: the idle WebSocket is cut by the LB', async () => {
-    proxy = await startProxyInNs(lab.client, yaml(''), admin);
+    proxy = await startProxyInNs(path.lab.client, yaml(), admin);
     const conn = await openAndEcho();
     const since = wsClient.mark();
     const idleFrom = Date.now();
@@ -151,7 +119,7 @@ ${heartbeat}
   });
 
   it('with a heartbeat: pings (answered, and never shown to the client) keep it alive past 3x the LB timeout', async () => {
-    proxy = await startProxyInNs(lab.client, yaml('    heartbeat: { every: 1s, timeout: 800ms }'), admin);
+    proxy = await startProxyInNs(path.lab.client, yaml('{ every: 1s, timeout: 800ms }'), admin);
     const conn = await openAndEcho();
     const since = wsClient.mark();
     const serverSince = wsServer.mark();

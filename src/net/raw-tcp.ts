@@ -285,6 +285,9 @@ export class RawTcp implements SpliceEnd {
   get destroyed(): boolean {
     return this.#closing;
   }
+  get paused(): boolean {
+    return !this.#reading;
+  }
   get writableLength(): number {
     return this.#queuedBytes;
   }

@@ -56,6 +56,8 @@ export interface SpliceEnd {
   reset(): void;
   destroy(): void;
   readonly destroyed: boolean;
+  /** Not reading (paused, or its peer's FIN read). */
+  readonly paused: boolean;
   /** Bytes written and still in the process. */
   readonly writableLength: number;
   readonly remoteAddress: string | undefined;
@@ -151,6 +153,9 @@ export class SocketEnd implements SpliceEnd {
   }
   get destroyed(): boolean {
     return this.socket.destroyed;
+  }
+  get paused(): boolean {
+    return this.socket.isPaused();
   }
   get writableLength(): number {
     return this.socket.writableLength;

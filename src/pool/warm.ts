@@ -29,9 +29,9 @@ import { HeartbeatSchedule } from '../heartbeat/scheduler.js';
 // heartbeats while parked, on the schedule live sessions use (heartbeat/scheduler.ts:
 // jitter, RTT, timeout), so a spare that went dead behind a middlebox is found.
 
-export interface Lease {
+export interface Lease<S extends net.Socket | RawTcp = net.Socket | RawTcp> {
   /** A raw TCP end when the route takes plain TCP without sockets (lease(true)), else a socket. */
-  readonly socket: net.Socket | RawTcp;
+  readonly socket: S;
   /** True when the socket already existed (a warm hand-off): counted in reuse_total. */
   readonly reused: boolean;
   /** The pool this lease came from, to give it back to (a reload may have replaced the route's). */
@@ -47,8 +47,8 @@ export interface Lease {
   readonly secure: ((request: Buffer) => Promise<net.Socket>) | null;
 }
 
-export interface LeaseAttempt {
-  readonly done: Promise<Lease>;
+export interface LeaseAttempt<S extends net.Socket | RawTcp = net.Socket | RawTcp> {
+  readonly done: Promise<Lease<S>>;
   abort(): void;
 }
 
@@ -137,6 +137,8 @@ export class WarmPool {
    * An upstream for one client: a warm spare when there is one, else a fresh dial, as a raw
    * TCP end when `raw` is asked for and the upstream allows it (plain TCP to an IP address).
    */
+  lease(): LeaseAttempt<net.Socket>;
+  lease(raw: boolean): LeaseAttempt;
   lease(raw = false): LeaseAttempt {
     const spare = this.#takeSpare();
     if (spare) {

@@ -19,7 +19,7 @@ import type { TlsSummary } from './tls-socket.js';
 //   directions are done (our FIN sent, the peer's read), or at closeSoon()/reset()/destroy();
 // - a failed write does not close it: reads go on so the peer's last bytes arrive
 //   (net/last-reads.ts says why), and the owner decides;
-// - close is reported once, from a microtask after the fd was handed to libuv to close.
+// - close is reported once, when libuv has closed the fd.
 
 const OWNER = Symbol('keepalive-proxy.raw-tcp');
 type OwnedHandle = TcpHandle & { [OWNER]?: RawTcp };
@@ -36,9 +36,6 @@ function bindings(): RawTcpBindings {
 
 /** A write request no write has kept (see write()). */
 let spareWriteRequest: ReturnType<RawTcpBindings['newWriteRequest']> | null = null;
-
-/** handle.close()/reset() without a JavaScript callback (node calls none when it is not a function). */
-const NO_CALLBACK = undefined as unknown as (this: TcpHandle) => void;
 
 function errnoError(status: number, syscall: string): NodeJS.ErrnoException {
   const code = getSystemErrorName(status);
@@ -261,25 +258,25 @@ export class RawTcp implements SpliceEnd {
       return;
     }
     this.#beginClose();
-    if (this.#handle.reset(NO_CALLBACK) !== 0) this.#handle.close(NO_CALLBACK);
+    if (this.#handle.reset(RawTcp.#onClosed) !== 0) this.#handle.close(RawTcp.#onClosed);
   }
 
   destroy(): void {
     if (this.#closing) return;
     this.#beginClose();
-    this.#handle.close(NO_CALLBACK);
+    this.#handle.close(RawTcp.#onClosed);
   }
 
-  /**
-   * libuv closes the fd at the end of this turn of the loop; the owner hears of it from a
-   * microtask (never from inside its own call, as a socket's 'close' never is), without a
-   * callback from libuv into JavaScript per connection.
-   */
   #beginClose(): void {
     this.#stopReading();
     this.#closing = true;
     this.#flushed();
-    queueMicrotask(() => this.#events?.close(this));
+  }
+
+  /** libuv closed the fd: the owner hears of it once (never from inside its own call, as with a socket's 'close'). */
+  static #onClosed(this: TcpHandle): void {
+    const end = RawTcp.#of(this);
+    end.#events?.close(end);
   }
 
   get destroyed(): boolean {

@@ -4,6 +4,7 @@ import type { EvictionReason } from './errors.js';
 import type { HeartbeatResult } from './heartbeat/scheduler.js';
 import { BurstLog, type BurstLogOptions } from './log-burst.js';
 import { formatHostPort } from './config/hostport.js';
+import { RawTcp } from './net/raw-tcp.js';
 import { handleFd } from './net/internals.js';
 import { listenOn, watchListenerErrors } from './net/listen.js';
 import { applyKeepaliveToListener } from './net/sockopt.js';
@@ -179,15 +180,15 @@ export abstract class RouteBase implements RouteHandle {
    * is refused at once (counted and logged); a served one gets the client socket options
    * the listener could not give it.
    */
-  protected admit(socket: net.Socket): boolean {
+  protected admit(socket: net.Socket | RawTcp): boolean {
     const config = this.#config;
     this.metrics.accepted.inc();
     // The lowest free fd is taken: fd N accepted proves N + 1 open (a free budget check).
-    this.deps.fdBudget?.accepted(handleFd(socket));
+    this.deps.fdBudget?.accepted(socket instanceof RawTcp ? socket.fd : handleFd(socket));
     if (config.maxConnections > 0 && this.activeCount >= config.maxConnections) {
       this.metrics.eviction('max_connections').inc();
       this.deps.log.warn({ route: this.name, client: formatHostPort(socket.remoteAddress, socket.remotePort), maxConnections: config.maxConnections }, 'connection refused: maxConnections reached');
-      socket.on('error', () => {});
+      if (!(socket instanceof RawTcp)) socket.on('error', () => {});
       socket.destroy();
       return false;
     }

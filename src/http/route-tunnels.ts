@@ -5,6 +5,7 @@ import type { BurstLog } from '../log-burst.js';
 import type { RouteMetrics } from '../metrics/route-metrics.js';
 import { dialUpstream, type DialAttempt, type DialTarget } from '../pool/http-dial.js';
 import { countDial, countDialFailure, type HttpPool } from '../pool/http-pool.js';
+import { SocketEnd } from '../net/splice-end.js';
 import { Session, type SessionEvents } from '../tcp/session.js';
 import type { Clock } from '../clock.js';
 import { formatHostPort } from '../config/hostport.js';
@@ -76,7 +77,7 @@ export class RouteTunnels implements TunnelHost {
     clientSession.tunnelled();
     const client = clientSession.client;
     const down = clientSession.socket;
-    const session = new Session(down, up, this.#events, {
+    const session = new Session(new SocketEnd(down), new SocketEnd(up), this.#events, {
       id: client.id,
       idleTimeoutMs: this.#options.current().idleTimeoutMs,
       heartbeat: options.heartbeat,

@@ -182,7 +182,7 @@ class HttpRoute extends RouteBase implements SessionHost {
         bytesDownstream: client.bytesDown + (session?.bytesDown ?? 0),
         reused: client.reused,
         requests: client.requests,
-        socketOptions: { client: readSocketOptions(client.socket), upstream: session ? readSocketOptions(session.up) : null },
+        socketOptions: { client: readSocketOptions(client.socket), upstream: session ? readSocketOptions(session.up.tcp) : null },
       };
     });
   }

@@ -1,6 +1,7 @@
 import type net from 'node:net';
 import { getSystemErrorName } from 'node:util';
-import { interceptAccepts, socketOnHandle, type AcceptedSocketOptions } from './internals.js';
+import { acceptedTcpHandle, interceptAccepts, socketOnHandle, type AcceptedSocketOptions } from './internals.js';
+import { RawTcp } from './raw-tcp.js';
 
 // Accepting connections on sockets built by the caller, so that they can carry options
 // net.Server has no way to pass (net's `onread`: reads into a caller's buffer, delivered
@@ -23,11 +24,34 @@ export function acceptWith<T>(
 ): boolean {
   return interceptAccepts(server, (error, clientHandle) => {
     if (error) {
-      // As node's own accept does (EMFILE and the like): the server's 'error'.
-      server.emit('error', Object.assign(new Error(`accept: ${getSystemErrorName(error)}`), { code: getSystemErrorName(error), syscall: 'accept' }));
+      acceptFailed(server, error);
       return;
     }
     const { options, context } = build();
     onSocket(socketOnHandle(clientHandle, options), context);
   });
+}
+
+/**
+ * acceptWith for a TCP route: each connection is taken as a raw TCP end (net/raw-tcp.ts,
+ * no net.Socket) while `raw()` says so (a reload may add TLS), else as a socket built with
+ * `options`.
+ */
+export function acceptRawOrSocket(
+  server: net.Server,
+  raw: () => boolean,
+  options: AcceptedSocketOptions,
+  onRaw: (end: RawTcp) => void,
+  onSocket: (socket: net.Socket) => void,
+): boolean {
+  return interceptAccepts(server, (error, clientHandle) => {
+    if (error) acceptFailed(server, error);
+    else if (raw()) onRaw(RawTcp.accepted(acceptedTcpHandle(clientHandle)));
+    else onSocket(socketOnHandle(clientHandle, options));
+  });
+}
+
+/** As node's own accept does (EMFILE and the like): the server's 'error'. */
+function acceptFailed(server: net.Server, error: number): void {
+  server.emit('error', Object.assign(new Error(`accept: ${getSystemErrorName(error)}`), { code: getSystemErrorName(error), syscall: 'accept' }));
 }

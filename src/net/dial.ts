@@ -9,6 +9,7 @@ import type { Clock } from '../clock.js';
 import { formatHostPort } from '../config/hostport.js';
 import { MIN_TLS_VERSION, resettableTls, tlsFailureCause, tlsSummary, type TlsSummary } from './tls-socket.js';
 import type { TlsSessionCache } from './tls-sessions.js';
+import { RawTcp } from './raw-tcp.js';
 
 // The one dialer: every upstream connection (TCP routes, warm pools, the HTTP pool,
 // tunnels) is opened here. TCP first, with kernel keepalive and TCP_USER_TIMEOUT set on
@@ -80,11 +81,11 @@ export type DialOptions = DialKeepalive & {
   readonly lookup?: net.LookupFunction;
 };
 
-export interface DialResult {
+export interface DialResult<S = net.Socket> {
   /** The socket to talk on: TLS when asked for, else the TCP one. */
-  readonly socket: net.Socket;
+  readonly socket: S;
   /** The TCP socket underneath (itself for plain TCP). */
-  readonly raw: net.Socket;
+  readonly raw: S;
   readonly connectMs: number;
   /** null for plain TCP. */
   readonly tls: TlsSummary | null;
@@ -95,9 +96,55 @@ export interface DialResult {
 }
 
 /** Aborts a dial in progress (the client went away first). */
-export interface DialHandle {
-  readonly done: Promise<DialResult>;
+export interface DialHandle<S = net.Socket> {
+  readonly done: Promise<DialResult<S>>;
   abort(): void;
+}
+
+/**
+ * Plain TCP to an IP address, as a raw TCP end (net/raw-tcp.ts: no net.Socket), with the
+ * same keepalive, user timeout, connect timeout and errors as dial(). The caller checks
+ * rawDialPossible() first.
+ */
+export function dialRaw(options: DialOptions): DialHandle<RawTcp> {
+  const started = options.clock.preciseNow();
+  const { target } = options;
+  const where = formatHostPort(target);
+  let settle: { resolve(r: DialResult<RawTcp>): void; reject(e: unknown): void } | null = null;
+  const done = new Promise<DialResult<RawTcp>>((resolve, reject) => (settle = { resolve, reject }));
+  const timer = options.timeoutMs > 0 ? setTimeout(() => fail(new ProxyError('CONNECT_TIMEOUT', 'upstream', `${where} after ${options.timeoutMs} ms`)), options.timeoutMs) : null;
+  const end = RawTcp.connect(target.host, target.port, (error) => {
+    if (error) {
+      fail(new ProxyError('CONNECT_FAILED', 'upstream', `${where}: ${error.code ?? error.message}`, { cause: error }));
+      return;
+    }
+    if (!settle) return;
+    const s = settle;
+    settle = null;
+    if (timer) clearTimeout(timer);
+    end.setNoDelay(options.noDelay);
+    const keepaliveApplied = options.keepalive
+      ? options.sockopt.keepalive(end, 'upstream', options.keepalive, options.userTimeoutMs)
+      : options.userTimeoutMs <= 0 || applyUserTimeout(end, options.userTimeoutMs);
+    s.resolve({ socket: end, raw: end, connectMs: options.clock.preciseNow() - started, tls: null, earlyData: [], keepaliveApplied });
+  });
+  function fail(error: unknown): void {
+    if (!settle) return;
+    const s = settle;
+    settle = null;
+    if (timer) clearTimeout(timer);
+    end.destroy();
+    s.reject(error);
+  }
+  return {
+    done,
+    abort: () => fail(new ProxyError('CONNECT_FAILED', 'downstream', `client went away before ${where} connected`)),
+  };
+}
+
+/** Whether dialRaw() can reach `target` with these options: plain TCP to an IP literal, half-open, no resolver hook. */
+export function rawDialPossible(options: Pick<DialOptions, 'target' | 'tls' | 'startTls' | 'lookup' | 'halfOpen'>): boolean {
+  return !options.tls && !options.startTls && !options.lookup && options.halfOpen !== false && net.isIP(options.target.host) !== 0;
 }
 
 export function dial(options: DialOptions): DialHandle {

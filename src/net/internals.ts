@@ -88,3 +88,90 @@ export function resetOrDestroy(socket: net.Socket): void {
   }
   socket.destroy();
 }
+
+/**
+ * A libuv TCP handle as node's tcp_wrap builds it, used without a net.Socket around it
+ * (net/raw-tcp.ts): the methods node's own net.Socket calls on its `_handle`.
+ */
+export interface TcpHandle {
+  readonly fd: number;
+  onread: ((this: TcpHandle) => void) | null;
+  readStart(): number;
+  readStop(): number;
+  useUserBuffer(buffer: Uint8Array): void;
+  writeBuffer(req: object, data: Uint8Array): number;
+  writev(req: object, chunks: readonly Uint8Array[], allBuffers: true): number;
+  shutdown(req: object): number;
+  close(callback: (this: TcpHandle) => void): void;
+  reset(callback: (this: TcpHandle) => void): number;
+  connect(req: object, address: string, port: number): number;
+  connect6(req: object, address: string, port: number): number;
+  getpeername(out: { address?: string; port?: number; family?: string }): number;
+  setNoDelay(enable: boolean): number;
+  setKeepAlive(enable: boolean, delaySeconds: number): number;
+}
+
+/** What the raw TCP path needs from node's tcp_wrap and stream_wrap bindings. */
+export interface RawTcpBindings {
+  /** A new, unconnected TCP handle. */
+  newHandle(): TcpHandle;
+  newConnectRequest(): { oncomplete: (status: number, handle: TcpHandle) => void; [key: string]: unknown };
+  newWriteRequest(): { oncomplete: (this: { [key: string]: unknown }, status: number) => void; handle: TcpHandle; [key: string]: unknown };
+  newShutdownRequest(): { oncomplete: (this: { [key: string]: unknown }, status: number) => void; handle: TcpHandle; [key: string]: unknown };
+  /** After a read callback: the byte count or a negative libuv error (UV_EOF at the end). */
+  readResult(): number;
+  /** After writeBuffer/writev: whether libuv queued part of it (oncomplete comes later). */
+  lastWriteWasAsync(): boolean;
+}
+
+/** libuv's end-of-stream read result. */
+export const UV_EOF = -4095;
+
+let rawTcp: RawTcpBindings | null | undefined;
+
+/**
+ * Node's tcp_wrap / stream_wrap bindings (process.binding: DEP0111, documentation-only
+ * deprecation, still served on every line we run), or null when they are not what this
+ * expects. Why: a net.Socket is a Duplex stream with its state machines, an EventEmitter
+ * and a dozen objects per connection; the splice needs read, write, shutdown and close.
+ * Without the Socket a churned connection costs about 70 us less CPU (BENCHMARKS.md).
+ * Checked on Node 20.20, 24.22 and 26.12 (test/unit/internals.test.ts).
+ */
+export function rawTcpBindings(): RawTcpBindings | null {
+  if (rawTcp !== undefined) return rawTcp;
+  rawTcp = null;
+  try {
+    const binding = (process as unknown as { binding(name: string): Record<string, unknown> }).binding;
+    const tcp = binding('tcp_wrap') as { TCP?: new (type: number) => TcpHandle; TCPConnectWrap?: new () => object; constants?: { SOCKET?: number } };
+    const stream = binding('stream_wrap') as {
+      WriteWrap?: new () => object;
+      ShutdownWrap?: new () => object;
+      streamBaseState?: Int32Array;
+      kReadBytesOrError?: number;
+      kLastWriteWasAsync?: number;
+    };
+    const { TCP, TCPConnectWrap, constants } = tcp;
+    const { WriteWrap, ShutdownWrap, streamBaseState: state, kReadBytesOrError: readIndex, kLastWriteWasAsync: asyncIndex } = stream;
+    if (!TCP || !TCPConnectWrap || typeof constants?.SOCKET !== 'number' || !WriteWrap || !ShutdownWrap) return null;
+    if (!(state instanceof Int32Array) || typeof readIndex !== 'number' || typeof asyncIndex !== 'number') return null;
+    const methods = ['readStart', 'readStop', 'useUserBuffer', 'writeBuffer', 'writev', 'shutdown', 'close', 'reset', 'connect', 'connect6', 'getpeername', 'setNoDelay'];
+    if (methods.some((name) => typeof (TCP.prototype as unknown as Record<string, unknown>)[name] !== 'function')) return null;
+    const socketType = constants.SOCKET;
+    rawTcp = {
+      newHandle: () => new TCP(socketType),
+      newConnectRequest: () => new TCPConnectWrap() as ReturnType<RawTcpBindings['newConnectRequest']>,
+      newWriteRequest: () => new WriteWrap() as ReturnType<RawTcpBindings['newWriteRequest']>,
+      newShutdownRequest: () => new ShutdownWrap() as ReturnType<RawTcpBindings['newShutdownRequest']>,
+      readResult: () => state[readIndex]!,
+      lastWriteWasAsync: () => state[asyncIndex] !== 0,
+    };
+  } catch {
+    rawTcp = null;
+  }
+  return rawTcp;
+}
+
+/** An accepted connection's handle as a TcpHandle (what onconnection passes is one). */
+export function acceptedTcpHandle(handle: AcceptedHandle): TcpHandle {
+  return handle as TcpHandle;
+}

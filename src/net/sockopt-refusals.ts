@@ -1,4 +1,4 @@
-import type net from 'node:net';
+import type { TcpRef } from './splice-end.js';
 import type { Clock } from '../clock.js';
 import type { KeepaliveSide } from '../config/schema.js';
 import { BurstLog } from '../log-burst.js';
@@ -27,7 +27,7 @@ export class SockoptRefusals {
   }
 
   /** applyKeepalive (net/sockopt.ts), and a refusal counted and logged. */
-  keepalive(socket: net.Socket, side: SockoptSide, keepalive: KeepaliveSide, userTimeoutMs: number): boolean {
+  keepalive(socket: TcpRef, side: SockoptSide, keepalive: KeepaliveSide, userTimeoutMs: number): boolean {
     if (applyKeepalive(socket, keepalive, userTimeoutMs)) return true;
     const option = lastSockoptOption() ?? NO_FD;
     this.#metrics.sockoptErrors.labels(this.#route, option).inc();

@@ -3,6 +3,8 @@ import { constants as osConstants } from 'node:os';
 import { Socket, type Server } from 'node:net';
 import type { KeepaliveSide } from '../config/schema.js';
 import { handleFd } from './internals.js';
+import { RawTcp } from './raw-tcp.js';
+import type { TcpRef } from './splice-end.js';
 
 // Full control of TCP keepalive on one socket. Up to Node 24.21 socket.setKeepAlive sets
 // only TCP_KEEPIDLE (libuv then forces a 1 s interval and 10 probes); Node 24.22+ and 26
@@ -148,7 +150,7 @@ export const sockoptSupport: SockoptSupport = {
  * Never throws for a socket already closed (returns false). Returns false too for an outgoing socket
  * still connecting (no fd yet): call it from 'connect'. lastSockoptError() says why it returned false.
  */
-export function applyKeepalive(socket: Socket, keepalive: KeepaliveSide, userTimeoutMs: number): boolean {
+export function applyKeepalive(socket: TcpRef, keepalive: KeepaliveSide, userTimeoutMs: number): boolean {
   lastError = null;
   lastOption = null;
   const native = nativeCalls();
@@ -156,7 +158,7 @@ export function applyKeepalive(socket: Socket, keepalive: KeepaliveSide, userTim
   const fd = fdOf(socket);
   if (fd === null) return false;
   // Without a user timeout Node's own call sets exactly our four options: one call instead of four through FFI.
-  if (userTimeoutMs <= 0 && NODE_SETS_INTERVAL_AND_COUNT) return applyThroughNode(socket, keepalive);
+  if (userTimeoutMs <= 0 && NODE_SETS_INTERVAL_AND_COUNT && socket instanceof Socket) return applyThroughNode(socket, keepalive);
   const result = applyToFd(native, fd, keepalive, userTimeoutMs);
   // A live socket whose kernel refused a keepalive option still gets libuv's keepalive.
   if (result === 'keepalive-refused' && !socket.destroyed) applyThroughNode(socket, keepalive);
@@ -215,7 +217,7 @@ function applyToFd(native: NativeCalls, fd: number, keepalive: KeepaliveSide, us
  * goes unacknowledged, without keepalive probes refreshing the middlebox under test.
  * Returns false when not native or the socket has no fd (lastSockoptError() says why).
  */
-export function applyUserTimeout(socket: Socket, userTimeoutMs: number): boolean {
+export function applyUserTimeout(socket: TcpRef, userTimeoutMs: number): boolean {
   lastError = null;
   const native = nativeCalls();
   if (!native) {
@@ -229,7 +231,7 @@ export function applyUserTimeout(socket: Socket, userTimeoutMs: number): boolean
 }
 
 /** getsockopt read-back (tests, /connections); null when not native or closed. */
-export function readSocketOptions(socket: Socket): SocketOptions | null {
+export function readSocketOptions(socket: TcpRef): SocketOptions | null {
   const native = nativeCalls();
   if (!native) return null;
   const fd = fdOf(socket);
@@ -257,7 +259,7 @@ export function readSocketOptions(socket: Socket): SocketOptions | null {
  * getsockopt of a struct option (TCP_INFO) into the caller's buffer: the number of bytes the
  * kernel wrote (an older kernel writes a shorter struct), or null when not native or closed.
  */
-export function readSockoptBytes(socket: Socket, level: number, name: number, into: Uint8Array): number | null {
+export function readSockoptBytes(socket: TcpRef, level: number, name: number, into: Uint8Array): number | null {
   const native = nativeCalls();
   if (!native) return null;
   const fd = fdOf(socket);
@@ -275,7 +277,7 @@ export function readSockoptBytes(socket: Socket, level: number, name: number, in
  * not), or null when unknown (not native, closed). 0 means everything reached the peer's
  * receive buffer, so a reset now loses none of it.
  */
-export function unacknowledgedBytes(socket: Socket): number | null {
+export function unacknowledgedBytes(socket: TcpRef): number | null {
   const native = nativeCalls();
   if (!native) return null;
   const fd = fdOf(socket);
@@ -315,7 +317,7 @@ export function forceFallbackForTesting(forced: boolean): void {
 }
 
 /** socket.setKeepAlive with the kernel's units: the fallback, and on newer Node the path for sockets without a user timeout. */
-function applyThroughNode(socket: Socket, keepalive: KeepaliveSide): boolean {
+function applyThroughNode(socket: TcpRef, keepalive: KeepaliveSide): boolean {
   if (socket.destroyed) {
     lastError = 'socket is closed';
     lastOption = NO_FD;
@@ -324,20 +326,21 @@ function applyThroughNode(socket: Socket, keepalive: KeepaliveSide): boolean {
   const { idleSeconds, intervalSeconds, count } = kernelKeepalive(keepalive);
   // setKeepAlive takes milliseconds and rounds them down to seconds; whole seconds pass unchanged.
   // An older Node ignores the interval and count arguments.
-  (socket.setKeepAlive as NodeSetKeepAlive)(true, idleSeconds * 1000, intervalSeconds * 1000, count);
+  if (socket instanceof RawTcp) socket.setKeepAlive(idleSeconds);
+  else (socket.setKeepAlive as NodeSetKeepAlive)(true, idleSeconds * 1000, intervalSeconds * 1000, count);
   return true;
 }
 
 /** The live fd, or null (with lastError set) when closed or not yet connected. */
-function fdOf(socket: Socket): number | null {
+function fdOf(socket: TcpRef): number | null {
   if (socket.destroyed) {
     lastError = 'socket is closed';
     lastOption = NO_FD;
     return null;
   }
-  const fd = handleFd(socket);
+  const fd = socket instanceof RawTcp ? socket.fd : handleFd(socket);
   if (fd === null) {
-    lastError = socket.connecting ? 'socket has no fd yet: still connecting' : 'socket has no fd';
+    lastError = socket instanceof Socket && socket.connecting ? 'socket has no fd yet: still connecting' : 'socket has no fd';
     lastOption = NO_FD;
     return null;
   }

@@ -1,4 +1,4 @@
-import type { Socket } from 'node:net';
+import type { TcpRef } from './splice-end.js';
 import { IPPROTO_TCP, readSockoptBytes } from './sockopt.js';
 
 // The kernel's own account of one TCP connection: getsockopt(IPPROTO_TCP, TCP_INFO), the
@@ -48,7 +48,7 @@ const view = new DataView(buffer.buffer);
 const littleEndian = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 
 /** TCP_INFO of a TCP socket (not a TLS wrapper: pass its TCP socket), or null when not available. */
-export function readTcpInfo(socket: Socket): TcpInfo | null {
+export function readTcpInfo(socket: TcpRef): TcpInfo | null {
   const length = readSockoptBytes(socket, IPPROTO_TCP, TCP_INFO, buffer);
   if (length === null || length < MIN_LENGTH) return null;
   const u32 = (offset: number): number => view.getUint32(offset, littleEndian);

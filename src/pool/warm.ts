@@ -1,7 +1,8 @@
 import type net from 'node:net';
 import type tls from 'node:tls';
 import type { RouteConfig } from '../config/schema.js';
-import { dial, secureOver, type DialHandle, type DialOptions } from '../net/dial.js';
+import { dial, dialRaw, rawDialPossible, secureOver, type DialHandle, type DialOptions } from '../net/dial.js';
+import type { RawTcp } from '../net/raw-tcp.js';
 import { formatHostPort } from '../config/hostport.js';
 import { readInto } from '../net/shared-reads.js';
 import { TlsSessionCache } from '../net/tls-sessions.js';
@@ -28,8 +29,9 @@ import { HeartbeatSchedule } from '../heartbeat/scheduler.js';
 // heartbeats while parked, on the schedule live sessions use (heartbeat/scheduler.ts:
 // jitter, RTT, timeout), so a spare that went dead behind a middlebox is found.
 
-export interface Lease {
-  readonly socket: net.Socket;
+export interface Lease<S extends net.Socket | RawTcp = net.Socket | RawTcp> {
+  /** A raw TCP end when the route takes plain TCP without sockets (lease(true)), else a socket. */
+  readonly socket: S;
   /** True when the socket already existed (a warm hand-off): counted in reuse_total. */
   readonly reused: boolean;
   /** The pool this lease came from, to give it back to (a reload may have replaced the route's). */
@@ -45,8 +47,8 @@ export interface Lease {
   readonly secure: ((request: Buffer) => Promise<net.Socket>) | null;
 }
 
-export interface LeaseAttempt {
-  readonly done: Promise<Lease>;
+export interface LeaseAttempt<S extends net.Socket | RawTcp = net.Socket | RawTcp> {
+  readonly done: Promise<Lease<S>>;
   abort(): void;
 }
 
@@ -83,7 +85,7 @@ export class WarmPool {
   readonly #metrics: RouteMetrics;
   readonly #warm: number;
   readonly #spares: Spare[] = [];
-  readonly #dialing = new Set<DialHandle>();
+  readonly #dialing = new Set<DialHandle<net.Socket | RawTcp>>();
   #inUse = 0;
   #closed = false;
   #started = false;
@@ -131,7 +133,13 @@ export class WarmPool {
     this.#refill();
   }
 
-  lease(): LeaseAttempt {
+  /**
+   * An upstream for one client: a warm spare when there is one, else a fresh dial, as a raw
+   * TCP end when `raw` is asked for and the upstream allows it (plain TCP to an IP address).
+   */
+  lease(): LeaseAttempt<net.Socket>;
+  lease(raw: boolean): LeaseAttempt;
+  lease(raw = false): LeaseAttempt {
     const spare = this.#takeSpare();
     if (spare) {
       this.#inUse++;
@@ -147,7 +155,7 @@ export class WarmPool {
         .catch(() => {});
       return attempt;
     }
-    const handle = this.#dial();
+    const handle = this.#dial(raw && this.rawPossible);
     let aborted = false;
     return {
       done: handle.done.then(({ socket, earlyData }) => {
@@ -159,7 +167,7 @@ export class WarmPool {
         this.#updateGauges();
         const tracker = this.#codec?.track(codecOptions(this.#config)) ?? null;
         for (const chunk of earlyData) tracker?.fromServer(chunk);
-        return { socket, reused: false, pool: this, earlyData, tracker, secure: this.#secureLater(socket) };
+        return { socket, reused: false, pool: this, earlyData, tracker, secure: this.#secureLater(socket as net.Socket) };
       }),
       abort: () => {
         aborted = true;
@@ -208,13 +216,16 @@ export class WarmPool {
     this.#tlsFailures.flush();
   }
 
-  #dial(): { done: Promise<{ socket: net.Socket; earlyData: readonly Buffer[] }>; abort(): void } {
-    const { log } = this.#deps;
-    const metrics = this.#metrics;
+  /** Whether a fresh dial can give a raw TCP end (plain TCP to an IP address). */
+  get rawPossible(): boolean {
+    return (this.#rawPossible ??= rawDialPossible(this.#dialOptions()));
+  }
+  #rawPossible: boolean | undefined;
+
+  #dialOptions(): DialOptions {
     const config = this.#config;
-    const target = config.upstream!;
-    const handle = dial({
-      target,
+    return {
+      target: config.upstream!,
       timeoutMs: config.connectTimeoutMs,
       noDelay: config.noDelay,
       keepalive: config.keepalive.upstream,
@@ -224,7 +235,18 @@ export class WarmPool {
       ...this.#tlsDial,
       sessions: this.#tlsSessions,
       reads: 'shared',
-    });
+    };
+  }
+
+  #dial(raw: true): { done: Promise<{ socket: RawTcp; earlyData: readonly Buffer[] }>; abort(): void };
+  #dial(raw?: boolean): { done: Promise<{ socket: net.Socket; earlyData: readonly Buffer[] }>; abort(): void };
+  #dial(raw = false): { done: Promise<{ socket: net.Socket | RawTcp; earlyData: readonly Buffer[] }>; abort(): void } {
+    const { log } = this.#deps;
+    const metrics = this.#metrics;
+    const config = this.#config;
+    const target = config.upstream!;
+    const options = this.#dialOptions();
+    const handle: DialHandle<net.Socket | RawTcp> = raw ? dialRaw(options) : dial(options);
     this.#dialing.add(handle);
     const done = handle.done.then(
       ({ socket, connectMs, tls, earlyData }) => {

@@ -1,9 +1,8 @@
-import type net from 'node:net';
+import type { SpliceEnd, TcpRef } from '../net/splice-end.js';
 import { formatHostPort } from '../config/hostport.js';
 import type { BurstLog, BurstLogOptions } from '../log-burst.js';
 import type { Metrics } from '../metrics/registry.js';
 import { readTcpInfo, type TcpInfo } from '../net/tcp-info.js';
-import { tcpOf } from '../net/tls-socket.js';
 
 // Kernel truth about a route's upstream connections, sampled on the shared clock: every
 // SAMPLE_EVERY_MS per connection, at most MAX_SAMPLES_PER_TICK getsockopt calls per tick
@@ -33,7 +32,7 @@ export const HALF_OPEN_LOG: BurstLogOptions = {
 /** What the watch needs of a session: its id and its upstream socket (TLS or TCP). */
 export interface WatchedConnection {
   readonly id: string;
-  readonly up: net.Socket;
+  readonly up: SpliceEnd;
 }
 
 interface Previous {
@@ -52,7 +51,7 @@ export class KernelWatch {
   readonly #halfOpen: { inc(value?: number): void };
   readonly #halfOpenLog: BurstLog;
   /** Per upstream socket; gone with the socket. */
-  readonly #previous = new WeakMap<net.Socket, Previous>();
+  readonly #previous = new WeakMap<TcpRef, Previous>();
 
   constructor(route: string, deps: { readonly metrics: Metrics }, halfOpenLog: BurstLog) {
     this.#route = route;
@@ -67,7 +66,7 @@ export class KernelWatch {
   tick(now: number, connections: Iterable<WatchedConnection>): void {
     let budget = MAX_SAMPLES_PER_TICK;
     for (const connection of connections) {
-      const tcp = tcpOf(connection.up);
+      const tcp = connection.up.tcp;
       const previous = this.#previous.get(tcp);
       if (previous && previous.dueAt > now) continue;
       const info = readTcpInfo(tcp);
@@ -76,7 +75,7 @@ export class KernelWatch {
     }
   }
 
-  #sampled(connection: WatchedConnection, tcp: net.Socket, info: TcpInfo, previous: Previous | undefined, now: number): void {
+  #sampled(connection: WatchedConnection, tcp: TcpRef, info: TcpInfo, previous: Previous | undefined, now: number): void {
     // tcpi_rtt is 0 until the first RTT measurement.
     if (info.rttUs > 0) this.#rtt.observe(info.rttUs / 1e6);
     const state = previous ?? { dueAt: 0, retransmits: 0, probes: 0, growing: 0, reported: false };

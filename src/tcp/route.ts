@@ -1,19 +1,21 @@
 import net from 'node:net';
 import type { RouteConfig } from '../config/schema.js';
 import { ProxyError, type EvictionReason, type Side } from '../errors.js';
-import { readSocketOptions } from '../net/sockopt.js';
+import { readSocketOptions, sockoptSupport } from '../net/sockopt.js';
 import { codecFor } from '../protocols/registry.js';
 import type { HeartbeatCodec } from '../protocols/types.js';
 import type { ConnectionInfo, RouteDeps, RouteHandle } from '../route.js';
 import { RouteBase } from '../route-base.js';
 import type { BurstLog } from '../log-burst.js';
-import { acceptWith } from '../net/accept.js';
+import { acceptRawOrSocket } from '../net/accept.js';
 import { markSharedReads, sharedOnread } from '../net/shared-reads.js';
+import { RawTcp, rawTcpAvailable } from '../net/raw-tcp.js';
+import { SocketEnd, type SpliceEnd } from '../net/splice-end.js';
 import { Session, type SessionEvents } from './session.js';
 import { WarmPool, type Lease } from '../pool/warm.js';
 import { clientSecureContext, joinOpening, openClient, type ClientOpening } from './client-opening.js';
 import { openMysql } from './mysql-opening.js';
-import { tcpOf, tlsFailureCause, tlsSummary } from '../net/tls-socket.js';
+import { tcpOf, tlsFailureCause } from '../net/tls-socket.js';
 import type tls from 'node:tls';
 import { createRouteLearner, type RouteLearner } from '../heartbeat/route-learner.js';
 import { formatHostPort } from '../config/hostport.js';
@@ -22,7 +24,12 @@ import { readTcpInfo } from '../net/tcp-info.js';
 import { HALF_OPEN_LOG, KernelWatch } from './kernel-watch.js';
 
 /** Every accepted client socket: half-open allowed, not read until its upstream is ready. */
-const ACCEPTED_SOCKET = { options: { allowHalfOpen: true, ...START_PAUSED, onread: sharedOnread }, context: null };
+const ACCEPTED_SOCKET = { allowHalfOpen: true, ...START_PAUSED, onread: sharedOnread };
+
+/** A client connection before its session: a raw TCP end (plain TCP routes) or a socket (TLS and openings). */
+type Client = net.Socket | RawTcp;
+/** The client as its session gets it: after an opening (TLS, PostgreSQL's SSLRequest) or as accepted. */
+type OpenedClient = Omit<ClientOpening, 'socket'> & { readonly socket: Client };
 
 // A TCP-family route: accept -> keepalive on the client socket -> lease an upstream
 // (warm pool or fresh dial) -> Session. The lifecycle every route shares (listener,
@@ -41,7 +48,7 @@ class TcpRoute extends RouteBase {
   /** Live sessions, each with the lease it runs on (given back to its pool when the session ends). */
   readonly #sessions = new Map<Session, Lease>();
   /** Client sockets accepted whose upstream is still connecting. */
-  readonly #pending = new Map<net.Socket, () => void>();
+  readonly #pending = new Map<Client, () => void>();
   #upstream: WarmPool;
   /** heartbeat every: auto: the route's learned interval (null otherwise). */
   #learner: RouteLearner | null = null;
@@ -77,15 +84,31 @@ class TcpRoute extends RouteBase {
   }
 
   protected override onListening(): void {
-    // Accepted sockets read through the shared buffer; where node's handle is not what
-    // acceptWith expects they come through 'connection' and read through 'data' events.
-    acceptWith(this.server, () => ACCEPTED_SOCKET, (socket) => {
-      markSharedReads(socket);
-      this.accept(socket);
-    });
+    // Plain TCP clients are taken as raw TCP ends; the rest as sockets reading through the
+    // shared buffer. Where node's handle is not what net/accept.ts expects, they come
+    // through 'connection' and read through 'data' events.
+    acceptRawOrSocket(
+      this.server,
+      () => this.#rawClients,
+      ACCEPTED_SOCKET,
+      (end) => this.#accept(end),
+      (socket) => {
+        markSharedReads(socket);
+        this.accept(socket);
+      },
+    );
     this.#learner = this.#codec ? createRouteLearner(this.config, this.deps) : null;
     this.#upstream.start();
     warnAboutOneWayHeartbeat(this.config, this.deps);
+  }
+
+  /**
+   * Whether clients are taken as raw TCP ends: nothing on the client side needs a socket
+   * (no client TLS, no opening to answer) and socket options are set through setsockopt.
+   */
+  get #rawClients(): boolean {
+    const config = this.config;
+    return this.#clientContext === null && config.upstreamTls === null && rawTcpAvailable() && sockoptSupport.native;
   }
 
   override update(config: RouteConfig): void {
@@ -136,9 +159,9 @@ class TcpRoute extends RouteBase {
       bytesUpstream: s.bytesUp,
       bytesDownstream: s.bytesDown,
       reused: s.reused,
-      socketOptions: { client: readSocketOptions(tcpOf(s.down)), upstream: readSocketOptions(tcpOf(s.up)) },
-      tcpInfo: { client: readTcpInfo(tcpOf(s.down)), upstream: readTcpInfo(tcpOf(s.up)) },
-      tls: { client: tlsSummary(s.down), upstream: tlsSummary(s.up) },
+      socketOptions: { client: readSocketOptions(s.down.tcp), upstream: readSocketOptions(s.up.tcp) },
+      tcpInfo: { client: readTcpInfo(s.down.tcp), upstream: readTcpInfo(s.up.tcp) },
+      tls: { client: s.down.tls, upstream: s.up.tls },
     }));
   }
 
@@ -150,9 +173,23 @@ class TcpRoute extends RouteBase {
   }
 
   protected accept(down: net.Socket): void {
+    this.#accept(down);
+  }
+
+  #accept(down: Client): void {
     if (!this.admit(down)) return;
     const config = this.config;
     this.metrics.active.inc();
+    if (down instanceof RawTcp) {
+      // Not read until its session starts, so nothing can happen to it meanwhile but our own abort.
+      const attempt = this.#upstream.lease(true);
+      this.#pending.set(down, () => {
+        attempt.abort();
+        down.destroy();
+      });
+      this.#whenLeased(down, attempt, () => null, '');
+      return;
+    }
     const lease = this.#upstream.lease();
     // MySQL negotiates TLS inside its handshake, after the server's greeting (the lease's).
     const mysqlTls = config.protocol === 'mysql' && config.upstreamTls !== null;
@@ -181,44 +218,56 @@ class TcpRoute extends RouteBase {
       attempt.abort();
       down.destroy();
     });
-    (attempt.done as Promise<Lease | { lease: Lease; client: ClientOpening }>).then(
+    this.#whenLeased(down, attempt, () => clientGone, client, () => {
+      down.off('error', onEarlyError);
+      down.off('close', onEarlyClose);
+    });
+  }
+
+  /** The upstream is ready (a session starts) or failed (the client is told at once). */
+  #whenLeased(
+    down: Client,
+    attempt: { readonly done: Promise<Lease | { lease: Lease; client: ClientOpening }> },
+    clientGone: () => EvictionReason | null,
+    client: string,
+    settled: () => void = () => {},
+  ): void {
+    attempt.done.then(
       (ready) => {
         this.#pending.delete(down);
-        down.off('error', onEarlyError);
-        down.off('close', onEarlyClose);
-        const { lease, client } = 'lease' in ready ? ready : { lease: ready, client: null };
-        if (clientGone || down.destroyed) {
+        settled();
+        const { lease, client: opened } = 'lease' in ready ? ready : { lease: ready, client: null };
+        const gone = clientGone();
+        if (gone || down.destroyed) {
           lease.socket.destroy();
           lease.pool.release(lease); // no session will: pool_active must not keep it
-          this.#endBeforeSession(down, clientGone ?? 'peer_closed', 'downstream');
+          this.#endBeforeSession(down, gone ?? 'peer_closed', 'downstream');
           return;
         }
-        this.#startSession(client?.socket ?? down, lease, client ?? { socket: down, early: [] });
+        this.#startSession(opened?.socket ?? down, lease, opened ?? { socket: down, early: [] });
       },
       (error: unknown) => {
         this.#pending.delete(down);
-        down.off('error', onEarlyError);
-        down.off('close', onEarlyClose);
+        settled();
         // The client left first (its close may race the dial's own failure).
         const refused = error instanceof ProxyError && error.code === 'CLIENT_REFUSED';
-        if (clientGone || (error instanceof ProxyError && error.side === 'downstream' && error.code !== 'TLS_FAILED' && !refused)) {
-          this.#endBeforeSession(down, clientGone ?? 'peer_closed', 'downstream');
+        const gone = clientGone();
+        if (gone || (error instanceof ProxyError && error.side === 'downstream' && error.code !== 'TLS_FAILED' && !refused)) {
+          this.#endBeforeSession(down, gone ?? 'peer_closed', 'downstream');
           return;
         }
         const timeout = error instanceof ProxyError && error.code === 'CONNECT_TIMEOUT';
         if (error instanceof ProxyError && error.code === 'TLS_FAILED') {
           // The upstream's failure was logged by the source; the client's own is logged here.
           if (error.side === 'downstream') this.#clientTlsFailures.note({ route: this.name, client, reason: 'tls_error', cause: tlsFailureCause(error.cause ?? error) });
-          down.on('error', () => {});
-          if (!down.destroyed) resetOrDestroy(down);
+          resetClient(down);
           this.#endBeforeSession(down, 'tls_error', error.side);
           return;
         }
         if (refused) {
           // The client's opening broke PostgreSQL's rules or its deadline: reset, as the server would close it.
           this.#clientRefusals.note({ route: this.name, client, reason: 'error', err: error.message });
-          down.on('error', () => {});
-          if (!down.destroyed) resetOrDestroy(down);
+          resetClient(down);
           this.#endBeforeSession(down, 'error', 'downstream');
           return;
         }
@@ -226,15 +275,14 @@ class TcpRoute extends RouteBase {
         const fdLimit = outOfDescriptors(error);
         if (fdLimit) this.metrics.acceptError(fdLimit).inc();
         this.#connectFailures.note({ route: this.name, client: formatHostPort(down.remoteAddress, down.remotePort), err: String((error as Error).message ?? error) });
-        down.on('error', () => {});
         // A reset tells the client at once that nothing is behind this connection.
-        resetOrDestroy(down);
+        resetClient(down);
         this.#endBeforeSession(down, timeout ? 'connect_timeout' : 'connect_error', 'upstream');
       },
     );
   }
 
-  #endBeforeSession(down: net.Socket, reason: EvictionReason, side: Side): void {
+  #endBeforeSession(down: Client, reason: EvictionReason, side: Side): void {
     const { log } = this.deps;
     const metrics = this.metrics;
     if (!down.destroyed) down.destroy();
@@ -244,10 +292,10 @@ class TcpRoute extends RouteBase {
     this.checkDrained();
   }
 
-  #startSession(down: net.Socket, lease: Lease, client: ClientOpening): void {
+  #startSession(down: Client, lease: Lease, client: OpenedClient): void {
     const config = this.config;
-    if (down !== tcpOf(down)) this.metrics.tlsHandshake((down as tls.TLSSocket).isSessionReused(), 'client').inc();
-    const session = new Session(down, lease.socket, this.#events, {
+    if (!(down instanceof RawTcp) && down !== tcpOf(down)) this.metrics.tlsHandshake((down as tls.TLSSocket).isSessionReused(), 'client').inc();
+    const session = new Session(spliceEnd(down), spliceEnd(lease.socket), this.#events, {
       id: String(nextSessionId++),
       idleTimeoutMs: config.idleTimeoutMs,
       heartbeat: config.heartbeat,
@@ -261,8 +309,8 @@ class TcpRoute extends RouteBase {
       clock: this.deps.clock,
     });
     this.#sessions.set(session, lease);
-    down.resume();
-    lease.socket.resume();
+    session.down.resume();
+    session.up.resume();
   }
 
   #onSessionClosed(session: Session, reason: EvictionReason, side: Side): void {
@@ -282,6 +330,21 @@ class TcpRoute extends RouteBase {
     this.noteEnded(fields, 'connection closed');
     this.checkDrained();
   }
+}
+
+/** A client or upstream connection as a splice end. */
+function spliceEnd(connection: Client): SpliceEnd {
+  return connection instanceof RawTcp ? connection : new SocketEnd(connection);
+}
+
+/** RST to a client whose connection cannot be served. */
+function resetClient(down: Client): void {
+  if (down instanceof RawTcp) {
+    down.reset();
+    return;
+  }
+  down.on('error', () => {}); // a late error of a socket being reset is no news
+  if (!down.destroyed) resetOrDestroy(down);
 }
 
 /** EMFILE or ENFILE when a dial failed for want of a file descriptor, else null. */

@@ -1,18 +1,16 @@
-import type net from 'node:net';
 import type { Clock } from '../clock.js';
 import type { HeartbeatConfig } from '../config/schema.js';
 import { reasonForError, type EvictionReason, type Side } from '../errors.js';
 import type { Tracker } from '../protocols/types.js';
 import type { StreamRewriter } from '../protocols/mysql-auth-shift.js';
-import { readInto } from '../net/shared-reads.js';
-import { readOnAfterWriteError } from '../net/last-reads.js';
-import { resetOrDestroy } from '../net/internals.js';
 import { HeartbeatSchedule, type HeartbeatResult } from '../heartbeat/scheduler.js';
 import { unacknowledgedBytes } from '../net/sockopt.js';
+import type { EndEvents, SpliceEnd } from '../net/splice-end.js';
 
-// One proxied pair: the downstream (client) socket and the upstream socket, spliced
-// both ways with backpressure and half-close, and closed exactly once through
-// close(reason, side). Nothing else in the process destroys these sockets.
+// One proxied pair: the downstream (client) end and the upstream end, spliced both ways
+// with backpressure and half-close, and closed exactly once through close(reason, side).
+// Nothing else in the process closes these connections. An end is a raw TCP handle or a
+// net.Socket (net/splice-end.ts); the splice is the same for both.
 //
 // Heartbeats live here too because they are part of the splice: while a probe is
 // outstanding the client's bytes are held back (bounded by the socket's own buffer:
@@ -52,10 +50,6 @@ export interface SessionOptions {
   readonly clock: Clock;
 }
 
-/** The session a socket belongs to, for the shared event handlers. */
-const OWNER = Symbol('keepalive-proxy.session');
-type OwnedSocket = net.Socket & { [OWNER]?: Session };
-
 /** Reasons that end a pair with FIN after a flush; every other reason resets both sides. */
 const CLEAN_REASONS: ReadonlySet<EvictionReason> = new Set(['peer_closed', 'shutdown', 'idle_timeout', 'route_removed']);
 const CLEAN_CLOSE_GRACE_MS = 5_000;
@@ -74,8 +68,8 @@ export class Session {
   readonly id: string;
   readonly startedAt: number;
   readonly reused: boolean;
-  readonly down: net.Socket;
-  readonly up: net.Socket;
+  readonly down: SpliceEnd;
+  readonly up: SpliceEnd;
   bytesUp = 0;
   bytesDown = 0;
   /** Last payload byte either way (idleTimeout). */
@@ -103,9 +97,9 @@ export class Session {
   #closeSide: Side = 'proxy';
   #pendingFailure: PendingFailure | null = null;
   /** The survivor of an abrupt close, reset once the peer's kernel has acknowledged every byte it was sent. */
-  #resetWhenDelivered: net.Socket | null = null;
+  #resetWhenDelivered: SpliceEnd | null = null;
 
-  constructor(down: net.Socket, up: net.Socket, events: SessionEvents, options: SessionOptions) {
+  constructor(down: SpliceEnd, up: SpliceEnd, events: SessionEvents, options: SessionOptions) {
     this.id = options.id;
     this.down = down;
     this.up = up;
@@ -143,90 +137,73 @@ export class Session {
   }
 
   #wire(): void {
-    const { down, up } = this;
-    // The handlers are shared by every session (static, found through the socket's
-    // back-reference) rather than closures per session: at thousands of idle
-    // connections, ten closures each are a measurable share of the memory per pair.
-    (down as OwnedSocket)[OWNER] = this;
-    (up as OwnedSocket)[OWNER] = this;
-    readInto(down, Session.#downData);
-    readInto(up, Session.#upData);
-    readOnAfterWriteError(down, Session.#writeFailed);
-    readOnAfterWriteError(up, Session.#writeFailed);
-    // Backpressure: a full write buffer on one side pauses reading on the other, so
-    // the proxy never holds more than the sockets' own buffers.
-    up.on('drain', Session.#upDrain);
-    down.on('drain', Session.#downDrain);
-    // Half-close: a FIN is passed on as a FIN; the other direction keeps flowing.
-    down.on('end', Session.#downEnd);
-    up.on('end', Session.#upEnd);
-    down.on('error', Session.#downError);
-    up.on('error', Session.#upError);
-    down.on('close', Session.#downClose);
-    up.on('close', Session.#upClose);
+    // The handlers are shared by every session (static, found through the end's owner)
+    // rather than closures per session: at thousands of idle connections, ten closures
+    // each are a measurable share of the memory per pair.
+    this.down.owner = this;
+    this.up.owner = this;
+    this.down.listen(Session.#downEvents);
+    this.up.listen(Session.#upEvents);
   }
 
-  static #of(socket: net.Socket): Session {
-    return (socket as OwnedSocket)[OWNER]!;
+  static #of(end: SpliceEnd): Session {
+    return end.owner as Session;
   }
-  static #downData(socket: net.Socket, chunk: Buffer): void {
-    Session.#of(socket).#onClientData(chunk);
-  }
-  static #upData(socket: net.Socket, chunk: Buffer): void {
-    Session.#of(socket).#onUpstreamData(chunk);
-  }
-  static #upDrain(this: net.Socket): void {
-    const session = Session.#of(this);
-    session.#downBlocked = false;
-    session.#resumeDown();
-  }
-  static #downDrain(this: net.Socket): void {
-    const session = Session.#of(this);
-    session.#upBlocked = false;
-    // The server was not read while the client caught up: its reply deadline starts over.
-    if (session.#replyOwedSince !== 0) session.#replyOwedSince = session.#clock.now();
-    session.up.resume();
-  }
-  static #downEnd(this: net.Socket): void {
-    const session = Session.#of(this);
-    session.#downEnded = true;
-    if (session.#closeIfFailed('downstream')) return;
-    if (session.#held.length === 0) session.up.end();
-  }
-  static #upEnd(this: net.Socket): void {
-    const session = Session.#of(this);
-    session.#upEnded = true;
-    if (session.#closeIfFailed('upstream')) return;
-    session.down.end();
-  }
-  static #downError(this: net.Socket, error: NodeJS.ErrnoException): void {
-    Session.#of(this).close(reasonForError(error), 'downstream', error);
-  }
-  static #upError(this: net.Socket, error: NodeJS.ErrnoException): void {
-    Session.#of(this).close(reasonForError(error), 'upstream', error);
-  }
-  static #writeFailed(socket: net.Socket, error: NodeJS.ErrnoException): void {
-    const session = Session.#of(socket);
-    const side: Side = socket === session.down ? 'downstream' : 'upstream';
-    if (session.#closed) {
-      resetOrDestroy(socket);
+  static readonly #downEvents: EndEvents = {
+    data: (end, chunk) => Session.#of(end).#onClientData(chunk),
+    // Backpressure: a full write buffer on one side pauses reading on the other, so
+    // the proxy never holds more than the sockets' own buffers.
+    drain: (end) => {
+      const session = Session.#of(end);
+      session.#upBlocked = false;
+      // The server was not read while the client caught up: its reply deadline starts over.
+      if (session.#replyOwedSince !== 0) session.#replyOwedSince = session.#clock.now();
+      session.up.resume();
+    },
+    // Half-close: a FIN is passed on as a FIN; the other direction keeps flowing.
+    end: (end) => {
+      const session = Session.#of(end);
+      session.#downEnded = true;
+      if (session.#closeIfFailed('downstream')) return;
+      if (session.#held.length === 0) session.up.end();
+    },
+    error: (end, error) => Session.#of(end).close(reasonForError(error), 'downstream', error),
+    writeFailed: (end, error) => Session.#of(end).#writeFailed('downstream', error),
+    close: (end) => Session.#of(end).#onSocketClosed('downstream'),
+  };
+  static readonly #upEvents: EndEvents = {
+    data: (end, chunk) => Session.#of(end).#onUpstreamData(chunk),
+    drain: (end) => {
+      const session = Session.#of(end);
+      session.#downBlocked = false;
+      session.#resumeDown();
+    },
+    end: (end) => {
+      const session = Session.#of(end);
+      session.#upEnded = true;
+      if (session.#closeIfFailed('upstream')) return;
+      session.down.end();
+    },
+    error: (end, error) => Session.#of(end).close(reasonForError(error), 'upstream', error),
+    writeFailed: (end, error) => Session.#of(end).#writeFailed('upstream', error),
+    close: (end) => Session.#of(end).#onSocketClosed('upstream'),
+  };
+
+  #writeFailed(side: Side, error: NodeJS.ErrnoException): void {
+    const end = side === 'downstream' ? this.down : this.up;
+    if (this.#closed) {
+      end.reset();
       return;
     }
-    if (session.#pendingFailure) {
-      session.close(reasonForError(error), side, error);
+    if (this.#pendingFailure) {
+      this.close(reasonForError(error), side, error);
       return;
     }
     // The peer is gone, but what it sent before going is still to be read: stop feeding
     // it (the other side pauses) and let its reads run to their end (see net/last-reads.ts).
-    session.#pendingFailure = { reason: reasonForError(error), side, error, at: session.#clock.now() };
-    (side === 'upstream' ? session.down : session.up).pause();
-    socket.resume();
-  }
-  static #downClose(this: net.Socket): void {
-    Session.#of(this).#onSocketClosed('downstream');
-  }
-  static #upClose(this: net.Socket): void {
-    Session.#of(this).#onSocketClosed('upstream');
+    this.#pendingFailure = { reason: reasonForError(error), side, error, at: this.#clock.now() };
+    (side === 'upstream' ? this.down : this.up).pause();
+    end.resume();
   }
 
   /** The side whose write failed has read to its end: the pair closes as that failure. */
@@ -341,10 +318,10 @@ export class Session {
       // must not keep the pair alive for ever.
       const survivor = this.#resetWhenDelivered;
       if (now - this.#closedAt >= CLEAN_CLOSE_GRACE_MS) {
-        if (survivor) resetOrDestroy(survivor);
+        survivor?.reset();
         this.destroy(this.#closeReason ?? 'peer_closed');
-      } else if (survivor && !unacknowledgedBytes(survivor)) {
-        resetOrDestroy(survivor);
+      } else if (survivor && !unacknowledgedBytes(survivor.tcp)) {
+        survivor.reset();
       }
       return;
     }
@@ -413,15 +390,15 @@ export class Session {
     // Client bytes held behind a probe were read before the client went: they are its last words.
     if (abrupt && side === 'downstream' && !this.up.destroyed) for (const chunk of this.#held) this.up.write(chunk);
     this.#held = [];
-    for (const socket of [this.down, this.up]) {
-      if (socket.destroyed) continue;
-      const survivor = (side === 'upstream' && socket === this.down) || (side === 'downstream' && socket === this.up);
-      if (abrupt && survivor) this.#resetAfterDelivery(socket);
-      else if (abrupt) resetOrDestroy(socket);
+    for (const end of [this.down, this.up]) {
+      if (end.destroyed) continue;
+      const survivor = (side === 'upstream' && end === this.down) || (side === 'downstream' && end === this.up);
+      if (abrupt && survivor) this.#resetAfterDelivery(end);
+      else if (abrupt) end.reset();
       else {
-        // Clean close: flush what is queued, send FIN, and make sure the socket goes away
-        // even if the peer never reads (destroySoon ends then destroys after the flush).
-        socket.destroySoon();
+        // Clean close: flush what is queued, send FIN, and make sure the connection goes
+        // away even if the peer never reads.
+        end.closeSoon();
       }
     }
     if (this.#closedSockets === 2) this.#finish();
@@ -433,14 +410,11 @@ export class Session {
    * a reset empties too (a client not reading at that moment would lose what is still
    * there). The send queue is polled on the shared tick, bounded by the close grace.
    */
-  #resetAfterDelivery(socket: net.Socket): void {
-    const resetIfDelivered = (): void => {
-      if (unacknowledgedBytes(socket)) this.#resetWhenDelivered = socket;
-      else resetOrDestroy(socket);
-    };
-    if (socket.writableLength === 0) resetIfDelivered();
-    else if (socket.writableEnded) socket.once('finish', resetIfDelivered);
-    else socket.write(EMPTY, resetIfDelivered);
+  #resetAfterDelivery(end: SpliceEnd): void {
+    end.whenFlushed(() => {
+      if (unacknowledgedBytes(end.tcp)) this.#resetWhenDelivered = end;
+      else end.reset();
+    });
   }
 
   /** Forces both sockets down (drain deadline passed). */
@@ -454,5 +428,3 @@ export class Session {
     this.#events.onClosed(this, this.#closeReason ?? 'peer_closed', this.#closeSide);
   }
 }
-
-const EMPTY = Buffer.alloc(0);

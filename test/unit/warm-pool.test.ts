@@ -62,7 +62,7 @@ function pool(config: RouteConfig): Pool {
   return { source, metric: metrics.metric };
 }
 
-async function leased(source: WarmPool): Promise<Lease> {
+async function leased(source: WarmPool): Promise<Lease<net.Socket>> {
   const lease = await source.lease().done;
   cleanups.push(() => lease.socket.destroy());
   return lease;

@@ -115,6 +115,8 @@ const BLOCKING: ReadonlyMap<string, number> = new Map([
   ['xread', BLOCK_OPTION],
   ['xreadgroup', BLOCK_OPTION],
 ]);
+/** The first letters of the blocking commands: any other command is told apart without making a string of its name. */
+const BLOCKING_FIRST_BYTES: ReadonlySet<number> = new Set([...BLOCKING.keys()].map((name) => name.charCodeAt(0)));
 
 const FAMILY_CLASSIC = 1;
 const FAMILY_SHARD = 2;
@@ -407,12 +409,18 @@ class RedisTracker implements Tracker {
     return this.#tailLength <= CAPTURE ? this.#tail.subarray(0, this.#tailLength) : null;
   }
 
+  /** The blocking kind of the command named by the captured first argument (BLOCK_NONE for most, at a glance). */
+  #blockingKind(): number {
+    const length = this.#argLengths[0]!;
+    if (length === 0 || length > CAPTURE || !BLOCKING_FIRST_BYTES.has(this.#args[0]!)) return BLOCK_NONE;
+    return BLOCKING.get(this.#args.toString('latin1', 0, length)) ?? BLOCK_NONE;
+  }
+
   /** A multibulk argument was read whole: learn the blocking kind from the name, XREAD's BLOCK value. */
   #argEnded(): void {
     const index = this.#argIndex;
     if (index === 0) {
-      const name = this.#argText(0);
-      this.#blocking = name ? (BLOCKING.get(name.toString('latin1')) ?? BLOCK_NONE) : BLOCK_NONE;
+      this.#blocking = this.#blockingKind();
       return;
     }
     if (this.#blocking !== BLOCK_OPTION) return;
@@ -424,9 +432,9 @@ class RedisTracker implements Tracker {
   #commandGraceMs(): number {
     if (this.#inMulti) return 0;
     const argc = this.#argc;
+    const kind = this.#inline ? this.#blockingKind() : this.#blocking;
+    if (kind === BLOCK_NONE) return 0;
     // An inline command's arguments past the third are not captured: exempt what might block.
-    const name = this.#argText(0);
-    const kind = this.#inline ? (name ? (BLOCKING.get(name.toString('latin1')) ?? BLOCK_NONE) : BLOCK_NONE) : this.#blocking;
     const known = (index: number): Buffer | null => (index < argc && (index < 3 || (!this.#inline && index === argc - 1)) ? this.#argText(index) : null);
     switch (kind) {
       case BLOCK_LAST_SECONDS:

@@ -158,6 +158,8 @@ class RedisTracker implements Tracker {
   #argc = 0;
   #argIndex = 0;
   #argLeft = 0;
+  /** Whether the second and third arguments are captured too (a blocking command's timeouts, CLIENT REPLY). */
+  #captureArgs = false;
   /** The first three arguments' first CAPTURE bytes, lowercased, and their real lengths. */
   #args = Buffer.alloc(3 * CAPTURE);
   #argLengths = [0, 0, 0];
@@ -297,11 +299,12 @@ class RedisTracker implements Tracker {
           const take = Math.min(this.#argLeft, length - i);
           // argLeft counts the payload and its CRLF; capture the first bytes of the payload.
           const payloadLeft = this.#argLeft - 2;
-          if (this.#argIndex < 3) {
+          // The name always; later arguments only where they are ever looked at (#captureArgs).
+          if (this.#argIndex === 0 || (this.#argIndex < 3 && this.#captureArgs)) {
             const offset = this.#argLengths[this.#argIndex]! - payloadLeft;
             const end = Math.min(take, payloadLeft, CAPTURE - offset);
             for (let k = 0; k < end; k++) this.#args[this.#argIndex * CAPTURE + offset + k] = lower(chunk[i + k]!);
-          } else if (this.#blocking !== BLOCK_NONE) {
+          } else if (this.#argIndex >= 3 && this.#blocking !== BLOCK_NONE) {
             const offset = this.#tailLength - payloadLeft;
             const end = Math.min(take, payloadLeft, CAPTURE - offset);
             for (let k = 0; k < end; k++) this.#tail[offset + k] = lower(chunk[i + k]!);
@@ -421,6 +424,7 @@ class RedisTracker implements Tracker {
     const index = this.#argIndex;
     if (index === 0) {
       this.#blocking = this.#blockingKind();
+      this.#captureArgs = this.#blocking !== BLOCK_NONE || this.#argIs(0, W.client);
       return;
     }
     if (this.#blocking !== BLOCK_OPTION) return;

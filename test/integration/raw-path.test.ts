@@ -1,10 +1,13 @@
 import { randomBytes } from 'node:crypto';
 import { readdirSync, readFileSync } from 'node:fs';
+import tls from 'node:tls';
 import net from 'node:net';
 import { constants as osConstants } from 'node:os';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { connect, freePort, listen0 } from '../helpers/net.js';
+import { connect, freePort, listen0, refused } from '../helpers/net.js';
 import { parseMetrics, sample, startProxy, type RunningProxy } from '../helpers/proxy.js';
+import { makePki } from '../helpers/pki.js';
+import { startRedis } from '../helpers/servers.js';
 import { sleep, until } from '../helpers/wait.js';
 import { readSockoptBytes } from '../../src/net/sockopt.js';
 
@@ -362,6 +365,143 @@ describe('raw TCP path: upstreams that fail', () => {
       await proxy.stop();
       await closer.close();
       await echo.close();
+    }
+  }, 60_000);
+});
+
+describe('raw TCP path: timers, heartbeats, /connections and drain', () => {
+  it('closes idle and unanswered pairs, heartbeats a real redis-server, reports raw sessions and drains on SIGTERM', async () => {
+    const redis = await startRedis();
+    const echo = await listen0((socket) => socket.pipe(socket));
+    const silent = await listen0(() => {});
+    const { proxy, ports } = await routeProxy([
+      { name: 'idle', upstream: `127.0.0.1:${echo.port}`, lines: '    idleTimeout: 1s\n' },
+      { name: 'mute', upstream: `127.0.0.1:${silent.port}`, lines: '    responseTimeout: 1s\n' },
+      { name: 'redis', upstream: `127.0.0.1:${redis.port}`, lines: '    protocol: redis\n    heartbeat: { every: 1s, timeout: 2s }\n' },
+      { name: 'drain', upstream: `127.0.0.1:${echo.port}` },
+    ]);
+    try {
+      const [idlePort, mutePort, redisPort, drainPort] = ports as [number, number, number, number];
+      const idleClient = await connect(idlePort);
+      const idleEnd = howEnded(idleClient);
+      const muteClient = await connect(mutePort);
+      const muteEnd = howEnded(muteClient);
+      muteClient.write('request');
+      const redisClient = await connect(redisPort);
+      const drainClient = await connect(drainPort);
+
+      // /connections and the kernel watch see raw sessions as they see sockets.
+      const connections = await until(async () => {
+        const all = await proxy.connections();
+        return all.length === 4 ? all : null;
+      }, 5_000, '4 connections');
+      for (const connection of connections) {
+        expect(connection['client'], JSON.stringify(connection)).toMatch(/^127\.0\.0\.1:\d+$/);
+        expect(connection['upstream'], JSON.stringify(connection)).toMatch(/^127\.0\.0\.1:\d+$/);
+        const options = connection['socketOptions'] as { client: { keepalive: boolean } | null; upstream: { keepalive: boolean } | null };
+        expect(options.client?.keepalive).toBe(true);
+        expect(options.upstream?.keepalive).toBe(true);
+        const info = connection['tcpInfo'] as { client: { rttUs: number } | null; upstream: { rttUs: number } | null };
+        expect(typeof info.client?.rttUs).toBe('number');
+        expect(typeof info.upstream?.rttUs).toBe('number');
+      }
+
+      // Redis: PINGs every second while the client is silent, then the client's own command is answered in order.
+      await until(async () => sample(parseMetrics(await proxy.metrics()), 'keepalive_proxy_heartbeats_total', { route: 'redis', result: 'ok' }) >= 2, 10_000, '2 heartbeats');
+      redisClient.write('*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n*2\r\n$3\r\nGET\r\n$1\r\nk\r\n');
+      const replies = await new Promise<string>((resolve) => {
+        let text = '';
+        redisClient.on('data', (chunk: Buffer) => {
+          text += chunk.toString('latin1');
+          if (text.length >= '+OK\r\n$1\r\nv\r\n'.length) resolve(text);
+        });
+      });
+      expect(replies).toBe('+OK\r\n$1\r\nv\r\n');
+
+      expect(await within(idleEnd, 5_000, 'idle pair')).toBe('fin');
+      expect(await within(muteEnd, 5_000, 'unanswered pair')).toBe('reset');
+      const values = parseMetrics(await proxy.metrics());
+      expect(sample(values, 'keepalive_proxy_evictions_total', { route: 'idle', reason: 'idle_timeout' })).toBe(1);
+      expect(sample(values, 'keepalive_proxy_evictions_total', { route: 'mute', reason: 'response_timeout' })).toBe(1);
+
+      // SIGTERM: new clients are refused, the live pair goes on until its client leaves, then exit 0.
+      drainClient.write('before');
+      await within(new Promise((resolve) => drainClient.once('data', resolve)), 5_000, 'echo before SIGTERM');
+      redisClient.destroy();
+      const exited = proxy.stop('SIGTERM');
+      await until(() => refused(drainPort), 5_000, 'new clients refused');
+      drainClient.write('during');
+      const during = await within(new Promise<Buffer>((resolve) => drainClient.once('data', resolve)), 5_000, 'echo during the drain');
+      expect(during.toString()).toBe('during');
+      drainClient.end();
+      expect(await within(exited, 10_000, 'exit after the drain')).toBe(0);
+    } finally {
+      await proxy.stop('SIGKILL');
+      await redis.stop();
+      await echo.close();
+      await silent.close();
+    }
+  }, 60_000);
+});
+
+describe('raw TCP path: reloads between plain and TLS upstreams', () => {
+  it('keeps raw and socket sessions side by side through SIGHUP from plain to upstreamTls and back', async () => {
+    const pki = makePki();
+    const plain = await listen0((socket) => socket.pipe(socket));
+    const secure = tls.createServer({ cert: readFileSync(pki.server.cert), key: readFileSync(pki.server.key) }, (socket) => {
+      socket.on('error', () => {});
+      socket.pipe(socket);
+    });
+    await new Promise<void>((resolve) => secure.listen(0, '127.0.0.1', resolve));
+    const securePort = (secure.address() as net.AddressInfo).port;
+    const port = await freePort();
+    const yaml = (tlsLines: string, upstreamPort: number): string =>
+      `admin: { listen: "{{admin}}" }\nroutes:\n  - name: flip\n    listen: 127.0.0.1:${port}\n    upstream: 127.0.0.1:${upstreamPort}\n${tlsLines}`;
+    const proxy = await startProxy({ yaml: yaml('', plain.port) });
+    const reloads = async (count: number): Promise<void> => {
+      await until(async () => sample(parseMetrics(await proxy.metrics()), 'keepalive_proxy_config_reloads_total', { result: 'ok' }) >= count, 10_000, `reload ${count}`);
+    };
+    /** Sends `size` tape bytes from `start` and checks the echo, on a connection kept open. */
+    const exchange = async (socket: net.Socket, start: number, size: number): Promise<void> => {
+      let offset = 0;
+      const echoed = new Promise<void>((resolve, reject) => {
+        const onData = (chunk: Buffer): void => {
+          if (!chunk.equals(tapeSlice(start + offset, chunk.length))) reject(new Error(`echo differs at ${offset}`));
+          offset += chunk.length;
+          if (offset < size) return;
+          socket.off('data', onData);
+          resolve();
+        };
+        socket.on('data', onData);
+      });
+      socket.write(tapeSlice(start, size));
+      await within(echoed, 10_000, `echo of ${size} bytes`);
+    };
+    try {
+      const first = await connect(port);
+      await exchange(first, 0, 300 * KiB);
+      await proxy.reload(yaml(`    upstreamTls: { mode: verify-full, ca: ${pki.ca} }\n`, securePort));
+      await reloads(1);
+      const second = await connect(port);
+      await exchange(second, 1, 300 * KiB);
+      await proxy.reload(yaml('', plain.port));
+      await reloads(2);
+      const third = await connect(port);
+      await exchange(third, 2, 300 * KiB);
+      // Every session goes on as it started, whichever kind its ends are, concurrently.
+      await Promise.all([exchange(first, 3, MiB), exchange(second, 4, MiB), exchange(third, 5, MiB)]);
+      const connections = await proxy.connections();
+      const withTls = connections.filter((c) => (c['tls'] as { upstream: unknown }).upstream !== null);
+      expect(connections.length).toBe(3);
+      expect(withTls.length).toBe(1);
+      for (const socket of [first, second, third]) socket.destroy();
+      const values = await idle(proxy, 'flip');
+      expect(evictions(values, 'flip')).toBe(3);
+    } finally {
+      await proxy.stop('SIGKILL');
+      await plain.close();
+      await new Promise<void>((resolve) => secure.close(() => resolve()));
+      pki.cleanup();
     }
   }, 60_000);
 });

@@ -40,6 +40,7 @@ export interface SocketOptions {
 // binaries for those, and isLinuxAbi() below refuses them anyway.
 const SOL_SOCKET = 1;
 const SO_KEEPALIVE = 9;
+const SO_ERROR = 4;
 export const IPPROTO_TCP = 6;
 const TCP_NODELAY = 1;
 const TCP_KEEPIDLE = 4;
@@ -284,6 +285,23 @@ export function unacknowledgedBytes(socket: TcpRef): number | null {
   if (fd === null) return null;
   intValue[0] = 0;
   return native.ioctlInt(fd, SIOCOUTQ, intValue) === 0 ? intValue[0]! : null;
+}
+
+/**
+ * The error the kernel recorded on the socket and no read reported (SO_ERROR; reading it
+ * clears it), or null. Why: libuv reports a peer's RST that comes right after its last
+ * bytes as EOF (a partial read, then POLLHUP, ends the stream without another read), so
+ * at an 'end' this tells a reset from a FIN. Null when not native or closed.
+ */
+export function pendingSocketError(socket: TcpRef): NodeJS.ErrnoException | null {
+  const native = nativeCalls();
+  if (!native) return null;
+  const fd = fdOf(socket);
+  if (fd === null) return null;
+  const errno = getInt(native, fd, SOL_SOCKET, SO_ERROR, 'SO_ERROR');
+  if (!errno) return null;
+  const code = errnoName(errno);
+  return Object.assign(new Error(`read ${code}`), { errno: -errno, code, syscall: 'read' });
 }
 
 /** Log once per process (warn) when the platform can't do it. */

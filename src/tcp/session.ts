@@ -4,7 +4,7 @@ import { reasonForError, type EvictionReason, type Side } from '../errors.js';
 import type { Tracker } from '../protocols/types.js';
 import type { StreamRewriter } from '../protocols/mysql-auth-shift.js';
 import { HeartbeatSchedule, type HeartbeatResult } from '../heartbeat/scheduler.js';
-import { unacknowledgedBytes } from '../net/sockopt.js';
+import { pendingSocketError, unacknowledgedBytes } from '../net/sockopt.js';
 import type { EndEvents, SpliceEnd } from '../net/splice-end.js';
 
 // One proxied pair: the downstream (client) end and the upstream end, spliced both ways
@@ -164,7 +164,7 @@ export class Session {
     end: (end) => {
       const session = Session.#of(end);
       session.#downEnded = true;
-      if (session.#closeIfFailed('downstream')) return;
+      if (session.#closeIfFailed('downstream') || session.#closeIfReset(end, 'downstream')) return;
       if (session.#held.length === 0) session.up.end();
     },
     error: (end, error) => Session.#of(end).close(reasonForError(error), 'downstream', error),
@@ -181,7 +181,7 @@ export class Session {
     end: (end) => {
       const session = Session.#of(end);
       session.#upEnded = true;
-      if (session.#closeIfFailed('upstream')) return;
+      if (session.#closeIfFailed('upstream') || session.#closeIfReset(end, 'upstream')) return;
       session.down.end();
     },
     error: (end, error) => Session.#of(end).close(reasonForError(error), 'upstream', error),
@@ -211,6 +211,17 @@ export class Session {
     const failure = this.#pendingFailure;
     if (failure?.side !== side) return false;
     this.close(failure.reason, failure.side, failure.error);
+    return true;
+  }
+
+  /**
+   * An end read as EOF that was the peer's reset (libuv reports an RST right after data as
+   * EOF): the pair closes as a reset, so the other side is reset too, not sent a FIN.
+   */
+  #closeIfReset(end: SpliceEnd, side: Side): boolean {
+    const error = pendingSocketError(end.tcp);
+    if (!error) return false;
+    this.close(reasonForError(error), side, error);
     return true;
   }
 

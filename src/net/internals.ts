@@ -130,9 +130,10 @@ export const UV_EOF = -4095;
 let rawTcp: RawTcpBindings | null | undefined;
 
 /**
- * Node's tcp_wrap / stream_wrap bindings (process.binding: DEP0111, documentation-only
- * deprecation, still served on every line we run), or null when they are not what this
- * expects. Why: a net.Socket is a Duplex stream with its state machines, an EventEmitter
+ * Node's tcp_wrap / stream_wrap bindings (process.binding: DEP0111, a documentation-only
+ * deprecation that warns only under --pending-deprecation, still served on every line we
+ * run), or null when they are not what this expects or process.binding throws (the
+ * permission model): the routes then take sockets, as before. Why: a net.Socket is a Duplex stream with its state machines, an EventEmitter
  * and a dozen objects per connection; the splice needs read, write, shutdown and close.
  * Without the Socket a churned connection costs about 70 us less CPU (BENCHMARKS.md).
  * Checked on Node 20.20, 24.22 and 26.12 (test/unit/internals.test.ts).

@@ -107,39 +107,87 @@ export interface DialHandle<S = net.Socket> {
  * rawDialPossible() first.
  */
 export function dialRaw(options: DialOptions): DialHandle<RawTcp> {
-  const started = options.clock.preciseNow();
+  const outcome = new DialOutcome<RawTcp>(options, () => end.destroy(), () => '');
   const { target } = options;
-  const where = formatHostPort(target);
-  let settle: { resolve(r: DialResult<RawTcp>): void; reject(e: unknown): void } | null = null;
-  const done = new Promise<DialResult<RawTcp>>((resolve, reject) => (settle = { resolve, reject }));
-  const timer = options.timeoutMs > 0 ? setTimeout(() => fail(new ProxyError('CONNECT_TIMEOUT', 'upstream', `${where} after ${options.timeoutMs} ms`)), options.timeoutMs) : null;
   const end = RawTcp.connect(target.host, target.port, (error) => {
     if (error) {
-      fail(new ProxyError('CONNECT_FAILED', 'upstream', `${where}: ${error.code ?? error.message}`, { cause: error }));
+      outcome.fail(connectFailed(outcome.where, error));
       return;
     }
-    if (!settle) return;
-    const s = settle;
-    settle = null;
-    if (timer) clearTimeout(timer);
+    if (outcome.settled) return;
     end.setNoDelay(options.noDelay);
-    const keepaliveApplied = options.keepalive
-      ? options.sockopt.keepalive(end, 'upstream', options.keepalive, options.userTimeoutMs)
-      : options.userTimeoutMs <= 0 || applyUserTimeout(end, options.userTimeoutMs);
-    s.resolve({ socket: end, raw: end, connectMs: options.clock.preciseNow() - started, tls: null, earlyData: [], keepaliveApplied });
+    outcome.succeed({ socket: end, raw: end, tls: null, earlyData: [], keepaliveApplied: applyUpstreamKeepalive(end, options) });
   });
-  function fail(error: unknown): void {
-    if (!settle) return;
-    const s = settle;
-    settle = null;
-    if (timer) clearTimeout(timer);
-    end.destroy();
-    s.reject(error);
+  return outcome.handle();
+}
+
+/**
+ * A dial's one outcome, whichever comes first: success, failure, the connect timeout
+ * (a one-shot per dial, cleared on success: it never outlives the handshake) or an abort
+ * because the client left. connectMs is measured from its creation.
+ */
+class DialOutcome<S> {
+  readonly where: string;
+  readonly done: Promise<DialResult<S>>;
+  readonly #started: number;
+  readonly #clock: Clock;
+  readonly #timer: NodeJS.Timeout | null;
+  readonly #cleanUp: () => void;
+  #settle: { resolve(r: DialResult<S>): void; reject(e: unknown): void } | null = null;
+
+  /** `cleanUp` destroys what the dial made, on failure; `timeoutDetail` adds to the timeout's message. */
+  constructor(options: DialOptions, cleanUp: () => void, timeoutDetail: () => string) {
+    this.#started = options.clock.preciseNow();
+    this.#clock = options.clock;
+    this.#cleanUp = cleanUp;
+    this.where = formatHostPort(options.target);
+    this.done = new Promise<DialResult<S>>((resolve, reject) => (this.#settle = { resolve, reject }));
+    this.#timer =
+      options.timeoutMs > 0
+        ? setTimeout(() => this.fail(new ProxyError('CONNECT_TIMEOUT', 'upstream', `${this.where} after ${options.timeoutMs} ms${timeoutDetail()}`)), options.timeoutMs)
+        : null;
   }
-  return {
-    done,
-    abort: () => fail(new ProxyError('CONNECT_FAILED', 'downstream', `client went away before ${where} connected`)),
-  };
+
+  get settled(): boolean {
+    return this.#settle === null;
+  }
+
+  succeed(result: Omit<DialResult<S>, 'connectMs'>): void {
+    const settle = this.#take();
+    settle?.resolve({ ...result, connectMs: this.#clock.preciseNow() - this.#started });
+  }
+
+  fail(error: unknown): void {
+    const settle = this.#take();
+    if (!settle) return;
+    this.#cleanUp();
+    settle.reject(error);
+  }
+
+  handle(): DialHandle<S> {
+    return {
+      done: this.done,
+      abort: () => this.fail(new ProxyError('CONNECT_FAILED', 'downstream', `client went away before ${this.where} connected`)),
+    };
+  }
+
+  #take(): { resolve(r: DialResult<S>): void; reject(e: unknown): void } | null {
+    const settle = this.#settle;
+    this.#settle = null;
+    if (settle && this.#timer) clearTimeout(this.#timer);
+    return settle;
+  }
+}
+
+/** The route's keepalive and TCP_USER_TIMEOUT on a connected upstream's TCP socket (refusals counted by the reporter). */
+function applyUpstreamKeepalive(socket: net.Socket | RawTcp, options: DialOptions): boolean {
+  return options.keepalive
+    ? options.sockopt.keepalive(socket, 'upstream', options.keepalive, options.userTimeoutMs)
+    : options.userTimeoutMs <= 0 || applyUserTimeout(socket, options.userTimeoutMs);
+}
+
+function connectFailed(where: string, error: NodeJS.ErrnoException): ProxyError {
+  return new ProxyError('CONNECT_FAILED', 'upstream', `${where}: ${error.code ?? error.message}`, { cause: error });
 }
 
 /** Whether dialRaw() can reach `target` with these options: plain TCP to an IP literal, half-open, no resolver hook. */
@@ -148,9 +196,7 @@ export function rawDialPossible(options: Pick<DialOptions, 'target' | 'tls' | 's
 }
 
 export function dial(options: DialOptions): DialHandle {
-  const started = options.clock.preciseNow();
   const { target } = options;
-  const where = formatHostPort(target);
   const reads = options.tls ? 'events' : (options.reads ?? 'events');
   const raw = net.connect({
     host: target.host,
@@ -163,37 +209,24 @@ export function dial(options: DialOptions): DialHandle {
   if (reads === 'shared') markSharedReads(raw);
   let secure: tls.TLSSocket | null = null;
   let keepaliveApplied = false;
-  let settle: { resolve(r: DialResult): void; reject(e: unknown): void } | null = null;
-  const done = new Promise<DialResult>((resolve, reject) => (settle = { resolve, reject }));
-  // A connect timeout is a one-shot per dial, cleared on success: it never outlives the handshake.
-  const timer =
-    options.timeoutMs > 0
-      ? setTimeout(() => fail(new ProxyError('CONNECT_TIMEOUT', 'upstream', `${where} after ${options.timeoutMs} ms${secure ? ' (TLS handshake timeout)' : ''}`)), options.timeoutMs)
-      : null;
-
-  function fail(error: unknown): void {
-    if (!settle) return;
-    const s = settle;
-    settle = null;
-    if (timer) clearTimeout(timer);
-    secure?.destroy();
-    raw.destroy();
-    s.reject(error);
-  }
+  const outcome = new DialOutcome<net.Socket>(
+    options,
+    () => {
+      secure?.destroy();
+      raw.destroy();
+    },
+    () => (secure ? ' (TLS handshake timeout)' : ''),
+  );
+  const fail = (error: unknown): void => outcome.fail(error);
   function succeed(socket: net.Socket, earlyData: readonly Buffer[]): void {
-    if (!settle) return;
-    const s = settle;
-    settle = null;
-    if (timer) clearTimeout(timer);
-    s.resolve({ socket, raw, connectMs: options.clock.preciseNow() - started, tls: tlsSummary(socket), earlyData, keepaliveApplied });
+    outcome.succeed({ socket, raw, tls: tlsSummary(socket), earlyData, keepaliveApplied });
   }
   function onError(error: NodeJS.ErrnoException): void {
     // The lookup's own verdict (DESTINATION_REFUSED) reaches the caller as it is.
-    if (error instanceof ProxyError) fail(error);
-    else fail(new ProxyError('CONNECT_FAILED', 'upstream', `${where}: ${error.code ?? error.message}`, { cause: error }));
+    fail(error instanceof ProxyError ? error : connectFailed(outcome.where, error));
   }
   function handshake(earlyData: readonly Buffer[]): void {
-    if (!settle) return;
+    if (outcome.settled) return;
     const upgrade = secureOver(raw, target, options.tls!, options.sessions, options.halfOpen ?? true);
     secure = upgrade.socket;
     upgrade.ready.then((socket) => succeed(socket, earlyData), fail);
@@ -204,9 +237,7 @@ export function dial(options: DialOptions): DialHandle {
   raw.on('error', onError);
   raw.once('connect', () => {
     // The fd exists only now: keepalive and TCP_USER_TIMEOUT go on the TCP socket, under any TLS.
-    keepaliveApplied = options.keepalive
-      ? options.sockopt.keepalive(raw, 'upstream', options.keepalive, options.userTimeoutMs)
-      : options.userTimeoutMs <= 0 || applyUserTimeout(raw, options.userTimeoutMs);
+    keepaliveApplied = applyUpstreamKeepalive(raw, options);
     if (!options.tls) {
       succeed(raw, []);
       return;
@@ -218,10 +249,7 @@ export function dial(options: DialOptions): DialHandle {
     const deferred = options.startTls.deferred === true;
     options.startTls.negotiate(raw).then((earlyData) => (deferred ? succeed(raw, earlyData) : handshake(earlyData)), fail);
   });
-  return {
-    done,
-    abort: () => fail(new ProxyError('CONNECT_FAILED', 'downstream', `client went away before ${where} connected`)),
-  };
+  return outcome.handle();
 }
 
 export interface TlsUpgrade {

@@ -216,6 +216,13 @@ export class WarmPool {
     this.#tlsFailures.flush();
   }
 
+  /** Parked spares whose heartbeat probe was written and has not been answered yet. */
+  get probesOutstanding(): number {
+    let outstanding = 0;
+    for (const spare of this.#spares) if (spare.tracker?.probing) outstanding++;
+    return outstanding;
+  }
+
   /** Whether a fresh dial can give a raw TCP end (plain TCP to an IP address). */
   get rawPossible(): boolean {
     return (this.#rawPossible ??= rawDialPossible(this.#dialOptions()));

@@ -69,11 +69,15 @@ export async function freePort(host = '127.0.0.1'): Promise<number> {
   throw new Error(`no free port found in ${sliceStart}-${sliceStart + sliceSize - 1} after 100 attempts`);
 }
 
-/** True when nothing listens on host:port (the connect is refused). */
+/**
+ * True when nothing listens on host:port (the connect is refused). Only ECONNREFUSED counts:
+ * a listener that accepts and at once resets (a proxy whose upstream is down) can make the
+ * connect itself fail with ECONNRESET, and that port is listening.
+ */
 export function refused(port: number, host = '127.0.0.1'): Promise<boolean> {
   const probe = net.connect(port, host);
   return new Promise<boolean>((resolve) => {
-    probe.on('error', () => resolve(true));
+    probe.on('error', (error: NodeJS.ErrnoException) => resolve(error.code === 'ECONNREFUSED'));
     probe.on('connect', () => {
       probe.destroy();
       resolve(false);

@@ -36,6 +36,8 @@ interface WarmRig {
   series(name: string, labels?: Record<string, string>): Promise<number>;
   /** PINGs the server has answered since the spares were parked: the pool's probes (no client of the pool ever pings). */
   pings(): Promise<number>;
+  /** Probes the pool has written and not yet seen answered. */
+  outstanding(): number;
 }
 
 /** A warm pool of SPARES redis spares with `heartbeat`, parked, on a ManualClock; `interval`: the route's interval in force. */
@@ -79,7 +81,7 @@ async function parkedSpares(heartbeat: string, interval?: () => { readonly every
   const pingsServed = async (): Promise<number> => Number(/cmdstat_ping:calls=(\d+)/.exec(await direct.info('commandstats'))?.[1] ?? 0);
   // The helper's readiness check pinged too.
   const before = await pingsServed();
-  return { clock, series, pings: async () => (await pingsServed()) - before };
+  return { clock, series, pings: async () => (await pingsServed()) - before, outstanding: () => pool.probesOutstanding };
 }
 
 /**
@@ -92,7 +94,12 @@ async function tickByTick(rig: WarmRig, ms: number, fromMs = 0): Promise<number[
   for (let elapsed = fromMs + TICK_MS; elapsed <= fromMs + ms; elapsed += TICK_MS) {
     rig.clock.advance(TICK_MS);
     let answered = 0;
-    await until(async () => (answered = await rig.series('heartbeats_total', { result: 'ok' })) === (await rig.pings()), 5_000, 'probes answered');
+    // Every probe this tick wrote has come back to the pool, and the server saw no other.
+    await until(
+      async () => rig.outstanding() === 0 && (answered = await rig.series('heartbeats_total', { result: 'ok' })) === (await rig.pings()),
+      5_000,
+      'probes answered',
+    );
     if (answered > seen) probesByTick.push(elapsed);
     seen = answered;
   }

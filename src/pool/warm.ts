@@ -5,6 +5,7 @@ import { dial, dialRaw, rawDialPossible, secureOver, type DialHandle, type DialO
 import type { RawTcp } from '../net/raw-tcp.js';
 import { formatHostPort } from '../config/hostport.js';
 import { readInto } from '../net/shared-reads.js';
+import { pendingSocketError } from '../net/sockopt.js';
 import { TlsSessionCache } from '../net/tls-sessions.js';
 import { tlsFailureCause } from '../net/tls-socket.js';
 import { upstreamTlsDial } from '../tcp/upstream-tls.js';
@@ -367,7 +368,11 @@ export class WarmPool {
       spare.earlyBytes += forward.length;
       if (spare.earlyBytes > MAX_EARLY_BYTES) this.#evict(spare, 'error');
     };
-    const onEnd = (): void => this.#evict(spare, 'peer_closed');
+    // A reset right after the upstream's last bytes arrives as end-of-stream (see pendingSocketError).
+    const onEnd = (): void => {
+      const reset = pendingSocketError(socket);
+      this.#evict(spare, reset ? reasonForError(reset) : 'peer_closed');
+    };
     const onError = (error: NodeJS.ErrnoException): void => this.#evict(spare, reasonForError(error));
     const onClose = (): void => this.#evict(spare, 'peer_closed');
     const spare: Spare = {

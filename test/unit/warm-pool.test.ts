@@ -137,6 +137,8 @@ describe('warm pool (pool/warm.ts)', () => {
   const deaths = [
     { name: 'EOF', kill: (socket: net.Socket) => socket.end(), reason: 'peer_closed' },
     { name: 'RST', kill: (socket: net.Socket) => socket.resetAndDestroy(), reason: 'peer_reset' },
+    // Linux reports this as end-of-stream with the reset left pending (SO_ERROR).
+    { name: 'bytes then RST', kill: (socket: net.Socket) => socket.write('-ERR going away\r\n', () => socket.resetAndDestroy()), reason: 'peer_reset' },
     { name: 'more early bytes than a greeting', kill: (socket: net.Socket) => socket.write(Buffer.alloc(256 * 1024, 0x61)), reason: 'error' },
   ] as const;
 

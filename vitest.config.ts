@@ -1,4 +1,5 @@
 import { defineConfig } from 'vitest/config';
+import { testForks } from './test/helpers/forks.js';
 
 export default defineConfig({
   test: {
@@ -6,9 +7,10 @@ export default defineConfig({
     testTimeout: 60_000,
     hookTimeout: 60_000,
     // Integration and lab tests bind real ports and network namespaces; files run in
-    // parallel workers but tests inside a file run in order.
+    // parallel workers (4 by default: they mostly wait on timers; the lab, whose figures
+    // are wall-clock, runs 2) but tests inside a file run in order.
     pool: 'forks',
-    poolOptions: { forks: { maxForks: 2 } },
+    poolOptions: { forks: { maxForks: testForks() } },
     fileParallelism: true,
     reporters: ['default'],
   },

@@ -1,4 +1,5 @@
 import net from 'node:net';
+import { testForks } from './forks.js';
 import { once } from './wait.js';
 
 /** A TCP server on 127.0.0.1:0; closing it destroys the sockets it accepted. */
@@ -32,8 +33,8 @@ export async function listen0(
 // (separate checkouts) without drawing the same ports.
 const PORT_BASE = Number(process.env.KP_TEST_PORT_BASE ?? 20_000);
 const PORT_SPAN = Number(process.env.KP_TEST_PORT_SPAN ?? 12_000);
-/** Vitest runs test files in parallel workers (maxForks in vitest.config.ts). */
-const WORKER_SLOTS = 2;
+/** Vitest runs test files in parallel workers, each with its own slice of the ports. */
+const WORKER_SLOTS = testForks();
 const RECENT_PORTS = 512;
 const handedOut: number[] = [];
 

@@ -1,3 +1,4 @@
+import dns from 'node:dns';
 import net from 'node:net';
 import tls from 'node:tls';
 import { ProxyError } from '../errors.js';
@@ -10,6 +11,7 @@ import { formatHostPort } from '../config/hostport.js';
 import { MIN_TLS_VERSION, resettableTls, tlsFailureCause, tlsSummary, type TlsSummary } from './tls-socket.js';
 import type { TlsSessionCache } from './tls-sessions.js';
 import { RawTcp } from './raw-tcp.js';
+import { addressesToAttempt, attemptTimeoutMs } from './connect-order.js';
 
 // The one dialer: every upstream connection (TCP routes, warm pools, the HTTP pool,
 // tunnels) is opened here. TCP first, with kernel keepalive and TCP_USER_TIMEOUT set on
@@ -102,21 +104,62 @@ export interface DialHandle<S = net.Socket> {
 }
 
 /**
- * Plain TCP to an IP address, as a raw TCP end (net/raw-tcp.ts: no net.Socket), with the
- * same keepalive, user timeout, connect timeout and errors as dial(). The caller checks
+ * Plain TCP as a raw TCP end (net/raw-tcp.ts: no net.Socket), with the same keepalive,
+ * user timeout, connect timeout and errors as dial(). A name is resolved at every dial
+ * and its addresses tried in Node's order (net/connect-order.ts). The caller checks
  * rawDialPossible() first.
  */
 export function dialRaw(options: DialOptions): DialHandle<RawTcp> {
-  const outcome = new DialOutcome<RawTcp>(options, () => end.destroy(), () => '');
-  const { target } = options;
-  const end = RawTcp.connect(target.host, target.port, (error) => {
+  const { host, port } = options.target;
+  /** The attempt in progress, and the timer that moves on to the next address. */
+  let attempt: RawTcp | null = null;
+  let nextAddressTimer: NodeJS.Timeout | null = null;
+  const outcome = new DialOutcome<RawTcp>(
+    options,
+    () => {
+      if (nextAddressTimer) clearTimeout(nextAddressTimer);
+      attempt?.destroy();
+    },
+    () => '',
+  );
+  const connectTo = (addresses: readonly string[], index: number): void => {
+    const last = index === addresses.length - 1;
+    const end = (attempt = RawTcp.connect(addresses[index]!, port, (error) => {
+      if (nextAddressTimer) clearTimeout(nextAddressTimer);
+      nextAddressTimer = null;
+      if (outcome.settled) return;
+      if (!error) {
+        end.setNoDelay(options.noDelay);
+        outcome.succeed({ socket: end, raw: end, tls: null, earlyData: [], keepaliveApplied: applyUpstreamKeepalive(end, options) });
+      } else if (last) {
+        outcome.fail(connectFailed(outcome.where, error));
+      } else {
+        connectTo(addresses, index + 1);
+      }
+    }));
+    if (last) return;
+    nextAddressTimer = setTimeout(() => {
+      nextAddressTimer = null;
+      if (outcome.settled) return;
+      end.destroy();
+      connectTo(addresses, index + 1);
+    }, attemptTimeoutMs());
+  };
+  if (net.isIP(host)) {
+    connectTo([host], 0);
+    return outcome.handle();
+  }
+  const lookup = options.lookup ?? dns.lookup;
+  lookup(host, { all: true, hints: dns.ADDRCONFIG }, (error, found, family) => {
+    if (outcome.settled) return;
     if (error) {
-      outcome.fail(connectFailed(outcome.where, error));
+      // A resolver hook's own verdict (DESTINATION_REFUSED) reaches the caller as it is.
+      outcome.fail(error instanceof ProxyError ? error : connectFailed(outcome.where, error));
       return;
     }
-    if (outcome.settled) return;
-    end.setNoDelay(options.noDelay);
-    outcome.succeed({ socket: end, raw: end, tls: null, earlyData: [], keepaliveApplied: applyUpstreamKeepalive(end, options) });
+    const ordered = addressesToAttempt(typeof found === 'string' ? [{ address: found, family: family ?? net.isIP(found) }] : found);
+    if (ordered.length === 0) outcome.fail(connectFailed(outcome.where, Object.assign(new Error('no usable address'), { code: 'ENOTFOUND' })));
+    else connectTo(ordered.map((entry) => entry.address), 0);
   });
   return outcome.handle();
 }
@@ -190,9 +233,9 @@ function connectFailed(where: string, error: NodeJS.ErrnoException): ProxyError 
   return new ProxyError('CONNECT_FAILED', 'upstream', `${where}: ${error.code ?? error.message}`, { cause: error });
 }
 
-/** Whether dialRaw() can reach `target` with these options: plain TCP to an IP literal, half-open, no resolver hook. */
-export function rawDialPossible(options: Pick<DialOptions, 'target' | 'tls' | 'startTls' | 'lookup' | 'halfOpen'>): boolean {
-  return !options.tls && !options.startTls && !options.lookup && options.halfOpen !== false && net.isIP(options.target.host) !== 0;
+/** Whether dialRaw() can make this connection: plain TCP that stays open after the server's FIN. */
+export function rawDialPossible(options: Pick<DialOptions, 'tls' | 'startTls' | 'halfOpen'>): boolean {
+  return !options.tls && !options.startTls && options.halfOpen !== false;
 }
 
 export function dial(options: DialOptions): DialHandle {

@@ -2,7 +2,7 @@ import type net from 'node:net';
 import type tls from 'node:tls';
 import type { RouteConfig } from '../config/schema.js';
 import { dial, dialRaw, rawDialPossible, secureOver, type DialHandle, type DialOptions } from '../net/dial.js';
-import type { RawTcp } from '../net/raw-tcp.js';
+import { RawTcp } from '../net/raw-tcp.js';
 import { formatHostPort } from '../config/hostport.js';
 import { readInto } from '../net/shared-reads.js';
 import { pendingSocketError } from '../net/sockopt.js';
@@ -48,6 +48,19 @@ export interface Lease<S extends net.Socket | RawTcp = net.Socket | RawTcp> {
   readonly secure: ((request: Buffer) => Promise<net.Socket>) | null;
 }
 
+export interface WarmPoolOptions {
+  /**
+   * The route's heartbeat interval in force when it learns one (every: auto), read when a
+   * spare is parked; spares follow it as live sessions do.
+   */
+  readonly learnedInterval?: () => { readonly everyMs: number } | null;
+  /**
+   * Park spares as raw TCP ends (when the upstream allows it), for a route whose clients are
+   * raw and so lease(true); a lease(false) then dials afresh. Sockets otherwise.
+   */
+  readonly rawSpares?: boolean;
+}
+
 export interface LeaseAttempt<S extends net.Socket | RawTcp = net.Socket | RawTcp> {
   readonly done: Promise<Lease<S>>;
   abort(): void;
@@ -67,7 +80,10 @@ const SPARE_PROVEN_MS = 5_000;
 const LOCAL_EVICTIONS: ReadonlySet<EvictionReason> = new Set(['idle_timeout', 'shutdown', 'reload', 'route_removed']);
 
 interface Spare {
-  readonly socket: net.Socket;
+  /** A raw TCP end when the route takes its clients raw (WarmPoolOptions.rawSpares), else a socket. */
+  readonly socket: net.Socket | RawTcp;
+  /** Its EOF, reset or close was seen (it is evicted, or being handed over and must not be). */
+  lost: boolean;
   readonly tracker: Tracker | null;
   /** The refill round that dialled it. */
   readonly round: number;
@@ -103,20 +119,11 @@ export class WarmPool {
   readonly #evictions: BurstLog;
   readonly #sockopt: SockoptRefusals;
   readonly #learnedInterval: () => { readonly everyMs: number } | null;
+  readonly #rawSpares: boolean;
 
-  /**
-   * `learnedInterval`: the route's heartbeat interval in force when it learns one (every:
-   * auto), read when a spare is parked; spares follow it as live sessions do.
-   */
-  constructor(
-    config: RouteConfig,
-    codec: HeartbeatCodec | null,
-    deps: RouteDeps,
-    metrics: RouteMetrics,
-    sockopt: SockoptRefusals,
-    learnedInterval: () => { readonly everyMs: number } | null = () => null,
-  ) {
-    this.#learnedInterval = learnedInterval;
+  constructor(config: RouteConfig, codec: HeartbeatCodec | null, deps: RouteDeps, metrics: RouteMetrics, sockopt: SockoptRefusals, options: WarmPoolOptions = {}) {
+    this.#learnedInterval = options.learnedInterval ?? (() => null);
+    this.#rawSpares = options.rawSpares ?? false;
     this.#sockopt = sockopt;
     this.#metrics = metrics;
     this.#config = config;
@@ -141,7 +148,7 @@ export class WarmPool {
   lease(): LeaseAttempt<net.Socket>;
   lease(raw: boolean): LeaseAttempt;
   lease(raw = false): LeaseAttempt {
-    const spare = this.#takeSpare();
+    const spare = raw === this.#parksRaw ? this.#takeSpare() : null;
     if (spare) {
       this.#inUse++;
       this.#updateGauges();
@@ -229,6 +236,11 @@ export class WarmPool {
     return (this.#rawPossible ??= rawDialPossible(this.#dialOptions()));
   }
   #rawPossible: boolean | undefined;
+
+  /** Whether spares are parked as raw TCP ends. */
+  get #parksRaw(): boolean {
+    return this.#rawSpares && this.rawPossible;
+  }
 
   #dialOptions(): DialOptions {
     const config = this.#config;
@@ -324,7 +336,7 @@ export class WarmPool {
     if (missing <= 0) return;
     const round = ++this.#refillRound;
     for (let i = 0; i < missing; i++) {
-      this.#dial().done.then(
+      this.#dial(this.#parksRaw).done.then(
         ({ socket, earlyData }) => {
           if (this.#closed) socket.destroy();
           else this.#park(socket, earlyData, round);
@@ -349,7 +361,7 @@ export class WarmPool {
     this.#refillFailures.note(fields, result);
   }
 
-  #park(socket: net.Socket, earlyData: readonly Buffer[], round: number): void {
+  #park(socket: net.Socket | RawTcp, earlyData: readonly Buffer[], round: number): void {
     const clock = this.#deps.clock;
     const now = clock.now();
     const tracker = this.#codec?.track(codecOptions(this.#config)) ?? null;
@@ -358,7 +370,7 @@ export class WarmPool {
     const interval = this.#learnedInterval();
     const schedule =
       heartbeat && tracker && this.#codec?.probesBeforeClient ? new HeartbeatSchedule(heartbeat, clock, { clientSince: null, ...(interval ? { interval } : {}) }) : null;
-    const onData = (_socket: net.Socket, chunk: Buffer): void => {
+    const onData = (_from: unknown, chunk: Buffer): void => {
       schedule?.heard(clock.now());
       const wasProbing = tracker?.probing ?? false;
       const forward = tracker ? tracker.fromServer(chunk) : chunk;
@@ -368,34 +380,47 @@ export class WarmPool {
       spare.earlyBytes += forward.length;
       if (spare.earlyBytes > MAX_EARLY_BYTES) this.#evict(spare, 'error');
     };
+    const lost = (reason: EvictionReason): void => {
+      spare.lost = true;
+      this.#evict(spare, reason);
+    };
     // A reset right after the upstream's last bytes arrives as end-of-stream (see pendingSocketError).
     const onEnd = (): void => {
       const reset = pendingSocketError(socket);
-      this.#evict(spare, reset ? reasonForError(reset) : 'peer_closed');
+      lost(reset ? reasonForError(reset) : 'peer_closed');
     };
-    const onError = (error: NodeJS.ErrnoException): void => this.#evict(spare, reasonForError(error));
-    const onClose = (): void => this.#evict(spare, 'peer_closed');
+    const onError = (_from: unknown, error: NodeJS.ErrnoException): void => lost(reasonForError(error));
+    const onClose = (): void => lost('peer_closed');
     const spare: Spare = {
       socket,
+      lost: false,
       tracker,
       round,
       parkedAt: now,
       early: [...earlyData],
       earlyBytes: earlyData.reduce((sum, chunk) => sum + chunk.length, 0),
       schedule,
-      detach: () => {
-        // Paused, so nothing is read until the session takes over the socket.
+      detach: () => {},
+    };
+    if (socket instanceof RawTcp) {
+      socket.listen({ data: onData, end: onEnd, error: onError, writeFailed: onError, close: onClose, drain: () => {} });
+      socket.resume();
+      // Paused, so nothing is read until the session takes over the end (and listens itself).
+      spare.detach = () => socket.pause();
+    } else {
+      const onSocketError = (error: NodeJS.ErrnoException): void => onError(socket, error);
+      readInto(socket, onData);
+      socket.on('end', onEnd);
+      socket.on('error', onSocketError);
+      socket.on('close', onClose);
+      spare.detach = () => {
         socket.pause();
         readInto(socket, null);
         socket.off('end', onEnd);
-        socket.off('error', onError);
+        socket.off('error', onSocketError);
         socket.off('close', onClose);
-      },
-    };
-    readInto(socket, onData);
-    socket.on('end', onEnd);
-    socket.on('error', onError);
-    socket.on('close', onClose);
+      };
+    }
     this.#spares.push(spare);
     this.#updateGauges();
   }
@@ -423,7 +448,7 @@ export class WarmPool {
           reject(new ProxyError('CONNECT_FAILED', 'downstream', 'client left'));
           return;
         }
-        if (spare.socket.destroyed || spare.socket.readableEnded) {
+        if (spare.lost || spare.socket.destroyed) {
           // Died in the last tick: count it and fall back to a fresh dial.
           this.#metrics.eviction('peer_closed').inc();
           this.#inUse--;
@@ -432,7 +457,7 @@ export class WarmPool {
           return;
         }
         this.#metrics.reuse.inc();
-        resolve({ socket: spare.socket, reused: true, pool: this, earlyData: spare.early, tracker: spare.tracker, secure: this.#secureLater(spare.socket) });
+        resolve({ socket: spare.socket, reused: true, pool: this, earlyData: spare.early, tracker: spare.tracker, secure: spare.socket instanceof RawTcp ? null : this.#secureLater(spare.socket) });
       });
     });
     return { done, abort: () => (aborted = true) };
@@ -454,7 +479,7 @@ export class WarmPool {
     if (index === -1) return;
     this.#spares.splice(index, 1);
     spare.detach();
-    spare.socket.on('error', () => {});
+    if (!(spare.socket instanceof RawTcp)) spare.socket.on('error', () => {});
     spare.socket.destroy();
     this.#metrics.eviction(reason).inc();
     if (reason !== 'shutdown' && reason !== 'reload') {

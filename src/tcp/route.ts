@@ -126,9 +126,15 @@ class TcpRoute extends RouteBase {
     warnAboutOneWayHeartbeat(config, this.deps);
   }
 
-  /** The route's upstream source for `config`; its spares follow the learned interval as sessions do. */
+  /**
+   * The route's upstream source for `config`; its spares follow the learned interval as
+   * sessions do, and are raw TCP ends when the clients are (both ends of a session raw).
+   */
   #warmPool(config: RouteConfig): WarmPool {
-    return new WarmPool(config, this.#codec, this.deps, this.metrics, this.sockopt, () => this.#learner?.interval ?? null);
+    return new WarmPool(config, this.#codec, this.deps, this.metrics, this.sockopt, {
+      learnedInterval: () => this.#learner?.interval ?? null,
+      rawSpares: this.#rawClients,
+    });
   }
 
   protected override onStopAccepting(reason: EvictionReason): void {

@@ -61,7 +61,7 @@ async function parkedSpares(heartbeat: string, interval?: () => { readonly every
   const metrics = new Metrics(false);
   const deps = { metrics, log: pino({ level: 'silent' }), clock, ownListeners: () => [] };
   const routeMetrics = new RouteMetrics(metrics, 'warm');
-  const pool = new WarmPool(config, codecFor('redis'), deps, routeMetrics, new SockoptRefusals('warm', deps), interval);
+  const pool = new WarmPool(config, codecFor('redis'), deps, routeMetrics, new SockoptRefusals('warm', deps), interval ? { learnedInterval: interval } : {});
   const stopTicks = clock.subscribe((now) => pool.tick(now));
   cleanups.push(() => {
     stopTicks();

@@ -1,4 +1,5 @@
 import type net from 'node:net';
+import { RawTcp } from '../../src/net/raw-tcp.js';
 import pino from 'pino';
 import { SockoptRefusals } from '../../src/net/sockopt-refusals.js';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -15,7 +16,9 @@ import { until } from '../helpers/wait.js';
 
 // src/pool/warm.ts (the warm pool of a TCP-family route) against a real upstream
 // listener on loopback: lease and hand-off, refill, maxIdle eviction driven through
-// tick(now), a parked spare that gets EOF, RST or bytes, and the early data kept.
+// tick(now), a parked spare that gets EOF, RST or bytes, and the early data kept. Every
+// case runs twice: spares parked as sockets, and as raw TCP ends (a route whose clients
+// are raw, lease(true)).
 
 const cleanups: Array<() => unknown> = [];
 afterEach(async () => {
@@ -26,8 +29,8 @@ interface Upstream {
   readonly port: number;
   /** Server ends of every connection accepted so far, in order. */
   readonly accepted: net.Socket[];
-  /** The server end whose peer is `socket` (matched by ports). */
-  serverEndOf(socket: net.Socket): net.Socket;
+  /** The server end of a lease: the one that receives what is written on it (`marker`, written here). */
+  serverEndOf(lease: Lease, marker?: string): Promise<net.Socket>;
 }
 
 async function upstream(onConnection: (socket: net.Socket) => void = () => {}): Promise<Upstream> {
@@ -37,10 +40,17 @@ async function upstream(onConnection: (socket: net.Socket) => void = () => {}): 
     onConnection(socket);
   });
   cleanups.push(() => server.close());
+  const received = new Map<net.Socket, Received>();
   return {
     port: server.port,
     accepted,
-    serverEndOf: (socket) => accepted.find((s) => s.remotePort === socket.localPort)!,
+    async serverEndOf(lease, marker = `lease-${Math.random()}`) {
+      for (const socket of accepted) if (!received.has(socket)) received.set(socket, new Received(socket));
+      lease.socket.write(Buffer.from(marker));
+      let found: net.Socket | undefined;
+      await until(() => (found = accepted.find((socket) => received.get(socket)?.text().includes(marker))) !== undefined, 5_000, 'the marker at the upstream');
+      return found!;
+    },
   };
 }
 
@@ -54,21 +64,43 @@ interface Pool {
   readonly metric: TestRouteMetrics['metric'];
 }
 
-function pool(config: RouteConfig): Pool {
-  const metrics = testRouteMetrics(config.name);
-  const deps = { metrics: metrics.registry, log: pino({ level: 'silent' }), clock: new Clock(), ownListeners: () => [] };
-  const source = new WarmPool(config, codecFor(config.protocol, { send: config.heartbeat?.send }), deps, metrics.route, new SockoptRefusals(config.name, deps));
-  cleanups.push(() => source.close('shutdown'));
-  return { source, metric: metrics.metric };
+/** Bytes read from a leased socket or raw end, as a session would read them. */
+function readFrom(lease: Lease): { text(): string } {
+  const read: Buffer[] = [];
+  const socket = lease.socket;
+  if (socket instanceof RawTcp) {
+    const ignore = (): void => {};
+    socket.listen({ data: (_end, chunk) => read.push(chunk), end: ignore, error: ignore, drain: ignore, writeFailed: ignore, close: ignore });
+  } else {
+    readInto(socket, (_socket, chunk) => read.push(chunk));
+  }
+  socket.resume();
+  return { text: () => Buffer.concat(read).toString() };
 }
 
-async function leased(source: WarmPool): Promise<Lease<net.Socket>> {
-  const lease = await source.lease().done;
-  cleanups.push(() => lease.socket.destroy());
-  return lease;
-}
+const KINDS = [
+  { spares: 'sockets', raw: false },
+  { spares: 'raw TCP ends', raw: true },
+] as const;
 
-describe('warm pool (pool/warm.ts)', () => {
+describe.each(KINDS)('warm pool (pool/warm.ts), spares as $spares', ({ raw }) => {
+  function pool(config: RouteConfig): Pool {
+    const metrics = testRouteMetrics(config.name);
+    const deps = { metrics: metrics.registry, log: pino({ level: 'silent' }), clock: new Clock(), ownListeners: () => [] };
+    const source = new WarmPool(config, codecFor(config.protocol, { send: config.heartbeat?.send }), deps, metrics.route, new SockoptRefusals(config.name, deps), {
+      rawSpares: raw,
+    });
+    cleanups.push(() => source.close('shutdown'));
+    return { source, metric: metrics.metric };
+  }
+
+  async function leased(source: WarmPool): Promise<Lease> {
+    const lease = await source.lease(raw).done;
+    cleanups.push(() => lease.socket.destroy());
+    expect(lease.socket instanceof RawTcp).toBe(raw);
+    return lease;
+  }
+
   it('parks `warm` spares, hands one over as reused, and refills behind it', async () => {
     const up = await upstream();
     const p = pool(routeConfig(up.port, ', pool: { warm: 2, maxIdle: 1m }'));
@@ -78,23 +110,17 @@ describe('warm pool (pool/warm.ts)', () => {
 
     const lease = await leased(p.source);
     expect(lease.reused).toBe(true);
-    // One of the two parked sockets, not a new one.
-    expect(up.accepted.slice(0, 2)).toContain(up.serverEndOf(lease.socket));
+    // One of the two parked sockets, not a new one; and it works both ways after the
+    // hand-off (its reads go to one reader, as a session's do).
+    const read = readFrom(lease);
+    const serverEnd = await up.serverEndOf(lease, 'ping');
+    expect(up.accepted.slice(0, 2)).toContain(serverEnd);
+    serverEnd.write('pong');
+    await until(() => read.text() === 'pong', 5_000, 'bytes from the upstream');
     await until(() => up.accepted.length === 3, 5_000, 'the refill dial');
     await until(async () => (await p.metric('pool_idle')) === 2, 5_000, 'two spares again');
     expect(await p.metric('reuse_total')).toBe(1);
     expect(await p.metric('pool_active')).toBe(1);
-
-    // The socket works both ways after the hand-off (its reads go to one reader, as a session's do).
-    const read: Buffer[] = [];
-    readInto(lease.socket, (_socket, chunk) => read.push(chunk));
-    lease.socket.resume();
-    const serverEnd = up.serverEndOf(lease.socket);
-    const atServer = new Received(serverEnd);
-    serverEnd.write('pong');
-    lease.socket.write('ping');
-    await until(() => Buffer.concat(read).toString() === 'pong', 5_000, 'bytes from the upstream');
-    await until(() => atServer.text() === 'ping', 5_000, 'bytes to the upstream');
 
     lease.pool.release(lease);
     expect(await p.metric('pool_active')).toBe(0);
@@ -165,7 +191,7 @@ describe('warm pool (pool/warm.ts)', () => {
       'a new spare',
     );
     const lease = await leased(p.source);
-    expect(up.serverEndOf(lease.socket)).toBe(up.accepted[1]);
+    expect(await up.serverEndOf(lease)).toBe(up.accepted[1]);
   });
 
   it("keeps what the upstream sends first while parked and hands it over with the socket, in order", async () => {

@@ -117,6 +117,43 @@ export function connected(socket: net.Socket, timeoutMs: number): Promise<void> 
   });
 }
 
+/** How a connection that the proxy may end at once ended, and what came back first. */
+export interface Outcome {
+  readonly data: Buffer;
+  /** 'fin', an error code (ECONNRESET...), 'replied' (`replyBytes` arrived) or 'open' (timeoutMs passed). */
+  readonly end: string;
+}
+
+/**
+ * Connects, sends `send` and waits for how the connection ends, without waiting for
+ * 'connect' first: when the proxy resets the client at once (its upstream refused, a
+ * failed upstream TLS dial) and this process was slower to see its connect complete, the
+ * reset is reported as the connect's own error (ECONNRESET). connect() would reject
+ * then; here that is the outcome. Stops early once `replyBytes` arrived (0: never).
+ */
+export function outcomeOf(port: number, send: Buffer | string = '', options: { replyBytes?: number; timeoutMs?: number } = {}): Promise<Outcome> {
+  const { replyBytes = 0, timeoutMs = 5_000 } = options;
+  return new Promise((resolve) => {
+    const socket = net.connect({ port, host: '127.0.0.1', allowHalfOpen: true });
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const timer = setTimeout(() => finish('open'), timeoutMs);
+    function finish(end: string): void {
+      clearTimeout(timer);
+      socket.destroy();
+      resolve({ data: Buffer.concat(chunks), end });
+    }
+    socket.on('data', (chunk: Buffer) => {
+      chunks.push(chunk);
+      size += chunk.length;
+      if (replyBytes > 0 && size >= replyBytes) finish('replied');
+    });
+    socket.on('error', (error: NodeJS.ErrnoException) => finish(error.code ?? 'error'));
+    socket.on('end', () => finish('fin'));
+    if (send.length > 0) socket.write(send);
+  });
+}
+
 /** Reads until the socket ends or `length` bytes arrived, bounded by timeoutMs. */
 export function readBytes(socket: net.Socket, length: number, timeoutMs = 5_000): Promise<Buffer> {
   return new Promise((resolve, reject) => {

@@ -4,7 +4,7 @@ import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { ManualClock } from '../../src/clock.js';
 import { httpRouteConfig, rawRequest, request, startRoute, startUpstream, type RunningRoute, type Upstream } from '../helpers/http.js';
 import { connect, freePort, listen0 } from '../helpers/net.js';
-import { startProxy, type RunningProxy } from '../helpers/proxy.js';
+import { parseMetrics, sample, startProxy, type RunningProxy } from '../helpers/proxy.js';
 import { once, sleep, until } from '../helpers/wait.js';
 
 // What one HTTP client can make the proxy hold, and for how long (issue 8): responses a
@@ -142,6 +142,10 @@ describe('Upgrade requests the upstream declines', () => {
       await sleep(20);
       socket.end();
     }
+    // No connection listed is true too before the proxy has even accepted the last clients:
+    // first wait until it has accepted every one (the /warm one, 100 upgrades and these 10).
+    const accepted = async (): Promise<number> => sample(parseMetrics(await proxy.metrics()), 'keepalive_proxy_connections_accepted_total', { route: 'web' });
+    await until(async () => (await accepted()) === 111, 10_000, 'every client accepted');
     await until(async () => (await proxy.connections()).length === 0, 10_000, 'no client connection listed');
     // A little slack: node may hold a spare fd or two of its own.
     await until(() => fdCount() <= baseline + 3, 10_000, `fd count back to ${baseline} (now ${fdCount()})`);

@@ -20,6 +20,8 @@ const TRY_BOUND_MS = 8_000;
 interface Outcome {
   readonly received: string;
   readonly hung: boolean;
+  /** The client's error, with the call that met it ('read ECONNRESET', 'write EPIPE'), or ''. */
+  readonly error: string;
 }
 
 /** Connects, streams `payload`, and collects everything received until the connection ends. */
@@ -28,16 +30,17 @@ function tryOnce(port: number, payload: Buffer): Promise<Outcome> {
     const socket = net.connect({ host: '127.0.0.1', port });
     const chunks: Buffer[] = [];
     let settled = false;
+    let error = '';
     const finish = (hung: boolean): void => {
       if (settled) return;
       settled = true;
       clearTimeout(timer);
       socket.destroy();
-      resolve({ received: Buffer.concat(chunks).toString('latin1'), hung });
+      resolve({ received: Buffer.concat(chunks).toString('latin1'), hung, error });
     };
     const timer = setTimeout(() => finish(true), TRY_BOUND_MS);
     socket.on('data', (chunk: Buffer) => chunks.push(chunk));
-    socket.on('error', () => {});
+    socket.on('error', (e: NodeJS.ErrnoException) => (error = `${e.syscall ?? ''} ${e.code ?? e.message}`));
     socket.on('close', () => finish(false));
     socket.on('connect', () => socket.write(payload));
   });
@@ -52,9 +55,11 @@ async function runTries(port: number, payload: Buffer): Promise<Outcome[]> {
 }
 
 function expectEveryErrorSeen(outcomes: Outcome[], errorLine: string): void {
-  const missed = outcomes.filter((o) => !o.received.includes(errorLine)).length;
+  const misses = outcomes.filter((o) => !o.received.includes(errorLine));
   const hung = outcomes.filter((o) => o.hung).length;
-  expect({ tries: outcomes.length, missed, hung }).toEqual({ tries: TRIES, missed: 0, hung: 0 });
+  // How the missed tries ended (bytes received, the client's error): what to look at when this fails.
+  const howMissed = misses.slice(0, 5).map((o) => `${o.received.length} B, ${o.error || 'no error'}${o.hung ? ', hung' : ''}`);
+  expect({ tries: outcomes.length, missed: misses.length, hung }, howMissed.join('; ')).toEqual({ tries: TRIES, missed: 0, hung: 0 });
 }
 
 const cleanups: Array<() => Promise<unknown> | unknown> = [];

@@ -203,7 +203,17 @@ routes:
     const client = net.connect({ port, host: '127.0.0.1' });
     client.pause();
     cleanups.push(() => client.destroy());
-    await sleep(1_500);
+    // Stalled = no write taken for 500 ms. How soon that is depends on the machine's load,
+    // not on the proxy: wait for it (bounded) rather than assume it after a fixed time.
+    await until(
+      async () => {
+        const before = pushed;
+        await sleep(500);
+        return pushed === before;
+      },
+      20_000,
+      'the upstream stalled behind the non-reading client',
+    );
     const stalledAt = pushed;
     await sleep(500);
     const growth = (await rss()) - baseline;

@@ -4,7 +4,7 @@ import tls from 'node:tls';
 import net from 'node:net';
 import { constants as osConstants } from 'node:os';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { connect, freePort, listen0, refused } from '../helpers/net.js';
+import { connect, freePort, listen0, outcomeOf, refused } from '../helpers/net.js';
 import { parseMetrics, sample, startProxy, type RunningProxy } from '../helpers/proxy.js';
 import { makePki } from '../helpers/pki.js';
 import { startRedis } from '../helpers/servers.js';
@@ -333,25 +333,10 @@ describe('raw TCP path: upstreams that fail', () => {
       { name: 'named', upstream: `localhost:${echo.port}` },
     ]);
     try {
-      // The proxy may reset before the client saw its own connect complete: that is a reset too.
-      const outcome = (target: number, send: Buffer): Promise<{ data: Buffer; end: string }> =>
-        new Promise((resolve) => {
-          const socket = net.connect({ port: target, host: '127.0.0.1', allowHalfOpen: true });
-          const chunks: Buffer[] = [];
-          const timer = setTimeout(() => finish('open'), 5_000);
-          function finish(end: string): void {
-            clearTimeout(timer);
-            socket.destroy();
-            resolve({ data: Buffer.concat(chunks), end });
-          }
-          socket.on('data', (chunk: Buffer) => chunks.push(chunk));
-          socket.on('error', (error: NodeJS.ErrnoException) => finish(error.code ?? 'error'));
-          socket.on('end', () => finish('fin'));
-          socket.write(send);
-        });
+      // The proxy may reset before the client saw its own connect complete: that is a reset too (outcomeOf).
       for (let i = 0; i < 20; i++) {
-        expect(['fin', 'ECONNRESET']).toContain((await outcome(ports[0]!, Buffer.from('ping'))).end);
-        expect((await outcome(ports[1]!, Buffer.from('ping'))).end).toBe('ECONNRESET');
+        expect(['fin', 'ECONNRESET']).toContain((await outcomeOf(ports[0]!, 'ping')).end);
+        expect((await outcomeOf(ports[1]!, 'ping')).end).toBe('ECONNRESET');
       }
       const words = tapeSlice(5, 300 * KiB);
       const socket = await connect(ports[2]!);

@@ -1,7 +1,7 @@
 import { copyFileSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { connect, freePort, readBytes } from '../helpers/net.js';
+import { freePort, outcomeOf } from '../helpers/net.js';
 import { makePki, type Pki } from '../helpers/pki.js';
 import { parseMetrics, sample, startProxy, type RunningProxy } from '../helpers/proxy.js';
 import { startRedis, type RunningServer } from '../helpers/servers.js';
@@ -51,14 +51,10 @@ routes:
 
 /** One PING through the proxy: 'PONG', or how the connection ended. */
 async function ping(port: number): Promise<string> {
-  const socket = await connect(port);
-  socket.on('error', () => {});
-  socket.write('*1\r\n$4\r\nPING\r\n');
-  // A reset (a tls_error) ends the wait at once; readBytes alone would wait out its bound.
-  const closed = new Promise<Buffer>((resolve) => socket.once('close', () => resolve(Buffer.alloc(0))));
-  const reply = (await Promise.race([readBytes(socket, 7, 10_000).catch(() => Buffer.alloc(0)), closed])).toString();
-  socket.destroy();
-  return reply === '+PONG\r\n' ? 'PONG' : `no PONG (${JSON.stringify(reply)})`;
+  // A reset (a tls_error) ends the wait at once, even one that overtakes the connect (outcomeOf).
+  const { data, end } = await outcomeOf(port, '*1\r\n$4\r\nPING\r\n', { replyBytes: 7, timeoutMs: 10_000 });
+  const reply = data.toString();
+  return reply === '+PONG\r\n' ? 'PONG' : `no PONG (${JSON.stringify(reply)}, ${end})`;
 }
 
 async function reloads(proxy: RunningProxy, result: 'ok' | 'error'): Promise<number> {

@@ -123,10 +123,13 @@ describe('postgres: plaintext client, TLS-only server', () => {
     cleanups.push(() => client.end().catch(() => {}));
     await client.connect();
     const slow = client.query('SELECT pg_sleep(30)');
-    await new Promise((resolve) => setTimeout(resolve, 300));
     slow.catch(() => {});
-    // A cancel is a new connection carrying a CancelRequest (process id and secret key).
     const { processID, secretKey } = client as unknown as { processID: number; secretKey: number };
+    // A cancel that arrives before the query runs cancels nothing: wait until the server
+    // itself reports the backend busy with it.
+    const running = `SELECT count(*)::int AS n FROM pg_stat_activity WHERE pid = ${processID} AND state = 'active' AND query LIKE 'SELECT pg_sleep(30)%'`;
+    await until(async () => (await pgQuery(port, running))[0]?.['n'] === 1, 10_000, 'the query running on the server');
+    // A cancel is a new connection carrying a CancelRequest (process id and secret key).
     const raw = await connect(port);
     const cancel = Buffer.alloc(16);
     cancel.writeUInt32BE(16, 0);

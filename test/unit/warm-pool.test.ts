@@ -195,14 +195,19 @@ describe.each(KINDS)('warm pool (pool/warm.ts), spares as $spares', ({ raw }) =>
   });
 
   it("keeps what the upstream sends first while parked and hands it over with the socket, in order", async () => {
+    let allWritten = false;
     const up = await upstream((socket) => {
       socket.write('greet');
-      setTimeout(() => socket.write('ing\n'), 10);
+      setTimeout(() => socket.write('ing\n', () => (allWritten = true)), 10);
     });
     const p = pool(routeConfig(up.port, ', pool: { warm: 1, maxIdle: 1m }'));
     p.source.start();
     await until(async () => (await p.metric('pool_idle')) === 1, 5_000, 'one spare');
-    await new Promise((resolve) => setTimeout(resolve, 100));
+    // Not a fixed sleep: on a loaded machine both timers can fire in one turn and the lease
+    // would overtake the second write. Once the kernel has taken it (loopback: it is in the
+    // spare's receive queue), the next poll phase reads it; two turns of the loop let it.
+    await until(() => allWritten, 5_000, 'both parts written by the upstream');
+    for (let turn = 0; turn < 2; turn++) await new Promise((resolve) => setImmediate(resolve));
     const lease = await leased(p.source);
     expect(lease.reused).toBe(true);
     expect(Buffer.concat(lease.earlyData as Buffer[]).toString()).toBe('greeting\n');

@@ -1,6 +1,7 @@
 import { execFileSync } from 'node:child_process';
 import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { unacknowledgedBytes } from '../../src/net/sockopt.js';
 import { freePort, listen0 } from '../helpers/net.js';
 import { parseMetrics, sample, startProxy, type RunningProxy } from '../helpers/proxy.js';
 import { startRedis, type RunningServer } from '../helpers/servers.js';
@@ -106,15 +107,23 @@ describe('a reply followed by a reset reaches the client', () => {
 
   it('from a scripted upstream that replies and then resets while the client is still writing', async () => {
     const reply = `-ERR last words ${'x'.repeat(200)}\r\n`;
+    // The reset waits until the proxy's kernel acknowledged the reply: a reset sent at once
+    // can overtake it on loopback (the two packets queue on different CPUs' backlogs when
+    // this process moves between the write and the close), and then no proxy could have it.
+    let unacknowledged = 0;
     const upstream = await listen0((socket) => {
       socket.once('data', () => {
-        socket.write(reply);
-        socket.resetAndDestroy();
+        socket.write(reply, async () => {
+          for (let i = 0; i < 200 && (unacknowledgedBytes(socket) ?? 0) > 0; i++) await sleep(10);
+          if ((unacknowledgedBytes(socket) ?? 0) > 0) unacknowledged++;
+          socket.resetAndDestroy();
+        });
       });
     });
     cleanups.push(() => upstream.close());
     const { port } = await proxyTo(upstream.port, 'tcp');
     expectEveryErrorSeen(await runTries(port, Buffer.alloc(1024 * 1024, 'b')), reply);
+    expect(unacknowledged).toBe(0);
   }, 120_000);
 });
 

@@ -93,6 +93,16 @@ export class SocketEnd implements SpliceEnd {
     socket.on('end', SocketEnd.#end);
     socket.on('error', SocketEnd.#error);
     socket.on('close', SocketEnd.#close);
+    // Closed before anyone listened (an upstream that reset while the client's TLS opening
+    // ran): its error and close are told on the next turn, as they would have been, and
+    // outside the call that started the session (a TLS handshake's callback: resetting that
+    // client socket inside it crashes node with SIGSEGV, seen on 20.20).
+    if (socket.closed) {
+      setImmediate(() => {
+        if (socket.errored) SocketEnd.#error.call(socket, socket.errored as NodeJS.ErrnoException);
+        SocketEnd.#close.call(socket);
+      });
+    }
   }
 
   static #of(socket: net.Socket): SocketEnd {

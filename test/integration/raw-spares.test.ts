@@ -64,14 +64,14 @@ const tlsClient: Dialer = (port) => tls.connect({ port, host: '127.0.0.1', rejec
  * echoed bytes it read, all checked against the tape; a connection the upstream killed before
  * reading anything may instead end early (with no correct byte beyond what was echoed).
  */
-function client(dial: Dialer, port: number, start: number, size: number): Promise<{ echoed: number; complete: boolean; garbage: boolean }> {
+function client(dial: Dialer, port: number, start: number, size: number): Promise<{ echoed: number; complete: boolean; garbage: boolean; timedOut: boolean }> {
   return new Promise((resolve) => {
     const socket = dial(port);
     let echoed = 0;
     let garbage = false;
-    const finish = (): void => {
+    const finish = (timedOut = false): void => {
       socket.destroy();
-      resolve({ echoed, complete: echoed === size && !garbage, garbage });
+      resolve({ echoed, complete: echoed === size && !garbage, garbage, timedOut });
     };
     socket.once(socket instanceof tls.TLSSocket ? 'secureConnect' : 'connect', () => socket.end(TAPE.subarray(start, start + size)));
     socket.on('data', (chunk: Buffer) => {
@@ -79,9 +79,10 @@ function client(dial: Dialer, port: number, start: number, size: number): Promis
       if (!chunk.equals(TAPE.subarray(start + echoed, start + echoed + chunk.length))) garbage = true;
       else echoed += chunk.length;
     });
-    socket.once('end', finish);
-    socket.once('error', finish);
-    socket.setTimeout(20_000, finish);
+    socket.once('end', () => finish());
+    socket.once('error', () => finish());
+    // Generous: the proxy must have ended the connection long before (a pair it lost track of never does).
+    socket.setTimeout(15_000, () => finish(true));
   });
 }
 
@@ -102,10 +103,10 @@ describe('warm-pool spares under a hostile upstream', () => {
   });
   afterAll(() => pki?.cleanup());
 
-  // Spares as sockets (a clientTls route) under the same attack leave, now and then, a
-  // session whose two sockets closed but which never finished (connections_active stays
-  // up): a defect of the socket session path this suite has not fixed yet (see the report
-  // in the commit); only the raw kind is held to the full accounting here.
+  // Spares as sockets (a clientTls route) under the same attack still leave, now and then,
+  // a session whose two sockets closed but which never finished (connections_active stays
+  // up; seen after an upstream's "bytes then RST" on a fresh dial): not fixed yet, so only
+  // the raw kind is held to the full accounting here.
   const kinds = [{ spares: 'raw TCP ends', clientLines: '', dial: plainClient }] as const;
 
   it.each(kinds)(
@@ -130,7 +131,7 @@ describe('warm-pool spares under a hostile upstream', () => {
 
         const random = generator(42);
         let reloads = 0;
-        const results: Array<{ echoed: number; complete: boolean; garbage: boolean }> = [];
+        const results: Array<Awaited<ReturnType<typeof client>>> = [];
         for (let sent = 0; sent < CLIENTS; sent += BATCH) {
           if (sent > 0 && sent % (BATCH * 3) === 0) {
             // IP -> name -> IP while the batch runs: the old pool goes, counted as reload.
@@ -149,6 +150,7 @@ describe('warm-pool spares under a hostile upstream', () => {
         // A client whose connection died is one the upstream killed before reading from it:
         // it saw no echo, or only the upstream's own garbage; never a wrong or missing byte in a stream that went on.
         const failed = results.filter((result) => !result.complete);
+        expect(results.filter((result) => result.timedOut)).toEqual([]);
         for (const result of failed) expect(result.echoed).toBe(0);
         expect(failed.length).toBeLessThanOrEqual(up.kills());
         expect(results.length - failed.length).toBeGreaterThan(CLIENTS / 2);
@@ -205,6 +207,8 @@ describe('an upstream that dies before its session starts (the client still in i
       for (const [name, port] of [['fresh', ports[0]!], ['spare', ports[1]!]] as const) {
         const results = await Promise.all(Array.from({ length: 20 }, (_, i) => client(tlsClient, port, i * 1000, 48 * KiB)));
         expect(results.every((result) => !result.complete && result.echoed === 0)).toBe(true);
+        // Each client hears of the upstream's end from the proxy, not from its own timeout.
+        expect(results.filter((result) => result.timedOut)).toEqual([]);
         await until(
           async () => sample(parseMetrics(await proxy.metrics()), 'keepalive_proxy_connections_active', { route: name }) === 0,
           10_000,

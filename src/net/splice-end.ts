@@ -76,6 +76,8 @@ export class SocketEnd implements SpliceEnd {
   owner: unknown = null;
   readonly socket: net.Socket;
   #events: EndEvents | null = null;
+  /** Its close was told to the owner (by the socket's event, or by #closedEarly). */
+  #closeTold = false;
 
   constructor(socket: net.Socket) {
     this.socket = socket;
@@ -93,6 +95,19 @@ export class SocketEnd implements SpliceEnd {
     socket.on('end', SocketEnd.#end);
     socket.on('error', SocketEnd.#error);
     socket.on('close', SocketEnd.#close);
+    // Destroyed before anyone listened (an upstream that reset while a clientTls client's
+    // handshake ran): its 'close' is either past or still to come in this turn of the loop
+    // (net emits it from libuv's close callback, after `closed` is already true). Two turns
+    // later it has been told either way; if it was not, it is told then, once. Never from
+    // inside this call: resetting the client's TLS socket inside its handshake callback
+    // crashes node with SIGSEGV (seen on 20.20).
+    if (socket.destroyed) setImmediate(() => setImmediate(() => this.#closedEarly()));
+  }
+
+  #closedEarly(): void {
+    if (this.#closeTold) return;
+    if (this.socket.errored) this.#events!.error(this, this.socket.errored as NodeJS.ErrnoException);
+    SocketEnd.#close.call(this.socket);
   }
 
   static #of(socket: net.Socket): SocketEnd {
@@ -120,6 +135,8 @@ export class SocketEnd implements SpliceEnd {
   }
   static #close(this: net.Socket): void {
     const end = SocketEnd.#of(this);
+    if (end.#closeTold) return;
+    end.#closeTold = true;
     end.#events!.close(end);
   }
 

@@ -82,8 +82,8 @@ const LOCAL_EVICTIONS: ReadonlySet<EvictionReason> = new Set(['idle_timeout', 's
 interface Spare {
   /** A raw TCP end when the route takes its clients raw (WarmPoolOptions.rawSpares), else a socket. */
   readonly socket: net.Socket | RawTcp;
-  /** Its EOF, reset or close was seen (it is evicted, or being handed over and must not be). */
-  lost: boolean;
+  /** Closed and counted (#evict): by its upstream's EOF, reset or bytes, even in a hand-off's yield, or by the pool. */
+  evicted: boolean;
   readonly tracker: Tracker | null;
   /** The refill round that dialled it. */
   readonly round: number;
@@ -105,6 +105,8 @@ export class WarmPool {
   readonly #dialing = new Set<DialHandle<net.Socket | RawTcp>>();
   #inUse = 0;
   #closed = false;
+  /** close()'s reason, for a spare that comes back from a hand-off after it. */
+  #closeReason: EvictionReason = 'shutdown';
   #started = false;
   #backoffMs = 0;
   #nextRefillAt = 0;
@@ -152,7 +154,7 @@ export class WarmPool {
     if (spare) {
       this.#inUse++;
       this.#updateGauges();
-      const attempt = this.#handOff(spare);
+      const attempt = this.#handOff(spare, raw);
       // Refill after the hand-off, so the new dial's work does not delay this client; a
       // spare that served a client proves the upstream healthy.
       attempt.done
@@ -215,6 +217,7 @@ export class WarmPool {
   close(reason: EvictionReason): void {
     if (this.#closed) return;
     this.#closed = true;
+    this.#closeReason = reason;
     for (const handle of this.#dialing) handle.abort();
     this.#dialing.clear();
     for (const spare of [...this.#spares]) this.#evict(spare, reason);
@@ -380,20 +383,17 @@ export class WarmPool {
       spare.earlyBytes += forward.length;
       if (spare.earlyBytes > MAX_EARLY_BYTES) this.#evict(spare, 'error');
     };
-    const lost = (reason: EvictionReason): void => {
-      spare.lost = true;
-      this.#evict(spare, reason);
-    };
+    // Listened to until the hand-off is done: an end in its yield is closed and counted here too.
     // A reset right after the upstream's last bytes arrives as end-of-stream (see pendingSocketError).
     const onEnd = (): void => {
       const reset = pendingSocketError(socket);
-      lost(reset ? reasonForError(reset) : 'peer_closed');
+      this.#evict(spare, reset ? reasonForError(reset) : 'peer_closed');
     };
-    const onError = (_from: unknown, error: NodeJS.ErrnoException): void => lost(reasonForError(error));
-    const onClose = (): void => lost('peer_closed');
+    const onError = (_from: unknown, error: NodeJS.ErrnoException): void => this.#evict(spare, reasonForError(error));
+    const onClose = (): void => this.#evict(spare, 'peer_closed');
     const spare: Spare = {
       socket,
-      lost: false,
+      evicted: false,
       tracker,
       round,
       parkedAt: now,
@@ -429,38 +429,62 @@ export class WarmPool {
   #takeSpare(): Spare | null {
     for (let i = this.#spares.length - 1; i >= 0; i--) {
       const spare = this.#spares[i]!;
-      if (spare.tracker?.probing || spare.socket.destroyed) continue;
+      if (spare.tracker?.probing || spare.evicted || spare.socket.destroyed) continue;
       this.#spares.splice(i, 1);
       return spare;
     }
     return null;
   }
 
-  #handOff(spare: Spare): LeaseAttempt {
+  #handOff(spare: Spare, raw: boolean): LeaseAttempt {
     let aborted = false;
+    /** The fresh lease that replaces a spare lost in the yield (aborted with this one). */
+    let fresh: LeaseAttempt | null = null;
     // Yield one turn of the event loop first, so a FIN or RST that already arrived on
-    // the parked socket is seen before a client is given a dead connection (undici).
+    // the parked socket is seen before a client is given a dead connection (undici). The
+    // spare's listeners stay on through the yield: whatever ends it is closed and counted
+    // by #evict, as when parked.
     const done = new Promise<Lease>((resolve, reject) => {
       setImmediate(() => {
-        spare.detach();
+        if (aborted || spare.evicted) {
+          this.#inUse--;
+          this.#updateGauges();
+        }
         if (aborted) {
-          spare.socket.destroy();
+          // Untouched: the spare goes back to the pool for the next client.
+          this.#giveBack(spare);
           reject(new ProxyError('CONNECT_FAILED', 'downstream', 'client left'));
           return;
         }
-        if (spare.lost || spare.socket.destroyed) {
-          // Died in the last tick: count it and fall back to a fresh dial.
-          this.#metrics.eviction('peer_closed').inc();
-          this.#inUse--;
-          const fresh = this.lease();
+        if (spare.evicted) {
+          // Died in the yield (already counted): the client gets a fresh dial of the same kind.
+          fresh = this.lease(raw);
           fresh.done.then(resolve, reject);
           return;
         }
+        spare.detach();
         this.#metrics.reuse.inc();
         resolve({ socket: spare.socket, reused: true, pool: this, earlyData: spare.early, tracker: spare.tracker, secure: spare.socket instanceof RawTcp ? null : this.#secureLater(spare.socket) });
       });
     });
-    return { done, abort: () => (aborted = true) };
+    return {
+      done,
+      abort: () => {
+        aborted = true;
+        fresh?.abort();
+      },
+    };
+  }
+
+  /** A spare whose client left during the hand-off: parked again (its age kept), or closed if the pool was. */
+  #giveBack(spare: Spare): void {
+    if (spare.evicted) return;
+    if (this.#closed) {
+      this.#evict(spare, this.#closeReason);
+      return;
+    }
+    this.#spares.push(spare);
+    this.#updateGauges();
   }
 
   /** A parked spare's probe came back: counted as a live session's is, with its round trip. */
@@ -475,9 +499,11 @@ export class WarmPool {
   }
 
   #evict(spare: Spare, reason: EvictionReason): void {
+    if (spare.evicted) return;
+    spare.evicted = true;
+    // Not in the list while a hand-off holds it.
     const index = this.#spares.indexOf(spare);
-    if (index === -1) return;
-    this.#spares.splice(index, 1);
+    if (index !== -1) this.#spares.splice(index, 1);
     spare.detach();
     if (!(spare.socket instanceof RawTcp)) spare.socket.on('error', () => {});
     spare.socket.destroy();

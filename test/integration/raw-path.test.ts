@@ -9,6 +9,7 @@ import { parseMetrics, sample, startProxy, type RunningProxy } from '../helpers/
 import { makePki } from '../helpers/pki.js';
 import { startRedis } from '../helpers/servers.js';
 import { sleep, until } from '../helpers/wait.js';
+import { generator } from '../helpers/random.js';
 import { readSockoptBytes } from '../../src/net/sockopt.js';
 
 // An outsider's attack on the raw TCP data path (plain tcp routes run on libuv handles
@@ -27,18 +28,6 @@ function tapeSlice(start: number, length: number): Buffer {
   const from = start % TAPE.length;
   if (from + length <= TAPE.length) return TAPE.subarray(from, from + length);
   return Buffer.concat([TAPE.subarray(from), tapeSlice(0, length - (TAPE.length - from))]);
-}
-
-/** A deterministic generator (mulberry32): the same test on every run for one seed. */
-function generator(seed: number): (below: number) => number {
-  let a = seed >>> 0;
-  return (below) => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (((t ^ (t >>> 14)) >>> 0) / 4294967296) * below;
-  };
 }
 
 /**

@@ -1,4 +1,5 @@
 import type { LookupAddress } from 'node:dns';
+import { readdirSync } from 'node:fs';
 import net from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Clock } from '../../src/clock.js';
@@ -128,6 +129,99 @@ describe('dialRaw to a name', () => {
     expect(failure.code).toBe('CONNECT_TIMEOUT');
   });
 });
+
+describe('dialRaw under attack: mixed addresses, aborts, short connect timeouts', () => {
+  /** Three kinds of loopback address on one port: a hung listener, nothing (refused), an echo server. */
+  async function mixedPort(): Promise<{ port: number; accepted: () => number; kinds: Record<'hang' | 'refuse' | 'work', string> }> {
+    const port = await stuckListener('127.0.0.2');
+    const echo = await echoOn('127.0.0.1', port);
+    return { port, accepted: echo.accepted, kinds: { hang: '127.0.0.2', refuse: '127.0.0.3', work: '127.0.0.1' } };
+  }
+
+  it.skipIf(!canPauseAccepts())('connects through any order of hung, refusing and working addresses, or fails as the last one did; no fd or timer left', async () => {
+    const target = await mixedPort();
+    const fds = openFds();
+    const timers = activeTimers();
+    let seed = 7;
+    const random = (below: number): number => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31) * below;
+    for (let round = 0; round < 24; round++) {
+      const kinds = Array.from({ length: 1 + Math.floor(random(4)) }, () => (['hang', 'refuse', 'work'] as const)[Math.floor(random(3))]!);
+      // Each address once (as Node's order has it); a kind named twice is one address.
+      const addresses = [...new Set(kinds.map((kind) => target.kinds[kind]))];
+      const accepted = target.accepted();
+      const outcome = await dialRaw(options('db.example', target.port, { lookup: resolvesTo(...addresses), timeoutMs: 1_500 })).done.then(
+        (result) => result,
+        (error: ProxyError) => error,
+      );
+      const firstWorking = addresses.indexOf(target.kinds.work);
+      const label = addresses.join(' ');
+      if (firstWorking >= 0) {
+        expect(outcome, label).not.toBeInstanceOf(Error);
+        const { socket } = outcome as Exclude<typeof outcome, ProxyError>;
+        expect(await echoes(socket, label)).toBe(label);
+        socket.destroy();
+        expect(target.accepted(), label).toBe(accepted + 1);
+      } else {
+        expect(outcome, label).toBeInstanceOf(ProxyError);
+        // The last address decides: refused fails at once, a hang runs into the connect timeout.
+        const last = addresses[addresses.length - 1];
+        expect((outcome as ProxyError).code, label).toBe(last === target.kinds.hang ? 'CONNECT_TIMEOUT' : 'CONNECT_FAILED');
+      }
+    }
+    await until(() => openFds() <= fds, 5_000, `fds back to ${fds}`);
+    expect(activeTimers()).toBeLessThanOrEqual(timers);
+  });
+
+  it.skipIf(!canPauseAccepts())('leaves nothing behind when aborted during the resolution or between attempts: no attempt, no timer, no connection at the upstream', async () => {
+    const target = await mixedPort();
+    const fds = openFds();
+    const timers = activeTimers();
+    const slowResolver = (...addresses: string[]): net.LookupFunction =>
+      ((host: string, lookupOptions: unknown, callback: (error: Error | null, found: LookupAddress[]) => void) =>
+        setTimeout(() => (resolvesTo(...addresses) as unknown as (...args: unknown[]) => void)(host, lookupOptions, callback), 100)) as unknown as net.LookupFunction;
+    const cases = [
+      { when: 'during the resolution', lookup: slowResolver(target.kinds.work), abortAfterMs: 20 },
+      { when: 'while the first address hangs', lookup: resolvesTo(target.kinds.hang, target.kinds.work), abortAfterMs: 100 },
+      { when: 'after a refusal, before the hang times out', lookup: resolvesTo(target.kinds.refuse, target.kinds.hang, target.kinds.work), abortAfterMs: 100 },
+    ];
+    for (const { when, lookup, abortAfterMs } of cases) {
+      const handle = dialRaw(options('db.example', target.port, { lookup, timeoutMs: 5_000 }));
+      await new Promise((resolve) => setTimeout(resolve, abortAfterMs));
+      handle.abort();
+      const failure = (await handle.done.catch((error: unknown) => error)) as ProxyError;
+      expect(failure.code, when).toBe('CONNECT_FAILED');
+      expect(failure.side, when).toBe('downstream');
+      // Longer than the resolver's delay and two attempt timeouts: nothing may still be going on.
+      await new Promise((resolve) => setTimeout(resolve, 2 * net.getDefaultAutoSelectFamilyAttemptTimeout() + 200));
+      expect(target.accepted(), when).toBe(0);
+    }
+    await until(() => openFds() <= fds, 5_000, `fds back to ${fds}`);
+    expect(activeTimers()).toBeLessThanOrEqual(timers);
+  });
+
+  it.skipIf(!canPauseAccepts())('a connect timeout shorter than the attempt timeout ends the dial at the connect timeout, trying no further address', async () => {
+    const target = await mixedPort();
+    const fds = openFds();
+    const started = performance.now();
+    const failure = (await dialRaw(options('db.example', target.port, { lookup: resolvesTo(target.kinds.hang, target.kinds.work), timeoutMs: 100 })).done.catch(
+      (error: unknown) => error,
+    )) as ProxyError;
+    expect(failure.code).toBe('CONNECT_TIMEOUT');
+    expect(performance.now() - started).toBeLessThan(net.getDefaultAutoSelectFamilyAttemptTimeout());
+    await new Promise((resolve) => setTimeout(resolve, 2 * net.getDefaultAutoSelectFamilyAttemptTimeout()));
+    expect(target.accepted()).toBe(0);
+    await until(() => openFds() <= fds, 5_000, `fds back to ${fds}`);
+  });
+});
+
+function openFds(): number {
+  return readdirSync('/proc/self/fd').length;
+}
+
+/** Timers alive in this process (a dial's attempt or connect timer that outlived it shows here). */
+function activeTimers(): number {
+  return process.getActiveResourcesInfo().filter((kind) => kind === 'Timeout').length;
+}
 
 /** A port on `host` whose SYNs go unanswered: a listener that never accepts, its two-slot queue full. */
 async function stuckListener(host: string): Promise<number> {

@@ -1,3 +1,4 @@
+import { readdirSync } from 'node:fs';
 import type net from 'node:net';
 import { RawTcp } from '../../src/net/raw-tcp.js';
 import pino from 'pino';
@@ -247,4 +248,80 @@ describe.each(KINDS)('warm pool (pool/warm.ts), spares as $spares', ({ raw }) =>
     await new Promise((resolve) => setTimeout(resolve, 100));
     expect(up.accepted).toHaveLength(3);
   });
+
+  // The hand-off yields one turn (#handOff) with the spare already out of the pool: what
+  // the upstream does in that turn, and a client that leaves in it, must still end with
+  // every spare closed once, counted once by its own reason, and the gauges right.
+  const handOffDeaths = [
+    // Each is sent before lease() returns, so it is read in the yield's turn.
+    { name: 'FIN', kill: (socket: net.Socket) => socket.destroy(), reason: 'peer_closed' },
+    { name: 'RST', kill: (socket: net.Socket) => socket.resetAndDestroy(), reason: 'peer_reset' },
+    { name: 'bytes then RST', kill: (socket: net.Socket) => (socket.write('-ERR going away\r\n'), socket.resetAndDestroy()), reason: 'peer_reset' },
+    { name: 'more early bytes than a greeting', kill: (socket: net.Socket) => socket.write(Buffer.alloc(256 * 1024, 0x61)), reason: 'error' },
+  ] as const;
+
+  it.each(handOffDeaths)('closes and counts once a spare that gets $name during the hand-off, and dials the client afresh', async (death) => {
+    const up = await upstream();
+    const baseline = openFds();
+    const p = pool(routeConfig(up.port, ', pool: { warm: 1, maxIdle: 1m }'));
+    p.source.start();
+    await until(async () => (await p.metric('pool_idle')) === 1, 5_000, 'one spare');
+    await until(() => up.accepted.length === 1, 5_000, 'accepted at the upstream');
+    // From a check-phase callback, the hand-off's own setImmediate runs after the next poll.
+    const attempt = await new Promise<ReturnType<WarmPool['lease']>>((resolve) =>
+      setImmediate(() => {
+        death.kill(up.accepted[0]!);
+        resolve(p.source.lease(raw));
+      }),
+    );
+    const lease = await attempt.done;
+    expect(lease.reused).toBe(false);
+    expect(lease.socket instanceof RawTcp).toBe(raw);
+    expect(lease.earlyData).toEqual([]);
+    expect(await p.metric('evictions_total', { reason: death.reason })).toBe(1);
+    expect(await evictionsTotal(p)).toBe(1);
+    expect(await p.metric('pool_active')).toBe(1);
+    lease.socket.destroy();
+    p.source.release(lease);
+    p.source.close('shutdown');
+    for (const socket of up.accepted) socket.destroy();
+    await until(() => openFds() <= baseline, 5_000, `fds back to ${baseline}`);
+    expect(await p.metric('pool_active')).toBe(0);
+    expect(await p.metric('pool_idle')).toBe(0);
+    // The dead spare once, then every other spare once, at shutdown.
+    expect(await evictionsTotal(p)).toBe(up.accepted.length - 1);
+  });
+
+  it('gives the spare back when the client leaves during the hand-off: pool_active 0, each spare closed and counted once', async () => {
+    const up = await upstream();
+    const baseline = openFds();
+    const p = pool(routeConfig(up.port, ', pool: { warm: 2, maxIdle: 1m }'));
+    p.source.start();
+    await until(async () => (await p.metric('pool_idle')) === 2, 5_000, 'two spares');
+    for (let round = 0; round < 20; round++) {
+      const attempt = p.source.lease(raw);
+      attempt.abort();
+      await expect(attempt.done).rejects.toMatchObject({ code: 'CONNECT_FAILED', side: 'downstream' });
+      expect(await p.metric('pool_active')).toBe(0);
+    }
+    await until(async () => (await p.metric('pool_idle')) === 2, 5_000, 'two spares again');
+    expect(await p.metric('reuse_total')).toBe(0);
+    p.source.close('shutdown');
+    for (const socket of up.accepted) socket.destroy();
+    await until(() => openFds() <= baseline, 5_000, `fds back to ${baseline}`);
+    expect(await evictionsTotal(p)).toBe(up.accepted.length - 2 + 2);
+    expect(await p.metric('pool_idle')).toBe(0);
+    expect(await p.metric('pool_active')).toBe(0);
+  });
 });
+
+function openFds(): number {
+  return readdirSync('/proc/self/fd').length;
+}
+
+/** evictions_total over every reason. */
+async function evictionsTotal(p: Pool): Promise<number> {
+  let total = 0;
+  for (const reason of ['peer_closed', 'peer_reset', 'error', 'shutdown', 'idle_timeout', 'heartbeat_timeout', 'reload']) total += await p.metric('evictions_total', { reason });
+  return total;
+}

@@ -71,6 +71,17 @@ export function forgetReadableError(socket: net.Socket): void {
 }
 
 /**
+ * Whether a FIN may be on its way (end() called, the shutdown not known done). libuv refuses
+ * a reset then (uv_tcp_close_reset: UV_EINVAL while UV_HANDLE_SHUTTING), and node's
+ * resetAndDestroy only emits that error: it never closes the handle (tcp_wrap's Reset has
+ * already marked it closing), so the fd leaks and 'close' never comes (seen on 20.20, 24.22,
+ * 26.12). The socket is closed instead, after its FIN.
+ */
+export function shutdownInFlight(socket: net.Socket): boolean {
+  return socket.writableEnded && !socket.writableFinished;
+}
+
+/**
  * Ends a socket with RST where it can (resetAndDestroy, public since Node 16.17/18.3), else
  * destroys it: resetAndDestroy throws on a socket that is still connecting, and on one
  * without a TCP handle (a TLS socket, unless its owner made it reset the TCP socket under
@@ -78,7 +89,7 @@ export function forgetReadableError(socket: net.Socket): void {
  */
 export function resetOrDestroy(socket: net.Socket): void {
   if (socket.destroyed) return;
-  if (!socket.connecting) {
+  if (!socket.connecting && !shutdownInFlight(socket)) {
     try {
       socket.resetAndDestroy();
       return;

@@ -1,5 +1,6 @@
 import type net from 'node:net';
 import tls from 'node:tls';
+import { shutdownInFlight } from './internals.js';
 
 // What the rest of the proxy needs to know about a TLS socket, on either side: the TCP
 // socket underneath (socket options, a reset), what was negotiated (/connections), and
@@ -20,7 +21,9 @@ export function resettableTls(secure: tls.TLSSocket | net.Socket, raw: net.Socke
   if (secure === raw) return raw;
   (secure as Layered)[TCP] = raw;
   secure.resetAndDestroy = function resetUnderlying(this: net.Socket): net.Socket {
-    if (!raw.destroyed && !raw.connecting) raw.resetAndDestroy();
+    // TLS shuts the TCP socket down under it without its writable side knowing: judge by ours.
+    if (!raw.destroyed && !raw.connecting && !shutdownInFlight(this)) raw.resetAndDestroy();
+    else raw.destroy();
     this.destroy();
     return this;
   };

@@ -522,10 +522,20 @@ export class WarmPool {
     }
   }
 
+  /**
+   * This pool's share of the route's gauges, moved by what changed: after a reload the old
+   * pool (its leases still in use, a refill still failing) and the new one count side by
+   * side, as the HTTP pool's connections do, instead of each setting the whole value.
+   */
   #updateGauges(): void {
-    this.#metrics.poolIdle.set(this.#closed ? 0 : this.#spares.length);
-    this.#metrics.poolActive.set(this.#inUse);
+    const idle = this.#closed ? 0 : this.#spares.length;
+    if (idle !== this.#countedIdle) this.#metrics.poolIdle.inc(idle - this.#countedIdle);
+    if (this.#inUse !== this.#countedActive) this.#metrics.poolActive.inc(this.#inUse - this.#countedActive);
+    this.#countedIdle = idle;
+    this.#countedActive = this.#inUse;
   }
+  #countedIdle = 0;
+  #countedActive = 0;
 }
 
 function codecOptions(config: RouteConfig): { send?: Buffer; expect?: Buffer } {

@@ -103,15 +103,19 @@ describe('warm-pool spares under a hostile upstream', () => {
   });
   afterAll(() => pki?.cleanup());
 
-  // Spares as sockets (a clientTls route) under the same attack still leave, now and then,
-  // a session whose two sockets closed but which never finished (connections_active stays
-  // up; seen after an upstream's "bytes then RST" on a fresh dial): not fixed yet, so only
-  // the raw kind is held to the full accounting here.
-  const kinds = [{ spares: 'raw TCP ends', clientLines: '', dial: plainClient }] as const;
+  // Spares as sockets (a clientTls route) are held to the same accounting. They used to leave
+  // a session open for ever now and then: a reset of an upstream socket whose FIN was on its
+  // way failed in node, which then never closed it (resetOrDestroy in src/net/internals.ts).
+  // TLS clients are slow to hand-shake, so their spares are all leased when a reload comes:
+  // only the raw kind is sure to have spares parked for the reload to drop.
+  const kinds = [
+    { spares: 'raw TCP ends', clientLines: '', dial: plainClient, reloadDropsSpares: true },
+    { spares: 'sockets (clientTls)', clientLines: 'tls', dial: tlsClient, reloadDropsSpares: false },
+  ] as const;
 
   it.each(kinds)(
     'spares as $spares: bytes intact, each upstream connection counted once, gauges and fds right, through kills at hand-off and IP <-> name reloads',
-    async ({ clientLines, dial }) => {
+    async ({ clientLines, dial, reloadDropsSpares }) => {
       const WARM = 4;
       const CLIENTS = 240;
       const BATCH = 24;
@@ -176,7 +180,7 @@ describe('warm-pool spares under a hostile upstream', () => {
           'the route quiet, every connection counted once, fds back',
           200,
         );
-        expect(sample(settled, 'keepalive_proxy_evictions_total', { route: 'spares', reason: 'reload' })).toBeGreaterThan(0);
+        if (reloadDropsSpares) expect(sample(settled, 'keepalive_proxy_evictions_total', { route: 'spares', reason: 'reload' })).toBeGreaterThan(0);
         expect(sample(settled, 'keepalive_proxy_reuse_total', { route: 'spares' })).toBeGreaterThan(0);
         expect(proxy.child.exitCode).toBeNull();
         expect(await proxy.stop('SIGTERM')).toBe(0);

@@ -1,4 +1,8 @@
+import { readdirSync, readFileSync } from 'node:fs';
 import net from 'node:net';
+import tls from 'node:tls';
+import { resettableTls } from '../../src/net/tls-socket.js';
+import { makePki } from '../helpers/pki.js';
 import { afterEach, describe, expect, it } from 'vitest';
 import { canPauseAccepts, pauseAccepts, resumeAccepts } from '../../src/net/accept-pause.js';
 import { forgetReadableError, handleFd, interceptAccepts, resetOrDestroy, socketOnHandle } from '../../src/net/internals.js';
@@ -175,5 +179,50 @@ describe(`Node internals on ${process.version}`, () => {
     connecting.on('error', () => {});
     expect(() => resetOrDestroy(connecting)).not.toThrow();
     expect(connecting.destroyed).toBe(true);
+  });
+
+  it("resetOrDestroy while a FIN is on its way: closed, its 'close' told and its fd freed (node's resetAndDestroy leaks both then)", async () => {
+    const server = await listen0((socket) => socket.on('error', () => {}));
+    cleanup.push(() => void server.close());
+    const fdsBefore = readdirSync('/proc/self/fd').length;
+    const TRIES = 20;
+    let closes = 0;
+    const errors: string[] = [];
+    // Right after end(), and one tick later: libuv's shutdown is then in flight.
+    for (let i = 0; i < TRIES; i++) {
+      const socket = await connected(server.port);
+      socket.on('close', () => closes++);
+      socket.on('error', (error: NodeJS.ErrnoException) => errors.push(`${error.syscall} ${error.code}`));
+      socket.end();
+      if (i % 2) await new Promise((resolve) => process.nextTick(resolve));
+      resetOrDestroy(socket);
+    }
+    await until(() => closes === TRIES, 5_000, `${TRIES} closes`);
+    expect(errors).toEqual([]);
+    await until(() => readdirSync('/proc/self/fd').length <= fdsBefore + TRIES, 5_000, 'the client fds freed (the accepted ones may still be open)');
+    await server.close();
+    await until(() => readdirSync('/proc/self/fd').length <= fdsBefore, 5_000, 'every fd freed');
+  });
+
+  it('a resettable TLS socket ended and then reset: closed, with its TCP socket, and told', async () => {
+    const pki = makePki();
+    cleanup.push(() => pki.cleanup());
+    const server = tls.createServer({ cert: readFileSync(pki.server.cert), key: readFileSync(pki.server.key) }, (socket) => socket.on('error', () => {}));
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    cleanup.push(() => void server.close());
+    const port = (server.address() as net.AddressInfo).port;
+    for (const wait of [false, true]) {
+      const raw = await connected(port);
+      const secure = resettableTls(tls.connect({ socket: raw, rejectUnauthorized: false }), raw);
+      secure.on('error', () => {});
+      await once(secure, 'secureConnect', 5_000);
+      const closed = new Promise((resolve) => raw.once('close', resolve));
+      const secureClosed = new Promise((resolve) => secure.once('close', resolve));
+      secure.end();
+      if (wait) await new Promise((resolve) => process.nextTick(resolve));
+      resetOrDestroy(secure);
+      await Promise.all([closed, secureClosed]);
+      expect(raw.destroyed && secure.destroyed).toBe(true);
+    }
   });
 });

@@ -85,15 +85,42 @@ const KINDS = [
 ] as const;
 
 describe.each(KINDS)('warm pool (pool/warm.ts), spares as $spares', ({ raw }) => {
-  function pool(config: RouteConfig): Pool {
-    const metrics = testRouteMetrics(config.name);
+  /** `metrics`: another pool's, for the old and the new pool of one route across a reload. */
+  function pool(config: RouteConfig, metrics: TestRouteMetrics = testRouteMetrics(config.name)): Pool & { readonly metrics: TestRouteMetrics } {
     const deps = { metrics: metrics.registry, log: pino({ level: 'silent' }), clock: new Clock(), ownListeners: () => [] };
     const source = new WarmPool(config, codecFor(config.protocol, { send: config.heartbeat?.send }), deps, metrics.route, new SockoptRefusals(config.name, deps), {
       rawSpares: raw,
     });
     cleanups.push(() => source.close('shutdown'));
-    return { source, metric: metrics.metric };
+    return { source, metric: metrics.metric, metrics };
   }
+
+  it("keeps the route's gauges right while the pool a reload replaced still has a lease out", async () => {
+    const up = await upstream();
+    const config = routeConfig(up.port, ', pool: { warm: 2, maxIdle: 1m }');
+    const old = pool(config);
+    old.source.start();
+    await until(async () => (await old.metric('pool_idle')) === 2, 5_000, 'two spares');
+    const lease = await leased(old.source);
+    await until(async () => (await old.metric('pool_idle')) === 2, 5_000, 'refilled');
+    expect(await old.metric('pool_active')).toBe(1);
+
+    // The reload: a new pool for the route, the old one closed with its lease still in use.
+    const replacement = pool(config, old.metrics);
+    old.source.close('reload');
+    replacement.source.start();
+    await until(async () => (await old.metric('pool_idle')) === 2, 5_000, "the new pool's two spares");
+    expect(await old.metric('pool_active')).toBe(1);
+    // The old pool's session ends: only its share moves.
+    lease.pool.release(lease);
+    expect(await old.metric('pool_active')).toBe(0);
+    expect(await old.metric('pool_idle')).toBe(2);
+    // And a lease from the new pool counts as the old one did.
+    const next = await leased(replacement.source);
+    expect(await old.metric('pool_active')).toBe(1);
+    next.pool.release(next);
+    expect(await old.metric('pool_active')).toBe(0);
+  });
 
   async function leased(source: WarmPool): Promise<Lease> {
     const lease = await source.lease(raw).done;

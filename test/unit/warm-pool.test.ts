@@ -283,7 +283,9 @@ describe.each(KINDS)('warm pool (pool/warm.ts), spares as $spares', ({ raw }) =>
     // Each is sent before lease() returns, so it is read in the yield's turn.
     { name: 'FIN', kill: (socket: net.Socket) => socket.destroy(), reason: 'peer_closed' },
     { name: 'RST', kill: (socket: net.Socket) => socket.resetAndDestroy(), reason: 'peer_reset' },
-    { name: 'bytes then RST', kill: (socket: net.Socket) => (socket.write('-ERR going away\r\n'), socket.resetAndDestroy()), reason: 'peer_reset' },
+    // libuv since Node 24 stops reading at a short read, so the bytes are read in one poll and
+    // the reset in the next: lease() comes after the first, the reset lands in the yield's turn.
+    { name: 'bytes then RST', kill: (socket: net.Socket) => (socket.write('-ERR going away\r\n'), socket.resetAndDestroy()), reason: 'peer_reset', pollsFirst: 1 },
     { name: 'more early bytes than a greeting', kill: (socket: net.Socket) => socket.write(Buffer.alloc(256 * 1024, 0x61)), reason: 'error' },
   ] as const;
 
@@ -298,7 +300,9 @@ describe.each(KINDS)('warm pool (pool/warm.ts), spares as $spares', ({ raw }) =>
     const attempt = await new Promise<ReturnType<WarmPool['lease']>>((resolve) =>
       setImmediate(() => {
         death.kill(up.accepted[0]!);
-        resolve(p.source.lease(raw));
+        const lease = (): void => resolve(p.source.lease(raw));
+        if ('pollsFirst' in death) setImmediate(lease);
+        else lease();
       }),
     );
     const lease = await attempt.done;

@@ -181,22 +181,29 @@ export class Primary {
       const link = slot.link;
       if (!link || !slot.listening) continue;
       link.ping(nowMs, LIVENESS_EVERY_MS);
-      const silent = link.unansweredMs(nowMs) >= LIVENESS_DEADLINE_MS;
-      if (silent === slot.silent) continue;
-      slot.silent = silent;
-      const fields = { worker: slot.number, pid: link.worker.process.pid };
-      if (silent) this.#log.error({ ...fields, deadlineMs: LIVENESS_DEADLINE_MS }, 'worker stopped answering; not ready until it does');
-      else this.#log.info(fields, 'worker answers again');
+      this.#noteSilence(slot, link.unansweredMs(nowMs));
     }
+  }
+
+  /** Records whether the slot's worker is past its deadline and logs the change, so the log never lags what /readyz says. */
+  #noteSilence(slot: Slot, silentMs: number): void {
+    const silent = silentMs >= LIVENESS_DEADLINE_MS;
+    if (silent === slot.silent) return;
+    slot.silent = silent;
+    const fields = { worker: slot.number, pid: slot.link?.worker.process.pid };
+    if (silent) this.#log.error({ ...fields, deadlineMs: LIVENESS_DEADLINE_MS }, 'worker stopped answering; not ready until it does');
+    else this.#log.info(fields, 'worker answers again');
   }
 
   /** Serving workers whose liveness ping is past its deadline, as /readyz names them. */
   #unresponsive(): string[] {
     const nowMs = this.clock.now();
     return this.#slots.flatMap((slot) => {
-      const silentMs = slot.link && slot.listening ? slot.link.unansweredMs(nowMs) : 0;
-      if (silentMs < LIVENESS_DEADLINE_MS) return [];
-      return [`worker ${slot.number} (pid ${slot.link!.worker.process.pid}) silent for ${(silentMs / 1_000).toFixed(1)}s`];
+      if (!slot.link || !slot.listening) return [];
+      const silentMs = slot.link.unansweredMs(nowMs);
+      this.#noteSilence(slot, silentMs);
+      if (!slot.silent) return [];
+      return [`worker ${slot.number} (pid ${slot.link.worker.process.pid}) silent for ${(silentMs / 1_000).toFixed(1)}s`];
     });
   }
 

@@ -169,7 +169,10 @@ describe('workers: 2', () => {
     }, 15_000, '/readyz 503 while a worker is stopped', 200);
     expect(notReady.body).toMatch(new RegExp(`^not answering: worker 2 \\(pid ${stopped}\\) silent for \\d+\\.\\ds\n$`));
     expect(notReady.body).not.toContain(String(other));
-    expect(proxy.logs.filter((l) => l.msg === 'worker stopped answering; not ready until it does').map((l) => [l.worker, l.pid])).toEqual([[2, stopped]]);
+    // The log line is written before that answer, but reaches this process through another pipe.
+    const stoppedLines = () => proxy.logs.filter((l) => l.msg === 'worker stopped answering; not ready until it does');
+    await until(() => stoppedLines().length > 0, 5_000, 'logged');
+    expect(stoppedLines().map((l) => [l.worker, l.pid])).toEqual([[2, stopped]]);
     // The primary and the running worker still answer the admin.
     expect((await fetch(`${proxy.adminUrl}/healthz`)).status).toBe(200);
 

@@ -18,6 +18,11 @@ export interface RunningProxy {
   readonly configPath: string | null;
   /** Every stdout line parsed as JSON (non-JSON lines kept as { msg }). */
   readonly logs: Array<Record<string, unknown>>;
+  /**
+   * Waits (bounded) until at least `atLeast` lines match, then returns every match. A line the proxy wrote
+   * before some answer reaches this process through its own pipe, maybe after that answer: assert on logs through this.
+   */
+  logged(match: (line: Record<string, unknown>) => boolean, atLeast?: number, timeoutMs?: number): Promise<Array<Record<string, unknown>>>;
   readonly exited: Promise<number | null>;
   metrics(): Promise<string>;
   connections(): Promise<Array<Record<string, unknown>>>;
@@ -76,10 +81,17 @@ export async function startProxy(options: StartOptions): Promise<RunningProxy> {
   });
   let stderr = '';
   child.stderr!.setEncoding('utf8').on('data', (text: string) => (stderr += text));
+  // Resolves once the last log lines are read too: after 'exit' the pipe may still hold them. A worker that
+  // outlives the proxy holds the pipe open, so the wait for its end is bounded.
+  const stdoutEnded = new Promise<void>((resolveEnd) => child.stdout!.once('close', resolveEnd));
   const exited = new Promise<number | null>((resolveExit) =>
     child.on('exit', (code) => {
       if (configDir) rmSync(configDir, { recursive: true, force: true });
-      resolveExit(code);
+      const bound = setTimeout(() => resolveExit(code), 2_000);
+      void stdoutEnded.then(() => {
+        clearTimeout(bound);
+        resolveExit(code);
+      });
     }),
   );
   const adminUrl = `http://${adminAddress}`;
@@ -89,6 +101,11 @@ export async function startProxy(options: StartOptions): Promise<RunningProxy> {
     adminUrl,
     configPath,
     logs,
+    logged: async (match, atLeast = 1, timeoutMs = 5_000) => {
+      const matching = () => logs.filter(match);
+      await until(() => matching().length >= atLeast, timeoutMs, `${atLeast} matching log line(s); last lines: ${JSON.stringify(logs.slice(-3))}`, 20);
+      return matching();
+    },
     exited,
     metrics: async () => (await fetch(`${adminUrl}/metrics`)).text(),
     connections: async () => (await (await fetch(`${adminUrl}/connections`)).json()) as Array<Record<string, unknown>>,

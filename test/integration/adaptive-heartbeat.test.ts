@@ -75,7 +75,7 @@ describe('heartbeat every: auto', () => {
       await sleep(2 * TIMEOUT_MS);
       client.write('*1\r\n$4\r\nPING\r\n');
       expect((await readBytes(client, 7)).toString()).toBe('+PONG\r\n');
-      expect(proxy.logs.some((line) => String(line['msg']).startsWith('heartbeat interval now'))).toBe(true);
+      await proxy.logged((line) => String(line['msg']).startsWith('heartbeat interval now'));
       client.destroy();
       expect(await proxy.stop()).toBe(0);
 

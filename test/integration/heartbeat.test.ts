@@ -101,7 +101,7 @@ describe('redis heartbeats', () => {
     await until(async () => (await heartbeats(proxy, 'unsupported')) === 1, 5_000, 'unsupported counted');
     await sleep(3 * EVERY_MS);
     expect(await heartbeats(proxy, 'ok')).toBe(0);
-    expect(proxy.logs.some((l) => l.msg === 'heartbeats off for this connection (TCP keepalive only)' && l.why === 'monitor')).toBe(true);
+    await proxy.logged((l) => l.msg === 'heartbeats off for this connection (TCP keepalive only)' && l.why === 'monitor');
   });
 });
 

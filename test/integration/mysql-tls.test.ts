@@ -190,7 +190,7 @@ describe('mysql: plaintext client, TLS-only MariaDB', () => {
     const { proxy, port } = await proxyWith(mysqlRoute('', plain.port));
     await failure(proxied(port));
     await until(async () => (await metric(proxy, 'evictions_total', { route: 'my', reason: 'tls_error' })) >= 1, 5_000, 'tls_error');
-    expect(proxy.logs.some((line) => line['reason'] === 'tls_error' && /CLIENT_SSL/.test(String(line['err'])))).toBe(true);
+    await proxy.logged((line) => line['reason'] === 'tls_error' && /CLIENT_SSL/.test(String(line['err'])));
   }, 90_000);
 });
 

@@ -57,7 +57,7 @@ describe('responseTimeout on redis', () => {
     expect(waitedMs).toBeGreaterThanOrEqual(RESPONSE_TIMEOUT_MS - 300);
     expect(waitedMs).toBeLessThan(RESPONSE_TIMEOUT_MS + SLACK_MS);
     await until(async () => (await evictions(proxy, 'response_timeout')) === 1, 5_000, 'response_timeout counted');
-    const lines = proxy.logs.filter((l) => l.reason === 'response_timeout');
+    const lines = await proxy.logged((l) => l.reason === 'response_timeout');
     expect(lines).toHaveLength(1);
     expect(lines[0]).toMatchObject({ msg: 'connection evicted', route: 'rt', side: 'upstream' });
   });

@@ -161,6 +161,6 @@ describe('redis: heartbeat.maxIdle and refused probes', () => {
     const metrics = parseMetrics(await proxy.metrics());
     expect(sample(metrics, 'keepalive_proxy_heartbeats_total', { route: 'g', result: 'ok' })).toBe(0);
     expect(sample(metrics, 'keepalive_proxy_heartbeats_total', { route: 'g', result: 'timeout' })).toBe(0);
-    expect(proxy.logs.filter((l) => String(l.msg).startsWith('heartbeat answered with an error'))).toHaveLength(1);
+    expect(await proxy.logged((l) => String(l.msg).startsWith('heartbeat answered with an error'))).toHaveLength(1);
   });
 });

@@ -210,7 +210,7 @@ describe('tcp route connect failures', () => {
       const metrics = parseMetrics(await proxy.metrics());
       expect(sample(metrics, 'keepalive_proxy_upstream_connects_total', { route: 'refused', result: 'error' })).toBe(1);
       expect(sample(metrics, 'keepalive_proxy_evictions_total', { route: 'refused', reason: 'connect_error' })).toBe(1);
-      expect(proxy.logs.some((l) => l.msg === 'upstream connect failed; closing client')).toBe(true);
+      await proxy.logged((l) => l.msg === 'upstream connect failed; closing client');
     } finally {
       await proxy.stop();
     }

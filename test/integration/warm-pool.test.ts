@@ -133,7 +133,7 @@ describe('warm pool', () => {
     // without it the shared tick (4/s) would redial all 20 every tick: 400.
     expect(dials).toBeLessThanOrEqual(8 * 20);
     expect(refillLines).toBeLessThanOrEqual(2 + WINDOW_MS / 1_000);
-    expect(proxy.logs.some((l) => l.result === 'closed')).toBe(true);
+    await proxy.logged((l) => l.result === 'closed');
   });
 
   it('doubles the backoff once per refill round, not once per failed dial: a wide pool is back soon after its upstream', async () => {

@@ -199,9 +199,16 @@ export abstract class RouteBase implements RouteHandle {
     return true;
   }
 
-  /** A connection ended: evictions_total{reason}, and a debug line or the folded eviction log. */
+  /**
+   * A connection starts to end: evictions_total{reason}, counted before its sockets are
+   * touched, so whoever sees the end (a FIN, a RST) finds it counted.
+   */
+  protected countEnded(reason: EvictionReason): void {
+    this.metrics.eviction(reason).inc();
+  }
+
+  /** A connection ended (its sockets closed; countEnded came first): a debug line or the folded eviction log. */
   protected noteEnded(fields: { readonly reason: EvictionReason } & Record<string, unknown>, closedMsg: string): void {
-    this.metrics.eviction(fields.reason).inc();
     if (ordinaryEnd(fields.reason)) this.deps.log.debug({ route: this.name, ...fields }, closedMsg);
     else this.evictions.note({ route: this.name, ...fields }, fields.reason);
   }

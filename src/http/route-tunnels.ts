@@ -29,7 +29,9 @@ export interface RouteTunnelsOptions {
   readonly current: () => { readonly idleTimeoutMs: number; readonly pool: HttpPool };
   /** requests_total{code} for an Upgrade or CONNECT. */
   readonly answered: (status: number) => void;
-  /** A tunnel ended: counted and logged by the route. */
+  /** A tunnel starts to end, before its sockets close: counted by the route. */
+  readonly ending: (reason: EvictionReason) => void;
+  /** A tunnel ended (its sockets closed): logged by the route. */
   readonly ended: (session: Session, reason: EvictionReason, side: Side) => void;
   readonly events: Pick<SessionEvents, 'onBytes' | 'onHeartbeat'>;
 }
@@ -46,6 +48,7 @@ export class RouteTunnels implements TunnelHost {
     this.log = options.log;
     this.#options = options;
     this.#events = {
+      onClosing: (_session, reason) => options.ending(reason),
       onClosed: (session, reason, side) => {
         this.#tunnels.delete(session);
         options.ended(session, reason, side);

@@ -89,6 +89,7 @@ class HttpRoute extends RouteBase implements SessionHost {
       connectFailures: this.#connectFailures,
       current: () => ({ idleTimeoutMs: this.config.idleTimeoutMs, pool: this.#pool }),
       answered: (status) => this.answered(status),
+      ending: (reason) => this.countEnded(reason),
       ended: (session, reason, side) => this.noteEnded({ id: session.id, reason, side, bytesUpstream: session.bytesUp, bytesDownstream: session.bytesDown }, 'tunnel closed'),
       events: {
         onBytes: (direction, count) => this.countBytes(direction, count),

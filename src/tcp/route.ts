@@ -73,6 +73,7 @@ class TcpRoute extends RouteBase {
     this.#upstream = this.#warmPool(config);
     this.#kernelWatch = new KernelWatch(this.name, deps, this.burst(HALF_OPEN_LOG));
     this.#events = {
+      onClosing: (_session, reason) => this.countEnded(reason),
       onClosed: (session, reason, side) => this.#onSessionClosed(session, reason, side),
       onBytes: (direction, count) => this.countBytes(direction, count),
       onHeartbeat: (session, result, ms, detail) => this.noteHeartbeat(session.id, result, ms, detail),

@@ -20,6 +20,12 @@ import type { EndEvents, SpliceEnd } from '../net/splice-end.js';
 export type { HeartbeatResult } from '../heartbeat/scheduler.js';
 
 export interface SessionEvents {
+  /**
+   * Called once, when the pair starts to end and before either socket is touched: the
+   * route counts the end here, so a peer that sees the FIN or RST finds it counted
+   * (the sockets' 'close' events come later: after the flush, or a reset held until delivery).
+   */
+  onClosing?(session: Session, reason: EvictionReason, side: Side): void;
   /** Called once, after both sockets are destroyed. */
   onClosed(session: Session, reason: EvictionReason, side: Side): void;
   /** Per-route byte counters, flushed to Prometheus on the shared tick. */
@@ -396,6 +402,7 @@ export class Session {
     this.#closedAt = this.#clock.now();
     this.#closeReason = reason;
     this.#closeSide = side;
+    this.#events.onClosing?.(this, reason, side);
     void error;
     const abrupt = !CLEAN_REASONS.has(reason);
     // Client bytes held behind a probe were read before the client went: they are its last words.

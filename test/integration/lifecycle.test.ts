@@ -2,7 +2,7 @@ import net from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { connect, freePort, listen0, readBytes, refused } from '../helpers/net.js';
 import { parseMetrics, sample, startProxy, type RunningProxy } from '../helpers/proxy.js';
-import { sleep, until } from '../helpers/wait.js';
+import { once, sleep, until } from '../helpers/wait.js';
 
 // Reload, drain, admin endpoints and per-connection behaviour through the real CLI.
 
@@ -157,6 +157,53 @@ routes:
     const metrics = parseMetrics(await proxy.metrics());
     expect(sample(metrics, 'keepalive_proxy_evictions_total', { route: 'idle', reason: 'idle_timeout' })).toBe(1);
   });
+
+  it('counts every end in evictions_total by the time the client sees it (FIN of an idle timeout, RST of an upstream reset, a CONNECT tunnel)', async () => {
+    // The upstream resets a connection when it reads "reset"; otherwise it stays silent.
+    const upstream = await listen0((socket) => socket.on('data', (c: Buffer) => c.toString() === 'reset' && socket.resetAndDestroy()));
+    cleanups.push(() => upstream.close());
+    const [port, forwardPort] = [await freePort(), await freePort()];
+    const proxy = await run(`
+admin: { listen: "{{admin}}" }
+routes:
+  - { name: ends, listen: 127.0.0.1:${port}, upstream: 127.0.0.1:${upstream.port}, idleTimeout: 300ms }
+  - { name: tunnels, protocol: http-forward, listen: 127.0.0.1:${forwardPort}, allow: ["127.0.0.1:${upstream.port}"], idleTimeout: 300ms }
+`);
+    const counted = async (reason: string, route = 'ends'): Promise<number> =>
+      sample(parseMetrics(await proxy.metrics()), 'keepalive_proxy_evictions_total', { route, reason });
+    // Many rounds: the proxy's sockets close a moment after the FIN or RST left, so a count
+    // taken at their close is missed now and then, not every time.
+    const ROUNDS = 15;
+    const seen: string[] = [];
+    for (let round = 1; round <= ROUNDS; round++) {
+      // The client keeps its own side open: only the proxy's FIN ends what it sees.
+      const idle = await connect(port);
+      cleanups.push(() => idle.destroy());
+      await once(idle, 'end', 5_000);
+      seen.push(`idle_timeout ${await counted('idle_timeout')}/${round}`);
+      idle.destroy();
+
+      const reset = await connect(port);
+      cleanups.push(() => reset.destroy());
+      const error = once<NodeJS.ErrnoException>(reset, 'error', 5_000);
+      reset.write('reset');
+      expect((await error).code).toBe('ECONNRESET');
+      seen.push(`peer_reset ${await counted('peer_reset')}/${round}`);
+
+      // A CONNECT tunnel (the same splice inside an HTTP route) idle past its timeout.
+      const tunnel = await connect(forwardPort);
+      cleanups.push(() => tunnel.destroy());
+      const ended = once(tunnel, 'end', 5_000);
+      tunnel.write(`CONNECT 127.0.0.1:${upstream.port} HTTP/1.1\r\nHost: 127.0.0.1:${upstream.port}\r\n\r\n`);
+      const established = 'HTTP/1.1 200 Connection Established\r\n\r\n';
+      expect((await readBytes(tunnel, established.length)).toString()).toBe(established);
+      await ended;
+      seen.push(`tunnel idle_timeout ${await counted('idle_timeout', 'tunnels')}/${round}`);
+      tunnel.destroy();
+    }
+    const expected = Array.from({ length: ROUNDS }, (_, i) => [`idle_timeout ${i + 1}/${i + 1}`, `peer_reset ${i + 1}/${i + 1}`, `tunnel idle_timeout ${i + 1}/${i + 1}`]).flat();
+    expect(seen).toEqual(expected);
+  }, 60_000);
 
   it('refuses connections past maxConnections and serves the rest', async () => {
     const upstream = await taggedEcho('c');

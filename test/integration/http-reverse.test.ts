@@ -57,7 +57,9 @@ describe('a legacy client behind the pool', () => {
     expect(await route.metric('pool_idle', { route: 'web' })).toBe(upstream.connections());
     expect(await route.metric('pool_active', { route: 'web' })).toBe(0);
     expect(await route.metric('upstream_request_duration_seconds_count', { route: 'web' })).toBe(total);
-    expect(await route.metric('connections_active', { route: 'web' })).toBe(0);
+    // A client connection leaves the route at its socket's 'close', which may follow the
+    // client's own close (the proxy lingers for the client's FIN after a Connection: close).
+    await until(async () => (await route.metric('connections_active', { route: 'web' })) === 0, 5_000, 'no client connection active');
   });
 
   it('keeps client connections alive on their own terms: idle timeout and max requests', async () => {

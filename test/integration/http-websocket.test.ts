@@ -139,12 +139,18 @@ describe('WebSocket passthrough', () => {
 
   it('sends no pings without a heartbeat, in a silence where a heartbeat sends several', async () => {
     const pings = new Map<string, number>();
+    // The silence lasts at least 800 ms, and with the heartbeat on until two pings came (on a
+    // loaded machine the timers may need longer): the run without one then gets as long.
+    let silenceMs = 800;
     for (const heartbeat of ['heartbeat: { every: 150ms, timeout: 2s, jitter: 0 }', '']) {
       const upstream = await wsUpstream();
       const route = await routeTo(`http://127.0.0.1:${upstream.port}`, heartbeat);
       const ws = await client(route.port);
       // clock: switch to the injected clock once src/clock.ts injection lands (the route's ticker is a real Clock).
-      await sleep(800);
+      const started = Date.now();
+      if (heartbeat) await until(() => upstream.pings.length >= 2, 10_000, 'two pings with the heartbeat on').catch(() => {});
+      await sleep(Math.max(0, silenceMs - (Date.now() - started)));
+      silenceMs = Math.max(silenceMs, Date.now() - started);
       pings.set(heartbeat ? 'on' : 'off', upstream.pings.length);
       expect(ws.readyState).toBe(WebSocket.OPEN);
     }

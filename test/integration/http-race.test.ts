@@ -51,7 +51,9 @@ async function rawUpstream(options: {
         setTimeout(() => socket.end(), options.finInFlightMs ?? 0);
       }, options.idleCloseMs);
     };
-    armIdle();
+    // Like a server's keep-alive timeout, the idle close counts from the last answer: a fresh
+    // connection waits for its first request (the proxy may take a while to send it on a
+    // loaded machine, and a retry goes on a fresh connection, which must not be stale).
     socket.on('close', () => idleTimer && clearTimeout(idleTimer));
     const reset = (): void => {
       socket.resetAndDestroy();

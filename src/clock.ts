@@ -52,6 +52,11 @@ export class Clock {
     return this.#stopTicker ? this.#now : this.#source.wallNow();
   }
 
+  /** Exact wall-clock now, for the rare report of an age (listings): a late tick must not make it young. Deadlines use now(). */
+  exactNow(): number {
+    return this.#source.wallNow();
+  }
+
   /** Exact monotonic now, for measurements (RTT, connect time); not comparable with now(). */
   preciseNow(): number {
     return this.#source.preciseNow();

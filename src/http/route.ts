@@ -167,7 +167,7 @@ class HttpRoute extends RouteBase implements SessionHost {
   }
 
   connections(): ConnectionInfo[] {
-    const now = this.deps.clock.now();
+    const now = this.deps.clock.exactNow();
     return [...this.#sessions.values()].map(({ client }) => {
       const tunnel = client.tunnel;
       const session = tunnel?.session;

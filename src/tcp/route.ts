@@ -154,7 +154,7 @@ class TcpRoute extends RouteBase {
   }
 
   connections(): ConnectionInfo[] {
-    const now = this.deps.clock.now();
+    const now = this.deps.clock.exactNow();
     return [...this.#sessions.keys()].map((s) => ({
       id: s.id,
       route: this.name,

@@ -25,6 +25,14 @@ describe('Clock', () => {
     expect(clock.ticking).toBe(false);
   });
 
+  it('exactNow() reads the time afresh between ticks, where now() keeps the last tick (an age reported from it is never young)', () => {
+    const clock = new ManualClock(100, 5_000);
+    clock.subscribe(() => {});
+    clock.advance(150);
+    expect(clock.now()).toBe(5_100);
+    expect(clock.exactNow()).toBe(5_150);
+  });
+
   it('stops the system timer on the last unsubscribe (no tick after it)', async () => {
     const clock = new Clock(5);
     let ticks = 0;

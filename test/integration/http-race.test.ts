@@ -51,7 +51,10 @@ async function rawUpstream(options: {
         setTimeout(() => socket.end(), options.finInFlightMs ?? 0);
       }, options.idleCloseMs);
     };
-    armIdle();
+    // Armed after each answer only, as a keep-alive timeout is (Node's keepAliveTimeout,
+    // nginx's keepalive_timeout): a connection dialled for a request is never closed before
+    // it arrives, however long a loaded machine takes to deliver it, so the only requests
+    // that meet a closing connection are those sent on a reused one.
     socket.on('close', () => idleTimer && clearTimeout(idleTimer));
     const reset = (): void => {
       socket.resetAndDestroy();

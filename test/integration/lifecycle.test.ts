@@ -154,7 +154,11 @@ routes:
     const started = Date.now();
     await until(() => client.readableEnded || client.closed, 5_000, 'client closed by idle timeout');
     expect(Date.now() - started).toBeGreaterThanOrEqual(400);
-    const metrics = parseMetrics(await proxy.metrics());
+    // The eviction is counted when both sockets have closed, after the FIN the client just read.
+    const metrics = await until(async () => {
+      const values = parseMetrics(await proxy.metrics());
+      return sample(values, 'keepalive_proxy_connections_active', { route: 'idle' }) === 0 && values;
+    }, 5_000, 'the pair closed on both sides');
     expect(sample(metrics, 'keepalive_proxy_evictions_total', { route: 'idle', reason: 'idle_timeout' })).toBe(1);
   });
 

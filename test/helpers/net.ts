@@ -1,3 +1,4 @@
+import { createRequire } from 'node:module';
 import net from 'node:net';
 import { testForks } from './forks.js';
 import { once } from './wait.js';
@@ -37,6 +38,12 @@ const PORT_SPAN = Number(process.env.KP_TEST_PORT_SPAN ?? 12_000);
 const WORKER_SLOTS = testForks();
 const RECENT_PORTS = 512;
 const handedOut: number[] = [];
+/**
+ * Ports fetch() refuses to reach ("fetch failed", cause "bad port": 5060, 6000, 6666, ...,
+ * the Fetch standard's port blocking), so the admin and HTTP ports a test fetches are never
+ * one of them. The list undici applies, read from the undici package (it does not export it).
+ */
+const FETCH_BLOCKED_PORTS = (createRequire(import.meta.url)('undici/lib/web/fetch/constants.js') as { badPortsSet: ReadonlySet<string> }).badPortsSet;
 
 /**
  * A free port on 127.0.0.1 (bound, then released): for configs that need a fixed port up
@@ -44,6 +51,8 @@ const handedOut: number[] = [];
  * so no outgoing connection of a parallel test can take it as its source port between
  * this check and the proxy's bind: a listener on such a port would receive SYNs meant for
  * that connection's mirror and a client's connect could hang.
+ *
+ * Never a port fetch() refuses (FETCH_BLOCKED_PORTS).
  *
  * The port is free only at the moment of the check: each parallel worker draws from its
  * own slice of the range, and a port handed out recently is not handed out again, so two
@@ -55,7 +64,7 @@ export async function freePort(host = '127.0.0.1'): Promise<number> {
   const sliceStart = PORT_BASE + slot * sliceSize;
   for (let attempt = 0; attempt < 100; attempt++) {
     const port = sliceStart + Math.floor(Math.random() * sliceSize);
-    if (handedOut.includes(port)) continue;
+    if (handedOut.includes(port) || FETCH_BLOCKED_PORTS.has(String(port))) continue;
     const server = net.createServer();
     const bound = await new Promise<boolean>((resolve) => {
       server.once('error', () => resolve(false));

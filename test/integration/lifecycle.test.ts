@@ -156,10 +156,10 @@ routes:
     expect(await ask(client, 'x')).toBe('i:x');
     await until(() => client.readableEnded || client.closed, 5_000, 'client closed by idle timeout');
     expect(Date.now() - started).toBeGreaterThanOrEqual(400);
-    // The eviction is counted when both sockets have closed, after the FIN the client just read.
+    // Read once the pair is gone on both sides (the end itself is counted before the FIN leaves).
     const metrics = await until(async () => {
       const values = parseMetrics(await proxy.metrics());
-      return sample(values, 'keepalive_proxy_connections_active', { route: 'idle' }) === 0 && values;
+      return sample(values, 'keepalive_proxy_connections_active', { route: 'idle' }) === 0 ? values : undefined;
     }, 5_000, 'the pair closed on both sides');
     expect(sample(metrics, 'keepalive_proxy_evictions_total', { route: 'idle', reason: 'idle_timeout' })).toBe(1);
   });

@@ -1,5 +1,7 @@
 import { createRequire } from 'node:module';
 import net from 'node:net';
+import { IPPROTO_TCP, readSockoptBytes } from '../../src/net/sockopt.js';
+import type { TcpRef } from '../../src/net/splice-end.js';
 import { testForks } from './forks.js';
 import { once } from './wait.js';
 
@@ -211,4 +213,17 @@ export async function delayingRelay(targetPort: number, delayMs: number, towardU
     inbound.on('close', () => outbound.destroy());
   });
   return { port: relay.port, close: relay.close };
+}
+
+const TCP_INFO = 11;
+/** tcpi_state of a closed connection (include/net/tcp_states.h): what a received RST leaves. */
+export const TCP_CLOSE = 7;
+
+/**
+ * The kernel's TCP state of a socket (tcpi_state, the first byte of TCP_INFO), or null where it
+ * cannot be read: tells that a peer's RST has arrived without reading the socket.
+ */
+export function tcpState(socket: TcpRef): number | null {
+  const info = new Uint8Array(8);
+  return readSockoptBytes(socket, IPPROTO_TCP, TCP_INFO, info) === null ? null : info[0]!;
 }

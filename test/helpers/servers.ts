@@ -189,6 +189,9 @@ export async function startMariadb(placement: ServerPlacement = {}): Promise<Run
       '--user=root',
       '--auth-root-authentication-method=normal',
       '--skip-test-db',
+      // Its own temporary tables in its own directory: a bootstrap clears the #sql files of its
+      // tmpdir as it starts, so bootstraps sharing /tmp (parallel test files) delete each other's.
+      `--tmpdir=${dataDir}`,
     ],
     { encoding: 'utf8', timeout: 120_000 },
   );

@@ -25,7 +25,13 @@ async function startUnderNpx(port: number): Promise<{ npx: ChildProcess; proxyPi
     env: { ...process.env, npm_config_ignore_scripts: 'true' },
   });
   const logs: string[] = [];
-  npx.stdout!.setEncoding('utf8').on('data', (text: string) => logs.push(...text.split('\n').filter(Boolean)));
+  // Whole lines only: a read can end inside a line, whose rest comes with the next read.
+  let partial = '';
+  npx.stdout!.setEncoding('utf8').on('data', (text: string) => {
+    const lines = (partial + text).split('\n');
+    partial = lines.pop() ?? '';
+    logs.push(...lines.filter(Boolean));
+  });
   npx.stderr!.setEncoding('utf8').on('data', (text: string) => logs.push(text));
   let proxyPid = 0;
   cleanups.push(() => {

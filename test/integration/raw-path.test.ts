@@ -356,13 +356,14 @@ describe('raw TCP path: timers, heartbeats, /connections and drain', () => {
     ]);
     try {
       const [idlePort, mutePort, redisPort, drainPort] = ports as [number, number, number, number];
-      const idleClient = await connect(idlePort);
-      const idleEnd = howEnded(idleClient);
       const muteClient = await connect(mutePort);
       const muteEnd = howEnded(muteClient);
-      muteClient.write('request');
       const redisClient = await connect(redisPort);
       const drainClient = await connect(drainPort);
+      // Last, and the mute pair's request only after the listing: their 1 s deadlines must not
+      // pass before /connections has shown all four, however slow the machine.
+      const idleClient = await connect(idlePort);
+      const idleEnd = howEnded(idleClient);
 
       // /connections and the kernel watch see raw sessions as they see sockets.
       const connections = await until(async () => {
@@ -379,6 +380,7 @@ describe('raw TCP path: timers, heartbeats, /connections and drain', () => {
         expect(typeof info.client?.rttUs).toBe('number');
         expect(typeof info.upstream?.rttUs).toBe('number');
       }
+      muteClient.write('request');
 
       // Redis: PINGs every second while the client is silent, then the client's own command is answered in order.
       await until(async () => sample(parseMetrics(await proxy.metrics()), 'keepalive_proxy_heartbeats_total', { route: 'redis', result: 'ok' }) >= 2, 10_000, '2 heartbeats');
@@ -394,7 +396,10 @@ describe('raw TCP path: timers, heartbeats, /connections and drain', () => {
 
       expect(await within(idleEnd, 5_000, 'idle pair')).toBe('fin');
       expect(await within(muteEnd, 5_000, 'unanswered pair')).toBe('reset');
-      const values = parseMetrics(await proxy.metrics());
+      // The client sees the FIN or RST before the proxy's session has ended (the proxy counts
+      // the eviction once both of its sockets are closed): wait for each route to be empty.
+      await idle(proxy, 'idle');
+      const values = await idle(proxy, 'mute');
       expect(sample(values, 'keepalive_proxy_evictions_total', { route: 'idle', reason: 'idle_timeout' })).toBe(1);
       expect(sample(values, 'keepalive_proxy_evictions_total', { route: 'mute', reason: 'response_timeout' })).toBe(1);
 

@@ -26,13 +26,21 @@ async function pairWithSharedReads(): Promise<{ client: net.Socket; server: net.
   return { client, server: accepted! };
 }
 
+/**
+ * Writes `text` and waits (bounded) until the client's socket has read it: each write is then
+ * a read of its own, kept as its own early chunk, however late this process polls.
+ */
+async function writeAndAwaitRead(client: net.Socket, server: net.Socket, text: string): Promise<void> {
+  const readBefore = client.bytesRead;
+  server.write(text);
+  await until(() => client.bytesRead === readBefore + text.length, 5_000, `the client to read ${JSON.stringify(text)}`, 5);
+}
+
 describe('shared read buffer', () => {
   it('keeps bytes that arrive before any reader and hands them over first, in order, as copies', async () => {
     const { client, server } = await pairWithSharedReads();
-    server.write('greeting-1;');
-    await new Promise((r) => setTimeout(r, 50));
-    server.write('greeting-2;');
-    await new Promise((r) => setTimeout(r, 50));
+    await writeAndAwaitRead(client, server, 'greeting-1;');
+    await writeAndAwaitRead(client, server, 'greeting-2;');
     const got: Buffer[] = [];
     readInto(client, (_socket, chunk) => got.push(chunk));
     server.write('after;');
@@ -47,10 +55,7 @@ describe('shared read buffer', () => {
 
   it('passes the rest of the early bytes to the next reader when the first hands the socket on', async () => {
     const { client, server } = await pairWithSharedReads();
-    for (const part of ['a;', 'b;', 'c;']) {
-      server.write(part);
-      await new Promise((r) => setTimeout(r, 30));
-    }
+    for (const part of ['a;', 'b;', 'c;']) await writeAndAwaitRead(client, server, part);
     const first: string[] = [];
     const second: string[] = [];
     const secondReader = (_socket: net.Socket, chunk: Buffer): void => void second.push(chunk.toString());

@@ -253,7 +253,8 @@ async function startFullBacklogListener(): Promise<{ port: number; stop(): void 
     s.on('error', () => {});
     fillers.push(s);
   }
-  await new Promise((r) => setTimeout(r, 300));
+  // Full once a connect has completed into it (backlog 0 holds one): waited for, not assumed after a sleep.
+  await until(() => fillers.some((socket) => !socket.connecting), 5_000, 'the accept queue full');
   return {
     port,
     stop: () => {

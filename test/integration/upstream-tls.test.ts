@@ -278,6 +278,9 @@ pool: { warm: 3 }`);
     await until(async () => (await idle()) === 3, 10_000, 'three TLS spares');
     const first = await runId();
     await until(async () => (await idle()) === 3, 10_000, 'the pool refilled');
+    // That client's session ends as peer_closed too, counted once the proxy has closed both of its
+    // sockets, maybe after the client left: counted before the baseline, not among the spares.
+    await until(async () => (await metric(proxy, 'connections_active', { route: 'rd' })) === 0, 10_000, 'the first session ended');
     const closedBefore = await metric(proxy, 'evictions_total', { route: 'rd', reason: 'peer_closed' });
 
     // The server restarts on the same port: each parked TLS spare sees it close.

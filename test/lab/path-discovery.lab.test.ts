@@ -179,6 +179,8 @@ describe.skipIf(!isRoot)('kernel truth: a half-open upstream behind a blackholin
       'upstream_half_open_total == 1',
       250,
     ).then(() => Date.now() - blackholedAt);
+    // The line is written with the count, but reaches this process through the proxy's stdout pipe, maybe later.
+    await until(() => proxy.logLinesWith('upstream half-open').length > 0, 5_000, 'the half-open log line');
     const line = proxy.logLinesWith('upstream half-open');
     expect(line, 'one log line names the half-open upstream').toHaveLength(1);
     expect(line[0]).toContain(`"upstream":"${ADDRESSES.server}:${port}"`);

@@ -127,17 +127,20 @@ export async function openSessionPair(db: DbClient, kind: DbKind, ports: PairPor
   const withHeartbeat = await db.open(kind, '127.0.0.1', ports.heartbeat);
   const keepaliveOnly = await db.open(kind, '127.0.0.1', ports.keepaliveOnly);
   const queryBoth = async (): Promise<PairQueries> => ({ heartbeat: await db.query(withHeartbeat.session), keepaliveOnly: await db.query(keepaliveOnly.session) });
+  const before = await queryBoth();
+  // The silence (and the LB's idle timer) starts with the last query's reply, not when idle() is
+  // called: the scrapes a test makes in between must not count against the cut's time.
+  const quietSince = Date.now();
   return {
-    before: await queryBoth(),
+    before,
     async idle(idleMs, heartbeatsOk) {
       const probesBefore = await heartbeatsOk();
       const since = db.node.mark();
-      const idleFrom = Date.now();
       await sleep(idleMs);
       const after = await queryBoth();
       const probes = (await heartbeatsOk()) - probesBefore;
       const cut = db.closedEvent(keepaliveOnly.session, since);
-      return { after, probes, heartbeatClosed: db.closedEvent(withHeartbeat.session, since), cut, cutAfterMs: cut ? Number(cut.t) - idleFrom : null };
+      return { after, probes, heartbeatClosed: db.closedEvent(withHeartbeat.session, since), cut, cutAfterMs: cut ? Number(cut.t) - quietSince : null };
     },
     async close() {
       await db.close(withHeartbeat.session);

@@ -5,7 +5,7 @@ import { RawTcp } from '../../src/net/raw-tcp.js';
 import type { EndEvents, SpliceEnd } from '../../src/net/splice-end.js';
 import { readSocketOptions, unacknowledgedBytes } from '../../src/net/sockopt.js';
 import { acceptedRawPair, dialledRawPair, Received } from '../helpers/pairs.js';
-import { listen0 } from '../helpers/net.js';
+import { listen0, tcpState, TCP_CLOSE } from '../helpers/net.js';
 import { sleep, until } from '../helpers/wait.js';
 
 // src/net/raw-tcp.ts on real loopback connections: what a splice end must do that the
@@ -157,7 +157,7 @@ describe(`raw TCP ends on ${process.version}`, () => {
 
     const b = await accepted();
     b.peer.resetAndDestroy();
-    await sleep(50);
+    await until(() => tcpState(b.end) === TCP_CLOSE, 5_000, 'the reset arrived in the kernel');
     // Not read yet: the reset is only known through the write that fails.
     expect(b.end.write(Buffer.from('into a reset connection'))).toBe(false);
     await until(() => b.events.log.some((e) => e.startsWith('writeFailed:')), 5_000, 'the failed write reported');

@@ -111,6 +111,14 @@ async function closedOnce(s: Spliced): Promise<{ reason: EvictionReason; side: S
   return s.events.closed[0]!;
 }
 
+/**
+ * Waits (bounded) until a peer saw its socket end, by FIN or by error: the session reports its
+ * close once its own sockets are closed, which can be before a peer has read the FIN.
+ */
+async function sawTheEnd(peer: Received, who: string): Promise<void> {
+  await until(() => peer.ended || peer.error !== null, 5_000, `the end at ${who}`);
+}
+
 describe.each(['raw', 'socket'] as const)('%s ends', (kind) => {
   beforeAll(() => {
     endKind = kind;
@@ -173,6 +181,7 @@ describe.each(['raw', 'socket'] as const)('%s ends', (kind) => {
       expect(s.events.closed).toHaveLength(0);
       s.server.end();
       expect(await closedOnce(s)).toEqual({ reason: 'peer_closed', side: 'proxy' });
+      await sawTheEnd(s.atClient, 'the client');
       expect(s.atClient.text()).toBe('late answer');
       expect(s.atClient.ended).toBe(true);
       expect(s.atClient.error).toBeNull();
@@ -187,6 +196,7 @@ describe.each(['raw', 'socket'] as const)('%s ends', (kind) => {
       expect(s.events.closed).toHaveLength(0);
       s.client.end();
       expect(await closedOnce(s)).toEqual({ reason: 'peer_closed', side: 'proxy' });
+      await sawTheEnd(s.atServer, 'the server');
       expect(s.atServer.text()).toBe('still talking');
       expect(s.atServer.ended).toBe(true);
     });
@@ -264,6 +274,8 @@ describe.each(['raw', 'socket'] as const)('%s ends', (kind) => {
       s.session.tick(s.session.startedAt + 10_000);
       expect(s.session.closed).toBe(true);
       expect(await closedOnce(s)).toEqual({ reason: 'idle_timeout', side: 'proxy' });
+      await sawTheEnd(s.atClient, 'the client');
+      await sawTheEnd(s.atServer, 'the server');
       expect(s.atClient.ended && s.atServer.ended).toBe(true);
       expect(s.atClient.error ?? s.atServer.error).toBeNull();
     });

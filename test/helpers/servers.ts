@@ -189,6 +189,9 @@ export async function startMariadb(placement: ServerPlacement = {}): Promise<Run
       '--user=root',
       '--auth-root-authentication-method=normal',
       '--skip-test-db',
+      // The bootstrap's temporary tables go in the instance's own directory, as the server's do:
+      // in the shared /tmp another process may remove them mid-bootstrap ("Error on delete of '/tmp/#sql-temptable-…'").
+      `--tmpdir=${dataDir}`,
     ],
     { encoding: 'utf8', timeout: 120_000 },
   );

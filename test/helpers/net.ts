@@ -1,3 +1,4 @@
+import { createRequire } from 'node:module';
 import net from 'node:net';
 import { testForks } from './forks.js';
 import { once } from './wait.js';
@@ -37,6 +38,11 @@ const PORT_SPAN = Number(process.env.KP_TEST_PORT_SPAN ?? 12_000);
 const WORKER_SLOTS = testForks();
 const RECENT_PORTS = 512;
 const handedOut: number[] = [];
+/**
+ * Ports fetch() refuses to reach ("bad port": 6000, 6566, 6665-6669, 6697...; the Fetch standard's
+ * list, from undici, which Node's fetch is): a proxy whose admin listens on one never looks ready.
+ */
+const FETCH_REFUSES: ReadonlySet<string> = (createRequire(import.meta.url)('undici/lib/web/fetch/constants.js') as { badPortsSet: Set<string> }).badPortsSet;
 
 /**
  * A free port on 127.0.0.1 (bound, then released): for configs that need a fixed port up
@@ -55,7 +61,7 @@ export async function freePort(host = '127.0.0.1'): Promise<number> {
   const sliceStart = PORT_BASE + slot * sliceSize;
   for (let attempt = 0; attempt < 100; attempt++) {
     const port = sliceStart + Math.floor(Math.random() * sliceSize);
-    if (handedOut.includes(port)) continue;
+    if (handedOut.includes(port) || FETCH_REFUSES.has(String(port))) continue;
     const server = net.createServer();
     const bound = await new Promise<boolean>((resolve) => {
       server.once('error', () => resolve(false));

@@ -31,6 +31,7 @@ type Decision = 'answer' | 'reset';
 async function rawUpstream(options: {
   onHead?: (request: ParsedRequest) => Decision;
   onBody?: (request: ParsedRequest, body: Buffer) => Decision;
+  /** Close a connection once it has been idle this long after an answer. */
   idleCloseMs?: number;
   finInFlightMs?: number;
 }) {
@@ -51,7 +52,10 @@ async function rawUpstream(options: {
         setTimeout(() => socket.end(), options.finInFlightMs ?? 0);
       }, options.idleCloseMs);
     };
-    armIdle();
+    // Armed after each answer, as a server's keep-alive timeout (nginx keepalive_timeout): a fresh
+    // connection is not idle. Armed at accept, a test process stalled 120 ms (a loaded machine)
+    // between the proxy's connect and its request reset that request on a fresh connection, which
+    // nothing may retry, and a GET failed.
     socket.on('close', () => idleTimer && clearTimeout(idleTimer));
     const reset = (): void => {
       socket.resetAndDestroy();

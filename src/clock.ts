@@ -40,11 +40,12 @@ export class Clock {
   readonly #handlers = new Set<TickHandler>();
   #stopTicker: (() => void) | null = null;
   #now: number;
+  #previousTickAt: number;
 
   constructor(periodMs = 250, source: TimeSource = SYSTEM_TIME) {
     this.#periodMs = periodMs;
     this.#source = source;
-    this.#now = source.wallNow();
+    this.#now = this.#previousTickAt = source.wallNow();
   }
 
   /** Coarse now: updated every tick while the ticker runs (good to about one period); read afresh when it does not. */
@@ -66,6 +67,14 @@ export class Clock {
     return this.#periodMs;
   }
 
+  /**
+   * When the tick before the current one came (while the ticker runs): a timestamp at or past it
+   * was taken since then, at any moment up to now, however late this tick came.
+   */
+  get previousTickAt(): number {
+    return this.#previousTickAt;
+  }
+
   /** Whether the ticker runs (someone is subscribed). */
   get ticking(): boolean {
     return this.#stopTicker !== null;
@@ -74,7 +83,7 @@ export class Clock {
   subscribe(handler: TickHandler): () => void {
     this.#handlers.add(handler);
     if (!this.#stopTicker) {
-      this.#now = this.#source.wallNow();
+      this.#now = this.#previousTickAt = this.#source.wallNow();
       this.#stopTicker = this.#source.every(this.#periodMs, () => this.#tick());
     }
     return () => {
@@ -87,6 +96,7 @@ export class Clock {
   }
 
   #tick(): void {
+    this.#previousTickAt = this.#now;
     this.#now = this.#source.wallNow();
     for (const handler of this.#handlers) handler(this.#now);
   }

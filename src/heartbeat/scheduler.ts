@@ -81,6 +81,11 @@ export class HeartbeatSchedule {
   /** What the connection should do now. `mayProbe`: false where the owner forbids a probe (a half-closed pair). */
   next(now: number, tracker: Tracker, mayProbe = true): HeartbeatDecision {
     const config = this.#config;
+    const clock = this.#clock;
+    // A byte since the last tick carries that tick's time; when this tick comes late (a loaded
+    // machine) the whole gap would read as silence and a busy connection be probed. Such a byte
+    // counts as at most one period old.
+    if (clock.ticking && this.#lastWireAt >= clock.previousTickAt) this.#lastWireAt = Math.max(this.#lastWireAt, now - clock.periodMs);
     if (tracker.probing) return now - this.#probeSentAt >= config.timeoutMs ? 'timeout' : 'wait';
     if (tracker.state === 'off') {
       if (this.#offSaid) return 'wait';

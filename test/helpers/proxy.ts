@@ -127,8 +127,11 @@ export async function startProxy(options: StartOptions): Promise<RunningProxy> {
     try {
       await until(
         async () => {
-          if (child.exitCode !== null) throw new Error(`proxy exited with ${child.exitCode}: ${stderr}`);
-          return (await fetch(`${adminUrl}/readyz`)).ok;
+          // A proxy killed by a signal has no exit code: without this it reads as 20 s of refused fetches.
+          if (child.exitCode !== null || child.signalCode !== null) throw new Error(`proxy exited with ${child.exitCode ?? child.signalCode}: ${stderr}`);
+          const answer = await fetch(`${adminUrl}/readyz`);
+          if (!answer.ok) throw new Error(`/readyz answered ${answer.status}: ${(await answer.text()).trim()}`);
+          return true;
         },
         20_000,
         'proxy /readyz',

@@ -12,15 +12,23 @@ export async function until<T>(
     try {
       const value = await condition();
       if (value) return value as NonNullable<T>;
+      // The message names what the last attempt saw, not an error from long before.
+      lastError = undefined;
     } catch (error) {
       lastError = error;
     }
     if (Date.now() >= deadline) {
-      const suffix = lastError ? ` (last error: ${String(lastError)})` : '';
+      const suffix = lastError ? ` (last error: ${describe(lastError)})` : '';
       throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${suffix}`);
     }
     await sleep(pollMs);
   }
+}
+
+/** An error and its cause: undici's 'fetch failed' says why (ECONNREFUSED, a connect timeout) only there. */
+function describe(error: unknown): string {
+  const cause = error instanceof Error && error.cause !== undefined ? `: ${String(error.cause)}` : '';
+  return `${String(error)}${cause}`;
 }
 
 export function sleep(ms: number): Promise<void> {

@@ -31,6 +31,7 @@ type Decision = 'answer' | 'reset';
 async function rawUpstream(options: {
   onHead?: (request: ParsedRequest) => Decision;
   onBody?: (request: ParsedRequest, body: Buffer) => Decision;
+  /** Close a connection once it has been idle this long after an answer. */
   idleCloseMs?: number;
   finInFlightMs?: number;
 }) {

@@ -161,10 +161,19 @@ describe('warm-pool spares under a hostile upstream', () => {
 
         // Quiet: no session left, nothing leased, every upstream connection either parked or
         // closed and counted once (sessions and spares alike), and no fd beyond the spares.
+        let lastSeen = {};
         const settled = await until(
           async () => {
             const values = await metrics();
             const idle = sample(values, 'keepalive_proxy_pool_idle', { route: 'spares' });
+            lastSeen = {
+              active: sample(values, 'keepalive_proxy_connections_active', { route: 'spares' }),
+              leased: sample(values, 'keepalive_proxy_pool_active', { route: 'spares' }),
+              accepted: up.accepted(),
+              counted: routeSum(values, 'evictions_total', 'spares') + idle,
+              fds: fdCount(proxy.pid),
+              fdsAllowed: fdsWithoutSpares + idle,
+            };
             const quiet =
               sample(values, 'keepalive_proxy_connections_active', { route: 'spares' }) === 0 &&
               sample(values, 'keepalive_proxy_pool_active', { route: 'spares' }) === 0 &&
@@ -179,7 +188,9 @@ describe('warm-pool spares under a hostile upstream', () => {
           45_000,
           'the route quiet, every connection counted once, fds back',
           200,
-        );
+        ).catch((error: Error) => {
+          throw new Error(`${error.message}; last seen ${JSON.stringify(lastSeen)} after ${reloads} reloads`);
+        });
         if (reloadDropsSpares) expect(sample(settled, 'keepalive_proxy_evictions_total', { route: 'spares', reason: 'reload' })).toBeGreaterThan(0);
         expect(sample(settled, 'keepalive_proxy_reuse_total', { route: 'spares' })).toBeGreaterThan(0);
         expect(proxy.child.exitCode).toBeNull();

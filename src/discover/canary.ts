@@ -3,6 +3,7 @@ import type net from 'node:net';
 import type { HostPort } from '../config/schema.js';
 import { dial, type DialHandle } from '../net/dial.js';
 import { readInto } from '../net/shared-reads.js';
+import { readTcpInfo } from '../net/tcp-info.js';
 import type { CanaryProbe } from './probes.js';
 
 // One sacrificial connection: connect (kernel keepalive off, so nothing but us touches
@@ -13,6 +14,13 @@ import type { CanaryProbe } from './probes.js';
 //
 // Driven by its owner's clock ticks (tick(now)); no timers of its own. The socket ends
 // only in #finish(), once, whatever happened.
+//
+// The silence has two starts: when this process saw the last packet (a survival counts from
+// there, never overstated) and when the kernel got it (a death counts from there, never
+// understated). On a loaded machine the two can be hundreds of ms apart.
+
+/** TCP_INFO's last-receive age is counted in jiffies: up to one (10 ms at HZ=100) may be missing. */
+const KERNEL_AGE_SLACK_MS = 10;
 
 export type DeathKind = 'reset' | 'closed' | 'silence' | 'timeout' | 'error';
 
@@ -48,8 +56,10 @@ export class Canary {
   #since: number;
   /** When the flow went silent (preciseNow): the coarse #since may be a tick early, which would overstate a survival. */
   #silentSince = 0;
-  /** How long the flow really stayed silent before the probe, measured precisely. */
-  #actualIdleMs = 0;
+  /** The earliest the flow can have gone silent (preciseNow): when the kernel got its last packet. */
+  #silentSinceEarliest = 0;
+  /** When the probe was sent (preciseNow). */
+  #probeSentAt = 0;
   #reply: Buffer[] = [];
   #replyBytes = 0;
 
@@ -86,7 +96,7 @@ export class Canary {
         if (now - this.#since >= this.idleMs) this.#sendProbe(now);
         return;
       case 'probing':
-        if (now - this.#since >= this.#options.probeTimeoutMs) this.#died('silence', this.#actualIdleMs);
+        if (now - this.#since >= this.#options.probeTimeoutMs) this.#died('silence', this.#probeSentAt - this.#silentSinceEarliest);
         return;
       default:
         return;
@@ -105,7 +115,7 @@ export class Canary {
     readInto(socket, (_socket, chunk) => this.#onData(chunk));
     this.#phase = this.#options.probe.awaitGreeting ? 'greeting' : 'idle';
     this.#since = this.#options.clock.now();
-    this.#silentSince = this.#options.clock.preciseNow();
+    this.#startSilence(socket);
   }
 
   #onData(chunk: Buffer): void {
@@ -113,7 +123,7 @@ export class Canary {
       // The idle period starts after the server's last greeting byte.
       this.#phase = 'idle';
       this.#since = this.#options.clock.now();
-      this.#silentSince = this.#options.clock.preciseNow();
+      this.#startSilence(this.#socket!);
       return;
     }
     if (this.#phase !== 'probing') return; // unsolicited bytes while idle: not an answer to anything
@@ -131,8 +141,20 @@ export class Canary {
     else this.#finish({ kind: 'failed', reason: `unexpected reply ${reply.toString('hex')} (expected ${expect.toString('hex')})` });
   }
 
+  /**
+   * The flow's last packet so far (the handshake, a greeting byte) was just seen: the silence
+   * starts now for a survival, and when the kernel got that packet for a death (TCP_INFO's
+   * last receive, set by the handshake too). Without TCP_INFO both start now.
+   */
+  #startSilence(socket: net.Socket): void {
+    const now = this.#options.clock.preciseNow();
+    const info = readTcpInfo(socket);
+    this.#silentSince = now;
+    this.#silentSinceEarliest = info === null ? now : now - info.lastDataRecvMs - KERNEL_AGE_SLACK_MS;
+  }
+
   #sendProbe(now: number): void {
-    this.#actualIdleMs = this.#options.clock.preciseNow() - this.#silentSince;
+    this.#probeSentAt = this.#options.clock.preciseNow();
     this.#phase = 'probing';
     this.#since = now;
     this.#socket!.write(this.#options.probe.send);
@@ -154,13 +176,13 @@ export class Canary {
       this.#finish({ kind: 'failed', reason: `the server ${how === 'closed' ? 'closed' : 'reset'} the connection before its greeting` });
       return;
     }
-    const idleSoFar = this.#phase === 'idle' ? this.#options.clock.preciseNow() - this.#silentSince : this.#actualIdleMs;
-    this.#died(how, idleSoFar);
+    const silenceEnd = this.#phase === 'idle' ? this.#options.clock.preciseNow() : this.#probeSentAt;
+    this.#died(how, silenceEnd - this.#silentSinceEarliest);
   }
 
   /** The silence this flow survived, in whole ms rounded down (a survival must not be overstated). */
   #provenIdleMs(): number {
-    return Math.floor(this.#actualIdleMs);
+    return Math.floor(this.#probeSentAt - this.#silentSince);
   }
 
   /** A death is placed at the silence before it, in whole ms rounded up (a bound above the timeout). */

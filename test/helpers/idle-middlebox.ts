@@ -1,4 +1,5 @@
 import net from 'node:net';
+import { readTcpInfo } from '../../src/net/tcp-info.js';
 import { listen0 } from './net.js';
 
 // A middlebox you can run without root: a TCP relay that forgets a flow after it has been
@@ -8,13 +9,16 @@ import { listen0 } from './net.js';
 //          the conntrack entry: the sender sees silence);
 //   reset: the next bytes from either side are answered with a reset, to both sides
 //          (a load balancer such as AWS NLB resets a flow it no longer knows).
-// Its own sweep runs every 50 ms, so a flow is forgotten within 50 ms of its timeout.
+// A flow is judged when something arrives on it, at the time the kernel got it (TCP_INFO's
+// last receive, less one jiffy): this process, on a loaded machine, may read the bytes much
+// later, and a flow must not be forgotten for the time they waited here. So a flow is
+// forgotten within about 10 ms of its timeout, never before it.
 
 export type ForgetMode = 'drop' | 'reset';
 
 export interface IdleMiddlebox {
   readonly port: number;
-  /** Flows forgotten so far. */
+  /** Flows forgotten so far (judged when something reached them past the timeout). */
   readonly forgotten: () => number;
   /** Flows relayed so far. */
   readonly flows: () => number;
@@ -49,14 +53,14 @@ export async function idleMiddlebox(targetPort: number, idleTimeoutMs: number, m
     inbound.on('close', end);
     outbound.on('close', end);
     const pass = (from: net.Socket, to: net.Socket) => (chunk: Buffer) => {
-      if (flow.forgotten) {
+      if (forgets(flow, arrivedAt(from))) {
         if (mode === 'reset') {
           inbound.resetAndDestroy();
           outbound.resetAndDestroy();
         }
         return; // drop: swallowed, never answered
       }
-      flow.lastPayloadAt = Date.now();
+      flow.lastPayloadAt = Date.now(); // as it leaves here: no sooner than the other side can get it
       if (!to.write(chunk)) {
         from.pause();
         to.once('drain', () => from.resume());
@@ -64,25 +68,23 @@ export async function idleMiddlebox(targetPort: number, idleTimeoutMs: number, m
     };
     inbound.on('data', pass(inbound, outbound));
     outbound.on('data', pass(outbound, inbound));
-    inbound.on('end', () => !flow.forgotten && outbound.end());
-    outbound.on('end', () => !flow.forgotten && inbound.end());
+    inbound.on('end', () => !forgets(flow, Date.now()) && outbound.end());
+    outbound.on('end', () => !forgets(flow, Date.now()) && inbound.end());
   });
-  const sweep = setInterval(() => {
-    const now = Date.now();
-    for (const flow of flows) {
-      if (!flow.forgotten && now - flow.lastPayloadAt >= timeoutMs) {
-        flow.forgotten = true;
-        forgotten++;
-      }
+  /** Whether the flow is forgotten when something reaches it at `at`: once forgotten, for ever. */
+  const forgets = (flow: Flow, at: number): boolean => {
+    if (!flow.forgotten && at - flow.lastPayloadAt >= timeoutMs) {
+      flow.forgotten = true;
+      forgotten++;
     }
-  }, 50);
+    return flow.forgotten;
+  };
   return {
     port: relay.port,
     forgotten: () => forgotten,
     flows: () => total,
     setIdleTimeout: (ms) => (timeoutMs = ms),
     close: async () => {
-      clearInterval(sweep);
       for (const flow of flows) {
         flow.inbound.destroy();
         flow.outbound.destroy();
@@ -90,4 +92,14 @@ export async function idleMiddlebox(targetPort: number, idleTimeoutMs: number, m
       await relay.close();
     },
   };
+}
+
+/** TCP_INFO's last-receive age is counted in jiffies: up to one (10 ms at HZ=100) may be missing. */
+const KERNEL_AGE_SLACK_MS = 10;
+
+/** The earliest the kernel can have got the bytes just read from `socket` (Date.now() scale). */
+function arrivedAt(socket: net.Socket): number {
+  const info = readTcpInfo(socket);
+  if (info === null) throw new Error('the idle middlebox needs TCP_INFO (Linux)');
+  return Date.now() - info.lastDataRecvMs - KERNEL_AGE_SLACK_MS;
 }

@@ -37,7 +37,7 @@ function lastJson(stdout: string): { upstream: string; idleTimeoutSeconds: { min
   return JSON.parse(lines[lines.length - 1]!);
 }
 
-/** The middlebox forgets a flow within its 50 ms sweep; the canary's tick adds up to 100 ms. */
+/** The middlebox forgets a flow within about 10 ms of its timeout; the canary's tick adds up to 100 ms. */
 const SLACK_S = 0.2;
 
 function expectBracket(run: Run, timeoutMs: number): void {

@@ -376,8 +376,11 @@ describe('pool limits and evictions', () => {
   });
 
   it('keeps the connection when a client leaves early: the rest of a small response is dropped; a stream is cut', async () => {
+    // The slow answer is held until the client has gone: a timer could fire after a loaded
+    // machine delayed the client's exit, and then the client would get it.
+    let answerSlow: (() => void) | null = null;
     const upstream = await upstreamWith((req, res) => {
-      if (req.url === '/slow') setTimeout(() => res.end('late answer'), 200);
+      if (req.url === '/slow') answerSlow = () => res.end('late answer');
       else if (req.url === '/stream') {
         res.writeHead(200);
         const timer = setInterval(() => res.write(Buffer.alloc(64 * 1024)), 5);
@@ -389,9 +392,10 @@ describe('pool limits and evictions', () => {
     const impatient = net.connect(route.port, '127.0.0.1');
     impatient.on('error', () => {});
     impatient.write('GET /slow HTTP/1.0\r\n\r\n');
-    await sleep(50);
+    const answer = await until(() => answerSlow, 5_000, 'the slow request at the upstream');
     impatient.destroy();
     await until(async () => (await route.metric('requests_total', { route: 'web', code: '499' })) === 1, 5_000, 'the 499');
+    answer();
     expect((await request(route.port, { path: '/next' })).body.toString()).toBe('ok');
     expect(upstream.connections()).toBe(1);
     expect(await route.metric('evictions_total', { route: 'web', reason: 'client_aborted' })).toBe(0);

@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { freePort } from './net.js';
@@ -28,7 +28,7 @@ export interface RunningProxy {
   connections(): Promise<Array<Record<string, unknown>>>;
   /** Send a signal, wait for the exit (bounded), return the exit code. */
   stop(signal?: NodeJS.Signals, timeoutMs?: number): Promise<number | null>;
-  /** Rewrite the config file (same path) and send SIGHUP. */
+  /** Replace the config file (same path, atomically) and send SIGHUP. */
   reload(yaml: string): Promise<void>;
 }
 
@@ -119,7 +119,7 @@ export async function startProxy(options: StartOptions): Promise<RunningProxy> {
     },
     reload: async (yaml: string) => {
       if (!configPath) throw new Error('reload needs a config file');
-      writeFileSync(configPath, yaml.replaceAll('{{admin}}', adminAddress));
+      replaceFile(configPath, yaml.replaceAll('{{admin}}', adminAddress));
       child.kill('SIGHUP');
     },
   };
@@ -143,6 +143,17 @@ export async function startProxy(options: StartOptions): Promise<RunningProxy> {
     }
   }
   return running;
+}
+
+/**
+ * Writes `text` aside and renames it over `path`, as deploy tools swap a config: a reload
+ * still reading the file (its loader thread can start late on a loaded machine) must never
+ * see it truncated and half-written by the next reload ("the configuration is empty").
+ */
+export function replaceFile(path: string, text: string): void {
+  const next = `${path}.next`;
+  writeFileSync(next, text);
+  renameSync(next, path);
 }
 
 /** Parse Prometheus text into { 'name{labels}': value } with labels in written order. */

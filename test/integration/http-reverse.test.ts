@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import http from 'node:http';
 import net from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
+import { ManualClock } from '../../src/clock.js';
 import { freePort, listen0 } from '../helpers/net.js';
 import { httpRouteConfig, rawRequest, request, startRoute, startUpstream, type RunningRoute, type Upstream } from '../helpers/http.js';
 import { once, sleep, until } from '../helpers/wait.js';
@@ -20,8 +21,9 @@ async function upstreamWith(handler: http.RequestListener, options: http.ServerO
   return upstream;
 }
 
-async function routeTo(url: string, extra = ''): Promise<RunningRoute> {
-  const route = await startRoute(httpRouteConfig(`protocol: http\nupstream: ${url}\n${extra}`));
+/** `clock`: a ManualClock for a case that moves the pool's time itself. */
+async function routeTo(url: string, extra = '', clock?: ManualClock): Promise<RunningRoute> {
+  const route = await startRoute(httpRouteConfig(`protocol: http\nupstream: ${url}\n${extra}`), clock);
   cleanups.push(() => route.close());
   return route;
 }
@@ -334,18 +336,23 @@ describe('pool limits and evictions', () => {
 
   it('evicts idle connections after idleTimeout and old ones after maxAge', async () => {
     const upstream = await upstreamWith((req, res) => res.end('ok'));
-    const idle = await routeTo(upstream.url, 'pool: { idleTimeout: 200ms }');
+    // The pool's time is moved by the test: on the real clock, a loaded machine taking 200 ms
+    // to hand this process the answer let the idle connection go before it was seen parked.
+    const idleClock = new ManualClock(100);
+    const idle = await routeTo(upstream.url, 'pool: { idleTimeout: 200ms }', idleClock);
     await request(idle.port, { path: '/' });
     expect(await idle.metric('pool_idle', { route: 'web' })).toBe(1);
+    idleClock.advance(300);
     await until(async () => (await idle.metric('evictions_total', { route: 'web', reason: 'idle_timeout' })) === 1, 5_000, 'idle_timeout eviction');
     expect(await idle.metric('pool_idle', { route: 'web' })).toBe(0);
 
-    const aged = await routeTo(upstream.url, 'pool: { maxSockets: 1, maxAge: 300ms }');
+    // 900 ms of requests 50 ms apart, on a clock no slow request can stretch.
+    const agedClock = new ManualClock(100);
+    const aged = await routeTo(upstream.url, 'pool: { maxSockets: 1, maxAge: 300ms }', agedClock);
     const before = upstream.connections();
-    const deadline = Date.now() + 900;
-    while (Date.now() < deadline) {
+    for (let elapsedMs = 0; elapsedMs < 900; elapsedMs += 50) {
       expect((await request(aged.port, { path: '/' })).status).toBe(200);
-      await sleep(50);
+      agedClock.advance(50);
     }
     expect(upstream.connections() - before).toBeGreaterThanOrEqual(2);
     expect(await aged.metric('evictions_total', { route: 'web', reason: 'max_age' })).toBeGreaterThanOrEqual(1);
@@ -376,8 +383,11 @@ describe('pool limits and evictions', () => {
   });
 
   it('keeps the connection when a client leaves early: the rest of a small response is dropped; a stream is cut', async () => {
+    // The slow answer is held until the client has gone: a timer could fire after a loaded
+    // machine delayed the client's exit, and then the client would get it.
+    let answerSlow: (() => void) | null = null;
     const upstream = await upstreamWith((req, res) => {
-      if (req.url === '/slow') setTimeout(() => res.end('late answer'), 200);
+      if (req.url === '/slow') answerSlow = () => res.end('late answer');
       else if (req.url === '/stream') {
         res.writeHead(200);
         const timer = setInterval(() => res.write(Buffer.alloc(64 * 1024)), 5);
@@ -389,9 +399,10 @@ describe('pool limits and evictions', () => {
     const impatient = net.connect(route.port, '127.0.0.1');
     impatient.on('error', () => {});
     impatient.write('GET /slow HTTP/1.0\r\n\r\n');
-    await sleep(50);
+    const answer = await until(() => answerSlow, 5_000, 'the slow request at the upstream');
     impatient.destroy();
     await until(async () => (await route.metric('requests_total', { route: 'web', code: '499' })) === 1, 5_000, 'the 499');
+    answer();
     expect((await request(route.port, { path: '/next' })).body.toString()).toBe('ok');
     expect(upstream.connections()).toBe(1);
     expect(await route.metric('evictions_total', { route: 'web', reason: 'client_aborted' })).toBe(0);

@@ -373,7 +373,8 @@ async function cli(command: string, args: string[], input: string | string[]): P
   let err = '';
   child.stdout!.on('data', (text: string) => (out += text));
   child.stderr!.on('data', (text: string) => (err += text));
-  const code = await new Promise<number | null>((resolve) => child.on('exit', resolve));
+  // 'close', not 'exit': the last of its output may still be in the pipe when it exits.
+  const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
   if (code !== 0) throw new Error(`${command} exited ${code}: ${err}`);
   return out;
 }

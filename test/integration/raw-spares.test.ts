@@ -149,7 +149,21 @@ describe('warm-pool spares under a hostile upstream', () => {
           results.push(...(await Promise.all(batch)));
         }
         up.killing(false);
-        await until(async () => sample(await metrics(), 'keepalive_proxy_config_reloads_total', { result: 'ok' }) === reloads, 10_000, `${reloads} reloads`);
+        // A timed-out wait says what it saw: the counts, and why a reload was refused.
+        let reloadsSeen = {};
+        await until(
+          async () => {
+            const values = await metrics();
+            const ok = sample(values, 'keepalive_proxy_config_reloads_total', { result: 'ok' });
+            reloadsSeen = { ok, error: sample(values, 'keepalive_proxy_config_reloads_total', { result: 'error' }) };
+            return ok === reloads;
+          },
+          10_000,
+          `${reloads} reloads`,
+        ).catch((error: Error) => {
+          const lines = proxy.logs.filter((line) => String(line['msg']).includes('reload'));
+          throw new Error(`${error.message}; last seen ${JSON.stringify(reloadsSeen)}; reload lines ${JSON.stringify(lines)}`);
+        });
 
         // A client whose connection died is one the upstream killed before reading from it:
         // it saw no echo, or only the upstream's own garbage; never a wrong or missing byte in a stream that went on.

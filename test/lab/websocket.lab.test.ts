@@ -130,10 +130,17 @@ describe.skipIf(!isRoot)('middlebox lab: a WebSocket through HAProxy (mode tcp) 
     const since = wsClient.mark();
     const serverSince = wsServer.mark();
     await sleep(3 * LB_IDLE_TIMEOUT_MS);
+    const silenceEnd = Date.now();
     const seenByClient = wsClient.events.slice(since).filter((e) => e.conn === conn);
     expect(seenByClient.filter((e) => e.event === 'close')).toEqual([]);
     expect(seenByClient.filter((e) => e.event === 'pong')).toEqual([]);
-    expect(wsServer.events.slice(serverSince).filter((e) => e.event === 'server-ping').length).toBeGreaterThanOrEqual(5);
+    // The server's ping lines reach this process through its stdout pipe, maybe after the sleep
+    // ended: wait (bounded) until five have been read, then count those the server saw (by its
+    // own clock) within the silence.
+    let pingsRead = 0;
+    await wsServer.waitFor((e) => e.event === 'server-ping' && ++pingsRead >= 5, 5_000, serverSince).catch(() => null);
+    const pingsInSilence = wsServer.events.slice(serverSince).filter((e) => e.event === 'server-ping' && Number(e.t) <= silenceEnd);
+    expect(pingsInSilence.length).toBeGreaterThanOrEqual(5);
     await wsClient.request({ op: 'send', conn, data: 'after the idle spell' });
     await wsClient.waitFor((e) => e.event === 'message' && e.conn === conn && e.data === 'echo after the idle spell', 5_000, since);
     const metrics = await proxy.metrics();

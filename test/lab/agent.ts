@@ -58,9 +58,12 @@ const ops = {
     const conn = watch(socket);
     return { conn, localPort: socket.localPort };
   },
+  // sentAt: taken before the bytes leave, so no activity they cause can be older.
   write({ conn, data }) {
-    socketOf(conn).write(data);
-    return {};
+    const socket = socketOf(conn);
+    const sentAt = Date.now();
+    socket.write(data);
+    return { sentAt };
   },
   destroy({ conn }) {
     sockets.get(conn)?.destroy();
@@ -83,8 +86,12 @@ export interface Agent {
   localPort(conn: number): number;
   write(conn: number, data: string): Promise<void>;
   destroy(conn: number): Promise<void>;
-  /** Writes `text` and waits for it to come back; rejects when it does not within timeoutMs. */
-  roundTrip(conn: number, text: string, timeoutMs: number): Promise<void>;
+  /**
+   * Writes `text` and waits for it to come back; rejects when it does not within timeoutMs.
+   * Resolves with the agent's own clock just before the write: a silence that follows starts
+   * no earlier, however late the echo's line reaches this process.
+   */
+  roundTrip(conn: number, text: string, timeoutMs: number): Promise<number>;
   /** Resolves with the first end/error/close event of `conn` from `since` on, or null after timeoutMs. */
   waitClosed(conn: number, timeoutMs: number, since?: number): Promise<JsonLine | null>;
   fetch(url: string, timeoutMs?: number): Promise<{ status: number; body: string }>;
@@ -117,7 +124,7 @@ export async function startAgent(ns: string): Promise<Agent> {
     },
     async roundTrip(conn, text, timeoutMs) {
       const since = node.mark();
-      await node.request({ op: 'write', conn, data: text });
+      const { sentAt } = await node.request({ op: 'write', conn, data: text });
       // Collect this connection's data from `since` until the whole text is back.
       let received = '';
       await node.waitFor(
@@ -132,6 +139,7 @@ export async function startAgent(ns: string): Promise<Agent> {
         timeoutMs,
         since,
       );
+      return sentAt as number;
     },
     async waitClosed(conn, timeoutMs, since = 0) {
       try {

@@ -78,15 +78,16 @@ const ops = {
     sessions.set(session, handle);
     return { session, connectMs };
   },
-  // Never throws: the outcome is the answer.
+  // Never throws: the outcome is the answer. startedAt: this clock before the query left.
   async query({ session, timeoutMs = 5000 }) {
     const handle = sessions.get(session);
+    const startedAt = Date.now();
     const started = performance.now();
     try {
       const identity = await within(handle.identity(), timeoutMs, 'query');
-      return { outcome: 'ok', identity, ms: performance.now() - started };
+      return { outcome: 'ok', identity, startedAt, ms: performance.now() - started };
     } catch (error) {
-      return { outcome: 'error', error: String(error?.message ?? error), ms: performance.now() - started };
+      return { outcome: 'error', error: String(error?.message ?? error), startedAt, ms: performance.now() - started };
     }
   },
   async close({ session }) {
@@ -118,6 +119,8 @@ export interface QueryOutcome {
   /** The server's id for the connection that answered (CLIENT ID, pg_backend_pid(), CONNECTION_ID()). */
   readonly identity?: number;
   readonly error?: string;
+  /** The client's clock (Date.now()) just before the query left: no reply to it can be older. */
+  readonly startedAt: number;
   readonly ms: number;
 }
 
@@ -144,7 +147,13 @@ export async function startDbClient(ns: string): Promise<DbClient> {
     },
     async query(session, timeoutMs = 5_000) {
       const reply = await node.request({ op: 'query', session, timeoutMs }, timeoutMs + 5_000);
-      return { outcome: reply.outcome as 'ok' | 'error', identity: reply.identity as number | undefined, error: reply.error as string | undefined, ms: reply.ms as number };
+      return {
+        outcome: reply.outcome as 'ok' | 'error',
+        identity: reply.identity as number | undefined,
+        error: reply.error as string | undefined,
+        startedAt: reply.startedAt as number,
+        ms: reply.ms as number,
+      };
     },
     async close(session) {
       await node.request({ op: 'close', session });

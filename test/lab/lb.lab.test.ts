@@ -23,9 +23,11 @@ describe.skipIf(!isRoot)('middlebox lab: HAProxy (mode tcp) with a short idle ti
 
   it('direct: the LB closes an idle connection after its timeout', async () => {
     const conn = await lab.client.connect(ADDRESSES.middleClientSide, LB_PORT);
-    await lab.client.roundTrip(conn, 'hello through the lb\n', 3_000);
+    // Timed from the agent's clock before its write: the LB's idle timer starts later, at the
+    // echo, so the silence measured is never shorter than the LB's, however late the echo's
+    // line reaches this process.
+    const idleFrom = await lab.client.roundTrip(conn, 'hello through the lb\n', 3_000);
     const since = lab.client.node.mark();
-    const idleFrom = Date.now();
     const closed = await lab.client.waitClosed(conn, LB_IDLE_TIMEOUT_MS + SLACK_MS, since);
     const cutAfterMs = closed ? Number(closed.t) - idleFrom : null;
     console.log(`[lab] HAProxy timeout ${LB_IDLE_TIMEOUT_MS} ms: idle direct connection closed after ${cutAfterMs} ms (${String(closed?.event)})`);
@@ -52,9 +54,8 @@ describe.skipIf(!isRoot)('middlebox lab: HAProxy (mode tcp) with a short idle ti
       ),
     );
     const conn = await lab.client.connect('127.0.0.1', PROXY_PORT);
-    await lab.client.roundTrip(conn, 'hello via proxy and lb\n', 3_000);
+    const idleFrom = await lab.client.roundTrip(conn, 'hello via proxy and lb\n', 3_000);
     const since = lab.client.node.mark();
-    const idleFrom = Date.now();
     const closed = await lab.client.waitClosed(conn, LB_IDLE_TIMEOUT_MS + SLACK_MS, since);
     console.log(
       `[lab] HAProxy timeout ${LB_IDLE_TIMEOUT_MS} ms, proxy with keepalive only: client closed after ${closed ? Number(closed.t) - idleFrom : null} ms (${String(closed?.event)})`,

@@ -1,6 +1,6 @@
 import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { constants, tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 // Network-namespace topologies for the middlebox lab: three namespaces in a line,
@@ -209,10 +209,17 @@ function sweepSync(): void {
 }
 
 process.on('exit', sweepSync);
+// On SIGINT/SIGTERM: the cleanups of an exit (this sweep, and every other helper's 'exit'
+// handler, such as the servers' kill), then death by the signal itself. Not process.exit():
+// vitest intercepts it in its workers, so a worker told to stop by its parent stayed alive,
+// orphaned, spinning on its parent's closed pipes.
 for (const signal of ['SIGINT', 'SIGTERM'] as const) {
   process.once(signal, () => {
-    sweepSync();
-    process.exit(128 + (signal === 'SIGINT' ? 2 : 15));
+    try {
+      process.emit('exit', 128 + constants.signals[signal]);
+    } finally {
+      process.kill(process.pid, signal); // this handler was `once`: the default action now
+    }
   });
 }
 

@@ -128,14 +128,17 @@ export async function openSessionPair(db: DbClient, kind: DbKind, ports: PairPor
   const keepaliveOnly = await db.open(kind, '127.0.0.1', ports.keepaliveOnly);
   const queryBoth = async (): Promise<PairQueries> => ({ heartbeat: await db.query(withHeartbeat.session), keepaliveOnly: await db.query(keepaliveOnly.session) });
   const before = await queryBoth();
-  // The silence (and the LB's idle timer) starts with the last query's reply, not when idle() is
-  // called: the scrapes a test makes in between must not count against the cut's time.
-  const quietSince = Date.now();
+  // The silence (and the LB's idle timer) starts with the keepalive-only session's last query,
+  // not when idle() is called, nor when its reply's line reached this process: the scrapes a
+  // test makes in between, and a late pipe, must not count against the cut's time. Timed from
+  // the client's clock before that query left, so the silence is never under-counted; its
+  // events are watched from here too, so a cut during those scrapes is still seen.
+  const quietSince = before.keepaliveOnly.startedAt;
+  const since = db.node.mark();
   return {
     before,
     async idle(idleMs, heartbeatsOk) {
       const probesBefore = await heartbeatsOk();
-      const since = db.node.mark();
       await sleep(idleMs);
       const after = await queryBoth();
       const probes = (await heartbeatsOk()) - probesBefore;

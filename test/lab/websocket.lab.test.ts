@@ -54,9 +54,12 @@ const ops = {
     await new Promise((resolve, reject) => { ws.once('open', resolve); ws.once('error', reject); });
     return { conn };
   },
+  // sentAt: taken before the message leaves, so no activity it causes can be older.
   send({ conn, data }) {
-    clients.get(conn).send(data);
-    return {};
+    const ws = clients.get(conn);
+    const sentAt = Date.now();
+    ws.send(data);
+    return { sentAt };
   },
 };
 `;
@@ -100,19 +103,22 @@ describe.skipIf(!isRoot)('middlebox lab: a WebSocket through HAProxy (mode tcp) 
     ]);
   }
 
-  async function openAndEcho(): Promise<number> {
+  /** A new WebSocket with one echoed message; sentAt: the ws client's clock just before it sent it. */
+  async function openAndEcho(): Promise<{ conn: number; sentAt: number }> {
     const { conn } = await wsClient.request({ op: 'connect', url: `ws://127.0.0.1:${proxyPort}/live` });
     const since = wsClient.mark();
-    await wsClient.request({ op: 'send', conn, data: 'hello' });
+    const { sentAt } = await wsClient.request({ op: 'send', conn, data: 'hello' });
     await wsClient.waitFor((e) => e.event === 'message' && e.conn === conn && e.data === 'echo hello', 5_000, since);
-    return conn as number;
+    return { conn: conn as number, sentAt: sentAt as number };
   }
 
   it('without a heartbeat: the idle WebSocket is cut by the LB', async () => {
     proxy = await startProxyInNs(path.lab.client, yaml(), admin);
-    const conn = await openAndEcho();
+    // Timed from the client's clock before its message: the LB's idle timer starts later, at the
+    // echo, so the silence measured is never shorter than the LB's, however late the echo's
+    // line reaches this process.
+    const { conn, sentAt: idleFrom } = await openAndEcho();
     const since = wsClient.mark();
-    const idleFrom = Date.now();
     const closed = await wsClient.waitFor((e) => e.event === 'close' && e.conn === conn, LB_IDLE_TIMEOUT_MS + 5_000, since);
     console.log(`[lab] ws without heartbeat: closed after ${Number(closed.t) - idleFrom} ms (code ${String(closed.code)})`);
     expect(Number(closed.t) - idleFrom).toBeGreaterThanOrEqual(LB_IDLE_TIMEOUT_MS - 500);
@@ -120,14 +126,21 @@ describe.skipIf(!isRoot)('middlebox lab: a WebSocket through HAProxy (mode tcp) 
 
   it('with a heartbeat: pings (answered, and never shown to the client) keep it alive past 3x the LB timeout', async () => {
     proxy = await startProxyInNs(path.lab.client, yaml('{ every: 1s, timeout: 800ms }'), admin);
-    const conn = await openAndEcho();
+    const { conn } = await openAndEcho();
     const since = wsClient.mark();
     const serverSince = wsServer.mark();
     await sleep(3 * LB_IDLE_TIMEOUT_MS);
+    const silenceEnd = Date.now();
     const seenByClient = wsClient.events.slice(since).filter((e) => e.conn === conn);
     expect(seenByClient.filter((e) => e.event === 'close')).toEqual([]);
     expect(seenByClient.filter((e) => e.event === 'pong')).toEqual([]);
-    expect(wsServer.events.slice(serverSince).filter((e) => e.event === 'server-ping').length).toBeGreaterThanOrEqual(5);
+    // The server's ping lines reach this process through its stdout pipe, maybe after the sleep
+    // ended: wait (bounded) until five have been read, then count those the server saw (by its
+    // own clock) within the silence.
+    let pingsRead = 0;
+    await wsServer.waitFor((e) => e.event === 'server-ping' && ++pingsRead >= 5, 5_000, serverSince).catch(() => null);
+    const pingsInSilence = wsServer.events.slice(serverSince).filter((e) => e.event === 'server-ping' && Number(e.t) <= silenceEnd);
+    expect(pingsInSilence.length).toBeGreaterThanOrEqual(5);
     await wsClient.request({ op: 'send', conn, data: 'after the idle spell' });
     await wsClient.waitFor((e) => e.event === 'message' && e.conn === conn && e.data === 'echo after the idle spell', 5_000, since);
     const metrics = await proxy.metrics();

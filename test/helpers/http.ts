@@ -1,6 +1,6 @@
 import http from 'node:http';
 import net from 'node:net';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
@@ -18,12 +18,17 @@ import { once } from './wait.js';
 // upstream servers that count what they see. Every starter returns its own close().
 
 /** A route's config from the YAML of one route (indented as a list item's body). */
-export function httpRouteConfig(routeYaml: string, dir = mkdtempSync(join(tmpdir(), 'kp-http-'))): RouteConfig {
-  const file = join(dir, 'config.yaml');
+export function httpRouteConfig(routeYaml: string, dir?: string): RouteConfig {
+  // A directory of its own unless given, removed once parsed: the config holds no path into it.
+  const home = dir ?? mkdtempSync(join(tmpdir(), 'kp-http-'));
+  const file = join(home, 'config.yaml');
   const text = `admin:\n  listen: off\nroutes:\n  - name: web\n    listen: 127.0.0.1:0\n${indent(routeYaml, 4)}\n`;
-  writeFileSync(file, text);
-  const config = parseConfigText(text, file);
-  return config.routes[0]!;
+  try {
+    writeFileSync(file, text);
+    return parseConfigText(text, file).routes[0]!;
+  } finally {
+    if (dir === undefined) rmSync(home, { recursive: true, force: true });
+  }
 }
 
 function indent(text: string, spaces: number): string {

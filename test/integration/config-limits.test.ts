@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { connect, freePort, listen0, readBytes } from '../helpers/net.js';
-import { MAIN, startProxy, type RunningProxy } from '../helpers/proxy.js';
+import { MAIN, parseMetrics, sample, startProxy, type RunningProxy } from '../helpers/proxy.js';
 import { until } from '../helpers/wait.js';
 
 // check and start print at most 50 errors and a count of the rest. A reload parses and validates a config file that may be as large as the limit (4 MiB)
@@ -51,15 +51,27 @@ async function largestGapWhile(client: net.Socket, done: () => boolean, timeoutM
   return { gapMs, trips };
 }
 
+/**
+ * The proxy's own longest event-loop delay since the previous call (prom-client's
+ * nodejs_eventloop_lag_max_seconds, reset at each scrape), in ms. What the round trips feel also
+ * holds this process's and its echo server's stalls, which a loaded machine makes long; the
+ * defect is the proxy's loop blocked by the parse.
+ */
+async function longestStallMs(proxy: RunningProxy): Promise<number> {
+  return sample(parseMetrics(await proxy.metrics()), 'keepalive_proxy_nodejs_eventloop_lag_max_seconds') * 1000;
+}
+
 describe('reload off the event loop', () => {
   it('keeps a proxied connection answering while a 20,000-unknown-key file is rejected, and caps the errors logged', async () => {
     const { proxy, client, head } = await echoProxy();
     const unknown = Array.from({ length: 20_000 }, (_, i) => `    unknownKey${i}: ${i}\n`).join('');
+    await longestStallMs(proxy); // starts the proxy's record afresh
     await proxy.reload(head + unknown);
     const { gapMs, trips } = await largestGapWhile(client, () => proxy.logs.some((l) => l.msg === REJECTED), 60_000);
-    console.log(`20,000 unknown keys: largest gap between round trips ${gapMs.toFixed(1)} ms over ${trips} trips`);
+    const stallMs = await longestStallMs(proxy);
+    console.log(`20,000 unknown keys: proxy's longest event-loop stall ${stallMs.toFixed(1)} ms; largest gap between round trips ${gapMs.toFixed(1)} ms over ${trips} trips`);
     // Before the fix the loop froze for seconds (13.6 s for 20,000 keys on the report's machine).
-    expect(gapMs).toBeLessThan(500);
+    expect(stallMs).toBeLessThan(500);
 
     const errors = proxy.logs.find((l) => l.msg === REJECTED)!.errors as string[];
     expect(errors).toHaveLength(51);
@@ -76,10 +88,12 @@ describe('reload off the event loop', () => {
     // resolved config stays small: this measures loading, not building routes.
     let allow = '';
     for (let i = 0; allow.length < 3.9 * 1024 * 1024; i++) allow += `    - "host-${i}.example.com:443"\n`;
+    await longestStallMs(proxy);
     await proxy.reload(`${head}defaults:\n  allow:\n${allow}`);
     const { gapMs, trips } = await largestGapWhile(client, () => proxy.logs.some((l) => l.msg === RELOADED), 60_000);
-    console.log(`3.9 MiB valid file: largest gap between round trips ${gapMs.toFixed(1)} ms over ${trips} trips`);
-    expect(gapMs).toBeLessThan(500);
+    const stallMs = await longestStallMs(proxy);
+    console.log(`3.9 MiB valid file: proxy's longest event-loop stall ${stallMs.toFixed(1)} ms; largest gap between round trips ${gapMs.toFixed(1)} ms over ${trips} trips`);
+    expect(stallMs).toBeLessThan(500);
   }, 90_000);
 
   it('refuses a file over the size limit on reload, naming the file and the limit', async () => {

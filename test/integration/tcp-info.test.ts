@@ -24,7 +24,16 @@ interface SsInfo {
   lastRecvMs: number;
 }
 
-/** `ss -tinH` of the one established connection the filter selects (e.g. "sport = :1234"). */
+/**
+ * The ss filter for the one connection from local port `local` to port `remote`. Both ports:
+ * Linux gives one ephemeral port to connections to different destinations, so another
+ * process's connection can share a client's local port (ss listed it too, on Node 26 under load).
+ */
+function between(local: number, remote: number): string {
+  return `sport = :${local} and dport = :${remote}`;
+}
+
+/** `ss -tinH` of the one established connection the filter selects (see between()). */
 function ssInfo(filter: string): SsInfo {
   const out = execFileSync(SS!, ['-tinH', 'state', 'established', filter], { encoding: 'utf8', timeout: 5_000 });
   const lines = out.split('\n').filter((line) => line.trim() !== '');
@@ -110,9 +119,9 @@ describe.runIf(process.platform === 'linux' && SS !== undefined)('TCP_INFO read-
         }
       }
       for (const client of clients) {
-        await quietSsInfo(`sport = :${client.localPort}`);
+        await quietSsInfo(between(client.localPort!, echo.port));
         const ours = readTcpInfo(client);
-        expectSameAsSs(ours, ssInfo(`sport = :${client.localPort}`), `client :${client.localPort}`);
+        expectSameAsSs(ours, ssInfo(between(client.localPort!, echo.port)), `client :${client.localPort}`);
         expect(ours!.rttUs, 'an RTT was measured').toBeGreaterThan(0);
       }
     } finally {
@@ -139,12 +148,12 @@ describe.runIf(process.platform === 'linux' && SS !== undefined)('TCP_INFO read-
         await readBytes(client, 20_000);
       }
       await quietSsInfo(`dport = :${echo.port}`);
-      await quietSsInfo(`sport = :${port}`);
+      await quietSsInfo(between(port, client.localPort!));
       const row = (await proxy.connections()).find((c) => c['route'] === 't') as { tcpInfo?: { client: TcpInfo | null; upstream: TcpInfo | null } } | undefined;
       expect(row?.tcpInfo, '/connections shows TCP_INFO').toBeDefined();
       // The proxy's socket to the echo server is the only established one with that destination port.
       expectSameAsSs(row!.tcpInfo!.upstream, ssInfo(`dport = :${echo.port}`), 'upstream');
-      expectSameAsSs(row!.tcpInfo!.client, ssInfo(`sport = :${port}`), 'client');
+      expectSameAsSs(row!.tcpInfo!.client, ssInfo(between(port, client.localPort!)), 'client');
       await until(
         async () => sample(parseMetrics(await proxy.metrics()), 'keepalive_proxy_upstream_rtt_seconds_count', { route: 't' }) >= 1,
         10_000,

@@ -25,7 +25,7 @@ export interface SessionEvents {
    * route counts the end here, so a peer that sees the FIN or RST finds it counted
    * (the sockets' 'close' events come later: after the flush, or a reset held until delivery).
    */
-  onClosing?(session: Session, reason: EvictionReason, side: Side): void;
+  onClosing(session: Session, reason: EvictionReason, side: Side): void;
   /** Called once, after both sockets are destroyed. */
   onClosed(session: Session, reason: EvictionReason, side: Side): void;
   /** Per-route byte counters, flushed to Prometheus on the shared tick. */
@@ -402,7 +402,7 @@ export class Session {
     this.#closedAt = this.#clock.now();
     this.#closeReason = reason;
     this.#closeSide = side;
-    this.#events.onClosing?.(this, reason, side);
+    this.#events.onClosing(this, reason, side);
     void error;
     const abrupt = !CLEAN_REASONS.has(reason);
     // Client bytes held behind a probe were read before the client went: they are its last words.

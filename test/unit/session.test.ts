@@ -23,11 +23,18 @@ afterEach(() => {
 });
 
 class RecordedEvents implements SessionEvents {
+  readonly closing: Array<{ reason: EvictionReason; side: Side }> = [];
   readonly closed: Array<{ reason: EvictionReason; side: Side }> = [];
   readonly heartbeats: Array<{ result: HeartbeatResult; detail?: string }> = [];
   readonly bytes = { upstream: 0, downstream: 0 };
+  onClosing(_session: Session, reason: EvictionReason, side: Side): void {
+    this.closing.push({ reason, side });
+  }
   onClosed(_session: Session, reason: EvictionReason, side: Side): void {
-    this.closed.push({ reason, side });
+    // onClosing must have come first with the same reason and side (the route counts the end
+    // there): a miss is recorded as reason 'error', which no case expects.
+    const told = this.closing.at(-1);
+    this.closed.push(told?.reason === reason && told.side === side ? { reason, side } : { reason: 'error', side });
   }
   onBytes(direction: 'upstream' | 'downstream', count: number): void {
     this.bytes[direction] += count;

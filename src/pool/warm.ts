@@ -102,7 +102,11 @@ export class WarmPool {
   readonly #metrics: RouteMetrics;
   readonly #warm: number;
   readonly #spares: Spare[] = [];
-  readonly #dialing = new Set<DialHandle<net.Socket | RawTcp>>();
+  /**
+   * Refill dials in flight (spares to be). A client's fresh dial is not here: it belongs to
+   * the client's lease, which a reload must not cut (the old pool's close() aborts only these).
+   */
+  readonly #refilling = new Set<{ abort(): void }>();
   #inUse = 0;
   #closed = false;
   /** close()'s reason, for a spare that comes back from a hand-off after it. */
@@ -218,8 +222,8 @@ export class WarmPool {
     if (this.#closed) return;
     this.#closed = true;
     this.#closeReason = reason;
-    for (const handle of this.#dialing) handle.abort();
-    this.#dialing.clear();
+    for (const handle of this.#refilling) handle.abort();
+    this.#refilling.clear();
     for (const spare of [...this.#spares]) this.#evict(spare, reason);
     this.#updateGauges();
     this.#refillFailures.flush();
@@ -270,17 +274,14 @@ export class WarmPool {
     const target = config.upstream!;
     const options = this.#dialOptions();
     const handle: DialHandle<net.Socket | RawTcp> = raw ? dialRaw(options) : dial(options);
-    this.#dialing.add(handle);
     const done = handle.done.then(
       ({ socket, connectMs, tls, earlyData }) => {
-        this.#dialing.delete(handle);
         metrics.connect('ok').inc();
         metrics.connectSeconds.observe(connectMs / 1000);
         if (tls) metrics.tlsHandshake(tls.resumed, 'upstream').inc();
         return { socket, earlyData };
       },
       (error: unknown) => {
-        this.#dialing.delete(handle);
         const timeout = error instanceof ProxyError && error.code === 'CONNECT_TIMEOUT';
         const clientLeft = error instanceof ProxyError && error.side === 'downstream';
         if (!clientLeft) {
@@ -335,16 +336,20 @@ export class WarmPool {
 
   #refill(): void {
     if (!this.#started || this.#closed || this.#warm === 0) return;
-    const missing = this.#warm - this.#spares.length - this.#dialing.size;
+    const missing = this.#warm - this.#spares.length - this.#refilling.size;
     if (missing <= 0) return;
     const round = ++this.#refillRound;
     for (let i = 0; i < missing; i++) {
-      this.#dial(this.#parksRaw).done.then(
+      const refill = this.#dial(this.#parksRaw);
+      this.#refilling.add(refill);
+      refill.done.then(
         ({ socket, earlyData }) => {
+          this.#refilling.delete(refill);
           if (this.#closed) socket.destroy();
           else this.#park(socket, earlyData, round);
         },
         (error: unknown) => {
+          this.#refilling.delete(refill);
           const result = error instanceof ProxyError && error.code === 'CONNECT_TIMEOUT' ? 'timeout' : 'error';
           this.#refillFailed(round, result, (error as Error).message);
         },

@@ -3,7 +3,7 @@ import net from 'node:net';
 import { IPPROTO_TCP, readSockoptBytes } from '../../src/net/sockopt.js';
 import type { TcpRef } from '../../src/net/splice-end.js';
 import { testForks } from './forks.js';
-import { once } from './wait.js';
+import { once, until } from './wait.js';
 
 /** A TCP server on 127.0.0.1:0; closing it destroys the sockets it accepted. */
 export async function listen0(
@@ -213,6 +213,59 @@ export async function delayingRelay(targetPort: number, delayMs: number, towardU
     inbound.on('close', () => outbound.destroy());
   });
   return { port: relay.port, close: relay.close };
+}
+
+/**
+ * A listener that does not accept, with its accept queue already full: Linux then drops
+ * further SYNs, so a connect to it hangs (a real connect timeout without leaving loopback)
+ * until acceptNow(), after which the connect completes on its next SYN retransmission
+ * (1 s, 3 s, 7 s after the first) and every connection it accepts is echoed.
+ */
+export async function fullBacklogListener(): Promise<{ port: number; acceptNow(): void; stop(): void }> {
+  const { spawn } = await import('node:child_process');
+  const child = spawn(
+    'python3',
+    [
+      '-c',
+      [
+        'import os, socket, sys, threading',
+        // Bounded: gone after 120 s whatever happens to the test.
+        'threading.Timer(120, lambda: os._exit(0)).start()',
+        's = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(0)',
+        'print(s.getsockname()[1], flush=True)',
+        // A test that never says "accept" (stdin closed) leaves the queue full until exit.
+        'if sys.stdin.readline().strip() != "accept": os._exit(0)',
+        'def echo(c):',
+        '    while True:',
+        '        d = c.recv(65536)',
+        '        if not d: break',
+        '        c.sendall(d)',
+        '    c.close()',
+        'while True:',
+        '    c, _ = s.accept()',
+        '    threading.Thread(target=echo, args=(c,), daemon=True).start()',
+      ].join('\n'),
+    ],
+    { stdio: ['pipe', 'pipe', 'inherit'] },
+  );
+  const port = Number((await once<Buffer>(child.stdout!, 'data', 5_000)).toString().trim());
+  const fillers: net.Socket[] = [];
+  // Fill the queue: connects that complete go into the (unaccepted) queue until it is full.
+  for (let i = 0; i < 4; i++) {
+    const socket = net.connect(port, '127.0.0.1');
+    socket.on('error', () => {});
+    fillers.push(socket);
+  }
+  // Full once a connect has completed into it (backlog 0 holds one): waited for, not assumed after a sleep.
+  await until(() => fillers.some((socket) => !socket.connecting), 5_000, 'the accept queue full');
+  return {
+    port,
+    acceptNow: () => child.stdin!.write('accept\n'),
+    stop: () => {
+      for (const socket of fillers) socket.destroy();
+      child.kill('SIGKILL');
+    },
+  };
 }
 
 const TCP_INFO = 11;

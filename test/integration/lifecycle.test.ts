@@ -1,6 +1,6 @@
 import net from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { connect, freePort, listen0, readBytes, refused } from '../helpers/net.js';
+import { connect, freePort, fullBacklogListener, listen0, readBytes, refused } from '../helpers/net.js';
 import { parseMetrics, sample, startProxy, type RunningProxy } from '../helpers/proxy.js';
 import { once, sleep, until } from '../helpers/wait.js';
 
@@ -335,6 +335,37 @@ routes:
     expect(sample(metrics, 'keepalive_proxy_config_reloads_total', { result: 'ok' })).toBe(2);
     expect(sample(metrics, 'keepalive_proxy_config_reloads_total', { result: 'error' })).toBe(1);
   });
+
+  // A client whose upstream connect is still in flight belongs to that client, not to the
+  // route's pool of spares: a reload that replaces the pool (route changed) or retires the
+  // route (removed) lets the connect finish and the client be served. It used to be cut,
+  // counted as if the client had left, and without an upstream connection of its own.
+  it.each(['changed', 'removed'] as const)('a client whose upstream is still connecting at SIGHUP is served when its route is %s', async (change) => {
+    const upstream = await fullBacklogListener();
+    cleanups.push(() => upstream.stop());
+    const [slowPort, otherPort] = [await freePort(), await freePort()];
+    const config = (routes: string): string => `admin: { listen: "{{admin}}" }\nroutes:\n${routes}`;
+    const route = (name: string, port: number, extra = ''): string =>
+      `  - { name: ${name}, listen: 127.0.0.1:${port}, upstream: 127.0.0.1:${upstream.port}, connectTimeout: 20s${extra} }\n`;
+    const proxy = await run(config(route('slow', slowPort)));
+    const metrics = async (): Promise<Map<string, number>> => parseMetrics(await proxy.metrics());
+
+    const client = await connect(slowPort);
+    client.on('error', () => {});
+    cleanups.push(() => client.destroy());
+    client.write('hello');
+    // Taken by the proxy, whose connect now waits on the full accept queue.
+    await until(async () => sample(await metrics(), 'keepalive_proxy_connections_active', { route: 'slow' }) === 1, 5_000, 'the client taken');
+    await proxy.reload(config(change === 'changed' ? route('slow', slowPort, ', idleTimeout: 5m') : route('other', otherPort)));
+    await until(async () => sample(await metrics(), 'keepalive_proxy_config_reloads_total', { result: 'ok' }) === 1, 5_000, 'the reload applied');
+    expect(sample(await metrics(), 'keepalive_proxy_connections_active', { route: 'slow' })).toBe(1);
+
+    upstream.acceptNow();
+    expect((await readBytes(client, 5, 15_000)).toString()).toBe('hello');
+    const served = await metrics();
+    expect(sample(served, 'keepalive_proxy_upstream_connects_total', { route: 'slow', result: 'ok' })).toBe(1);
+    expect(sample(served, 'keepalive_proxy_evictions_total', { route: 'slow', reason: 'peer_closed' })).toBe(0);
+  }, 30_000);
 
   it('SIGTERM stops accepting, lets live connections finish, and exits 0', async () => {
     const a = await taggedEcho('d');

@@ -96,6 +96,16 @@ function routeSum(values: Map<string, number>, metric: string, route: string): n
   return total;
 }
 
+/** A route's samples of one metric by their other labels, for a failure message. */
+function routeBreakdown(values: Map<string, number>, metric: string, route: string): Record<string, number> {
+  const breakdown: Record<string, number> = {};
+  for (const [key, value] of values) {
+    if (!key.startsWith(`keepalive_proxy_${metric}{`) || !key.includes(`route="${route}"`)) continue;
+    breakdown[key.slice(key.indexOf('{')).replace(`route="${route}"`, '').replace(/^\{,?|,?\}$/g, '')] = value;
+  }
+  return breakdown;
+}
+
 describe('warm-pool spares under a hostile upstream', () => {
   let pki: Pki;
   beforeAll(() => {
@@ -187,6 +197,10 @@ describe('warm-pool spares under a hostile upstream', () => {
               counted: routeSum(values, 'evictions_total', 'spares') + idle,
               fds: fdCount(proxy.pid),
               fdsAllowed: fdsWithoutSpares + idle,
+              evictions: routeBreakdown(values, 'evictions_total', 'spares'),
+              connects: routeBreakdown(values, 'upstream_connects_total', 'spares'),
+              reuse: sample(values, 'keepalive_proxy_reuse_total', { route: 'spares' }),
+              kills: up.kills(),
             };
             const quiet =
               sample(values, 'keepalive_proxy_connections_active', { route: 'spares' }) === 0 &&

@@ -1,7 +1,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { connect, freePort, listen0, outcomeOf, readBytes } from '../helpers/net.js';
+import { connect, freePort, listen0, outcomeOf, readBytes, fullBacklogListener } from '../helpers/net.js';
 import { parseMetrics, sample, startProxy, type RunningProxy } from '../helpers/proxy.js';
 import { once, until } from '../helpers/wait.js';
 
@@ -217,7 +217,7 @@ describe('tcp route connect failures', () => {
   });
 
   it('gives up after connectTimeout when the upstream never answers the SYN', async () => {
-    const hole = await startFullBacklogListener();
+    const hole = await fullBacklogListener();
     const { proxy, port } = await proxyWithRoute(`name: slow, upstream: "127.0.0.1:${hole.port}", connectTimeout: 500ms`);
     try {
       const started = Date.now();
@@ -232,34 +232,3 @@ describe('tcp route connect failures', () => {
     }
   });
 });
-
-/**
- * A listener that never accepts, with its accept queue already full: Linux then drops
- * further SYNs, so a connect to it hangs: a real connect timeout without leaving loopback.
- */
-async function startFullBacklogListener(): Promise<{ port: number; stop(): void }> {
-  const { spawn } = await import('node:child_process');
-  const child = spawn('python3', ['-c', [
-    'import socket, sys, time',
-    's = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(0)',
-    'print(s.getsockname()[1], flush=True)',
-    'time.sleep(120)',
-  ].join('\n')], { stdio: ['ignore', 'pipe', 'inherit'] });
-  const port = Number((await once<Buffer>(child.stdout!, 'data', 5_000)).toString().trim());
-  const fillers: net.Socket[] = [];
-  // Fill the queue: connects that complete go into the (unaccepted) queue until it is full.
-  for (let i = 0; i < 4; i++) {
-    const s = net.connect(port, '127.0.0.1');
-    s.on('error', () => {});
-    fillers.push(s);
-  }
-  // Full once a connect has completed into it (backlog 0 holds one): waited for, not assumed after a sleep.
-  await until(() => fillers.some((socket) => !socket.connecting), 5_000, 'the accept queue full');
-  return {
-    port,
-    stop: () => {
-      for (const s of fillers) s.destroy();
-      child.kill('SIGKILL');
-    },
-  };
-}

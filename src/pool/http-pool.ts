@@ -113,6 +113,11 @@ export class HttpPool {
     return origin;
   }
 
+  /** Why the pool stopped reusing (close()), or null while it still parks connections. */
+  get closing(): EvictionReason | null {
+    return this.#closing;
+  }
+
   /** Stop reusing: idle connections close now with `reason`, busy ones when their exchange ends. */
   close(reason: EvictionReason): void {
     if (this.#closing) return;
@@ -482,6 +487,14 @@ export class OriginPool {
 
   /** `turn`: the loop turn it is parked in, -1 when not parked from a poll-phase read (always yield). */
   #park(connection: PooledConnection, turn: number): void {
+    // A closed pool parks nothing: a connection coming back to it after close() (a dial or a
+    // hand-off whose request went away meanwhile) closes with the pool's reason, as the idle
+    // ones did, instead of sitting idle where nobody will ever take or expire it.
+    const closing = this.#pool.closing;
+    if (closing) {
+      connection.close(closing);
+      return;
+    }
     if (connection.state === 'busy') {
       this.#busy.delete(connection);
       this.#pool.moved('busy', null);

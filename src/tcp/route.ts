@@ -47,8 +47,8 @@ class TcpRoute extends RouteBase {
   #clientContext: tls.SecureContext | null;
   /** Live sessions, each with the lease it runs on (given back to its pool when the session ends). */
   readonly #sessions = new Map<Session, Lease>();
-  /** Client sockets accepted whose upstream is still connecting. */
-  readonly #pending = new Map<Client, () => void>();
+  /** Client sockets accepted whose upstream is still connecting, each with its abort (the drain's reason). */
+  readonly #pending = new Map<Client, (reason: EvictionReason) => void>();
   #upstream: WarmPool;
   /** heartbeat every: auto: the route's learned interval (null otherwise). */
   #learner: RouteLearner | null = null;
@@ -144,7 +144,7 @@ class TcpRoute extends RouteBase {
   }
 
   protected closeRemaining(reason: EvictionReason): void {
-    for (const abort of this.#pending.values()) abort();
+    for (const abort of this.#pending.values()) abort(reason);
     for (const session of this.#sessions.keys()) session.destroy(reason);
   }
 
@@ -190,11 +190,13 @@ class TcpRoute extends RouteBase {
     if (down instanceof RawTcp) {
       // Not read until its session starts, so nothing can happen to it meanwhile but our own abort.
       const attempt = this.#upstream.lease(true);
-      this.#pending.set(down, () => {
+      let abortedFor: EvictionReason | null = null;
+      this.#pending.set(down, (reason) => {
+        abortedFor = reason;
         attempt.abort();
         down.destroy();
       });
-      this.#whenLeased(down, attempt, () => null, '');
+      this.#whenLeased(down, attempt, () => abortedFor, '');
       return;
     }
     const lease = this.#upstream.lease();
@@ -220,8 +222,8 @@ class TcpRoute extends RouteBase {
     };
     down.on('error', onEarlyError);
     down.on('close', onEarlyClose);
-    this.#pending.set(down, () => {
-      clientGone ??= 'shutdown';
+    this.#pending.set(down, (reason) => {
+      clientGone ??= reason;
       attempt.abort();
       down.destroy();
     });

@@ -62,7 +62,7 @@ export const EVICTION_REASONS = {
   peer_reset: { applies: ['pair', 'spare', 'pool'], meaning: 'a peer reset the connection (ECONNRESET, EPIPE, ECONNABORTED)' },
   connect_error: { applies: ['pair', 'client'], meaning: 'the upstream refused the connection or did not accept it within connectTimeout' },
   connect_timeout: { applies: ['pair'], meaning: 'the upstream did not accept the connection in time (logged; counted as connect_error)' },
-  shutdown: { applies: ['pair', 'spare'], meaning: 'the process is draining (SIGTERM), up to shutdownTimeout' },
+  shutdown: { applies: ['pair', 'spare', 'pool'], meaning: 'the process is draining (SIGTERM), up to shutdownTimeout' },
   route_removed: { applies: ['pair'], meaning: 'a reload removed the route; its connections drained' },
   max_connections: { applies: ['pair', 'client'], meaning: 'the route already had maxConnections clients (refused at accept)' },
   error: { applies: ['pair', 'spare', 'pool'], meaning: 'any other socket error, or an upstream response that cannot be relayed' },

@@ -148,8 +148,11 @@ class HttpRoute extends RouteBase implements SessionHost {
   }
 
   protected override onDrained(reason: EvictionReason, waited: boolean): void {
-    if (waited) this.#pool.destroy(reason);
-    else this.#pool.close(reason);
+    // A route retired by a reload drops its pooled connections for the reload (as a tcp
+    // route's spares): route_removed is a client pair's word, never a pool connection's.
+    const poolReason = reason === 'route_removed' ? 'reload' : reason;
+    if (waited) this.#pool.destroy(poolReason);
+    else this.#pool.close(poolReason);
   }
 
   protected tick(now: number): void {

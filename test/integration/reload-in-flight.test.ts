@@ -4,6 +4,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { connect, freePort, fullBacklogListener } from '../helpers/net.js';
 import { parseMetrics, sample, startProxy, type RunningProxy } from '../helpers/proxy.js';
 import { until } from '../helpers/wait.js';
+import { rawRequest, startUpstream } from '../helpers/http.js';
 
 // Work in flight when a reload, a route removal or a shutdown closes something else: it
 // finishes on the configuration it started under, or is told and counted once, with the
@@ -101,4 +102,28 @@ routes:
     await until(() => openFds(proxy.pid) <= fdsBefore, 5_000, `fds back to ${fdsBefore}`).catch(() => {});
     expect(openFds(proxy.pid)).toBeLessThanOrEqual(fdsBefore);
   }, 40_000);
+
+  // A removed HTTP route's pooled connections are dropped for the reload, as a tcp route's
+  // spares are: they were counted as route_removed, a word for client pairs only.
+  it("a removed HTTP route's idle pooled connection is closed and counted as reload", async () => {
+    const upstream = await startUpstream((_req, res) => res.end('ok'));
+    cleanups.push(() => upstream.close());
+    const [port, otherPort] = [await freePort(), await freePort()];
+    const route = (name: string, listen: number): string =>
+      `  - { name: ${name}, listen: 127.0.0.1:${listen}, protocol: http, upstream: "${upstream.url}", pool: { idleTimeout: 0 } }\n`;
+    const config = (routes: string): string => `admin: { listen: "{{admin}}" }\nroutes:\n${routes}`;
+    const proxy = await run(config(route('web', port)));
+    const metrics = async (): Promise<Map<string, number>> => parseMetrics(await proxy.metrics());
+
+    expect((await rawRequest(port, 'GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n')).status).toBe(200);
+    await until(async () => sample(await metrics(), 'keepalive_proxy_pool_idle', { route: 'web' }) === 1, 5_000, 'the upstream connection parked');
+
+    await proxy.reload(config(route('other', otherPort)));
+    await until(() => upstream.openSockets().size === 0, 5_000, 'the pooled connection closed');
+    await until(async () => sample(await metrics(), 'keepalive_proxy_pool_idle', { route: 'web' }) === 0, 5_000, 'pool_idle back to 0');
+    const after = await metrics();
+    expect(sample(after, 'keepalive_proxy_evictions_total', { route: 'web', reason: 'reload' })).toBe(1);
+    expect(sample(after, 'keepalive_proxy_evictions_total', { route: 'web', reason: 'route_removed' })).toBe(0);
+    expect(sample(after, 'keepalive_proxy_connections_active', { route: 'web' })).toBe(0);
+  });
 });

@@ -280,8 +280,9 @@ export class OriginPool {
     this.#description = `${target.tls ? 'https' : 'http'}://${formatHostPort(target)}`;
   }
 
+  /** Nothing open, dialling or wanted: a queued request whose client left is no work (the queue drops it lazily). */
   get empty(): boolean {
-    return this.#idle.length === 0 && this.#busy.size === 0 && this.#dials.size === 0 && this.#waiters.length === 0;
+    return this.#idle.length === 0 && this.#busy.size === 0 && this.#dials.size === 0 && this.#waiters.every(({ waiter }) => waiter.abandoned);
   }
 
   get total(): number {

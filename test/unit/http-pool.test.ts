@@ -277,6 +277,24 @@ describe('HTTP pool: eviction', () => {
     expect(await f.metric('evictions_total', { reason: 'shutdown' })).toBe(2);
     expect(f.clock.ticking).toBe(false);
   });
+
+  // A request queued on a full pool whose client left is no work: a pool a reload closed
+  // used to stay on the shared clock for good once its last connection went, because the
+  // gone request was still in the queue when it checked.
+  it('leaves the clock once closed even when a request that gave up is still queued', async () => {
+    const f = await fixture({ maxSockets: 1 });
+    const busy = await f.served();
+    const gone = new TestWaiter();
+    f.origin.acquire(gone, false);
+    gone.abandoned = true;
+    f.pool.close('reload');
+    f.origin.release(busy.connection);
+    await until(() => busy.connection.state === 'closed', 5_000, 'the busy one closed on release');
+    expect(await f.metric('evictions_total', { reason: 'reload' })).toBe(1);
+    expect(gone.connection).toBeNull();
+    expect(f.origin.empty).toBe(true);
+    expect(f.clock.ticking).toBe(false);
+  });
 });
 
 describe('parseKeepAliveTimeoutMs', () => {

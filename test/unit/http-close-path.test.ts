@@ -24,7 +24,7 @@ const ALLOWED: readonly Allowed[] = [
   { file: 'client-session.ts', line: 'socket.destroy();', count: 1, why: 'the one close path (#endSocket): destroy' },
   { file: 'client-session.ts', line: 'socket.end();', count: 1, why: 'the one close path (#endSocket): FIN after the flush' },
   { file: 'route-tunnels.ts', line: 'for (const session of [...this.#tunnels]) session.destroy(reason);', count: 1, why: "a tunnel's own close(reason) (tcp/session.ts), which counts it" },
-  { file: 'route.ts', line: 'if (waited) this.#pool.destroy(reason);', count: 1, why: "the upstream pool's close path, which counts each connection" },
+  { file: 'route.ts', line: 'if (waited) this.#pool.destroy(poolReason);', count: 1, why: "the upstream pool's close path, which counts each connection" },
   {
     file: '../route-base.ts',
     line: 'socket.destroy();',

@@ -69,7 +69,7 @@ export const EVICTION_REASONS = {
   unexpected_data: { applies: ['spare', 'pool'], meaning: 'a parked connection sent bytes nobody asked for' },
   client_aborted: { applies: ['pool'], meaning: 'the client left mid-exchange, so the upstream connection cannot be reused' },
   replaced: { applies: ['pool'], meaning: 'an idle connection made room for a retry on a fresh one' },
-  reload: { applies: ['spare', 'pool'], meaning: 'a SIGHUP reload replaced the pool (its idle connections and spares are dropped)' },
+  reload: { applies: ['spare', 'pool'], meaning: 'a SIGHUP reload changed or removed the route and replaced its pool (its idle connections and spares are dropped)' },
   body_timeout: { applies: ['client'], meaning: 'a request body stalled past http.bodyTimeout (408, or a reset once a response started)' },
   client_closed: { applies: ['client'], meaning: 'the client closed it (its FIN), or its last request asked for the close (Connection: close, HTTP/1.0)' },
   client_reset: { applies: ['client'], meaning: 'the client reset it (or its socket failed)' },

@@ -23,6 +23,7 @@ import { RouteTunnels } from './route-tunnels.js';
 import { createProxyServer, sessionSettings } from './server.js';
 import { proxyUpgrade } from './upgrade.js';
 import { formatHostPort } from '../config/hostport.js';
+import { configFingerprint } from '../config/fingerprint.js';
 
 // An HTTP route: `protocol: http` (reverse proxy to one upstream URL) or
 // `protocol: http-forward` (a forward proxy limited by an allowlist). Each client
@@ -372,8 +373,7 @@ function reversePath(basePath: string, target: string | undefined): string | nul
 
 /** What, when it changes on reload, needs a new pool (anything else applies to the next request). */
 function poolKey(config: RouteConfig): string {
-  const tls = config.tls;
-  return JSON.stringify({
+  return configFingerprint({
     upstream: config.upstreamUrl?.href ?? null,
     // A forward route's pooled connections were judged by the allowlist they were dialled under.
     allow: config.allow,
@@ -382,8 +382,6 @@ function poolKey(config: RouteConfig): string {
     userTimeoutMs: config.userTimeoutMs,
     connectTimeoutMs: config.connectTimeoutMs,
     noDelay: config.noDelay,
-    tls: tls
-      ? { ca: tls.ca?.toString('base64'), cert: tls.cert?.toString('base64'), key: tls.key?.toString('base64'), servername: tls.servername, verify: tls.rejectUnauthorized }
-      : null,
+    tls: config.tls,
   });
 }

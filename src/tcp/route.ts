@@ -19,6 +19,7 @@ import { tcpOf, tlsFailureCause } from '../net/tls-socket.js';
 import type tls from 'node:tls';
 import { createRouteLearner, type RouteLearner } from '../heartbeat/route-learner.js';
 import { formatHostPort } from '../config/hostport.js';
+import { configFingerprint } from '../config/fingerprint.js';
 import { resetOrDestroy, START_PAUSED } from '../net/internals.js';
 import { readTcpInfo } from '../net/tcp-info.js';
 import { HALF_OPEN_LOG, KernelWatch } from './kernel-watch.js';
@@ -113,7 +114,12 @@ class TcpRoute extends RouteBase {
   }
 
   override update(config: RouteConfig): void {
+    // A route the reload left as it was keeps its spares and what its learner knew (as
+    // Envoy keeps an unchanged cluster's pools): replacing them would drop and re-dial every
+    // spare of every route at each SIGHUP, for nothing.
+    const unchanged = configFingerprint(config) === configFingerprint(this.config);
     super.update(config);
+    if (unchanged) return;
     this.#codec = heartbeatCodec(config);
     this.#clientContext = clientSecureContext(config);
     // A reload starts the learner again (upstream or bounds may differ; stateDir keeps what it knew).

@@ -4,6 +4,7 @@ import { connect, freePort, listen0, readBytes } from '../helpers/net.js';
 import { rawRequest, startUpstream } from '../helpers/http.js';
 import { parseMetrics, sample, startProxy, type RunningProxy } from '../helpers/proxy.js';
 import { until } from '../helpers/wait.js';
+import { makePki } from '../helpers/pki.js';
 
 // Failures leave a trace (issue 8, defect 10): each one is counted in a metric and
 // logged through the same burst folding (the first line at once, then at most one line
@@ -125,6 +126,47 @@ describe('failures are counted and logged, folded', () => {
     await proxy.reload(route(3));
     await until(async () => (await metric(proxy, 'evictions_total', { route: 'warm', reason: 'reload' })) === 2, 5_000, 'spares evicted for the reload');
     expect(await metric(proxy, 'evictions_total', { route: 'warm', reason: 'route_removed' })).toBe(0);
+  });
+
+  // Envoy keeps an unchanged cluster's pools through a config update; a SIGHUP used to drop
+  // and re-dial every spare of every route. The clientTls route carries certificate bytes
+  // through the reload's worker thread: they must compare by content, not by object.
+  it('a reload keeps the spares of a route it left as it was, and replaces those of a route it changed', async () => {
+    const pki = makePki();
+    cleanups.push(() => pki.cleanup());
+    const upstream = await listen0(() => {});
+    cleanups.push(() => upstream.close());
+    const [plainPort, tlsPort, addedPort] = [await freePort(), await freePort(), await freePort()];
+    const config = (plainWarm: number, added: boolean): string =>
+      `admin: { listen: "{{admin}}" }\nroutes:\n` +
+      `  - { name: plain, protocol: tcp, listen: 127.0.0.1:${plainPort}, upstream: 127.0.0.1:${upstream.port}, pool: { warm: ${plainWarm}, maxIdle: 1m } }\n` +
+      `  - { name: tls, protocol: tcp, listen: 127.0.0.1:${tlsPort}, upstream: 127.0.0.1:${upstream.port}, pool: { warm: 2, maxIdle: 1m }, clientTls: { cert: ${pki.server.cert}, key: ${pki.server.key} } }\n` +
+      (added ? `  - { name: added, protocol: tcp, listen: 127.0.0.1:${addedPort}, upstream: 127.0.0.1:${upstream.port} }\n` : '');
+    const proxy = await startProxy({ yaml: config(2, false) });
+    cleanups.push(() => proxy.stop('SIGKILL'));
+    const spares = async (): Promise<Map<string, number>> => parseMetrics(await proxy.metrics());
+    await until(async () => {
+      const values = await spares();
+      return sample(values, 'keepalive_proxy_pool_idle', { route: 'plain' }) === 2 && sample(values, 'keepalive_proxy_pool_idle', { route: 'tls' }) === 2;
+    }, 5_000, 'two spares on each route');
+    // Every spare is an accepted upstream connection (the server side may lag the proxy's connect).
+    await until(() => upstream.sockets.size === 4, 5_000, 'the upstream holding four spares');
+    const spareSockets = [...upstream.sockets];
+
+    await proxy.reload(config(2, true));
+    await until(async () => sample(await spares(), 'keepalive_proxy_config_reloads_total', { result: 'ok' }) === 1, 5_000, 'the first reload applied');
+    const kept = await spares();
+    for (const route of ['plain', 'tls']) {
+      expect(sample(kept, 'keepalive_proxy_evictions_total', { route, reason: 'reload' })).toBe(0);
+      expect(sample(kept, 'keepalive_proxy_pool_idle', { route })).toBe(2);
+    }
+    expect(spareSockets.every((socket) => !socket.destroyed)).toBe(true);
+
+    // Changing one route replaces its spares only.
+    await proxy.reload(config(3, true));
+    await until(async () => sample(await spares(), 'keepalive_proxy_evictions_total', { route: 'plain', reason: 'reload' }) === 2, 5_000, 'the changed route\'s spares dropped');
+    await until(async () => sample(await spares(), 'keepalive_proxy_pool_idle', { route: 'plain' }) === 3, 5_000, 'the changed route refilled to its new size');
+    expect(sample(await spares(), 'keepalive_proxy_evictions_total', { route: 'tls', reason: 'reload' })).toBe(0);
   });
 
   it('clients the fd limit refuses are counted in accept_errors_total, and the route serves again once fds free up', async () => {

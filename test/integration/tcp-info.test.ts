@@ -55,8 +55,9 @@ function ssInfo(filter: string): SsInfo {
     retransmits: retrans ? Number(retrans[1]) : 0,
     totalRetrans: retrans ? Number(retrans[2]) : 0,
     unacked: num(/\bunacked:(\d+)/, 0),
-    lastSendMs: num(/\blastsnd:(\d+)/),
-    lastRecvMs: num(/\blastrcv:(\d+)/),
+    // Likewise lastsnd and lastrcv only when not 0 ms (iproute2's tcp_stats_print: `if (s->lastsnd)`).
+    lastSendMs: num(/\blastsnd:(\d+)/, 0),
+    lastRecvMs: num(/\blastrcv:(\d+)/, 0),
   };
 }
 

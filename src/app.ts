@@ -36,6 +36,9 @@ export interface AppOptions {
   readonly primaryListeners?: () => ReadonlyArray<{ readonly host: string; readonly port: number }>;
 }
 
+/** The log line of a reload that a shutdown overtook (its drain owns the routes now). */
+export const RELOAD_DROPPED = 'reload dropped: the proxy is shutting down';
+
 export function createApp(config: ProxyConfig, log: Logger, metrics = new Metrics(), options: AppOptions = {}): App {
   return new ProxyApp(config, log, metrics, options);
 }
@@ -100,6 +103,9 @@ class ProxyApp implements App {
    * old routes, listeners and settings all stay as they were.
    */
   async reload(next: ProxyConfig): Promise<void> {
+    // A shutdown has begun: its drain owns every route, and a listener bound now would
+    // take clients that nothing drains (process exit would cut them uncounted).
+    if (this.#draining) return this.#dropReload();
     const wanted = new Map(next.routes.map((r) => [r.name, r]));
     const leaving = [...this.#routes.values()].filter((route) => {
       const target = wanted.get(route.name);
@@ -126,6 +132,12 @@ class ProxyApp implements App {
       await Promise.all([...bound.values()].map((r) => r.drain(0, 'shutdown')));
       await admin?.close();
       throw error;
+    }
+    // A shutdown began while the new listeners were binding: they never serve.
+    if (this.#draining) {
+      await Promise.all([...bound.values()].map((r) => r.drain(0, 'shutdown')));
+      await admin?.close();
+      return this.#dropReload();
     }
     // Commit: nothing below can fail to bind.
     this.#config = next;
@@ -157,6 +169,10 @@ class ProxyApp implements App {
     await this.#admin?.close();
     this.#fdBudget.close();
     this.#log.info('shutdown complete');
+  }
+
+  #dropReload(): void {
+    this.#log.warn(RELOAD_DROPPED);
   }
 
   /** The admin listener of `config`, bound; null when the config turns it off. */

@@ -36,6 +36,9 @@ export interface AppOptions {
   readonly primaryListeners?: () => ReadonlyArray<{ readonly host: string; readonly port: number }>;
 }
 
+/** The log line of a reload that a shutdown overtook (its drain owns the routes now). */
+export const RELOAD_DROPPED = 'reload dropped: the proxy is shutting down';
+
 export function createApp(config: ProxyConfig, log: Logger, metrics = new Metrics(), options: AppOptions = {}): App {
   return new ProxyApp(config, log, metrics, options);
 }
@@ -52,10 +55,17 @@ class ProxyApp implements App {
   /** The process's fd budget, shared by every route listener (HAProxy's maxconn from ulimit-n). */
   readonly #fdBudget: FdBudget;
   #draining = false;
+  /**
+   * The stateDir every route's learner reads and writes: the config's, or during a reload
+   * the incoming one's, so a route that reload starts finds what was kept there. Read
+   * through a getter, so a learner a reload kept writes where the new file says.
+   */
+  #stateDir: string | null;
   readonly #options: AppOptions;
 
   constructor(config: ProxyConfig, log: Logger, metrics: Metrics, options: AppOptions) {
     this.#config = config;
+    this.#stateDir = config.stateDir;
     this.#log = log;
     this.metrics = metrics;
     this.#options = options;
@@ -100,6 +110,9 @@ class ProxyApp implements App {
    * old routes, listeners and settings all stay as they were.
    */
   async reload(next: ProxyConfig): Promise<void> {
+    // A shutdown has begun: its drain owns every route, and a listener bound now would
+    // take clients that nothing drains (process exit would cut them uncounted).
+    if (this.#draining) return this.#dropReload();
     const wanted = new Map(next.routes.map((r) => [r.name, r]));
     const leaving = [...this.#routes.values()].filter((route) => {
       const target = wanted.get(route.name);
@@ -114,6 +127,7 @@ class ProxyApp implements App {
     const bound = new Map<string, RouteHandle>();
     let admin: AdminServer | null = null;
     const adminMoves = !sameAddress(this.#config.admin.listen, next.admin.listen);
+    this.#stateDir = next.stateDir;
     try {
       if (adminMoves) admin = await this.#bindAdmin(next);
       for (const config of ordered) {
@@ -123,9 +137,13 @@ class ProxyApp implements App {
         await route.listen();
       }
     } catch (error) {
-      await Promise.all([...bound.values()].map((r) => r.drain(0, 'shutdown')));
-      await admin?.close();
+      await this.#undoReload(bound, admin);
       throw error;
+    }
+    // A shutdown began while the new listeners were binding: they never serve.
+    if (this.#draining) {
+      await this.#undoReload(bound, admin);
+      return this.#dropReload();
     }
     // Commit: nothing below can fail to bind.
     this.#config = next;
@@ -157,6 +175,17 @@ class ProxyApp implements App {
     await this.#admin?.close();
     this.#fdBudget.close();
     this.#log.info('shutdown complete');
+  }
+
+  /** What a reload that does not commit had started: its routes, its admin, its stateDir. */
+  async #undoReload(bound: Map<string, RouteHandle>, admin: AdminServer | null): Promise<void> {
+    this.#stateDir = this.#config.stateDir;
+    await Promise.all([...bound.values()].map((r) => r.drain(0, 'shutdown')));
+    await admin?.close();
+  }
+
+  #dropReload(): void {
+    this.#log.warn(RELOAD_DROPPED);
   }
 
   /** The admin listener of `config`, bound; null when the config turns it off. */
@@ -191,7 +220,17 @@ class ProxyApp implements App {
   }
 
   async #buildRoute(config: RouteConfig): Promise<RouteHandle> {
-    const deps: RouteDeps = { metrics: this.metrics, log: this.#log, clock: this.clock, fdBudget: this.#fdBudget, ownListeners: () => this.#ownListeners(), stateDir: this.#config.stateDir };
+    const app = this;
+    const deps: RouteDeps = {
+      metrics: this.metrics,
+      log: this.#log,
+      clock: this.clock,
+      fdBudget: this.#fdBudget,
+      ownListeners: () => this.#ownListeners(),
+      get stateDir() {
+        return app.#stateDir;
+      },
+    };
     return HTTP_FAMILY.includes(config.protocol)
       ? // Loaded on demand: a TCP-only deployment never pays for the HTTP code.
         (await import('./http/route.js')).createHttpRoute(config, deps)

@@ -3,7 +3,7 @@
 // young generation (up to 3 x 16 MiB) is RSS it never needs, several KB per idle
 // connection at thousands of them (BENCHMARKS.md). npm start and the Docker image pass it too.
 import cluster from 'node:cluster';
-import { createApp } from './app.js';
+import { createApp, RELOAD_DROPPED } from './app.js';
 import type { Clock } from './clock.js';
 import { parseCli } from './config/cli.js';
 import { ConfigError, reportLines } from './config/load.js';
@@ -122,6 +122,11 @@ function handleSignals(app: Running, log: Logger, reload: (() => Promise<ProxyCo
         if (error instanceof ConfigError) return error;
         throw error;
       });
+      // A SIGTERM came while the file was loading: the drain has begun, nothing new binds.
+      if (stopping) {
+        log.warn(RELOAD_DROPPED);
+        return;
+      }
       if (next instanceof ConfigError) {
         app.metrics.configReloads.labels('error').inc();
         log.error({ errors: reportLines(next) }, 'reload rejected: keeping the running configuration');

@@ -1,7 +1,7 @@
 import net from 'node:net';
 import { readdirSync } from 'node:fs';
 import { afterEach, describe, expect, it } from 'vitest';
-import { connect, freePort, fullBacklogListener } from '../helpers/net.js';
+import { connect, freePort, fullBacklogListener, listen0, readBytes, refused } from '../helpers/net.js';
 import { parseMetrics, sample, startProxy, type RunningProxy } from '../helpers/proxy.js';
 import { until } from '../helpers/wait.js';
 import { rawRequest, startUpstream } from '../helpers/http.js';
@@ -126,4 +126,40 @@ routes:
     expect(sample(after, 'keepalive_proxy_evictions_total', { route: 'web', reason: 'route_removed' })).toBe(0);
     expect(sample(after, 'keepalive_proxy_connections_active', { route: 'web' })).toBe(0);
   });
+});
+
+describe('a reload that a shutdown overtakes', () => {
+  // SIGHUP then SIGTERM: the file was still loading (in its worker thread) when the drain
+  // began, and the reload then bound the new config's listeners anyway. They took clients
+  // that no drain owned, cut uncounted at exit. A shutdown drops a reload still in flight.
+  it('binds no new listener once SIGTERM has begun the drain', async () => {
+    const echo = await listen0((socket) => socket.pipe(socket));
+    cleanups.push(() => echo.close());
+    const [port, newPort] = [await freePort(), await freePort()];
+    const route = (name: string, listen: number): string => `  - { name: ${name}, listen: 127.0.0.1:${listen}, upstream: 127.0.0.1:${echo.port} }\n`;
+    const config = (routes: string): string => `admin: { listen: "{{admin}}" }\nshutdownTimeout: 20s\nroutes:\n${routes}`;
+    const proxy = await run(config(route('old', port)));
+    // A live client holds the drain open while the test looks at the listeners.
+    const client = await connect(port);
+    client.on('error', () => {});
+    cleanups.push(() => client.destroy());
+    client.write('x');
+    await readBytes(client, 1);
+
+    // A comment of a few hundred kB keeps the loader thread busy well past the SIGTERM.
+    const padding = `# ${'p'.repeat(100)}\n`.repeat(4_000);
+    await proxy.reload(padding + config(route('old', port) + route('added', newPort)));
+    proxy.child.kill('SIGTERM');
+    await proxy.logged((l) => l.msg === 'shutting down: draining live connections');
+    await proxy.logged((l) => l.msg === 'configuration reloaded' || l.msg === 'reload dropped: the proxy is shutting down', 1, 10_000);
+
+    expect(await refused(newPort)).toBe(true);
+    expect(await refused(port)).toBe(true);
+    expect(proxy.logs.filter((l) => l.msg === 'route listening' && l.route === 'added')).toEqual([]);
+    // The live client is still served, and the drain ends with it.
+    client.write('y');
+    expect((await readBytes(client, 1)).toString()).toBe('y');
+    client.end();
+    expect(await proxy.exited).toBe(0);
+  }, 30_000);
 });

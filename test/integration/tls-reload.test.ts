@@ -33,7 +33,7 @@ afterEach(async () => {
 /** The files the route names: a CA and a client certificate with its key. */
 const routeFiles = (): { ca: string; cert: string; key: string } => ({ ca: join(pki.dir, 'route-ca.pem'), cert: join(pki.dir, 'route-client.pem'), key: join(pki.dir, 'route-client.key') });
 
-async function proxyOnRouteFiles(): Promise<{ proxy: RunningProxy; port: number; yaml: string }> {
+async function proxyOnRouteFiles(routeLines = ''): Promise<{ proxy: RunningProxy; port: number; yaml: string }> {
   const files = routeFiles();
   const port = await freePort();
   const yaml = `admin: { listen: "{{admin}}" }
@@ -43,7 +43,7 @@ routes:
     listen: 127.0.0.1:${port}
     upstream: 127.0.0.1:${redis.port}
     upstreamTls: { mode: verify-full, ca: ${files.ca}, cert: ${files.cert}, key: ${files.key} }
-`;
+${routeLines}`;
   const proxy = await startProxy({ yaml });
   cleanups.push(() => proxy.stop('SIGKILL'));
   return { proxy, port, yaml };
@@ -118,5 +118,30 @@ describe('SIGHUP re-reads certificate files', () => {
     await proxy.reload(yaml);
     await until(async () => (await reloads(proxy, 'ok')) === 2, 10_000, 'second reload ok');
     expect(await ping(port)).not.toBe('PONG');
+  }, 60_000);
+
+  // Spares are TLS sessions made under the files read at the time. A file rewritten in place
+  // (same path, new content) is a changed route: its spares go, and the next client gets a
+  // connection verified with the new CA. The same bytes written again change nothing.
+  it('spares follow the content of a file rewritten at the same path, and survive the same bytes rewritten', async () => {
+    const files = routeFiles();
+    copyFileSync(pki.ca, files.ca);
+    copyFileSync(pki.client.cert, files.cert);
+    copyFileSync(pki.client.key, files.key);
+    const { proxy, port, yaml } = await proxyOnRouteFiles('    pool: { warm: 2 }\n');
+    const metrics = async (): Promise<Map<string, number>> => parseMetrics(await proxy.metrics());
+    await until(async () => sample(await metrics(), 'keepalive_proxy_pool_idle', { route: 'rd' }) === 2, 10_000, 'two spares');
+
+    copyFileSync(pki.ca, files.ca);
+    await proxy.reload(yaml);
+    await until(async () => (await reloads(proxy, 'ok')) === 1, 10_000, 'reload ok');
+    expect(sample(await metrics(), 'keepalive_proxy_evictions_total', { route: 'rd', reason: 'reload' }), 'same bytes: spares kept').toBe(0);
+    expect(await ping(port)).toBe('PONG');
+
+    copyFileSync(pki.selfSigned.cert, files.ca);
+    await proxy.reload(yaml);
+    await until(async () => (await reloads(proxy, 'ok')) === 2, 10_000, 'second reload ok');
+    expect(sample(await metrics(), 'keepalive_proxy_evictions_total', { route: 'rd', reason: 'reload' }), 'new CA: spares replaced').toBeGreaterThan(0);
+    expect(await ping(port), 'a spare verified under the old CA must not serve').not.toBe('PONG');
   }, 60_000);
 });

@@ -111,7 +111,11 @@ function handleSignals(app: Running, log: Logger, reload: (() => Promise<ProxyCo
   // Reloads run one at a time: a SIGHUP arriving during a reload waits its turn.
   let reloading: Promise<void> = Promise.resolve();
   process.on('SIGHUP', () => {
-    if (stopping) return;
+    // Said, not silently ignored: every SIGHUP ends in one line (applied, rejected or dropped).
+    if (stopping) {
+      log.warn(RELOAD_DROPPED);
+      return;
+    }
     if (!reload) {
       log.warn('SIGHUP ignored: no config file (flags-only run)');
       return;

@@ -132,7 +132,9 @@ describe('a reload that a shutdown overtakes', () => {
   // SIGHUP then SIGTERM: the file was still loading (in its worker thread) when the drain
   // began, and the reload then bound the new config's listeners anyway. They took clients
   // that no drain owned, cut uncounted at exit. A shutdown drops a reload still in flight.
-  it('binds no new listener once SIGTERM has begun the drain', async () => {
+  // Either order: the SIGHUP handled first (its file still loading when SIGTERM comes), or
+  // the SIGTERM handled first (a SIGHUP into a drain, which used to be ignored without a word).
+  it.each(['SIGHUP first', 'SIGTERM first'] as const)('binds no new listener once SIGTERM has begun the drain (%s)', async (order) => {
     const echo = await listen0((socket) => socket.pipe(socket));
     cleanups.push(() => echo.close());
     const [port, newPort] = [await freePort(), await freePort()];
@@ -148,9 +150,15 @@ describe('a reload that a shutdown overtakes', () => {
 
     // A comment of a few hundred kB keeps the loader thread busy well past the SIGTERM.
     const padding = `# ${'p'.repeat(100)}\n`.repeat(4_000);
-    await proxy.reload(padding + config(route('old', port) + route('added', newPort)));
-    proxy.child.kill('SIGTERM');
-    await proxy.logged((l) => l.msg === 'shutting down: draining live connections');
+    if (order === 'SIGHUP first') {
+      await proxy.reload(padding + config(route('old', port) + route('added', newPort)));
+      proxy.child.kill('SIGTERM');
+      await proxy.logged((l) => l.msg === 'shutting down: draining live connections');
+    } else {
+      proxy.child.kill('SIGTERM');
+      await proxy.logged((l) => l.msg === 'shutting down: draining live connections');
+      await proxy.reload(config(route('old', port) + route('added', newPort)));
+    }
     await proxy.logged((l) => l.msg === 'configuration reloaded' || l.msg === 'reload dropped: the proxy is shutting down', 1, 10_000);
 
     expect(await refused(newPort)).toBe(true);

@@ -84,8 +84,11 @@ describe('discover', () => {
         const run = await discover(['--upstream', `127.0.0.1:${box.port}`, '--protocol', protocol, ...probe, '--max', '30m', '--probe-timeout', '1s', '--json']);
         expectBracket(run, timeoutMs);
         expect(lastJson(run.stdout).upstream).toBe(`127.0.0.1:${box.port}`);
-        // A search, not a sweep: well within twice the timeout (plus the probe timeout and process start).
-        expect(run.elapsedMs).toBeLessThan(2 * timeoutMs + 4_000);
+        // A search, not a sweep of --max 30m. Its pace is held exactly, in simulated time, by
+        // test/unit/discover/search.test.ts (under 1.5 x the timeout + 2 s); this wall-clock run
+        // shares 2 cores with the rest of the suite (12.6 s for 2.3 s with two suites at once),
+        // so it gets the generous bound the standards allow timing in a pass/fail test.
+        expect(run.elapsedMs).toBeLessThan(4 * timeoutMs + 10_000);
         expect(run.stderr).toMatch(/discover: \d+s elapsed/);
         expect(box.forgotten()).toBeGreaterThan(0);
       } finally {
